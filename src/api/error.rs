@@ -1,0 +1,214 @@
+//! Typed failures of API calls, and which of them are worth another attempt.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// Which call failed, for messages and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Upload,
+    GetTask,
+    PutTask,
+    GetChecklist,
+    PutChecklist,
+    DeleteFile,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Endpoint::Upload => "upload (POST /file)",
+            Endpoint::GetTask => "read task (GET /runs/…/tasks/…)",
+            Endpoint::PutTask => "update task (PUT /runs/…/tasks/…)",
+            Endpoint::GetChecklist => "read template (GET /checklists/…)",
+            Endpoint::PutChecklist => "update template (PUT /checklists/…)",
+            Endpoint::DeleteFile => "delete file (DELETE /file/…)",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{endpoint}: {detail}")]
+    Transport { endpoint: Endpoint, detail: String },
+    #[error("{endpoint}: HTTP {status}: {message}")]
+    Status {
+        endpoint: Endpoint,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{endpoint}: unexpected answer: {detail}")]
+    Decode { endpoint: Endpoint, detail: String },
+    #[error("reading {path} during upload: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("shutting down")]
+    Cancelled,
+}
+
+impl ApiError {
+    /// Transient failures: the same request may well succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Transport { .. } => true,
+            ApiError::Status { status, .. } => {
+                matches!(status, 408 | 425 | 429 | 500 | 502 | 503 | 504)
+            }
+            _ => false,
+        }
+    }
+
+    /// The token was refused: nothing will work until it is replaced, so wait rather than fail.
+    pub fn is_unauthorized(&self) -> bool {
+        self.status() == Some(401)
+    }
+
+    /// A sign that the service as a whole is unreachable or overloaded, not that this request is bad.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, ApiError::Transport { .. }) || matches!(self.status(), Some(502..=504))
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Longest Retry-After we honour: a broken header must not park the daemon for days.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(delay.min(RETRY_AFTER_CAP))
+}
+
+/// The operator-facing message from one of the API's several error body shapes.
+pub fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return excerpt(&text);
+    };
+    if let Some(message) = json.get("message").and_then(|m| m.as_str()) {
+        let code = json.get("code").and_then(|c| c.as_str());
+        return match code {
+            Some(code) => format!("{message} ({code})"),
+            None => message.to_string(),
+        };
+    }
+    if let Some(errors) = json.get("errors").and_then(|e| e.as_object()) {
+        let parts: Vec<String> = errors
+            .iter()
+            .map(|(field, problems)| match problems.as_array() {
+                Some(list) => format!(
+                    "{field}: {}",
+                    list.iter()
+                        .filter_map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                None => format!("{field}: {problems}"),
+            })
+            .collect();
+        return parts.join("; ");
+    }
+    if let Some(error) = json.get("error").and_then(|e| e.as_str()) {
+        return error.to_string();
+    }
+    excerpt(&text)
+}
+
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    let mut cut: String = text.chars().take(200).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_come_from_every_error_body_shape() {
+        assert_eq!(
+            error_message(br#"{"error": true, "message": "Task is completed"}"#),
+            "Task is completed"
+        );
+        assert_eq!(
+            error_message(br#"{"message": "Too many", "code": "RATE_LIMIT_EXCEEDED"}"#),
+            "Too many (RATE_LIMIT_EXCEEDED)"
+        );
+        assert_eq!(
+            error_message(
+                br#"{"error": true, "errors": {"name": ["The name field is required."]}}"#
+            ),
+            "name: The name field is required."
+        );
+        assert_eq!(
+            error_message(br#"{"error": "Unauthenticated."}"#),
+            "Unauthenticated."
+        );
+        assert_eq!(
+            error_message(b"<html>Bad Gateway</html>"),
+            "<html>Bad Gateway</html>"
+        );
+        assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let soon = SystemTime::now() + Duration::from_secs(30);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            parsed <= Duration::from_secs(30) && parsed >= Duration::from_secs(28),
+            "{parsed:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("999999999"), Some(RETRY_AFTER_CAP));
+    }
+
+    #[test]
+    fn transient_and_permanent_statuses_are_told_apart() {
+        let status = |status| ApiError::Status {
+            endpoint: Endpoint::Upload,
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        for code in [408, 425, 429, 500, 502, 503, 504] {
+            assert!(status(code).is_retryable(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 413, 422] {
+            assert!(!status(code).is_retryable(), "{code}");
+        }
+        assert!(status(401).is_unauthorized());
+    }
+}

@@ -1,0 +1,204 @@
+//! The one door every request passes through: a circuit breaker shared by all workers.
+//! Receives the outcome of each request; when the API is down, rate-limiting us, or refusing
+//! the token, it closes, lets a single probe through after a backoff, and reopens on success.
+//! So an outage costs one request per backoff step, not one per file.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::Backoff;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Normal,
+    /// The first request after a pause: its outcome decides whether the others may go.
+    Probe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The API answered in a way that shows it works (any answer but those below).
+    Answered,
+    Unauthorized,
+    Outage,
+    RateLimited(Option<Duration>),
+    /// The request failed for a local reason (the file being sent changed): says nothing of the API.
+    Inconclusive,
+}
+
+/// What a reported outcome did to the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Closed(Duration),
+    Reopened,
+}
+
+struct State {
+    closed_until: Option<Instant>,
+    probing: bool,
+    backoff: Backoff,
+}
+
+pub struct Gate {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Gate {
+    pub fn new(backoff: Backoff) -> Gate {
+        Gate {
+            state: Mutex::new(State {
+                closed_until: None,
+                probing: false,
+                backoff,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Waits until this request may be sent; `None` when shutting down.
+    pub async fn enter(&self, cancel: &CancellationToken) -> Option<Pass> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wait_until = {
+                let mut state = self.lock();
+                match state.closed_until {
+                    None => return Some(Pass::Normal),
+                    Some(until) if !state.probing && Instant::now() >= until => {
+                        state.probing = true;
+                        return Some(Pass::Probe);
+                    }
+                    Some(until) => (!state.probing).then_some(until),
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = notified => {}
+                _ = async {
+                    match wait_until {
+                        Some(until) => tokio::time::sleep_until(until).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// Records how a request went, and says whether that closed or reopened the gate.
+    pub fn report(&self, pass: Pass, outcome: Outcome) -> Option<Transition> {
+        let mut state = self.lock();
+        let pause = match outcome {
+            Outcome::Answered => {
+                if state.closed_until.is_none() {
+                    return None;
+                }
+                state.closed_until = None;
+                state.probing = false;
+                state.backoff.reset();
+                self.changed.notify_waiters();
+                return Some(Transition::Reopened);
+            }
+            Outcome::Inconclusive => {
+                if pass == Pass::Probe {
+                    state.probing = false;
+                    self.changed.notify_waiters();
+                }
+                return None;
+            }
+            Outcome::RateLimited(Some(delay)) => delay,
+            Outcome::Unauthorized | Outcome::Outage | Outcome::RateLimited(None) => {
+                // A request admitted before the gate closed must not push the pause further out.
+                if pass == Pass::Normal && state.closed_until.is_some() {
+                    return None;
+                }
+                state.backoff.next_delay()
+            }
+        };
+        let until = Instant::now() + pause;
+        state.closed_until = Some(
+            state
+                .closed_until
+                .map_or(until, |current| current.max(until)),
+        );
+        if pass == Pass::Probe {
+            state.probing = false;
+        }
+        self.changed.notify_waiters();
+        Some(Transition::Closed(pause))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed_until.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> Gate {
+        Gate::new(Backoff::new(
+            Duration::from_millis(40),
+            Duration::from_millis(40),
+        ))
+    }
+
+    #[tokio::test]
+    async fn an_outage_lets_one_probe_through_and_holds_the_rest() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        assert_eq!(gate.enter(&cancel).await, Some(Pass::Normal));
+        assert!(gate.report(Pass::Normal, Outcome::Outage).is_some());
+        let probe = gate.enter(&cancel).await;
+        assert_eq!(probe, Some(Pass::Probe));
+        // While the probe is out, others wait.
+        let waiting = tokio::time::timeout(Duration::from_millis(100), gate.enter(&cancel)).await;
+        assert!(
+            waiting.is_err(),
+            "a second request went through during the probe"
+        );
+        assert_eq!(
+            gate.report(Pass::Probe, Outcome::Answered),
+            Some(Transition::Reopened)
+        );
+        assert_eq!(gate.enter(&cancel).await, Some(Pass::Normal));
+        assert!(!gate.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_closes_the_gate_again() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        gate.report(Pass::Normal, Outcome::Unauthorized);
+        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert!(gate.report(Pass::Probe, Outcome::Unauthorized).is_some());
+        let started = Instant::now();
+        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert!(started.elapsed() >= Duration::from_millis(25));
+    }
+
+    #[tokio::test]
+    async fn shutdown_releases_waiters() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        gate.report(
+            Pass::Normal,
+            Outcome::RateLimited(Some(Duration::from_secs(60))),
+        );
+        cancel.cancel();
+        assert_eq!(gate.enter(&cancel).await, None);
+    }
+}

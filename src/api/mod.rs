@@ -1,0 +1,490 @@
+//! The Tallyfy HTTP client: one keep-alive connection pool shared by every worker.
+//! Receives typed calls (upload a file, read or update a field, delete an asset) and emits
+//! typed results or an `ApiError` that says whether another attempt makes sense.
+//! Owns the headers every request needs, the token, and the `Gate` that pauses all requests
+//! during an outage, a rate limit or a refused token.
+
+mod error;
+mod gate;
+mod multipart;
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use error::{ApiError, Endpoint};
+use gate::{Gate, Outcome, Transition};
+
+use crate::config::{ApiConfig, Token};
+use crate::retry::Backoff;
+use crate::store::Asset;
+
+/// Uploads get extra time beyond `api.timeout` at this floor rate, so a large file on a slow
+/// link is not cut off while it is still moving.
+const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 256 * 1024;
+
+/// Where an upload goes: the fields the file endpoint needs for a task field or a kick-off field.
+#[derive(Debug, Clone)]
+pub enum UploadTarget {
+    Task {
+        run_id: String,
+        capture_id: String,
+        step_id: String,
+        checklist_id: String,
+    },
+    Kickoff {
+        checklist_id: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub asset: Asset,
+    /// blake3 of exactly the bytes sent.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FormField {
+    pub id: String,
+    pub label: String,
+    pub field_type: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub status: String,
+    pub step_id: Option<String>,
+    pub checklist_id: Option<String>,
+    pub fields: Vec<FormField>,
+    /// `taskdata` as the API returned it, when it did.
+    pub taskdata: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Checklist {
+    pub title: String,
+    /// The kick-off fields exactly as read: sent back whole so no field is lost.
+    pub prerun: Vec<Value>,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    org: String,
+    token: Token,
+    timeout: Duration,
+    gate: Gate,
+    cancel: CancellationToken,
+}
+
+impl Client {
+    pub fn new(
+        config: &ApiConfig,
+        token: Token,
+        cancel: CancellationToken,
+    ) -> Result<Client, ApiError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|error| ApiError::Transport {
+                endpoint: Endpoint::Upload,
+                detail: describe(&error),
+            })?;
+        Ok(Client {
+            http,
+            base: config.base_url.as_str().trim_end_matches('/').to_string(),
+            org: config.org_id.clone(),
+            token,
+            timeout: config.timeout,
+            gate: Gate::new(Backoff::default()),
+            cancel,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/organizations/{}/{path}", self.base, self.org)
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(self.token.expose())
+            .header("Accept", "application/json")
+            .header("X-Tallyfy-Client", "APIClient")
+    }
+
+    /// Sends one request through the gate and returns the body of a 2xx answer.
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        request: RequestBuilder,
+    ) -> Result<bytes::Bytes, ApiError> {
+        self.send_with(endpoint, request, || None).await
+    }
+
+    /// Like `send`; `local_failure` names a local cause (the file being read) for a failed send.
+    async fn send_with(
+        &self,
+        endpoint: Endpoint,
+        request: RequestBuilder,
+        local_failure: impl Fn() -> Option<ApiError>,
+    ) -> Result<bytes::Bytes, ApiError> {
+        let pass = self
+            .gate
+            .enter(&self.cancel)
+            .await
+            .ok_or(ApiError::Cancelled)?;
+        let answer = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(error::parse_retry_after);
+                match response.bytes().await {
+                    Ok(body) => Ok((status, retry_after, body)),
+                    Err(error) => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        let (status, retry_after, body) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                if let Some(local) = local_failure() {
+                    self.gate.report(pass, Outcome::Inconclusive);
+                    return Err(local);
+                }
+                let error = ApiError::Transport {
+                    endpoint,
+                    detail: describe(&error),
+                };
+                self.note(self.gate.report(pass, Outcome::Outage), &error);
+                return Err(error);
+            }
+        };
+        if status.is_success() {
+            self.note(
+                self.gate.report(pass, Outcome::Answered),
+                &ApiError::Cancelled,
+            );
+            return Ok(body);
+        }
+        let error = ApiError::Status {
+            endpoint,
+            status: status.as_u16(),
+            message: error::error_message(&body),
+            retry_after,
+        };
+        let outcome = match status {
+            StatusCode::UNAUTHORIZED => Outcome::Unauthorized,
+            StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited(retry_after),
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Outcome::Outage,
+            _ => Outcome::Answered,
+        };
+        self.note(self.gate.report(pass, outcome), &error);
+        Err(error)
+    }
+
+    /// Logs a change of the gate once, where it happens, rather than once per waiting file.
+    fn note(&self, transition: Option<Transition>, cause: &ApiError) {
+        match transition {
+            Some(Transition::Closed(pause)) if cause.is_unauthorized() => error!(
+                next_probe_secs = pause.as_secs_f64().ceil(),
+                "the API refused the token (401): it is wrong, expired or revoked (a personal access token is deleted when its user logs out); pausing all requests and probing again in {}",
+                humantime::format_duration(round(pause))
+            ),
+            Some(Transition::Closed(pause)) if cause.status() == Some(429) => warn!(
+                "rate limited by the API (429); pausing all requests for {}",
+                humantime::format_duration(round(pause))
+            ),
+            Some(Transition::Closed(pause)) => warn!(
+                error = %cause,
+                "the API is unreachable; pausing all requests and probing again in {}",
+                humantime::format_duration(round(pause))
+            ),
+            Some(Transition::Reopened) => info!("the API answers again; resuming requests"),
+            None => {}
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or we shut down. Failures that close the
+    /// gate (outage, rate limit, refused token) are retried at once: the gate does the waiting,
+    /// for every worker together. Other transient failures back off per call.
+    pub async fn with_retries<T, F, Fut>(&self, mut op: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut backoff = Backoff::default();
+        loop {
+            let error = match op().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let paced_by_gate =
+                error.is_outage() || error.is_unauthorized() || error.status() == Some(429);
+            if !(error.is_retryable() || error.is_unauthorized()) || self.cancel.is_cancelled() {
+                return Err(error);
+            }
+            if paced_by_gate {
+                debug!(%error, "waiting for the API before trying again");
+                continue;
+            }
+            let delay = backoff.next_delay();
+            warn!(%error, "request failed; retrying in {}", humantime::format_duration(round(delay)));
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Whether requests are currently paused by an outage, a rate limit or a refused token.
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_closed()
+    }
+
+    /// Uploads an opened file of `size` bytes, streamed from disk, and returns the asset and
+    /// the hash of what was sent. `path` only names the file in errors.
+    pub async fn upload(
+        &self,
+        path: &Path,
+        file: tokio::fs::File,
+        file_name: &str,
+        size: u64,
+        target: &UploadTarget,
+    ) -> Result<Uploaded, ApiError> {
+        let mut fields: Vec<(&str, &str)> = Vec::with_capacity(6);
+        match target {
+            UploadTarget::Task {
+                run_id,
+                capture_id,
+                step_id,
+                checklist_id,
+            } => fields.extend([
+                ("subject_type", "Run"),
+                ("subject_id", run_id.as_str()),
+                ("uploaded_from", capture_id.as_str()),
+                ("step_id", step_id.as_str()),
+                ("checklist_id", checklist_id.as_str()),
+            ]),
+            UploadTarget::Kickoff { checklist_id } => fields.extend([
+                ("subject_type", "Checklist"),
+                ("subject_id", checklist_id.as_str()),
+                ("uploaded_from", "ko_field"),
+            ]),
+        }
+        fields.push(("source", "local"));
+        let body = multipart::build(&fields, path, file_name, file, size);
+        let tracker = body.tracker.clone();
+        let request = self
+            .request(Method::POST, "file")
+            .timeout(self.timeout + Duration::from_secs(size / SLOWEST_UPLOAD_BYTES_PER_SEC))
+            .header(reqwest::header::CONTENT_TYPE, body.content_type)
+            .header(reqwest::header::CONTENT_LENGTH, body.length)
+            .body(reqwest::Body::wrap_stream(body.stream));
+        let answer = self
+            .send_with(Endpoint::Upload, request, || {
+                tracker.failure().map(|detail| ApiError::File {
+                    path: path.to_path_buf(),
+                    detail,
+                })
+            })
+            .await?;
+        let data = data(Endpoint::Upload, &answer)?;
+        if crate::store::asset_id(&data).is_none() {
+            return Err(ApiError::Decode {
+                endpoint: Endpoint::Upload,
+                detail: "the asset has no id".into(),
+            });
+        }
+        Ok(Uploaded {
+            asset: Asset(data),
+            hash: tracker.hash(),
+        })
+    }
+
+    pub async fn get_task(&self, run_id: &str, task_id: &str) -> Result<Task, ApiError> {
+        let request = self
+            .request(Method::GET, &format!("runs/{run_id}/tasks/{task_id}"))
+            .query(&[("with", "form_fields")]);
+        let answer = self.send(Endpoint::GetTask, request).await?;
+        parse_task(&data(Endpoint::GetTask, &answer)?)
+    }
+
+    /// Replaces a task field's value; returns the field's value as the answer shows it, or
+    /// `None` when the answer does not list the field (the API drops unknown keys silently).
+    pub async fn put_task_field(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        capture_id: &str,
+        value: &[Value],
+    ) -> Result<Option<Vec<Value>>, ApiError> {
+        let request = self
+            .request(Method::PUT, &format!("runs/{run_id}/tasks/{task_id}"))
+            .json(&json!({ "taskdata": { capture_id: value } }));
+        let answer = self.send(Endpoint::PutTask, request).await?;
+        let data = data(Endpoint::PutTask, &answer)?;
+        Ok(data
+            .get("taskdata")
+            .and_then(|taskdata| taskdata.get(capture_id))
+            .map(as_list))
+    }
+
+    pub async fn get_checklist(&self, checklist_id: &str) -> Result<Checklist, ApiError> {
+        let answer = self
+            .send(
+                Endpoint::GetChecklist,
+                self.request(Method::GET, &format!("checklists/{checklist_id}")),
+            )
+            .await?;
+        parse_checklist(
+            Endpoint::GetChecklist,
+            &data(Endpoint::GetChecklist, &answer)?,
+        )
+    }
+
+    /// Sends the title unchanged and the whole prerun array (the API needs both).
+    pub async fn put_checklist(
+        &self,
+        checklist_id: &str,
+        title: &str,
+        prerun: &[Value],
+    ) -> Result<Checklist, ApiError> {
+        let request = self
+            .request(Method::PUT, &format!("checklists/{checklist_id}"))
+            .json(&json!({ "title": title, "prerun": prerun }));
+        let answer = self.send(Endpoint::PutChecklist, request).await?;
+        parse_checklist(
+            Endpoint::PutChecklist,
+            &data(Endpoint::PutChecklist, &answer)?,
+        )
+    }
+
+    /// Deletes an asset and its stored file; an asset already gone counts as deleted.
+    pub async fn delete_file(&self, asset_id: &str) -> Result<(), ApiError> {
+        match self
+            .send(
+                Endpoint::DeleteFile,
+                self.request(Method::DELETE, &format!("file/{asset_id}")),
+            )
+            .await
+        {
+            Err(ApiError::Status { status: 404, .. }) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+fn round(pause: Duration) -> Duration {
+    Duration::from_secs(pause.as_secs_f64().ceil() as u64)
+}
+
+/// A field value as a list of asset objects (`null` or absent is an empty field).
+pub fn as_list(value: &Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items.clone(),
+        Value::Null => Vec::new(),
+        other => vec![other.clone()],
+    }
+}
+
+/// The `data` member of a success envelope.
+fn data(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
+    let mut json: Value = serde_json::from_slice(body).map_err(|error| ApiError::Decode {
+        endpoint,
+        detail: format!("not JSON ({error})"),
+    })?;
+    match json.get_mut("data") {
+        Some(data) => Ok(data.take()),
+        None => Err(ApiError::Decode {
+            endpoint,
+            detail: "no `data` member".into(),
+        }),
+    }
+}
+
+fn text(value: &Value, key: &str) -> Option<String> {
+    match value.get(key)? {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_task(data: &Value) -> Result<Task, ApiError> {
+    let fields = data
+        .get("form_fields")
+        .and_then(|fields| fields.get("data").or(Some(fields)))
+        .and_then(|fields| fields.as_array())
+        .map(|fields| {
+            fields
+                .iter()
+                .filter_map(|field| {
+                    Some(FormField {
+                        id: text(field, "id")?,
+                        label: text(field, "label").unwrap_or_default(),
+                        field_type: text(field, "field_type").unwrap_or_default(),
+                        value: field.get("value").cloned().unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Task {
+        status: text(data, "status").unwrap_or_default(),
+        step_id: text(data, "step_id"),
+        checklist_id: text(data, "checklist_id"),
+        fields,
+        taskdata: data.get("taskdata").and_then(|t| t.as_object()).cloned(),
+    })
+}
+
+fn parse_checklist(endpoint: Endpoint, data: &Value) -> Result<Checklist, ApiError> {
+    let title = text(data, "title").ok_or_else(|| ApiError::Decode {
+        endpoint,
+        detail: "the template has no title".into(),
+    })?;
+    let prerun = data
+        .get("prerun")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(Checklist { title, prerun })
+}
+
+/// A transport error with its causes, e.g. "error sending request: connection refused".
+fn describe(error: &reqwest::Error) -> String {
+    // reqwest puts the URL in its message; the logs already name the endpoint.
+    let mut text = if error.is_timeout() {
+        "timed out".to_string()
+    } else {
+        let full = error.to_string();
+        full.find(" for url (")
+            .map_or(full.clone(), |at| full[..at].to_string())
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,135 @@
+//! The command line: parses arguments, runs the chosen command, and maps failures to exit
+//! codes (78 = configuration error, so systemd's RestartPreventExitStatus=78 stops a restart loop).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, Token};
+use crate::store::StoreError;
+use crate::{daemon, demo, service, status};
+
+/// EX_CONFIG from sysexits.h.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tallyfy-sync",
+    version,
+    about = "Keeps local hot folders in sync with file fields in Tallyfy"
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        global = true,
+        env = "TALLYFY_SYNC_CONFIG",
+        default_value = "/etc/tallyfy-sync/config.yaml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch the folders and sync them, in the foreground, until SIGTERM or SIGINT.
+    Run,
+    /// Validate the config and print the folders and their targets.
+    Check,
+    /// Show per folder and per file what is synced, pending, rejected or failed.
+    Status,
+    /// Run the daemon against a built-in local Tallyfy stand-in: no account needed.
+    Demo {
+        /// Where the demo's folders go (emptied first when it holds an earlier demo).
+        #[arg(long, default_value = "tallyfy-sync-demo")]
+        dir: PathBuf,
+    },
+}
+
+pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run => {
+            let config = Config::load(&cli.config)?;
+            let token = Token::resolve(&config.api, &|name| std::env::var_os(name))?;
+            let cancel = CancellationToken::new();
+            service::cancel_on_signals(cancel.clone())?;
+            runtime()?.block_on(daemon::run(config, token, cancel))?;
+        }
+        Command::Check => {
+            let config = Config::load(&cli.config)?;
+            Token::resolve(&config.api, &|name| std::env::var_os(name))?;
+            print!("{}", describe(&config));
+        }
+        Command::Status => {
+            let config = Config::load(&cli.config)?;
+            print!("{}", status::report(&config)?);
+        }
+        Command::Demo { dir } => {
+            let cancel = CancellationToken::new();
+            service::cancel_on_signals(cancel.clone())?;
+            runtime()?.block_on(demo::run(dir, cancel))?;
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// What `check` prints: everything the daemon would act on, and never the token.
+fn describe(config: &Config) -> String {
+    let mut out = format!(
+        "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; token found\nstate: {}\nsettle: {}\nfolders:\n",
+        config.file.display(),
+        config.api.base_url,
+        config.api.org_id,
+        humantime::format_duration(config.api.timeout),
+        config.api.concurrency,
+        config.state_dir.display(),
+        humantime::format_duration(config.settle),
+    );
+    for folder in &config.folders {
+        let mut options = vec![
+            if folder.recursive {
+                "recursive"
+            } else {
+                "not recursive"
+            }
+            .to_string(),
+            if folder.delete_remote {
+                "local deletes propagate"
+            } else {
+                "local deletes stay local"
+            }
+            .to_string(),
+        ];
+        if !folder.ignore.is_empty() {
+            options.push(format!("ignoring {}", folder.ignore.join(", ")));
+        }
+        out.push_str(&format!(
+            "  {} → {} ({})\n",
+            folder.path.display(),
+            folder.target,
+            options.join("; ")
+        ));
+    }
+    out
+}
+
+/// 78 for anything the operator must fix in the configuration or the state directory.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    let config_error = error.chain().any(|cause| {
+        cause.is::<ConfigError>()
+            || matches!(
+                cause.downcast_ref::<StoreError>(),
+                Some(StoreError::Locked { .. } | StoreError::Open { .. })
+            )
+    });
+    ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
+}

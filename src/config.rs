@@ -1,0 +1,1476 @@
+//! Configuration: receives the YAML config file (plus the environment, for
+//! defaults and the API token) and emits a validated, typed `Config`, or one
+//! error listing every problem by key path and value. It owns the config
+//! schema, its defaults and where the token comes from; serde_yaml stays here.
+
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use reqwest::Url;
+use serde_yaml::{Mapping, Value};
+
+const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
+const DEFAULT_STATE_DIR: &str = "/var/lib/tallyfy-sync";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_CONCURRENCY: usize = 4;
+const MAX_CONCURRENCY: u64 = 64;
+const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
+const TOKEN_VARIABLE: &str = "TALLYFY_ACCESS_TOKEN";
+const TOKEN_CREDENTIAL: &str = "tallyfy-token";
+// Limits keep a mistyped path (say /dev/zero) from eating all memory.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+const MAX_TOKEN_BYTES: u64 = 64 << 10;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The config file as given on the command line.
+    pub file: PathBuf,
+    pub api: ApiConfig,
+    pub state_dir: PathBuf,
+    /// Quiet time before a new or changed file is taken.
+    pub settle: Duration,
+    pub folders: Vec<Folder>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Without a trailing `/`.
+    pub base_url: Url,
+    pub org_id: String,
+    pub token_file: Option<PathBuf>,
+    /// Per request.
+    pub timeout: Duration,
+    /// Uploads in flight at once.
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Folder {
+    /// Canonical and absolute.
+    pub path: PathBuf,
+    pub target: Target,
+    pub recursive: bool,
+    pub delete_remote: bool,
+    /// The patterns as written, for messages.
+    pub ignore: Vec<String>,
+    /// `ignore` compiled; match it against the file name, not the whole path.
+    pub ignore_set: GlobSet,
+}
+
+/// The remote file field a folder feeds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A form field of a task in a process run.
+    Task {
+        run_id: String,
+        task_id: String,
+        capture_id: String,
+        step_id: Option<String>,
+        checklist_id: Option<String>,
+    },
+    /// A kick-off (prerun) field of a template.
+    Kickoff {
+        checklist_id: String,
+        field_id: String,
+    },
+}
+
+impl Target {
+    /// Stable short key naming the remote field, e.g. "task:RUN/TASK/CAPTURE" or "kickoff:CHECKLIST/FIELD".
+    pub fn key(&self) -> String {
+        match self {
+            Target::Task {
+                run_id,
+                task_id,
+                capture_id,
+                ..
+            } => format!("task:{run_id}/{task_id}/{capture_id}"),
+            Target::Kickoff {
+                checklist_id,
+                field_id,
+            } => format!("kickoff:{checklist_id}/{field_id}"),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Task {
+                run_id,
+                task_id,
+                capture_id,
+                ..
+            } => write!(f, "task {task_id} in run {run_id}, field {capture_id}"),
+            Target::Kickoff {
+                checklist_id,
+                field_id,
+            } => write!(f, "kick-off field {field_id} of template {checklist_id}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {}", .path.display(), .error)]
+    Read { path: PathBuf, error: io::Error },
+    #[error("config file {} has {}", .path.display(), list_problems(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    /// `origin` names the variable or file; the token itself is never included.
+    #[error("API token from {origin}: {problem}")]
+    Token { origin: String, problem: String },
+}
+
+fn list_problems(problems: &[String]) -> String {
+    let count = match problems.len() {
+        1 => "1 problem".to_string(),
+        n => format!("{n} problems"),
+    };
+    problems
+        .iter()
+        .fold(count + ":", |text, problem| text + "\n  - " + problem)
+}
+
+/// The API token. Deliberately has no Display and a redacting Debug so that it
+/// cannot end up in logs by accident; use `expose()` where it must be sent.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// TALLYFY_ACCESS_TOKEN from the environment, else api.token_file, else $CREDENTIALS_DIRECTORY/tallyfy-token (systemd credential).
+    /// Trims surrounding whitespace/newline; an empty token is an error; the error names the source (variable or file path) but NEVER contains the token.
+    pub fn resolve(
+        api: &ApiConfig,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Token, ConfigError> {
+        let fail = |origin: &str, problem: String| ConfigError::Token {
+            origin: origin.to_string(),
+            problem,
+        };
+        // A variable that is set but empty is an error rather than a fall-through:
+        // silently picking another token would hide the operator's mistake.
+        if let Some(value) = env(TOKEN_VARIABLE) {
+            let origin = format!("environment variable {TOKEN_VARIABLE}");
+            let text = value
+                .into_string()
+                .map_err(|_| fail(&origin, "not valid UTF-8".to_string()))?;
+            return Token::parse(&text).map_err(|problem| fail(&origin, problem));
+        }
+        let credentials = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty());
+        let (origin, file) = match (&api.token_file, credentials) {
+            (Some(file), _) => (
+                format!("file {} (api.token_file)", file.display()),
+                file.clone(),
+            ),
+            (None, Some(dir)) => {
+                let file = Path::new(&dir).join(TOKEN_CREDENTIAL);
+                (format!("systemd credential {}", file.display()), file)
+            }
+            (None, None) => {
+                let everywhere = format!(
+                    "{TOKEN_VARIABLE}, api.token_file or the systemd credential {TOKEN_CREDENTIAL}"
+                );
+                return Err(fail(&everywhere, "none is set".to_string()));
+            }
+        };
+        let text = read_limited(&file, MAX_TOKEN_BYTES)
+            .map_err(|error| fail(&origin, format!("cannot read it: {error}")))?;
+        Token::parse(&text).map_err(|problem| fail(&origin, problem))
+    }
+
+    /// The problem it returns must never quote the text: it is the secret.
+    fn parse(text: &str) -> Result<Token, String> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Err("empty".to_string());
+        }
+        // Anything left inside would make an invalid Authorization header later,
+        // with a far less helpful error.
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(
+                "contains whitespace or control characters (it must hold the token alone)"
+                    .to_string(),
+            );
+        }
+        Ok(Token(token.to_string()))
+    }
+}
+
+fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
+    let mut text = String::new();
+    fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+impl Config {
+    /// Reads the file, then `from_yaml` with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Config::from_yaml(&text, path, &|name| std::env::var_os(name))
+    }
+
+    /// `file` anchors relative paths and names the file in messages; `env` is
+    /// consulted only for STATE_DIRECTORY.
+    pub fn from_yaml(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let problems = Problems::default();
+        let label = file
+            .file_name()
+            .unwrap_or(file.as_os_str())
+            .to_string_lossy();
+        let config = match serde_yaml::from_str::<Value>(text) {
+            Err(error) => {
+                problems.add(syntax_problem(&label, &error));
+                None
+            }
+            Ok(Value::Null) => {
+                problems.add(format!(
+                    "{label}: is empty (it needs at least api.org_id and folders)"
+                ));
+                None
+            }
+            Ok(Value::Mapping(map)) => walk(Section::new(String::new(), map, &problems), file, env),
+            Ok(other) => {
+                problems.add(format!(
+                    "{label}: expected a mapping of settings, found {}",
+                    kind(&other)
+                ));
+                None
+            }
+        };
+        let mut problems = problems.0.into_inner();
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => {
+                if problems.is_empty() {
+                    problems.push(format!("{label}: incomplete configuration"));
+                }
+                Err(ConfigError::Invalid {
+                    path: file.to_path_buf(),
+                    problems,
+                })
+            }
+        }
+    }
+}
+
+fn syntax_problem(label: &str, error: &serde_yaml::Error) -> String {
+    let message = error.to_string();
+    match error.location() {
+        Some(at) => {
+            // serde_yaml appends the location to its message; it is moved to the front.
+            let suffix = format!(" at line {} column {}", at.line(), at.column());
+            let message = message.replacen(&suffix, "", 1);
+            format!(
+                "{label} line {} column {}: {message}",
+                at.line(),
+                at.column()
+            )
+        }
+        None => format!("{label}: {message}"),
+    }
+}
+
+fn walk(
+    mut root: Section<'_>,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<Config> {
+    let base = config_dir(file);
+    let api = match root.get("api", mapping) {
+        Ok(map) => api_config(root.child("api", map.unwrap_or_default()), &base),
+        Err(()) => None,
+    };
+    let state_dir = root
+        .opt("state_dir", path_in(&base))
+        .unwrap_or_else(|| default_state_dir(env, &base));
+    let settle = root.opt("settle", duration).unwrap_or(DEFAULT_SETTLE);
+    let folders = root.req("folders", |value| match value {
+        Value::Sequence(items) if items.is_empty() => invalid("must list at least one folder"),
+        _ => list(value),
+    });
+    let mut claimed = Vec::new();
+    let folders: Option<Vec<Folder>> = folders.and_then(|items| {
+        // Collected into a Vec first so that every folder is checked, not just
+        // those before the first bad one.
+        let parsed: Vec<Option<Folder>> = items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let path = format!("folders[{index}]");
+                let map = root.problems.check(&path, item, mapping)?;
+                folder(Section::new(path, map, root.problems), &base, &mut claimed)
+            })
+            .collect();
+        parsed.into_iter().collect()
+    });
+    root.finish();
+    Some(Config {
+        file: file.to_path_buf(),
+        api: api?,
+        state_dir,
+        settle,
+        folders: folders?,
+    })
+}
+
+/// Relative paths in the config mean "next to the config file": the daemon's
+/// working directory says nothing about what the operator meant.
+fn config_dir(file: &Path) -> PathBuf {
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    file.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn default_state_dir(env: &dyn Fn(&str) -> Option<OsString>, base: &Path) -> PathBuf {
+    // systemd passes one entry per StateDirectory=, separated by colons.
+    env("STATE_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |dir| base.join(dir))
+}
+
+fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
+    let base_url = s.opt("base_url", base_url);
+    let org_id = s.req("org_id", id);
+    let token_file = s.opt("token_file", path_in(base));
+    let timeout = s
+        .opt("timeout", positive_duration)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let concurrency = s
+        .opt("concurrency", concurrency)
+        .unwrap_or(DEFAULT_CONCURRENCY);
+    let default_url = || base_url_from(DEFAULT_BASE_URL).ok();
+    s.finish();
+    Some(ApiConfig {
+        base_url: base_url.or_else(default_url)?,
+        org_id: org_id?,
+        token_file,
+        timeout,
+        concurrency,
+    })
+}
+
+/// Path, written form and canonical form of every folder seen so far, to catch overlaps.
+type Claimed = Vec<(String, String, PathBuf)>;
+
+fn folder(mut s: Section<'_>, base: &Path, claimed: &mut Claimed) -> Option<Folder> {
+    let path = s.req("path", |value| directory(value, base));
+    if let Some((written, canonical)) = &path {
+        let key = s.at("path");
+        // Nested folders would upload the inner folder's files twice.
+        for (other_key, other_written, other) in claimed.iter() {
+            if canonical.starts_with(other) || other.starts_with(canonical) {
+                s.problems.add(format!(
+                    "{key} {written:?}: overlaps {other_key} {other_written:?}"
+                ));
+            }
+        }
+        claimed.push((key, written.clone(), canonical.clone()));
+    }
+    let task = s
+        .get("task", mapping)
+        .map(|map| map.map(|map| task_target(s.child("task", map))));
+    let kickoff = s
+        .get("kickoff", mapping)
+        .map(|map| map.map(|map| kickoff_target(s.child("kickoff", map))));
+    let exactly_one = |found: &str| {
+        let problem = format!(
+            "{}: needs exactly one of task or kickoff (found {found})",
+            s.path
+        );
+        s.problems.add(problem);
+        None
+    };
+    let target = match (task, kickoff) {
+        (Ok(Some(target)), Ok(None)) | (Ok(None), Ok(Some(target))) => target,
+        (Ok(None), Ok(None)) => exactly_one("neither"),
+        (Ok(Some(_)), Ok(Some(_))) => exactly_one("both"),
+        _ => None,
+    };
+    let recursive = s.opt("recursive", boolean).unwrap_or(false);
+    let delete_remote = s.opt("delete_remote", boolean).unwrap_or(true);
+    let ignore_key = s.at("ignore");
+    let globs: Vec<Glob> = s
+        .opt("ignore", list)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, value)| {
+            s.problems
+                .check(&format!("{ignore_key}[{index}]"), value, glob)
+        })
+        .collect();
+    let mut set = GlobSetBuilder::new();
+    for glob in &globs {
+        set.add(glob.clone());
+    }
+    let ignore_set = set
+        .build()
+        .map_err(|error| {
+            s.problems
+                .add(format!("{ignore_key}: cannot compile: {error}"))
+        })
+        .ok();
+    s.finish();
+    Some(Folder {
+        path: path?.1,
+        target: target?,
+        recursive,
+        delete_remote,
+        ignore: globs.iter().map(|glob| glob.glob().to_string()).collect(),
+        ignore_set: ignore_set?,
+    })
+}
+
+fn task_target(mut s: Section<'_>) -> Option<Target> {
+    let run_id = s.req("run_id", id);
+    let task_id = s.req("task_id", id);
+    let capture_id = s.req("capture_id", id);
+    let step_id = s.opt("step_id", id);
+    let checklist_id = s.opt("checklist_id", id);
+    s.finish();
+    Some(Target::Task {
+        run_id: run_id?,
+        task_id: task_id?,
+        capture_id: capture_id?,
+        step_id,
+        checklist_id,
+    })
+}
+
+fn kickoff_target(mut s: Section<'_>) -> Option<Target> {
+    let checklist_id = s.req("checklist_id", id);
+    let field_id = s.req("field_id", id);
+    s.finish();
+    Some(Target::Kickoff {
+        checklist_id: checklist_id?,
+        field_id: field_id?,
+    })
+}
+
+/// Every problem found so far. Shared by reference between nested sections so
+/// that one walk collects all of them.
+#[derive(Default)]
+struct Problems(RefCell<Vec<String>>);
+
+impl Problems {
+    fn add(&self, problem: String) {
+        self.0.borrow_mut().push(problem);
+    }
+
+    /// Parses `value`, reporting a rejection as `path value: why`.
+    fn check<T>(
+        &self,
+        path: &str,
+        value: &Value,
+        parse: impl FnOnce(&Value) -> Result<T, Bad>,
+    ) -> Option<T> {
+        let bad = match parse(value) {
+            Ok(parsed) => return Some(parsed),
+            Err(bad) => bad,
+        };
+        let shown = match scalar(value) {
+            Some(text) => format!("{path} {text}"),
+            None => path.to_string(),
+        };
+        self.add(match bad {
+            Bad::Type(expected) => format!("{shown}: expected {expected}, found {}", kind(value)),
+            Bad::Invalid(why) => format!("{shown}: {why}"),
+        });
+        None
+    }
+}
+
+/// Why a value was rejected.
+enum Bad {
+    /// The YAML type is wrong; names what was expected, e.g. "a duration string".
+    Type(&'static str),
+    /// The type is right but the value is not acceptable.
+    Invalid(String),
+}
+
+fn invalid<T>(why: impl Into<String>) -> Result<T, Bad> {
+    Err(Bad::Invalid(why.into()))
+}
+
+/// One YAML mapping being taken apart. Keys are removed as they are read, so
+/// whatever is left at `finish` is unknown, and the keys asked for are the
+/// ones the error lists as expected.
+struct Section<'p> {
+    path: String,
+    map: Mapping,
+    known: Vec<&'static str>,
+    problems: &'p Problems,
+}
+
+impl<'p> Section<'p> {
+    fn new(path: String, map: Mapping, problems: &'p Problems) -> Self {
+        Section {
+            path,
+            map,
+            known: Vec::new(),
+            problems,
+        }
+    }
+
+    fn child(&self, key: &str, map: Mapping) -> Section<'p> {
+        Section::new(self.at(key), map, self.problems)
+    }
+
+    fn at(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// `Ok(None)` when absent; an explicit null (`key:` with nothing after it)
+    /// counts as absent. `Err(())` when present but rejected (already reported).
+    fn get<T>(
+        &mut self,
+        key: &'static str,
+        parse: impl FnOnce(&Value) -> Result<T, Bad>,
+    ) -> Result<Option<T>, ()> {
+        self.known.push(key);
+        match self.map.shift_remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => self
+                .problems
+                .check(&self.at(key), &value, parse)
+                .map(Some)
+                .ok_or(()),
+        }
+    }
+
+    fn opt<T>(
+        &mut self,
+        key: &'static str,
+        parse: impl FnOnce(&Value) -> Result<T, Bad>,
+    ) -> Option<T> {
+        self.get(key, parse).ok().flatten()
+    }
+
+    fn req<T>(
+        &mut self,
+        key: &'static str,
+        parse: impl FnOnce(&Value) -> Result<T, Bad>,
+    ) -> Option<T> {
+        let got = self.get(key, parse);
+        if let Ok(None) = got {
+            self.problems.add(format!("{}: required", self.at(key)));
+        }
+        got.ok().flatten()
+    }
+
+    fn finish(self) {
+        for key in self.map.keys() {
+            let name = match key {
+                Value::String(name) => name.clone(),
+                other => scalar(other).unwrap_or_else(|| format!("<{}>", kind(other))),
+            };
+            // The value is never shown: a misplaced token must not be echoed.
+            let why = if name.contains("token") {
+                format!("the API token is never read from the config file; it comes from {TOKEN_VARIABLE}, api.token_file or the systemd credential {TOKEN_CREDENTIAL}")
+            } else {
+                format!("expected one of {}", self.known.join(", "))
+            };
+            self.problems
+                .add(format!("{}: unknown key ({why})", self.at(&name)));
+        }
+    }
+}
+
+/// A scalar as it appears in a problem; strings are quoted and escaped so
+/// that every problem stays on one line.
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(format!("{s:?}")),
+        _ => None,
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn mapping(value: &Value) -> Result<Mapping, Bad> {
+    match value {
+        Value::Mapping(map) => Ok(map.clone()),
+        _ => Err(Bad::Type("a mapping")),
+    }
+}
+
+fn list(value: &Value) -> Result<Vec<Value>, Bad> {
+    match value {
+        Value::Sequence(items) => Ok(items.clone()),
+        _ => Err(Bad::Type("a list")),
+    }
+}
+
+fn boolean(value: &Value) -> Result<bool, Bad> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        _ => Err(Bad::Type("true or false")),
+    }
+}
+
+/// Ids go into URL paths, hence the narrow alphabet.
+fn id(value: &Value) -> Result<String, Bad> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    match value {
+        Value::String(s) if s.is_empty() => invalid("must not be empty"),
+        Value::String(s) if !s.bytes().all(allowed) => {
+            invalid("may only contain ASCII letters, digits, - and _")
+        }
+        Value::String(s) => Ok(s.clone()),
+        // YAML would already have mangled it (0123 is 123, 12e4 is a float).
+        Value::Number(_) => invalid("expected a string, found a number (put the id in quotes)"),
+        _ => Err(Bad::Type("a string")),
+    }
+}
+
+fn duration(value: &Value) -> Result<Duration, Bad> {
+    let hint = "not a duration (use e.g. 500ms, 2s, 5m)";
+    match value {
+        Value::String(s) => humantime::parse_duration(s).or_else(|_| invalid(hint)),
+        Value::Number(_) => invalid(hint),
+        _ => Err(Bad::Type("a duration string")),
+    }
+}
+
+fn positive_duration(value: &Value) -> Result<Duration, Bad> {
+    match duration(value)? {
+        zero if zero.is_zero() => invalid("must be greater than 0"),
+        positive => Ok(positive),
+    }
+}
+
+fn concurrency(value: &Value) -> Result<usize, Bad> {
+    let Value::Number(n) = value else {
+        return Err(Bad::Type("an integer"));
+    };
+    match n.as_u64() {
+        Some(count @ 1..=MAX_CONCURRENCY) => Ok(count as usize),
+        _ => invalid(format!("must be between 1 and {MAX_CONCURRENCY}")),
+    }
+}
+
+fn base_url(value: &Value) -> Result<Url, Bad> {
+    match value {
+        Value::String(s) => base_url_from(s),
+        _ => Err(Bad::Type("a URL string")),
+    }
+}
+
+/// The token travels in every request, so it may go in clear only to this machine.
+fn base_url_from(text: &str) -> Result<Url, Bad> {
+    let mut url = Url::parse(text).or_else(|error| invalid(format!("not a valid URL: {error}")))?;
+    let loopback = url.host_str().is_some_and(|host| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        return invalid(
+            "must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)",
+        );
+    }
+    if let Some(path) = url.path().strip_suffix('/').map(str::to_string) {
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+fn path_in(base: &Path) -> impl Fn(&Value) -> Result<PathBuf, Bad> + '_ {
+    move |value| match value {
+        Value::String(s) if s.is_empty() => invalid("must not be empty"),
+        Value::String(s) => Ok(base.join(s)),
+        _ => Err(Bad::Type("a path string")),
+    }
+}
+
+/// The path as written (for messages) and canonicalized (so overlaps and
+/// symlinks are judged on what is really watched).
+fn directory(value: &Value, base: &Path) -> Result<(String, PathBuf), Bad> {
+    let path = path_in(base)(value)?;
+    let written = value.as_str().unwrap_or_default().to_string();
+    match fs::metadata(&path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => invalid("no such directory"),
+        Err(error) => invalid(format!("cannot access: {error}")),
+        Ok(meta) if !meta.is_dir() => invalid("not a directory"),
+        Ok(_) => match fs::canonicalize(&path) {
+            Ok(canonical) => Ok((written, canonical)),
+            Err(error) => invalid(format!("cannot access: {error}")),
+        },
+    }
+}
+
+fn glob(value: &Value) -> Result<Glob, Bad> {
+    let Value::String(pattern) = value else {
+        return Err(Bad::Type("a glob string"));
+    };
+    // Matched against bare file names, so `*` may as well cross `/`.
+    GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .build()
+        .or_else(|error| invalid(format!("not a valid glob: {}", error.kind())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    /// A temporary config directory with a few folders to point at.
+    struct Fixture {
+        _dir: TempDir,
+        root: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let root = fs::canonicalize(dir.path()).unwrap();
+            for sub in ["in", "in/sub", "out", "state"] {
+                fs::create_dir(root.join(sub)).unwrap();
+            }
+            fs::write(root.join("file.txt"), "x").unwrap();
+            Fixture { _dir: dir, root }
+        }
+
+        fn file(&self) -> PathBuf {
+            self.root.join("config.yaml")
+        }
+
+        /// `{dir}` in the YAML stands for the fixture directory.
+        fn parse_env(&self, yaml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+            let yaml = yaml.replace("{dir}", &self.root.display().to_string());
+            let env = |name: &str| {
+                vars.iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| OsString::from(value))
+            };
+            Config::from_yaml(&yaml, &self.file(), &env)
+        }
+
+        fn parse(&self, yaml: &str) -> Config {
+            self.parse_env(yaml, &[]).unwrap()
+        }
+
+        /// The problems, with the fixture directory written back as `{dir}`.
+        fn problems(&self, yaml: &str) -> Vec<String> {
+            match self.parse_env(yaml, &[]) {
+                Err(ConfigError::Invalid { path, problems }) => {
+                    assert_eq!(path, self.file());
+                    let root = self.root.display().to_string();
+                    problems.iter().map(|p| p.replace(&root, "{dir}")).collect()
+                }
+                other => panic!("expected problems, got {other:?}"),
+            }
+        }
+    }
+
+    /// A valid config with extra lines in `api` (indented 2) and in the first folder (indented 4).
+    fn yaml(api: &str, folder: &str) -> String {
+        format!(
+            "api:\n  org_id: ORG\n{api}folders:\n  - path: {{dir}}/in\n    task: {{run_id: RUN, task_id: TASK, capture_id: CAP}}\n{folder}"
+        )
+    }
+
+    fn minimal() -> String {
+        yaml("", "")
+    }
+
+    #[test]
+    fn a_minimal_config_parses_with_defaults_applied() {
+        let fx = Fixture::new();
+        let config = fx.parse(&minimal());
+        assert_eq!(config.file, fx.file());
+        assert_eq!(config.api.base_url.as_str(), "https://go.tallyfy.com/api");
+        assert_eq!(config.api.org_id, "ORG");
+        assert_eq!(config.api.token_file, None);
+        assert_eq!(config.api.timeout, Duration::from_secs(60));
+        assert_eq!(config.api.concurrency, 4);
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/tallyfy-sync"));
+        assert_eq!(config.settle, Duration::from_secs(2));
+        assert_eq!(config.folders.len(), 1);
+        let folder = &config.folders[0];
+        assert_eq!(folder.path, fx.root.join("in"));
+        assert_eq!(
+            folder.target,
+            Target::Task {
+                run_id: "RUN".into(),
+                task_id: "TASK".into(),
+                capture_id: "CAP".into(),
+                step_id: None,
+                checklist_id: None,
+            }
+        );
+        assert!(!folder.recursive);
+        assert!(folder.delete_remote);
+        assert!(folder.ignore.is_empty());
+        assert!(!folder.ignore_set.is_match("anything.pdf"));
+    }
+
+    #[test]
+    fn a_full_config_parses_every_key() {
+        let fx = Fixture::new();
+        let config = fx.parse(
+            "\
+api:
+  base_url: https://example.com/api/
+  org_id: ORG-1_a
+  token_file: secrets/token
+  timeout: 500ms
+  concurrency: 64
+state_dir: state
+settle: 0s
+folders:
+  - path: {dir}/in
+    task:
+      run_id: RUN
+      task_id: TASK
+      capture_id: CAP
+      step_id: STEP
+      checklist_id: TPL
+    recursive: true
+    delete_remote: false
+    ignore: [\"*.bak\", \"~*\"]
+  - path: out
+    kickoff:
+      checklist_id: TPL
+      field_id: FIELD
+",
+        );
+        assert_eq!(config.api.base_url.as_str(), "https://example.com/api");
+        assert_eq!(config.api.org_id, "ORG-1_a");
+        assert_eq!(config.api.token_file, Some(fx.root.join("secrets/token")));
+        assert_eq!(config.api.timeout, Duration::from_millis(500));
+        assert_eq!(config.api.concurrency, 64);
+        assert_eq!(config.state_dir, fx.root.join("state"));
+        assert_eq!(config.settle, Duration::ZERO);
+        let [invoices, contracts] = &config.folders[..] else {
+            panic!("expected two folders: {:?}", config.folders);
+        };
+        assert_eq!(
+            invoices.target,
+            Target::Task {
+                run_id: "RUN".into(),
+                task_id: "TASK".into(),
+                capture_id: "CAP".into(),
+                step_id: Some("STEP".into()),
+                checklist_id: Some("TPL".into()),
+            }
+        );
+        assert!(invoices.recursive);
+        assert!(!invoices.delete_remote);
+        assert_eq!(invoices.ignore, ["*.bak", "~*"]);
+        assert!(invoices.ignore_set.is_match("report.bak"));
+        assert!(invoices.ignore_set.is_match("~lock.docx"));
+        assert!(!invoices.ignore_set.is_match("report.pdf"));
+        assert_eq!(contracts.path, fx.root.join("out"));
+        assert_eq!(
+            contracts.target,
+            Target::Kickoff {
+                checklist_id: "TPL".into(),
+                field_id: "FIELD".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_not_only_the_first() {
+        let fx = Fixture::new();
+        let problems = fx.problems(
+            "\
+api:
+  timeout: abc
+  concurrency: 0
+settle: [1s]
+folders:
+  - path: {dir}/missing
+    task: {run_id: RUN, task_id: TASK}
+  - path: {dir}/file.txt
+",
+        );
+        assert_eq!(
+            problems,
+            [
+                "api.org_id: required",
+                "api.timeout \"abc\": not a duration (use e.g. 500ms, 2s, 5m)",
+                "api.concurrency 0: must be between 1 and 64",
+                "settle: expected a duration string, found a list",
+                "folders[0].path \"{dir}/missing\": no such directory",
+                "folders[0].task.capture_id: required",
+                "folders[1].path \"{dir}/file.txt\": not a directory",
+                "folders[1]: needs exactly one of task or kickoff (found neither)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_error_message_lists_each_problem_on_its_own_line() {
+        let fx = Fixture::new();
+        let error = fx.parse_env("settle: 1s\n", &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "config file {} has 2 problems:\n  - api.org_id: required\n  - folders: required",
+                fx.file().display()
+            )
+        );
+        let error = fx.parse_env(&(minimal() + "settle: x\n"), &[]).unwrap_err();
+        assert!(error
+            .to_string()
+            .contains(" has 1 problem:\n  - settle \"x\": "));
+    }
+
+    #[test]
+    fn a_syntax_error_names_line_and_column() {
+        let fx = Fixture::new();
+        let problems = fx.problems("api:\n  org_id: ORG\n  timeout: 1s\n   concurrency: 4\n");
+        assert_eq!(
+            problems,
+            ["config.yaml line 4 column 15: mapping values are not allowed in this context"]
+        );
+    }
+
+    #[test]
+    fn an_empty_document_is_one_problem() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems("# nothing yet\n"),
+            ["config.yaml: is empty (it needs at least api.org_id and folders)"]
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_is_one_problem() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems("- api\n- folders\n"),
+            ["config.yaml: expected a mapping of settings, found a list"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_the_keys_expected_there() {
+        let fx = Fixture::new();
+        let problems = fx.problems(
+            &(yaml("  tokn: x\n", "    recursve: true\n")
+                + "  - path: {dir}/out\n    kickoff: {checklist_id: T, field_id: F, extra: 1}\n"
+                + "foldrs: []\n"),
+        );
+        assert_eq!(
+            problems,
+            [
+                "api.tokn: unknown key (expected one of base_url, org_id, token_file, timeout, concurrency)",
+                "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, ignore)",
+                "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
+                "foldrs: unknown key (expected one of api, state_dir, settle, folders)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_token_key_explains_where_the_token_comes_from_without_echoing_it() {
+        let fx = Fixture::new();
+        let problems =
+            fx.problems(&(yaml("  token: s3cr3t-value\n", "") + "token: s3cr3t-value\n"));
+        let why = "unknown key (the API token is never read from the config file; it comes from TALLYFY_ACCESS_TOKEN, api.token_file or the systemd credential tallyfy-token)";
+        assert_eq!(
+            problems,
+            [format!("api.token: {why}"), format!("token: {why}")]
+        );
+    }
+
+    #[test]
+    fn org_id_is_required_even_without_an_api_section() {
+        let fx = Fixture::new();
+        let without_api = minimal().replace("api:\n  org_id: ORG\n", "");
+        assert_eq!(fx.problems(&without_api), ["api.org_id: required"]);
+        let null_org = minimal().replace("org_id: ORG", "org_id:");
+        assert_eq!(fx.problems(&null_org), ["api.org_id: required"]);
+        let api_string = minimal().replace("api:\n  org_id: ORG\n", "api: ORG\n");
+        assert_eq!(
+            fx.problems(&api_string),
+            ["api \"ORG\": expected a mapping, found a string"]
+        );
+    }
+
+    #[test]
+    fn ids_must_be_url_safe_non_empty_strings() {
+        let fx = Fixture::new();
+        let text = yaml("", "")
+            .replace("org_id: ORG", "org_id: \"\"")
+            .replace("run_id: RUN", "run_id: a/b")
+            .replace("task_id: TASK", "task_id: 12345")
+            .replace("capture_id: CAP", "capture_id: [x], step_id: \"é\"");
+        assert_eq!(
+            fx.problems(&text),
+            [
+                "api.org_id \"\": must not be empty",
+                "folders[0].task.run_id \"a/b\": may only contain ASCII letters, digits, - and _",
+                "folders[0].task.task_id 12345: expected a string, found a number (put the id in quotes)",
+                "folders[0].task.capture_id: expected a string, found a list",
+                "folders[0].task.step_id \"é\": may only contain ASCII letters, digits, - and _",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_must_be_humantime_strings_and_timeout_must_be_positive() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&(yaml("  timeout: 0s\n", "") + "settle: 5\n")),
+            [
+                "api.timeout \"0s\": must be greater than 0",
+                "settle 5: not a duration (use e.g. 500ms, 2s, 5m)",
+            ]
+        );
+        assert_eq!(
+            fx.problems(&yaml("  timeout: true\n", "")),
+            ["api.timeout true: expected a duration string, found a boolean"]
+        );
+        let config = fx.parse(&(yaml("  timeout: 5m\n", "") + "settle: 0s\n"));
+        assert_eq!(config.api.timeout, Duration::from_secs(300));
+        assert_eq!(config.settle, Duration::ZERO);
+    }
+
+    #[test]
+    fn concurrency_must_be_an_integer_from_1_to_64() {
+        let fx = Fixture::new();
+        for (written, problem) in [
+            ("0", "api.concurrency 0: must be between 1 and 64"),
+            ("65", "api.concurrency 65: must be between 1 and 64"),
+            ("-1", "api.concurrency -1: must be between 1 and 64"),
+            ("2.5", "api.concurrency 2.5: must be between 1 and 64"),
+            (
+                "\"4\"",
+                "api.concurrency \"4\": expected an integer, found a string",
+            ),
+        ] {
+            let text = yaml(&format!("  concurrency: {written}\n"), "");
+            assert_eq!(fx.problems(&text), [problem]);
+        }
+        assert_eq!(fx.parse(&yaml("  concurrency: 1\n", "")).api.concurrency, 1);
+    }
+
+    #[test]
+    fn base_url_must_be_https_unless_the_host_is_loopback() {
+        let fx = Fixture::new();
+        let https =
+            "must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)";
+        for (url, problem) in [
+            (
+                "http://example.com/api",
+                format!("\"http://example.com/api\": {https}"),
+            ),
+            (
+                "ftp://127.0.0.1/api",
+                format!("\"ftp://127.0.0.1/api\": {https}"),
+            ),
+            (
+                "http://127.0.0.1.example.com/",
+                format!("\"http://127.0.0.1.example.com/\": {https}"),
+            ),
+            (
+                "go.tallyfy.com/api",
+                "\"go.tallyfy.com/api\": not a valid URL: relative URL without a base".to_string(),
+            ),
+        ] {
+            let text = yaml(&format!("  base_url: {url}\n"), "");
+            assert_eq!(fx.problems(&text), [format!("api.base_url {problem}")]);
+        }
+        for (url, parsed) in [
+            ("http://127.0.0.1:8080/api/", "http://127.0.0.1:8080/api"),
+            ("http://127.1.2.3/", "http://127.1.2.3/"),
+            ("http://LocalHost:9000/api", "http://localhost:9000/api"),
+            ("http://[::1]:9000/api//", "http://[::1]:9000/api/"),
+            ("https://go.tallyfy.com/api", "https://go.tallyfy.com/api"),
+        ] {
+            let config = fx.parse(&yaml(&format!("  base_url: \"{url}\"\n"), ""));
+            assert_eq!(config.api.base_url.as_str(), parsed);
+        }
+    }
+
+    #[test]
+    fn folder_paths_must_be_existing_directories() {
+        let fx = Fixture::new();
+        let text = minimal()
+            + "  - path: {dir}/nope\n    kickoff: {checklist_id: T, field_id: F}\n"
+            + "  - path: file.txt\n    kickoff: {checklist_id: T, field_id: F}\n"
+            + "  - path: \"\"\n    kickoff: {checklist_id: T, field_id: F}\n"
+            + "  - kickoff: {checklist_id: T, field_id: F}\n"
+            + "  - path: [a]\n    kickoff: {checklist_id: T, field_id: F}\n";
+        assert_eq!(
+            fx.problems(&text),
+            [
+                "folders[1].path \"{dir}/nope\": no such directory",
+                "folders[2].path \"file.txt\": not a directory",
+                "folders[3].path \"\": must not be empty",
+                "folders[4].path: required",
+                "folders[5].path: expected a path string, found a list",
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_config_directory() {
+        let fx = Fixture::new();
+        let text = yaml("  token_file: ../token\n", "").replace("{dir}/in", "in/./sub/..")
+            + "state_dir: state\n";
+        let config = fx.parse(&text);
+        assert_eq!(config.folders[0].path, fx.root.join("in"));
+        assert_eq!(config.state_dir, fx.root.join("state"));
+        assert_eq!(config.api.token_file, Some(fx.root.join("../token")));
+    }
+
+    #[test]
+    fn folders_must_be_a_non_empty_list_of_mappings() {
+        let fx = Fixture::new();
+        assert_eq!(fx.problems("api: {org_id: ORG}\n"), ["folders: required"]);
+        assert_eq!(
+            fx.problems("api: {org_id: ORG}\nfolders: []\n"),
+            ["folders: must list at least one folder"]
+        );
+        assert_eq!(
+            fx.problems("api: {org_id: ORG}\nfolders: {dir}/in\n"),
+            ["folders \"{dir}/in\": expected a list, found a string"]
+        );
+        assert_eq!(
+            fx.problems("api: {org_id: ORG}\nfolders: [{dir}/in]\n"),
+            ["folders[0] \"{dir}/in\": expected a mapping, found a string"]
+        );
+    }
+
+    #[test]
+    fn a_folder_needs_exactly_one_of_task_or_kickoff() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&yaml("", "    kickoff: {checklist_id: T, field_id: F}\n")),
+            ["folders[0]: needs exactly one of task or kickoff (found both)"]
+        );
+        assert_eq!(
+            fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n"),
+            ["folders[0]: needs exactly one of task or kickoff (found neither)"]
+        );
+        assert_eq!(
+            fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    kickoff: TPL\n"),
+            ["folders[0].kickoff \"TPL\": expected a mapping, found a string"]
+        );
+    }
+
+    #[test]
+    fn task_and_kickoff_need_their_ids_and_no_other_keys() {
+        let fx = Fixture::new();
+        let text = "api: {org_id: ORG}\nfolders:\n".to_string()
+            + "  - path: {dir}/in\n    task: {run_id: R, step: S}\n"
+            + "  - path: {dir}/out\n    kickoff: {}\n";
+        assert_eq!(
+            fx.problems(&text),
+            [
+                "folders[0].task.task_id: required",
+                "folders[0].task.capture_id: required",
+                "folders[0].task.step: unknown key (expected one of run_id, task_id, capture_id, step_id, checklist_id)",
+                "folders[1].kickoff.checklist_id: required",
+                "folders[1].kickoff.field_id: required",
+            ]
+        );
+    }
+
+    #[test]
+    fn recursive_and_delete_remote_must_be_booleans() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&yaml("", "    recursive: yes\n    delete_remote: 1\n")),
+            [
+                "folders[0].recursive \"yes\": expected true or false, found a string",
+                "folders[0].delete_remote 1: expected true or false, found a number",
+            ]
+        );
+    }
+
+    #[test]
+    fn ignore_must_be_a_list_of_valid_globs() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&yaml("", "    ignore: [\"*.bak\", \"[abc\", 7]\n")),
+            [
+                "folders[0].ignore[1] \"[abc\": not a valid glob: unclosed character class; missing ']'",
+                "folders[0].ignore[2] 7: expected a glob string, found a number",
+            ]
+        );
+        assert_eq!(
+            fx.problems(&yaml("", "    ignore: \"*.bak\"\n")),
+            ["folders[0].ignore \"*.bak\": expected a list, found a string"]
+        );
+    }
+
+    #[test]
+    fn folders_may_not_overlap() {
+        let fx = Fixture::new();
+        std::os::unix::fs::symlink(fx.root.join("out"), fx.root.join("link")).unwrap();
+        let kickoff = "    kickoff: {checklist_id: T, field_id: F}\n";
+        let text = minimal()
+            + "  - path: {dir}/in/sub\n"
+            + kickoff
+            + "  - path: {dir}\n"
+            + kickoff
+            + "  - path: {dir}/out\n"
+            + kickoff
+            + "  - path: link\n"
+            + kickoff;
+        assert_eq!(
+            fx.problems(&text),
+            [
+                "folders[1].path \"{dir}/in/sub\": overlaps folders[0].path \"{dir}/in\"",
+                "folders[2].path \"{dir}\": overlaps folders[0].path \"{dir}/in\"",
+                "folders[2].path \"{dir}\": overlaps folders[1].path \"{dir}/in/sub\"",
+                "folders[3].path \"{dir}/out\": overlaps folders[2].path \"{dir}\"",
+                "folders[4].path \"link\": overlaps folders[2].path \"{dir}\"",
+                "folders[4].path \"link\": overlaps folders[3].path \"{dir}/out\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn two_folders_may_feed_the_same_target() {
+        let fx = Fixture::new();
+        let text = minimal()
+            + "  - path: {dir}/out\n    task: {run_id: RUN, task_id: TASK, capture_id: CAP}\n";
+        let config = fx.parse(&text);
+        assert_eq!(
+            config.folders[0].target.key(),
+            config.folders[1].target.key()
+        );
+    }
+
+    #[test]
+    fn state_dir_defaults_to_the_first_state_directory_from_systemd() {
+        let fx = Fixture::new();
+        let env = [("STATE_DIRECTORY", "/var/lib/one:/var/lib/two")];
+        let config = fx.parse_env(&minimal(), &env).unwrap();
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/one"));
+        let config = fx
+            .parse_env(&minimal(), &[("STATE_DIRECTORY", "")])
+            .unwrap();
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/tallyfy-sync"));
+        let config = fx
+            .parse_env(&(minimal() + "state_dir: /srv/state\n"), &env)
+            .unwrap();
+        assert_eq!(config.state_dir, PathBuf::from("/srv/state"));
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_when_it_cannot() {
+        let fx = Fixture::new();
+        let text = minimal().replace("{dir}", &fx.root.display().to_string());
+        fs::write(fx.file(), text).unwrap();
+        let config = Config::load(&fx.file()).unwrap();
+        assert_eq!(config.folders[0].path, fx.root.join("in"));
+        let missing = fx.root.join("missing.yaml");
+        let error = Config::load(&missing).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }));
+        assert!(error
+            .to_string()
+            .starts_with(&format!("cannot read config file {}: ", missing.display())));
+    }
+
+    #[test]
+    fn targets_have_a_stable_key_and_a_readable_name() {
+        let task = Target::Task {
+            run_id: "RUN".into(),
+            task_id: "TASK".into(),
+            capture_id: "CAP".into(),
+            step_id: Some("STEP".into()),
+            checklist_id: None,
+        };
+        let kickoff = Target::Kickoff {
+            checklist_id: "TPL".into(),
+            field_id: "FIELD".into(),
+        };
+        assert_eq!(task.key(), "task:RUN/TASK/CAP");
+        assert_eq!(task.to_string(), "task TASK in run RUN, field CAP");
+        assert_eq!(kickoff.key(), "kickoff:TPL/FIELD");
+        assert_eq!(kickoff.to_string(), "kick-off field FIELD of template TPL");
+    }
+
+    fn api(token_file: Option<PathBuf>) -> ApiConfig {
+        ApiConfig {
+            base_url: Url::parse(DEFAULT_BASE_URL).unwrap(),
+            org_id: "ORG".into(),
+            token_file,
+            timeout: DEFAULT_TIMEOUT,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+
+    fn resolve(api: &ApiConfig, vars: &[(&str, &Path)]) -> Result<Token, ConfigError> {
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.as_os_str().to_owned())
+        };
+        Token::resolve(api, &env)
+    }
+
+    #[test]
+    fn the_token_comes_from_the_environment_then_the_file_then_the_credential() {
+        let fx = Fixture::new();
+        let file = fx.root.join("token");
+        fs::write(&file, "from-file\n").unwrap();
+        fs::write(fx.root.join("tallyfy-token"), "  from-credential\r\n").unwrap();
+        let creds = ("CREDENTIALS_DIRECTORY", fx.root.as_path());
+        let var = ("TALLYFY_ACCESS_TOKEN", Path::new(" from-env\n"));
+        let with_file = api(Some(file));
+
+        let token = resolve(&with_file, &[var, creds]).unwrap();
+        assert_eq!(token.expose(), "from-env");
+        let token = resolve(&with_file, &[creds]).unwrap();
+        assert_eq!(token.expose(), "from-file");
+        let token = resolve(&api(None), &[creds]).unwrap();
+        assert_eq!(token.expose(), "from-credential");
+    }
+
+    #[test]
+    fn an_empty_token_is_rejected_naming_its_source() {
+        let fx = Fixture::new();
+        let file = fx.root.join("token");
+        fs::write(&file, " \n").unwrap();
+        let error = resolve(&api(None), &[("TALLYFY_ACCESS_TOKEN", Path::new(""))]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "API token from environment variable TALLYFY_ACCESS_TOKEN: empty"
+        );
+        let error = resolve(&api(Some(file.clone())), &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "API token from file {} (api.token_file): empty",
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_token_file_is_named() {
+        let fx = Fixture::new();
+        let file = fx.root.join("nope");
+        let error = resolve(&api(Some(file.clone())), &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "API token from file {} (api.token_file): cannot read it: No such file or directory (os error 2)",
+                file.display()
+            )
+        );
+        let error = resolve(
+            &api(None),
+            &[("CREDENTIALS_DIRECTORY", &fx.root.join("creds"))],
+        )
+        .unwrap_err();
+        assert!(error.to_string().starts_with(&format!(
+            "API token from systemd credential {}: cannot read it: ",
+            fx.root.join("creds/tallyfy-token").display()
+        )));
+        let error = resolve(&api(None), &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "API token from TALLYFY_ACCESS_TOKEN, api.token_file or the systemd credential tallyfy-token: none is set"
+        );
+    }
+
+    #[test]
+    fn token_errors_and_debug_never_show_the_token() {
+        let fx = Fixture::new();
+        let file = fx.root.join("token");
+        fs::write(&file, "Bearer s3cr3t\n").unwrap();
+        let error = resolve(&api(Some(file)), &[]).unwrap_err();
+        assert!(error.to_string().ends_with(
+            ": contains whitespace or control characters (it must hold the token alone)"
+        ));
+        assert!(!format!("{error} {error:?}").contains("s3cr3t"));
+
+        let var = ("TALLYFY_ACCESS_TOKEN", Path::new("s3cr3t"));
+        let token = resolve(&api(None), &[var]).unwrap();
+        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn a_config_debug_holds_no_token() {
+        let fx = Fixture::new();
+        fs::write(fx.root.join("token"), "s3cr3t").unwrap();
+        let config = fx.parse(&yaml("  token_file: token\n", ""));
+        let var = ("TALLYFY_ACCESS_TOKEN", Path::new("env-s3cr3t"));
+        let token = resolve(&config.api, &[var]).unwrap();
+        assert_eq!(token.expose(), "env-s3cr3t");
+        let debug = format!("{config:?}");
+        assert!(debug.contains("token_file"));
+        assert!(!debug.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn odd_yaml_never_panics() {
+        let fx = Fixture::new();
+        for text in [
+            "",
+            "~",
+            "42",
+            "? [a]\n: b\n",
+            "api: !tag {org_id: ORG}\nfolders: [~, [], {}]\n",
+            "api:\n  org_id: &a ORG\nfolders: *a\n",
+            "a: 1\na: 2\n",
+            "---\na: 1\n---\nb: 2\n",
+            "api: {org_id: \"\\u0000\"}\nfolders: [{path: \"\\u0000\"}]\n",
+            "settle: 99999999999999999999999999y\n",
+        ] {
+            assert!(fx.parse_env(text, &[]).is_err(), "{text:?}");
+        }
+    }
+}

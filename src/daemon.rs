@@ -1,0 +1,127 @@
+//! Wires the stages together and runs them until shutdown:
+//! watch → settle → queue → sync, with one field actor per remote field.
+//! Receives a validated config and a token; owns the channels between stages, the start-up
+//! order (store, targets, leftover deletes, watches, first scan) and the orderly stop.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::{ApiError, Client};
+use crate::config::{Config, Token};
+use crate::field::FieldHandle;
+use crate::settle::Settle;
+use crate::store::{Store, StoreError};
+use crate::sync::Syncer;
+use crate::{queue, watch};
+
+/// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan.
+const HINT_CAPACITY: usize = 8192;
+/// Settled files waiting for a worker.
+const JOB_CAPACITY: usize = 1024;
+/// Files in progress at once per upload slot: the rest of a file's work (attach, record) waits
+/// on its field actor, not on the network, so more files than uploads can be in flight.
+const FILES_PER_UPLOAD_SLOT: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(#[from] ApiError),
+}
+
+pub async fn run(
+    config: Config,
+    token: Token,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.file.display(),
+        state_dir = %config.state_dir.display(),
+        "tallyfy-sync starting"
+    );
+    let store = Store::open(&config.state_dir)?;
+    let api = Arc::new(Client::new(&config.api, token, cancel.child_token())?);
+
+    // Folders mapped to the same field share one actor, so their PUTs cannot race either.
+    let mut actors: HashMap<String, FieldHandle> = HashMap::new();
+    let mut actor_tasks = Vec::new();
+    let fields: Vec<FieldHandle> = config
+        .folders
+        .iter()
+        .map(|folder| {
+            info!(folder = %folder.path.display(), target = %folder.target, recursive = folder.recursive, delete_remote = folder.delete_remote, "watching folder");
+            actors
+                .entry(folder.target.key())
+                .or_insert_with(|| {
+                    let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), cancel.clone());
+                    actor_tasks.push(task);
+                    handle
+                })
+                .clone()
+        })
+        .collect();
+
+    resume_deletes(&store, &actors).await;
+
+    let syncer = Arc::new(Syncer::new(
+        config.clone(),
+        store.clone(),
+        api.clone(),
+        fields,
+    ));
+    let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
+    let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let watcher = watch::start(&config.folders, hint_tx, overflow.clone());
+    let settle = tokio::spawn(Settle::new(config.clone(), store.clone()).run(
+        hint_rx,
+        overflow,
+        job_tx,
+        cancel.clone(),
+    ));
+    let limit = config.api.concurrency * FILES_PER_UPLOAD_SLOT;
+    let queue = tokio::spawn(queue::run(job_rx, syncer, limit, cancel.clone()));
+    info!(folders = config.folders.len(), settle = %humantime::format_duration(config.settle), "running; initial scan started");
+
+    cancel.cancelled().await;
+    drop(watcher);
+    let _ = settle.await;
+    if let Err(error) = queue.await {
+        error!(%error, "the work queue stopped unexpectedly");
+    }
+    for task in actor_tasks {
+        task.abort();
+    }
+    store.flush().await?;
+    info!("stopped; state saved");
+    Ok(())
+}
+
+/// Deletes recorded before a stop but not confirmed: send them again (404 counts as done).
+async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>) {
+    let jobs = match store.pending_deletes() {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            error!(%error, "cannot read the pending deletes");
+            return;
+        }
+    };
+    for job in jobs {
+        match actors.get(&job.target) {
+            Some(actor) => actor.delete_later(job).await,
+            None => warn!(
+                file = %job.path.display(),
+                asset = %job.asset.id().unwrap_or_default(),
+                "a delete is pending for a target no longer in the config; it stays queued until the target is back"
+            ),
+        }
+    }
+}

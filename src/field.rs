@@ -1,0 +1,589 @@
+//! One actor per remote field (a task's form field or a template's kick-off field).
+//! Verifies the target at start, then receives attach and delete requests from the sync
+//! workers and applies each batch with one read and at most one write of the field, so a burst
+//! of files costs a few PUTs and two PUTs to one field never race (no lost update).
+//! Owns the rule that assets attached by anyone else stay in the field.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::api::{self, ApiError, Client, UploadTarget};
+use crate::config::Target;
+use crate::store::{asset_id, Asset, DeleteJob, Store};
+
+/// Most requests one batch takes: bounds the size of a PUT body.
+const MAX_BATCH: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("the target is misconfigured: {0}")]
+    Invalid(String),
+    #[error(
+        "the API accepted the update of {target} but the answer does not list asset {asset}: {why}"
+    )]
+    NotListed {
+        target: String,
+        asset: String,
+        why: String,
+    },
+    #[error("the API refused the update: {0}")]
+    Refused(String),
+    #[error("shutting down")]
+    Cancelled,
+}
+
+/// What a verified target needs for uploads.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub upload: UploadTarget,
+}
+
+#[derive(Debug, Clone)]
+enum Readiness {
+    Verifying,
+    Ready(Arc<Resolved>),
+    Invalid(String),
+}
+
+enum Request {
+    Attach {
+        asset: Asset,
+        replaces: Option<String>,
+        reply: oneshot::Sender<Result<(), FieldError>>,
+    },
+    Delete {
+        job: DeleteJob,
+        reply: Option<oneshot::Sender<Result<(), FieldError>>>,
+    },
+}
+
+/// The sync workers' handle on a field actor.
+#[derive(Clone)]
+pub struct FieldHandle {
+    requests: mpsc::Sender<Request>,
+    readiness: watch::Receiver<Readiness>,
+}
+
+impl FieldHandle {
+    /// Starts the actor for `target`; it verifies the target before anything is sent to it.
+    pub fn spawn(
+        target: Target,
+        api: Arc<Client>,
+        store: Store,
+        cancel: CancellationToken,
+    ) -> (FieldHandle, tokio::task::JoinHandle<()>) {
+        let (requests, inbox) = mpsc::channel(MAX_BATCH);
+        let (ready_tx, readiness) = watch::channel(Readiness::Verifying);
+        let actor = Actor {
+            target,
+            api,
+            store,
+            cancel,
+        };
+        let task = tokio::spawn(actor.run(inbox, ready_tx));
+        (
+            FieldHandle {
+                requests,
+                readiness,
+            },
+            task,
+        )
+    }
+
+    /// Waits for the target's verification; `None` when it is invalid or we are shutting down.
+    pub async fn ready(&self) -> Option<Arc<Resolved>> {
+        let mut readiness = self.readiness.clone();
+        let state = readiness
+            .wait_for(|state| !matches!(state, Readiness::Verifying))
+            .await
+            .ok()?;
+        match &*state {
+            Readiness::Ready(resolved) => Some(resolved.clone()),
+            _ => None,
+        }
+    }
+
+    /// Puts `asset` in the field, in place of `replaces` when that is there.
+    pub async fn attach(&self, asset: Asset, replaces: Option<String>) -> Result<(), FieldError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Attach {
+                asset,
+                replaces,
+                reply,
+            })
+            .await
+            .map_err(|_| FieldError::Cancelled)?;
+        answer.await.unwrap_or(Err(FieldError::Cancelled))
+    }
+
+    /// Deletes an asset remotely and makes sure the field no longer lists it; the actor clears
+    /// the job's tombstone from the store once done.
+    pub async fn delete(&self, job: DeleteJob) -> Result<(), FieldError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Delete {
+                job,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| FieldError::Cancelled)?;
+        answer.await.unwrap_or(Err(FieldError::Cancelled))
+    }
+
+    /// Queues a delete nobody waits for (tombstones left from before a restart).
+    pub async fn delete_later(&self, job: DeleteJob) {
+        let _ = self
+            .requests
+            .send(Request::Delete { job, reply: None })
+            .await;
+    }
+}
+
+/// The field's value as read, with what a write needs to send back unchanged.
+struct Snapshot {
+    list: Vec<Value>,
+    checklist: Option<api::Checklist>,
+}
+
+struct Actor {
+    target: Target,
+    api: Arc<Client>,
+    store: Store,
+    cancel: CancellationToken,
+}
+
+impl Actor {
+    async fn run(self, mut inbox: mpsc::Receiver<Request>, readiness: watch::Sender<Readiness>) {
+        let verified = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            verified = self.verify() => verified,
+        };
+        match verified {
+            Ok(resolved) => {
+                info!(target = %self.target, "target verified");
+                readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
+            }
+            Err(FieldError::Cancelled) => return,
+            Err(error) => {
+                error!(target = %self.target, %error, "folders mapped to this target are not synced until the config is fixed");
+                readiness.send_replace(Readiness::Invalid(error.to_string()));
+            }
+        }
+        loop {
+            let first = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                request = inbox.recv() => match request {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            if let Readiness::Invalid(why) = &*readiness.borrow() {
+                reply_all(batch, |_| Err(FieldError::Invalid(why.clone())));
+                continue;
+            }
+            self.apply(batch).await;
+        }
+    }
+
+    async fn verify(&self) -> Result<Resolved, FieldError> {
+        let api = &self.api;
+        match &self.target {
+            Target::Task {
+                run_id,
+                task_id,
+                capture_id,
+                step_id,
+                checklist_id,
+            } => {
+                let task = api
+                    .with_retries(|| api.get_task(run_id, task_id))
+                    .await
+                    .map_err(|error| match error.status() {
+                        Some(404) => FieldError::Invalid(format!(
+                            "run {run_id} has no task {task_id} (or the run does not exist): 404"
+                        )),
+                        Some(403) => FieldError::Invalid(format!(
+                            "the token's user may not see task {task_id} of run {run_id}: 403"
+                        )),
+                        _ => FieldError::from(error),
+                    })?;
+                if task.status.eq_ignore_ascii_case("completed") {
+                    return Err(FieldError::Invalid(format!(
+                        "task {task_id} in run {run_id} is completed, and Tallyfy does not allow changes to completed tasks"
+                    )));
+                }
+                let Some(field) = task.fields.iter().find(|field| field.id == *capture_id) else {
+                    let known: Vec<String> = task
+                        .fields
+                        .iter()
+                        .map(|f| format!("{} ({:?}, {})", f.id, f.label, f.field_type))
+                        .collect();
+                    return Err(FieldError::Invalid(format!(
+                        "task {task_id} in run {run_id} has no form field with capture id {capture_id}; its fields are: {}",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    )));
+                };
+                if field.field_type != "file" {
+                    return Err(FieldError::Invalid(format!(
+                        "field {capture_id} ({:?}) of task {task_id} is a {} field, not a file field",
+                        field.label, field.field_type
+                    )));
+                }
+                let missing = |what: &str| {
+                    FieldError::Invalid(format!("task {task_id} in run {run_id} did not say its {what}; set it as folders[].task.{what}"))
+                };
+                let step_id = step_id
+                    .clone()
+                    .or(task.step_id)
+                    .ok_or_else(|| missing("step_id"))?;
+                let checklist_id = checklist_id
+                    .clone()
+                    .or(task.checklist_id)
+                    .ok_or_else(|| missing("checklist_id"))?;
+                Ok(Resolved {
+                    upload: UploadTarget::Task {
+                        run_id: run_id.clone(),
+                        capture_id: capture_id.clone(),
+                        step_id,
+                        checklist_id,
+                    },
+                })
+            }
+            Target::Kickoff {
+                checklist_id,
+                field_id,
+            } => {
+                let checklist = api
+                    .with_retries(|| api.get_checklist(checklist_id))
+                    .await
+                    .map_err(|error| match error.status() {
+                        Some(404) => FieldError::Invalid(format!(
+                            "template {checklist_id} does not exist: 404"
+                        )),
+                        Some(403) => FieldError::Invalid(format!(
+                            "the token's user may not see template {checklist_id}: 403"
+                        )),
+                        _ => FieldError::from(error),
+                    })?;
+                let text = |field: &Value, key: &str| {
+                    field
+                        .get(key)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let Some(field) = checklist
+                    .prerun
+                    .iter()
+                    .find(|field| asset_id(field).as_deref() == Some(field_id))
+                else {
+                    if let Some(by_alias) = checklist
+                        .prerun
+                        .iter()
+                        .find(|field| text(field, "alias") == *field_id)
+                    {
+                        return Err(FieldError::Invalid(format!(
+                            "{field_id} is the alias of a kick-off field of template {checklist_id}; use its id {}",
+                            asset_id(by_alias).unwrap_or_default()
+                        )));
+                    }
+                    let known: Vec<String> = checklist
+                        .prerun
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "{} ({:?}, {})",
+                                asset_id(f).unwrap_or_default(),
+                                text(f, "label"),
+                                text(f, "field_type")
+                            )
+                        })
+                        .collect();
+                    return Err(FieldError::Invalid(format!(
+                        "template {checklist_id} has no kick-off field with id {field_id}; its kick-off fields are: {}",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    )));
+                };
+                let field_type = text(field, "field_type");
+                if field_type != "file" {
+                    return Err(FieldError::Invalid(format!(
+                        "kick-off field {field_id} ({:?}) of template {checklist_id} is a {field_type} field, not a file field",
+                        text(field, "label")
+                    )));
+                }
+                Ok(Resolved {
+                    upload: UploadTarget::Kickoff {
+                        checklist_id: checklist_id.clone(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Deletes first (so a PUT never lists an asset deleted a moment later), then one read and
+    /// at most one write of the field for every attach and delete in the batch.
+    async fn apply(&self, batch: Vec<Request>) {
+        let api = &self.api;
+        let mut removed: HashSet<String> = HashSet::new();
+        let mut pending = Vec::with_capacity(batch.len());
+        for request in batch {
+            let Request::Delete { job, reply } = request else {
+                pending.push(request);
+                continue;
+            };
+            let Some(id) = job.asset.id() else { continue };
+            match api.with_retries(|| api.delete_file(&id)).await {
+                Ok(()) => {
+                    removed.insert(id);
+                    pending.push(Request::Delete { job, reply });
+                }
+                Err(ApiError::Cancelled) => return,
+                Err(error) => {
+                    error!(file = %job.path.display(), asset = %id, %error, "could not delete the file from Tallyfy");
+                    // A refused delete is not retried forever: the tombstone goes, the error stays in the log.
+                    self.finish_delete(&id).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let attach: Vec<(Asset, Option<String>)> = pending
+            .iter()
+            .filter_map(|request| match request {
+                Request::Attach {
+                    asset, replaces, ..
+                } => Some((asset.clone(), replaces.clone())),
+                Request::Delete { .. } => None,
+            })
+            .collect();
+        let outcome = api.with_retries(|| self.update(&attach, &removed)).await;
+        let outcome = match outcome {
+            Err(ApiError::Cancelled) => return,
+            Err(error) => Err(error.to_string()),
+            Ok(list) => Ok(list),
+        };
+        for request in pending {
+            match request {
+                Request::Attach { asset, reply, .. } => {
+                    let id = asset.id().unwrap_or_default();
+                    let result = match &outcome {
+                        Ok(Some(list)) if contains(list, &id) => Ok(()),
+                        Ok(Some(_)) => Err(FieldError::NotListed {
+                            target: self.target.to_string(),
+                            asset: id,
+                            why: "the asset cannot reach this field (for a task field, check step_id and checklist_id)".into(),
+                        }),
+                        Ok(None) => Err(FieldError::Invalid(format!(
+                            "the API ignored the field: {} has no such field (the API drops unknown fields silently)",
+                            self.target
+                        ))),
+                        Err(error) => Err(FieldError::Refused(error.clone())),
+                    };
+                    let _ = reply.send(result);
+                }
+                Request::Delete { job, reply } => {
+                    let id = job.asset.id().unwrap_or_default();
+                    let result = match &outcome {
+                        Ok(Some(list)) if contains(list, &id) => {
+                            warn!(file = %job.path.display(), asset = %id, "the field still lists a deleted asset");
+                            Ok(())
+                        }
+                        Ok(_) => Ok(()),
+                        Err(error) => Err(FieldError::Refused(error.clone())),
+                    };
+                    if result.is_ok() {
+                        info!(file = %job.path.display(), asset = %id, "deleted from Tallyfy");
+                    }
+                    self.finish_delete(&id).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish_delete(&self, id: &str) {
+        if let Err(error) = self.store.finish_delete(id).await {
+            error!(asset = %id, %error, "cannot record a finished delete");
+        }
+    }
+
+    /// Reads the field, applies the batch, writes it back when anything changed; returns the
+    /// field's value as the API now shows it (`None`: the API dropped the field).
+    async fn update(
+        &self,
+        attach: &[(Asset, Option<String>)],
+        removed: &HashSet<String>,
+    ) -> Result<Option<Vec<Value>>, ApiError> {
+        let snapshot = self.read().await?;
+        let mut list: Vec<Value> = snapshot
+            .list
+            .iter()
+            .filter(|item| !asset_id(item).is_some_and(|id| removed.contains(&id)))
+            .cloned()
+            .collect();
+        for (asset, replaces) in attach {
+            let id = asset.id().unwrap_or_default();
+            if contains(&list, &id) {
+                continue;
+            }
+            let slot = replaces.as_ref().and_then(|old| {
+                list.iter()
+                    .position(|item| asset_id(item).as_deref() == Some(old))
+            });
+            match slot {
+                Some(index) => list[index] = asset.0.clone(),
+                None => list.push(asset.0.clone()),
+            }
+        }
+        // Replaced assets leave the field even when they were not where we expected them.
+        let replaced: HashSet<&String> = attach
+            .iter()
+            .filter_map(|(_, replaces)| replaces.as_ref())
+            .collect();
+        let kept_new: HashSet<String> = attach.iter().filter_map(|(asset, _)| asset.id()).collect();
+        list.retain(|item| {
+            asset_id(item).is_none_or(|id| kept_new.contains(&id) || !replaced.contains(&id))
+        });
+        if list == snapshot.list {
+            debug!(target = %self.target, "field already up to date");
+            return Ok(Some(list));
+        }
+        self.write(snapshot, list).await
+    }
+
+    async fn read(&self) -> Result<Snapshot, ApiError> {
+        match &self.target {
+            Target::Task {
+                run_id,
+                task_id,
+                capture_id,
+                ..
+            } => {
+                let task = self.api.get_task(run_id, task_id).await?;
+                let value = task
+                    .fields
+                    .iter()
+                    .find(|field| field.id == *capture_id)
+                    .map(|field| field.value.clone())
+                    .or_else(|| {
+                        task.taskdata
+                            .as_ref()
+                            .and_then(|data| data.get(capture_id).cloned())
+                    })
+                    .unwrap_or(Value::Null);
+                Ok(Snapshot {
+                    list: api::as_list(&value),
+                    checklist: None,
+                })
+            }
+            Target::Kickoff {
+                checklist_id,
+                field_id,
+            } => {
+                let checklist = self.api.get_checklist(checklist_id).await?;
+                let list = kickoff_value(&checklist.prerun, field_id).unwrap_or_default();
+                Ok(Snapshot {
+                    list,
+                    checklist: Some(checklist),
+                })
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        snapshot: Snapshot,
+        list: Vec<Value>,
+    ) -> Result<Option<Vec<Value>>, ApiError> {
+        match (&self.target, snapshot.checklist) {
+            (
+                Target::Task {
+                    run_id,
+                    task_id,
+                    capture_id,
+                    ..
+                },
+                _,
+            ) => {
+                self.api
+                    .put_task_field(run_id, task_id, capture_id, &list)
+                    .await
+            }
+            (
+                Target::Kickoff {
+                    checklist_id,
+                    field_id,
+                },
+                Some(checklist),
+            ) => {
+                // The whole prerun array goes back, or the API removes the kick-off fields left out.
+                let prerun: Vec<Value> = checklist
+                    .prerun
+                    .into_iter()
+                    .map(|mut field| {
+                        if asset_id(&field).as_deref() == Some(field_id) {
+                            field["value"] = Value::Array(list.clone());
+                        }
+                        field
+                    })
+                    .collect();
+                let answer = self
+                    .api
+                    .put_checklist(checklist_id, &checklist.title, &prerun)
+                    .await?;
+                Ok(kickoff_value(&answer.prerun, field_id))
+            }
+            (Target::Kickoff { .. }, None) => Ok(None),
+        }
+    }
+}
+
+fn kickoff_value(prerun: &[Value], field_id: &str) -> Option<Vec<Value>> {
+    prerun
+        .iter()
+        .find(|field| asset_id(field).as_deref() == Some(field_id))
+        .map(|field| api::as_list(field.get("value").unwrap_or(&Value::Null)))
+}
+
+fn contains(list: &[Value], id: &str) -> bool {
+    list.iter()
+        .any(|item| asset_id(item).as_deref() == Some(id))
+}
+
+fn reply_all(batch: Vec<Request>, result: impl Fn(&Request) -> Result<(), FieldError>) {
+    for request in batch {
+        let answer = result(&request);
+        match request {
+            Request::Attach { reply, .. } => {
+                let _ = reply.send(answer);
+            }
+            Request::Delete {
+                reply: Some(reply), ..
+            } => {
+                let _ = reply.send(answer);
+            }
+            Request::Delete { reply: None, .. } => {}
+        }
+    }
+}

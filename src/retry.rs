@@ -1,0 +1,64 @@
+//! Retry pacing, and the only module that knows the `backoff` crate.
+//! Receives "that failed" from callers and answers how long to wait before the next attempt:
+//! exponential, jittered, starting near one second and capped at five minutes.
+
+use std::time::Duration;
+
+use backoff::backoff::Backoff as _;
+
+pub const INITIAL: Duration = Duration::from_secs(1);
+pub const MAX: Duration = Duration::from_secs(300);
+
+/// One retry schedule: each `next_delay` is about twice the last, with ±25 % jitter so that
+/// many files failing together do not retry in lockstep.
+pub struct Backoff(backoff::ExponentialBackoff);
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff(
+            backoff::ExponentialBackoffBuilder::new()
+                .with_initial_interval(initial)
+                .with_max_interval(max)
+                .with_multiplier(2.0)
+                .with_randomization_factor(0.25)
+                // Transient failures end (outages do); never give up on them by the clock.
+                .with_max_elapsed_time(None)
+                .build(),
+        )
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        self.0.next_backoff().unwrap_or(self.0.max_interval)
+    }
+
+    pub fn reset(&mut self) {
+        self.0.reset();
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new(INITIAL, MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_under_the_cap() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(
+            delays[0] >= Duration::from_millis(750) && delays[0] <= Duration::from_millis(1250)
+        );
+        assert!(delays[3] > delays[0]);
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(10)),
+            "{delays:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(1250));
+    }
+}

@@ -1,0 +1,389 @@
+//! The daemon's durable memory, and the only module that knows sled.
+//! Receives state changes from `sync` (one record per local file, one tombstone per remote
+//! asset still to delete) and writes each one durably before the side effect it guards.
+//! Owns the on-disk layout: tree `files` (path bytes → `FileRecord` as JSON) and tree
+//! `deletes` (asset id → `DeleteJob` as JSON).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// sled's default cache is 1 GiB; the records are small and read mostly at start-up.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {path} is in use by another running tallyfy-sync (only one process may open it; stop the daemon or use another state_dir)")]
+    Locked { path: PathBuf },
+    #[error("cannot open state directory {path}: {error}")]
+    Open { path: PathBuf, error: String },
+    #[error("state store at {path}: {error}")]
+    Io { path: PathBuf, error: String },
+    #[error("state store at {path} holds an unreadable record for {key}: {error}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        error: String,
+    },
+}
+
+/// What identifies one version of a file on disk without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+impl FileMeta {
+    pub fn of(metadata: &std::fs::Metadata) -> FileMeta {
+        use std::os::unix::fs::MetadataExt;
+        FileMeta {
+            size: metadata.len(),
+            mtime_ns: metadata.mtime().saturating_mul(1_000_000_000) + metadata.mtime_nsec(),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// The asset object exactly as the upload answered it: this whole object is what gets attached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Asset(pub serde_json::Value);
+
+impl Asset {
+    /// The asset's id; `None` for an object without a string or numeric `id`.
+    pub fn id(&self) -> Option<String> {
+        asset_id(&self.0)
+    }
+}
+
+/// The id of an asset object as found in a field's value.
+pub fn asset_id(value: &serde_json::Value) -> Option<String> {
+    match value.get("id")? {
+        serde_json::Value::String(id) => Some(id.clone()),
+        serde_json::Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+/// Where a file's sync stands. Each state is durable before the request that leaves it is sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FileState {
+    /// An upload may be in flight; after a crash it is sent again.
+    Uploading,
+    /// Stored remotely, not yet in the field: attach it, never upload it again.
+    Uploaded { asset: Asset },
+    /// `attached` holds this version.
+    Synced,
+    /// Not eligible (extension, size, name...); looked at again only when the file changes.
+    Rejected { reason: String },
+    /// The API refused it for good; looked at again when the file changes.
+    Failed { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub folder: PathBuf,
+    pub target: String,
+    pub meta: FileMeta,
+    /// blake3 of the content last uploaded (hex).
+    pub hash: Option<String>,
+    /// The asset in the field for this file now, if any: replaced when a new version attaches.
+    pub attached: Option<Asset>,
+    pub state: FileState,
+    /// Unix seconds of the last state change.
+    pub updated: u64,
+}
+
+/// A remote asset that must be deleted; durable so that a crash between the local change and
+/// the DELETE does not leave the old file in Tallyfy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteJob {
+    pub folder: PathBuf,
+    pub target: String,
+    pub path: PathBuf,
+    pub asset: Asset,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    files: sled::Tree,
+    deletes: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let open_error = |error: String| StoreError::Open {
+            path: dir.to_path_buf(),
+            error,
+        };
+        std::fs::create_dir_all(dir).map_err(|error| open_error(error.to_string()))?;
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            // Durability comes from explicit flushes after each state change, not a timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|error| match error {
+                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked {
+                        path: dir.to_path_buf(),
+                    }
+                }
+                other => open_error(other.to_string()),
+            })?;
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|error| open_error(error.to_string()))
+        };
+        let files = tree("files")?;
+        let deletes = tree("deletes")?;
+        Ok(Store {
+            path: dir.to_path_buf(),
+            db,
+            files,
+            deletes,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, error: impl ToString) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            error: error.to_string(),
+        }
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            error: error.to_string(),
+        })
+    }
+
+    pub fn get(&self, path: &Path) -> Result<Option<FileRecord>, StoreError> {
+        let key = path.as_os_str().as_bytes();
+        match self.files.get(key).map_err(|error| self.io(error))? {
+            Some(bytes) => Ok(Some(self.decode(key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a file's new state and makes it durable before returning.
+    pub async fn put(&self, path: &Path, record: &FileRecord) -> Result<(), StoreError> {
+        self.files
+            .insert(path.as_os_str().as_bytes(), encode(record))
+            .map_err(|error| self.io(error))?;
+        self.flush().await
+    }
+
+    /// Forgets a file and queues deletes of its remote assets in one atomic, durable step.
+    pub async fn forget(&self, path: &Path, deletes: &[DeleteJob]) -> Result<(), StoreError> {
+        self.replace_with_tombstones(path, None, deletes).await
+    }
+
+    /// Records a file's new state and queues deletes of the assets it replaced, atomically.
+    pub async fn put_with_deletes(
+        &self,
+        path: &Path,
+        record: &FileRecord,
+        deletes: &[DeleteJob],
+    ) -> Result<(), StoreError> {
+        self.replace_with_tombstones(path, Some(record), deletes)
+            .await
+    }
+
+    async fn replace_with_tombstones(
+        &self,
+        path: &Path,
+        record: Option<&FileRecord>,
+        deletes: &[DeleteJob],
+    ) -> Result<(), StoreError> {
+        let key = path.as_os_str().as_bytes();
+        let value = record.map(encode);
+        let jobs: Vec<(String, Vec<u8>)> = deletes
+            .iter()
+            .filter_map(|job| Some((job.asset.id()?, encode(job))))
+            .collect();
+        (&self.files, &self.deletes)
+            .transaction(|(files, tombstones)| {
+                match &value {
+                    Some(value) => files.insert(key, value.as_slice())?,
+                    None => files.remove(key)?,
+                };
+                for (id, job) in &jobs {
+                    tombstones.insert(id.as_bytes(), job.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error: TransactionError<()>| self.io(format!("{error:?}")))?;
+        self.flush().await
+    }
+
+    pub async fn finish_delete(&self, asset_id: &str) -> Result<(), StoreError> {
+        self.deletes
+            .remove(asset_id.as_bytes())
+            .map_err(|error| self.io(error))?;
+        self.flush().await
+    }
+
+    pub fn pending_deletes(&self) -> Result<Vec<DeleteJob>, StoreError> {
+        self.deletes
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(|error| self.io(error))?;
+                self.decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// Every record whose path lies inside `folder`, in path order.
+    pub fn records_under(
+        &self,
+        folder: &Path,
+    ) -> impl Iterator<Item = Result<(PathBuf, FileRecord), StoreError>> + '_ {
+        let mut prefix = folder.as_os_str().as_bytes().to_vec();
+        if prefix.last() != Some(&b'/') {
+            prefix.push(b'/');
+        }
+        self.files.scan_prefix(prefix).map(move |item| {
+            let (key, value) = item.map_err(|error| self.io(error))?;
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&key));
+            Ok((path, self.decode(&key, &value)?))
+        })
+    }
+
+    /// Every record, in path order.
+    pub fn records(&self) -> impl Iterator<Item = Result<(PathBuf, FileRecord), StoreError>> + '_ {
+        self.records_under(Path::new("/"))
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|error| self.io(error))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail: no maps with non-string keys.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: FileState) -> FileRecord {
+        FileRecord {
+            folder: "/f".into(),
+            target: "task:r/t/c".into(),
+            meta: FileMeta {
+                size: 1,
+                mtime_ns: 2,
+                inode: 3,
+            },
+            hash: None,
+            attached: None,
+            state,
+            updated: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put(Path::new("/f/a.pdf"), &record(FileState::Synced))
+                .await
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.get(Path::new("/f/a.pdf")).unwrap(),
+            Some(record(FileState::Synced))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_directory_is_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let error = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+        assert!(error
+            .to_string()
+            .contains(&dir.path().display().to_string()));
+    }
+
+    #[tokio::test]
+    async fn forget_removes_the_record_and_queues_its_delete_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = Path::new("/f/a.pdf");
+        store.put(path, &record(FileState::Synced)).await.unwrap();
+        let job = DeleteJob {
+            folder: "/f".into(),
+            target: "task:r/t/c".into(),
+            path: path.into(),
+            asset: Asset(serde_json::json!({"id": "a1"})),
+        };
+        store
+            .forget(path, std::slice::from_ref(&job))
+            .await
+            .unwrap();
+        assert_eq!(store.get(path).unwrap(), None);
+        assert_eq!(store.pending_deletes().unwrap(), vec![job]);
+        store.finish_delete("a1").await.unwrap();
+        assert!(store.pending_deletes().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn records_under_a_folder_exclude_its_siblings_with_a_common_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put(Path::new("/f/a.pdf"), &record(FileState::Synced))
+            .await
+            .unwrap();
+        store
+            .put(Path::new("/fx/b.pdf"), &record(FileState::Synced))
+            .await
+            .unwrap();
+        let under: Vec<PathBuf> = store
+            .records_under(Path::new("/f"))
+            .map(|r| r.unwrap().0)
+            .collect();
+        assert_eq!(under, vec![PathBuf::from("/f/a.pdf")]);
+    }
+}
