@@ -411,7 +411,8 @@ impl Actor {
                         Err(error) => Err(FieldError::Refused(error.clone())),
                     };
                     if result.is_ok() {
-                        info!(file = %job.path.display(), asset = %id, "deleted from Tallyfy");
+                        let file = job.path.strip_prefix(&job.folder).unwrap_or(&job.path);
+                        info!(folder = %job.folder.display(), file = %file.display(), asset = %id, "deleted from Tallyfy");
                     }
                     self.finish_delete(&id).await;
                     if let Some(reply) = reply {

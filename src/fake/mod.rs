@@ -1,1 +1,330 @@
-//! placeholder
+//! In-process fake of the Tallyfy API for integration tests, benchmarks and the `demo` command.
+//! Receives HTTP/1.1 requests on 127.0.0.1 plus set-up calls from the test (tasks, checklists,
+//! hand-made assets, faults); emits responses that follow the API contract strictly.
+//! Owns the server task and the shared in-memory world (tasks, checklists, assets, request log).
+//!
+//! Pipeline for each request (see `server.rs`): read the body (limit 101 MiB) → check the
+//! three headers and the token (401) → apply the first matching injected fault → route
+//! (404/405) → organization check (403) → handler. Faults therefore never hit a request that
+//! would have been rejected with 401, so a faulted request has also proven its headers.
+
+mod multipart;
+mod routes;
+mod server;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::fake::state::Shared;
+
+/// Largest file the service accepts (Laravel rule `max:102400`, in KiB).
+pub const MAX_FILE_BYTES: usize = 100 * 1024 * 1024;
+/// Largest request body read: the file plus room for the other parts and multipart framing.
+pub const MAX_BODY_BYTES: usize = MAX_FILE_BYTES + 1024 * 1024;
+
+/// Extensions the upload accepts, compared case-insensitively.
+pub const ALLOWED_EXTENSIONS: &[&str] = &[
+    "xlsx", "xls", "pptx", "docx", "ppt", "doc", "rtf", "pdf", "txt", "mpga", "mov", "qt", "mp4",
+    "webm", "jpg", "jpeg", "gif", "png", "ai", "psd", "zip", "xml", "xps", "dwg", "csv", "tif",
+    "bmp",
+];
+
+/// A running fake server. Dropping it aborts the accept task and with it every open
+/// connection (they live in a `JoinSet` owned by that task); `shutdown` does the same and
+/// waits until the port is released.
+pub struct FakeTallyfy {
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+/// A task of a run with its form fields.
+#[derive(Debug, Clone)]
+pub struct FakeTask {
+    pub run_id: String,
+    pub task_id: String,
+    pub checklist_id: String,
+    pub step_id: String,
+    pub title: String,
+    /// "active" or "completed"; completed tasks refuse updates with 422.
+    pub status: String,
+    pub fields: Vec<FakeField>,
+}
+
+/// A form field (capture) of a task or a kick-off (prerun) field of a checklist.
+#[derive(Debug, Clone)]
+pub struct FakeField {
+    pub id: String,
+    pub label: String,
+    /// "file", "text", ...; only "file" fields get the asset rules.
+    pub field_type: String,
+    /// For file fields a JSON array of asset objects (anything else reads as empty).
+    pub value: Value,
+}
+
+/// A template with its kick-off fields.
+#[derive(Debug, Clone)]
+pub struct FakeChecklist {
+    pub id: String,
+    pub title: String,
+    pub prerun: Vec<FakeField>,
+}
+
+/// Where a hand-made asset was uploaded to.
+#[derive(Debug, Clone)]
+pub enum AssetSubject {
+    Task {
+        run_id: String,
+        task_id: String,
+        capture_id: String,
+    },
+    Kickoff {
+        checklist_id: String,
+    },
+}
+
+/// An asset as the fake stores it.
+#[derive(Debug, Clone)]
+pub struct StoredAsset {
+    pub id: String,
+    pub filename: String,
+    pub content: Bytes,
+    /// The object returned by the upload (and by GET on the asset).
+    pub json: Value,
+    /// The multipart text fields received (empty for hand-made assets).
+    pub fields: BTreeMap<String, String>,
+    /// Set by `DELETE /assets/{id}`, which archives without deleting.
+    pub archived: bool,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub method: String,
+    /// Without the query, e.g. `/api/organizations/o/file`.
+    pub path: String,
+    pub query: Option<String>,
+    /// The status sent; 0 when no response was sent (connection dropped by a fault, the
+    /// client went away) or the request is still being handled.
+    pub status: u16,
+    /// When the request head arrived.
+    pub at: Instant,
+}
+
+/// A fault to inject into the next `times` requests that match.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Matched case-insensitively; `None` matches every method.
+    pub method: Option<String>,
+    /// Substring of the path (without query); `None` matches every path.
+    pub path_contains: Option<String>,
+    pub kind: FaultKind,
+    pub times: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// Respond with this status and body without acting.
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<String>,
+    },
+    /// Close the connection without a response, before the request has any effect.
+    DropBeforeAct,
+    /// Perform the request's effect, then close the connection without a response.
+    DropAfterAct,
+    /// Delay, then handle normally.
+    Latency(Duration),
+}
+
+impl Fault {
+    /// A fault hitting the next matching request once; `method` and `path_contains` may be
+    /// empty to match anything.
+    pub fn once(method: &str, path_contains: &str, kind: FaultKind) -> Fault {
+        Fault {
+            method: (!method.is_empty()).then(|| method.to_string()),
+            path_contains: (!path_contains.is_empty()).then(|| path_contains.to_string()),
+            kind,
+            times: 1,
+        }
+    }
+
+    pub fn times(mut self, times: usize) -> Fault {
+        self.times = times;
+        self
+    }
+}
+
+/// Ids created by `seed_demo`.
+#[derive(Debug, Clone)]
+pub struct DemoIds {
+    pub run_id: String,
+    pub task_id: String,
+    pub capture_id: String,
+    pub checklist_id: String,
+    pub field_id: String,
+    pub text_field_id: String,
+}
+
+impl FakeTallyfy {
+    /// Binds 127.0.0.1:0 and serves in a tokio task on the current runtime.
+    pub async fn start(org_id: &str, token: &str) -> std::io::Result<FakeTallyfy> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(org_id, token, addr.port()));
+        let server = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared)));
+        tracing::debug!(%addr, "fake Tallyfy listening");
+        Ok(FakeTallyfy {
+            shared,
+            server,
+            addr,
+        })
+    }
+
+    /// Stops accepting, closes every open connection and waits for the server task to end.
+    pub async fn shutdown(mut self) {
+        self.server.abort();
+        // The only possible error is the cancellation just requested.
+        let _ = (&mut self.server).await;
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// "http://127.0.0.1:PORT/api" — routes are served under the /api prefix.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    pub fn org_id(&self) -> String {
+        self.shared.org_id.clone()
+    }
+
+    /// Adds the task, replacing one with the same run and task id.
+    pub fn add_task(&self, task: FakeTask) {
+        self.shared.lock().add_task(task);
+    }
+
+    /// Adds the checklist, replacing one with the same id.
+    pub fn add_checklist(&self, checklist: FakeChecklist) {
+        self.shared.lock().add_checklist(checklist);
+    }
+
+    /// Creates an asset as if a person had uploaded it by hand through the web app (for
+    /// "files attached by hand are kept" tests); returns the asset JSON object. The asset is
+    /// not put into any field: place the returned object in a `FakeField::value` or call
+    /// `set_task_field` / `set_kickoff_field`. It is reachable from the field named by the
+    /// subject (kick-off assets from every file kick-off field of the checklist).
+    pub fn add_asset(&self, filename: &str, content: &[u8], subject: AssetSubject) -> Value {
+        self.shared
+            .lock()
+            .add_hand_asset(filename, Bytes::copy_from_slice(content), subject)
+    }
+
+    /// Replaces the value of a task's form field, as a person editing the task would.
+    pub fn set_task_field(&self, run_id: &str, task_id: &str, capture_id: &str, value: Value) {
+        self.shared
+            .lock()
+            .set_task_field(run_id, task_id, capture_id, value);
+    }
+
+    /// Replaces the value of a checklist's kick-off field.
+    pub fn set_kickoff_field(&self, checklist_id: &str, field_id: &str, value: Value) {
+        self.shared
+            .lock()
+            .set_kickoff_field(checklist_id, field_id, value);
+    }
+
+    pub fn set_task_status(&self, run_id: &str, task_id: &str, status: &str) {
+        self.shared.lock().set_task_status(run_id, task_id, status);
+    }
+
+    /// Current value (list of asset objects) of a task's form field; empty when the task or
+    /// field is unknown or the value is not a list.
+    pub fn task_field(&self, run_id: &str, task_id: &str, capture_id: &str) -> Vec<Value> {
+        self.shared.lock().task_field(run_id, task_id, capture_id)
+    }
+
+    /// Current value (list of asset objects) of a checklist's kick-off field.
+    pub fn kickoff_field(&self, checklist_id: &str, field_id: &str) -> Vec<Value> {
+        self.shared.lock().kickoff_field(checklist_id, field_id)
+    }
+
+    /// Kick-off field ids the checklist still has (fields left out of a prerun PUT are removed).
+    pub fn kickoff_field_ids(&self, checklist_id: &str) -> Vec<String> {
+        self.shared.lock().kickoff_field_ids(checklist_id)
+    }
+
+    /// The checklist's title; empty when the checklist is unknown.
+    pub fn checklist_title(&self, checklist_id: &str) -> String {
+        self.shared.lock().checklist_title(checklist_id)
+    }
+
+    pub fn asset(&self, asset_id: &str) -> Option<StoredAsset> {
+        self.shared.lock().asset(asset_id)
+    }
+
+    /// All live (not deleted) assets, archived ones included, in id order.
+    pub fn assets(&self) -> Vec<StoredAsset> {
+        self.shared.lock().assets()
+    }
+
+    /// Every request received, in order of arrival.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().requests.clone()
+    }
+
+    /// Faults are matched after the header/token check and before routing, in the order
+    /// injected; the first with `times > 0` is applied and decremented.
+    pub fn inject(&self, fault: Fault) {
+        self.shared.lock().faults.push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// Injected faults that have not been used up yet.
+    pub fn pending_faults(&self) -> Vec<Fault> {
+        self.shared
+            .lock()
+            .faults
+            .iter()
+            .filter(|fault| fault.times > 0)
+            .cloned()
+            .collect()
+    }
+
+    /// Creates one active run task with a file field (plus a text field) and one template
+    /// with a file kick-off field plus a text kick-off field, for the demo; returns their ids.
+    pub fn seed_demo(&self) -> DemoIds {
+        self.shared.lock().seed_demo()
+    }
+}
+
+impl Drop for FakeTallyfy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl std::fmt::Debug for FakeTallyfy {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("FakeTallyfy")
+            .field("addr", &self.addr)
+            .field("org_id", &self.shared.org_id)
+            .finish_non_exhaustive()
+    }
+}
