@@ -6,6 +6,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -114,9 +115,47 @@ pub struct DeleteJob {
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
-    db: sled::Db,
     files: sled::Tree,
     deletes: sled::Tree,
+    flusher: Arc<Flusher>,
+}
+
+type FlushRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The flush thread; dropping the last handle stops it and waits, so the database (and its
+/// lock on the directory) is released by the time the last `Store` clone is gone.
+struct Flusher {
+    requests: Option<std::sync::mpsc::Sender<FlushRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn_flusher(db: sled::Db) -> std::io::Result<Flusher> {
+    let (requests, inbox) = std::sync::mpsc::channel::<FlushRequest>();
+    let thread = std::thread::Builder::new()
+        .name("store-flush".into())
+        .spawn(move || {
+            while let Ok(first) = inbox.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(inbox.try_iter());
+                let result = db.flush().map(|_| ()).map_err(|error| error.to_string());
+                for waiter in waiting {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        })?;
+    Ok(Flusher {
+        requests: Some(requests),
+        thread: Some(thread),
+    })
 }
 
 impl Store {
@@ -147,11 +186,12 @@ impl Store {
         };
         let files = tree("files")?;
         let deletes = tree("deletes")?;
+        let flusher = spawn_flusher(db.clone()).map_err(|error| open_error(error.to_string()))?;
         Ok(Store {
             path: dir.to_path_buf(),
-            db,
             files,
             deletes,
+            flusher: Arc::new(flusher),
         })
     }
 
@@ -275,12 +315,21 @@ impl Store {
         self.records_under(Path::new("/"))
     }
 
+    /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|error| self.io(error))
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let requests = self
+            .flusher
+            .requests
+            .as_ref()
+            .ok_or_else(|| self.io("the flush thread has stopped"))?;
+        requests
+            .send(done)
+            .map_err(|_| self.io("the flush thread has stopped"))?;
+        match answer.await {
+            Ok(result) => result.map_err(|error| self.io(error)),
+            Err(_) => Err(self.io("the flush thread has stopped")),
+        }
     }
 }
 
@@ -366,6 +415,30 @@ mod tests {
         assert_eq!(store.pending_deletes().unwrap(), vec![job]);
         store.finish_delete("a1").await.unwrap();
         assert!(store.pending_deletes().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_writers_all_get_their_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writers: Vec<_> = (0..64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let path = PathBuf::from(format!("/f/{i}.pdf"));
+                    store.put(&path, &record(FileState::Synced)).await.unwrap();
+                })
+            })
+            .collect();
+        let all = async {
+            for writer in writers {
+                writer.await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), all)
+            .await
+            .expect("no flush deadlock");
+        assert_eq!(store.records().count(), 64);
     }
 
     #[tokio::test]

@@ -102,9 +102,7 @@ impl Gate {
         let mut state = self.lock();
         let pause = match outcome {
             Outcome::Answered => {
-                if state.closed_until.is_none() {
-                    return None;
-                }
+                state.closed_until?;
                 state.closed_until = None;
                 state.probing = false;
                 state.backoff.reset();

@@ -2,11 +2,6 @@
 //! Receives HTTP/1.1 requests on 127.0.0.1 plus set-up calls from the test (tasks, checklists,
 //! hand-made assets, faults); emits responses that follow the API contract strictly.
 //! Owns the server task and the shared in-memory world (tasks, checklists, assets, request log).
-//!
-//! Pipeline for each request (see `server.rs`): read the body (limit 101 MiB) → check the
-//! three headers and the token (401) → apply the first matching injected fault → route
-//! (404/405) → organization check (403) → handler. Faults therefore never hit a request that
-//! would have been rejected with 401, so a faulted request has also proven its headers.
 
 mod multipart;
 mod routes;
@@ -275,7 +270,7 @@ impl FakeTallyfy {
         self.shared.lock().asset(asset_id)
     }
 
-    /// All live (not deleted) assets, archived ones included, in id order.
+    /// All live (not deleted) assets, archived ones included, in the order they were created.
     pub fn assets(&self) -> Vec<StoredAsset> {
         self.shared.lock().assets()
     }

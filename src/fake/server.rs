@@ -91,6 +91,10 @@ async fn handle(
     outcome
 }
 
+/// Read the body (limit 101 MiB) → check the three headers and the token (401) → apply the
+/// first matching injected fault → route (404/405) → organization check (403) → handler.
+/// Faults come after the credential check so that a faulted request has also proven its
+/// headers, and a test's fault is never spent on a request that would have failed anyway.
 async fn process(
     shared: &Shared,
     request: Request<Incoming>,

@@ -32,7 +32,7 @@ impl Shared {
     }
 
     /// A panicking test thread must not make every later request fail too, so poisoning is
-    /// ignored: every mutation below leaves the state consistent before it can panic.
+    /// ignored: nothing in `State` panics halfway through a change.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -62,6 +62,8 @@ pub(crate) struct UploadForm {
 
 struct AssetRecord {
     stored: StoredAsset,
+    /// Creation order, since ids are random-looking.
+    sequence: u64,
     subject_type: String,
     subject_id: String,
     uploaded_from: String,
@@ -135,11 +137,11 @@ impl State {
                 && fault
                     .method
                     .as_deref()
-                    .map_or(true, |wanted| wanted.eq_ignore_ascii_case(method))
+                    .is_none_or(|wanted| wanted.eq_ignore_ascii_case(method))
                 && fault
                     .path_contains
                     .as_deref()
-                    .map_or(true, |needle| path.contains(needle))
+                    .is_none_or(|needle| path.contains(needle))
         })?;
         fault.times -= 1;
         Some(fault.kind.clone())
@@ -268,8 +270,10 @@ impl State {
     }
 
     pub fn assets(&self) -> Vec<StoredAsset> {
-        self.assets
-            .values()
+        let mut records: Vec<&AssetRecord> = self.assets.values().collect();
+        records.sort_by_key(|record| record.sequence);
+        records
+            .into_iter()
             .map(|record| record.stored.clone())
             .collect()
     }
@@ -715,6 +719,7 @@ impl State {
                     fields: new.fields,
                     archived: false,
                 },
+                sequence: self.next_id,
                 subject_type: new.subject_type,
                 subject_id: new.subject_id,
                 uploaded_from: new.uploaded_from,

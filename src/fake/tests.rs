@@ -463,7 +463,17 @@ async fn upload_with_a_wrong_extension_is_rejected_with_422() {
     }
     let upper = api.upload_to_task("SCAN.JPEG", b"x").await;
     asset_id(&upper);
-    assert_eq!(fake.assets().len(), 1);
+    asset_id(&api.upload_to_task("later.pdf", b"x").await);
+    let names: Vec<String> = fake
+        .assets()
+        .into_iter()
+        .map(|asset| asset.filename)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["SCAN.JPEG", "later.pdf"],
+        "assets come in upload order"
+    );
 }
 
 #[tokio::test]

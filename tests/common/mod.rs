@@ -1,0 +1,350 @@
+//! Shared helpers for the integration tests: a fake Tallyfy API seeded with one task (a file
+//! field and a text field) and one template (a file kick-off field and a text one), two watched
+//! folders, and the real `tallyfy-sync` binary run against them.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tallyfy_sync::fake::{FakeChecklist, FakeField, FakeTallyfy, FakeTask, RequestRecord};
+
+pub const ORG: &str = "org1";
+pub const TOKEN: &str = "secret-token-123";
+pub const RUN: &str = "run1";
+pub const TASK: &str = "task1";
+pub const STEP: &str = "step1";
+pub const TEMPLATE: &str = "tpl1";
+pub const CAPTURE: &str = "cap1";
+pub const TEXT_CAPTURE: &str = "cap2";
+pub const KICKOFF_TEMPLATE: &str = "tpl2";
+pub const KICKOFF_FIELD: &str = "ko1";
+pub const KICKOFF_TEXT: &str = "ko2";
+pub const KICKOFF_TITLE: &str = "Contract intake";
+/// Long enough that the daemon sees a quiet file, short enough for fast tests.
+pub const SETTLE: &str = "300ms";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn field(id: &str, label: &str, field_type: &str, value: Value) -> FakeField {
+    FakeField {
+        id: id.into(),
+        label: label.into(),
+        field_type: field_type.into(),
+        value,
+    }
+}
+
+pub struct Env {
+    pub fake: FakeTallyfy,
+    pub dir: tempfile::TempDir,
+    /// Mapped to the task's file field.
+    pub tasks: PathBuf,
+    /// Mapped to the template's file kick-off field.
+    pub kickoff: PathBuf,
+    pub config: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Env {
+    /// The fake API, two folders and a config mapping them (written with `folder_extra` added
+    /// to each folder and `top_extra` at the top level).
+    pub async fn new() -> Env {
+        Env::with_config("", "").await
+    }
+
+    pub async fn with_config(top_extra: &str, folder_extra: &str) -> Env {
+        let fake = FakeTallyfy::start(ORG, TOKEN)
+            .await
+            .expect("fake API starts");
+        fake.add_task(FakeTask {
+            run_id: RUN.into(),
+            task_id: TASK.into(),
+            checklist_id: TEMPLATE.into(),
+            step_id: STEP.into(),
+            title: "Collect invoices".into(),
+            status: "active".into(),
+            fields: vec![
+                field(CAPTURE, "Invoices", "file", json!([])),
+                field(TEXT_CAPTURE, "Notes", "text", json!("keep me")),
+            ],
+        });
+        fake.add_checklist(FakeChecklist {
+            id: KICKOFF_TEMPLATE.into(),
+            title: KICKOFF_TITLE.into(),
+            prerun: vec![
+                field(KICKOFF_FIELD, "Contract", "file", json!([])),
+                field(KICKOFF_TEXT, "Customer", "text", json!("ACME")),
+            ],
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tasks = dir.path().join("tasks");
+        let kickoff = dir.path().join("kickoff");
+        std::fs::create_dir(&tasks).unwrap();
+        std::fs::create_dir(&kickoff).unwrap();
+        let env = Env {
+            fake,
+            config: dir.path().join("config.yaml"),
+            state: dir.path().join("state"),
+            tasks: tasks.canonicalize().unwrap(),
+            kickoff: kickoff.canonicalize().unwrap(),
+            dir,
+        };
+        env.write_config(top_extra, folder_extra);
+        env
+    }
+
+    pub fn write_config(&self, top_extra: &str, folder_extra: &str) {
+        let yaml = format!(
+            "api:\n  base_url: {base}\n  org_id: {ORG}\n  timeout: 10s\n\
+             state_dir: {state}\n\
+             settle: {SETTLE}\n{top_extra}\
+             folders:\n\
+             \x20 - path: {tasks}\n    task:\n      run_id: {RUN}\n      task_id: {TASK}\n      capture_id: {CAPTURE}\n{folder}\
+             \x20 - path: {kickoff}\n    kickoff:\n      checklist_id: {KICKOFF_TEMPLATE}\n      field_id: {KICKOFF_FIELD}\n{folder}",
+            base = self.fake.base_url(),
+            state = self.state.display(),
+            tasks = self.tasks.display(),
+            kickoff = self.kickoff.display(),
+            folder = indent(folder_extra),
+        );
+        std::fs::write(&self.config, yaml).unwrap();
+    }
+
+    pub fn write_raw_config(&self, yaml: &str) {
+        std::fs::write(&self.config, yaml).unwrap();
+    }
+
+    /// Starts `tallyfy-sync run` with the right token.
+    pub fn start(&self) -> Daemon {
+        self.start_with_token(TOKEN)
+    }
+
+    pub fn start_with_token(&self, token: &str) -> Daemon {
+        Daemon::spawn(
+            &["run", "--config", self.config.to_str().unwrap()],
+            token,
+            self.dir.path(),
+        )
+    }
+
+    /// Runs a one-shot command (`check`, `status`) to completion.
+    pub fn command(&self, args: &[&str]) -> Output {
+        run_command(args, Some(TOKEN), &self.config)
+    }
+
+    pub fn task_field(&self) -> Vec<Value> {
+        self.fake.task_field(RUN, TASK, CAPTURE)
+    }
+
+    pub fn kickoff_field(&self) -> Vec<Value> {
+        self.fake.kickoff_field(KICKOFF_TEMPLATE, KICKOFF_FIELD)
+    }
+
+    pub fn requests(&self, method: &str, path_contains: &str) -> Vec<RequestRecord> {
+        self.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.contains(path_contains))
+            .collect()
+    }
+
+    pub fn uploads(&self) -> usize {
+        self.requests("POST", "/file").len()
+    }
+}
+
+fn indent(extra: &str) -> String {
+    extra.lines().map(|line| format!("    {line}\n")).collect()
+}
+
+/// Names of the files in a field's value, in order.
+pub fn filenames(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|asset| asset["filename"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+pub fn ids(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|asset| asset["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_command(args: &[&str], token: Option<&str>, config: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"));
+    command
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("TALLYFY_ACCESS_TOKEN")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    if let Some(token) = token {
+        command.env("TALLYFY_ACCESS_TOKEN", token);
+    }
+    let output = command.output().expect("binary runs");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The real binary, running; its stderr goes to a file the test can read at any time.
+pub struct Daemon {
+    child: std::sync::Mutex<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(args: &[&str], token: &str, dir: &Path) -> Daemon {
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"))
+            .args(args)
+            .env("TALLYFY_ACCESS_TOKEN", token)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("daemon starts");
+        Daemon {
+            child: std::sync::Mutex::new(child),
+            log,
+        }
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The exit status, if the daemon has exited.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.child().try_wait().ok().flatten()
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        strip_ansi(&text)
+    }
+
+    pub async fn wait_for_log(&self, needle: &str) {
+        eventually(
+            &format!("the log says {needle:?}"),
+            || self.log().contains(needle),
+            self,
+        )
+        .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child().id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid() as i32, signal);
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most 15 s).
+    pub async fn stop(self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit().await
+    }
+
+    pub async fn wait_exit(&self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child().kill();
+                panic!("the daemon did not exit in time; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(self) {
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Polls `condition` every 20 ms until it holds; fails with the daemon's log after `WAIT`.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool, daemon: &Daemon) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        if Instant::now() > deadline {
+            let state = match daemon.exited() {
+                Some(status) => format!("the daemon exited: {status}"),
+                None => "the daemon is still running".to_string(),
+            };
+            panic!(
+                "timed out waiting until {what}; {state}; daemon log:\n{}",
+                daemon.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a file atomically enough for the tests (one write call).
+pub fn drop_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
