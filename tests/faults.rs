@@ -1,0 +1,226 @@
+//! Failures on the API side: transient errors are retried without duplicates, rate limits and
+//! refused tokens pause everyone instead of hammering, and wrong targets are reported clearly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tallyfy_sync::fake::{Fault, FaultKind};
+
+fn status(status: u16, retry_after: Option<&str>) -> FaultKind {
+    FaultKind::Status {
+        status,
+        body: r#"{"error": true, "message": "try later"}"#.into(),
+        retry_after: retry_after.map(str::to_string),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_upload_after_503_and_attaches_once() {
+    let env = Env::new().await;
+    env.fake
+        .inject(Fault::once("POST", "/file", status(503, None)).times(2));
+    let daemon = env.start();
+    drop_file(&env.tasks, "retry.pdf", b"retry me");
+    eventually(
+        "the file is attached",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), 3, "two 503s, then success");
+    assert_eq!(
+        env.fake.assets().len(),
+        1,
+        "a 503 stored nothing, so no orphan"
+    );
+    daemon.wait_for_log("probing again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_pauses_requests_for_that_long() {
+    let env = Env::new().await;
+    env.fake
+        .inject(Fault::once("PUT", "/tasks/", status(429, Some("2"))));
+    let daemon = env.start();
+    drop_file(&env.tasks, "limited.pdf", b"x");
+    eventually(
+        "the file is attached",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    let puts = env.requests("PUT", "/tasks/");
+    assert_eq!(puts.len(), 2);
+    let after_429: Vec<_> = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.at > puts[0].at)
+        .collect();
+    let waited = after_429[0].at - puts[0].at;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the next request came after {waited:?}, before Retry-After"
+    );
+    assert_eq!(env.task_field().len(), 1, "attached once");
+    daemon.wait_for_log("rate limited by the API (429)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_answer_is_lost_is_sent_again_but_attached_once() {
+    let env = Env::new().await;
+    env.fake
+        .inject(Fault::once("POST", "/file", FaultKind::DropAfterAct));
+    let daemon = env.start();
+    drop_file(&env.tasks, "lost-answer.pdf", b"x");
+    eventually(
+        "the file is attached",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), 2);
+    // The server kept the first copy, which the daemon never learned of: one orphan, not attached.
+    assert_eq!(env.fake.assets().len(), 2);
+    assert_eq!(ids(&env.task_field()).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_whose_answer_is_lost_is_not_applied_twice() {
+    let env = Env::new().await;
+    env.fake
+        .inject(Fault::once("PUT", "/tasks/", FaultKind::DropAfterAct));
+    let daemon = env.start();
+    drop_file(&env.tasks, "a.pdf", b"a");
+    eventually(
+        "the file is attached",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // room for a wrong second attach
+    assert_eq!(env.task_field().len(), 1, "the field lists the file once");
+    assert_eq!(env.uploads(), 1, "attached without uploading again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_pauses_all_requests_instead_of_failing_file_after_file() {
+    let env = Env::new().await;
+    let daemon = env.start_with_token("wrong-token");
+    daemon.wait_for_log("refused the token (401)").await;
+    for i in 0..10 {
+        drop_file(&env.tasks, &format!("{i}.pdf"), b"x");
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let sent = env.fake.requests().len();
+    // Two target checks, then one probe per backoff step (about 1 s, 2 s, 4 s...).
+    assert!(sent <= 5, "{sent} requests in 4 s with a refused token");
+    assert!(daemon.log().contains("wrong, expired or revoked"));
+    assert!(
+        !daemon.log().contains("wrong-token"),
+        "the token never appears in the log"
+    );
+    assert_eq!(env.uploads(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_costs_one_probe_per_backoff_step_and_then_everything_syncs() {
+    let env = Env::new().await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake
+        .inject(Fault::once("", "", FaultKind::DropBeforeAct).times(4));
+    for i in 0..20 {
+        drop_file(
+            &env.tasks,
+            &format!("{i:02}.pdf"),
+            format!("{i}").as_bytes(),
+        );
+    }
+    eventually(
+        "all 20 attached after the outage",
+        || env.task_field().len() == 20,
+        &daemon,
+    )
+    .await;
+    let failed = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 0)
+        .count();
+    assert_eq!(failed, 4, "only the dropped requests failed");
+    assert_eq!(env.fake.assets().len(), 20, "nothing stored twice");
+    daemon.wait_for_log("the API answers again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_targets_are_reported_and_the_other_folders_carry_on() {
+    let env = Env::new().await;
+    let yaml = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("capture_id: cap1", "capture_id: nosuch");
+    env.write_raw_config(&yaml);
+    let daemon = env.start();
+    daemon
+        .wait_for_log("has no form field with capture id nosuch")
+        .await;
+    assert!(
+        daemon.log().contains("cap1 (\"Invoices\", file)"),
+        "the log lists the fields that exist"
+    );
+    drop_file(&env.tasks, "stays.pdf", b"x");
+    drop_file(&env.kickoff, "goes.pdf", b"y");
+    eventually(
+        "the kick-off folder still syncs",
+        || env.kickoff_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(env.uploads(), 1, "nothing is uploaded for the wrong target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_task_and_a_text_field_are_refused_as_targets() {
+    let env = Env::new().await;
+    env.fake.set_task_status(RUN, TASK, "completed");
+    let yaml = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("field_id: ko1", "field_id: ko2");
+    env.write_raw_config(&yaml);
+    let daemon = env.start();
+    daemon
+        .wait_for_log("is completed, and Tallyfy does not allow changes to completed tasks")
+        .await;
+    daemon
+        .wait_for_log(
+            "kick-off field ko2 (\"Customer\") of template tpl2 is a text field, not a file field",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_refused_for_good_fails_the_file_and_deletes_the_useless_upload() {
+    let env = Env::new().await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake.set_task_status(RUN, TASK, "completed");
+    drop_file(&env.tasks, "late.pdf", b"x");
+    daemon
+        .wait_for_log("could not attach; not retried until the file changes")
+        .await;
+    eventually(
+        "the unattached upload is deleted",
+        || env.fake.assets().is_empty(),
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        env.requests("PUT", "/tasks/").len(),
+        1,
+        "a 422 is not retried"
+    );
+}
