@@ -213,14 +213,8 @@ impl Actor {
                 let task = api
                     .with_retries(|| api.get_task(run_id, task_id))
                     .await
-                    .map_err(|error| match error.status() {
-                        Some(404) => FieldError::Invalid(format!(
-                            "run {run_id} has no task {task_id} (or the run does not exist): 404"
-                        )),
-                        Some(403) => FieldError::Invalid(format!(
-                            "the token's user may not see task {task_id} of run {run_id}: 403"
-                        )),
-                        _ => FieldError::from(error),
+                    .map_err(|error| {
+                        unreachable_target(error, &format!("task {task_id} of run {run_id}"))
                     })?;
                 if task.status.eq_ignore_ascii_case("completed") {
                     return Err(FieldError::Invalid(format!(
@@ -271,14 +265,8 @@ impl Actor {
                 let checklist = api
                     .with_retries(|| api.get_checklist(checklist_id))
                     .await
-                    .map_err(|error| match error.status() {
-                        Some(404) => FieldError::Invalid(format!(
-                            "template {checklist_id} does not exist: 404"
-                        )),
-                        Some(403) => FieldError::Invalid(format!(
-                            "the token's user may not see template {checklist_id}: 403"
-                        )),
-                        _ => FieldError::from(error),
+                    .map_err(|error| {
+                        unreachable_target(error, &format!("template {checklist_id}"))
                     })?;
                 let text = |field: &Value, key: &str| {
                     field
@@ -557,6 +545,15 @@ impl Actor {
             }
             (Target::Kickoff { .. }, None) => Ok(None),
         }
+    }
+}
+
+/// A target the API says is missing or forbidden is a config mistake, not a passing failure.
+fn unreachable_target(error: ApiError, what: &str) -> FieldError {
+    match error.status() {
+        Some(404) => FieldError::Invalid(format!("{what} does not exist (404)")),
+        Some(403) => FieldError::Invalid(format!("the token's user may not see {what} (403)")),
+        _ => FieldError::from(error),
     }
 }
 

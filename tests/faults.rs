@@ -224,3 +224,21 @@ async fn an_attach_refused_for_good_fails_the_file_and_deletes_the_useless_uploa
         "a 422 is not retried"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_or_template_that_does_not_exist_is_named_in_the_log() {
+    let env = Env::new().await;
+    let yaml = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("task_id: task1", "task_id: nosuch")
+        .replace("checklist_id: tpl2", "checklist_id: gone");
+    env.write_raw_config(&yaml);
+    let daemon = env.start();
+    daemon
+        .wait_for_log("task nosuch of run run1 does not exist (404)")
+        .await;
+    daemon
+        .wait_for_log("template gone does not exist (404)")
+        .await;
+    assert_eq!(env.fake.requests().len(), 2, "a 404 target is not retried");
+}
