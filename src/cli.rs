@@ -125,9 +125,19 @@ fn describe(config: &Config) -> String {
 /// 78 for anything the operator must fix in the configuration or the state directory.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     let config_error = error.chain().any(|cause| {
+        let store = cause
+            .downcast_ref::<StoreError>()
+            .or(match cause.downcast_ref::<daemon::DaemonError>() {
+                Some(daemon::DaemonError::Store(store)) => Some(store),
+                _ => None,
+            })
+            .or(match cause.downcast_ref::<status::StatusError>() {
+                Some(status::StatusError::Store(store)) => Some(store),
+                _ => None,
+            });
         cause.is::<ConfigError>()
             || matches!(
-                cause.downcast_ref::<StoreError>(),
+                store,
                 Some(StoreError::Locked { .. } | StoreError::Open { .. })
             )
     });
