@@ -25,6 +25,26 @@ fn assert_no_token(output: &Output) {
     );
 }
 
+/// The command exited 78, said `expected` on stderr, and did not panic.
+fn assert_config_error(output: &Output, expected: &str, context: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_CONFIG),
+        "{context}: {}",
+        describe(output)
+    );
+    assert!(
+        output.stderr.contains(expected),
+        "{context}: {}",
+        describe(output)
+    );
+    assert!(
+        !output.stderr.contains("panicked"),
+        "{context}: {}",
+        describe(output)
+    );
+}
+
 fn describe(output: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",
@@ -189,36 +209,14 @@ async fn a_yaml_syntax_error_exits_78_naming_line_and_column() {
         "api:\n  org_id: {ORG}\nsettle: 2s\n   bad: indent\nfolders: []\n"
     ));
     let output = env.command(&["check"]);
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&output)
-    );
-    assert!(
-        output.stderr.contains("config.yaml line 4 column 7: "),
-        "{}",
-        describe(&output)
-    );
+    assert_config_error(&output, "config.yaml line 4 column 7: ", "the command");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_any_token_check_exits_78_and_says_where_a_token_is_looked_for() {
     let env = Env::new().await;
     let output = run_command(&["check"], None, &env.config);
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&output)
-    );
-    assert!(
-        output.stderr.contains(
-            "API token from TALLYFY_ACCESS_TOKEN, api.token_file or the systemd credential tallyfy-token: none is set"
-        ),
-        "{}",
-        describe(&output)
-    );
+    assert_config_error(&output, "API token from TALLYFY_ACCESS_TOKEN, api.token_file or the systemd credential tallyfy-token: none is set", "the command");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,19 +225,13 @@ async fn a_missing_token_file_exits_78_naming_the_file() {
     let file = env.dir.path().join("no-such-token");
     env.write_raw_config(&with_token_file(&env, &file));
     let output = run_command(&["check"], None, &env.config);
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&output)
-    );
-    assert!(
-        output.stderr.contains(&format!(
+    assert_config_error(
+        &output,
+        &format!(
             "API token from file {} (api.token_file): cannot read it: ",
             file.display()
-        )),
-        "{}",
-        describe(&output)
+        ),
+        "the command",
     );
 }
 
@@ -251,20 +243,10 @@ async fn a_token_file_holding_a_space_is_refused_without_showing_the_token() {
     env.write_raw_config(&with_token_file(&env, &file));
     for command in ["check", "run"] {
         let output = run_command(&[command], None, &env.config);
-        assert_eq!(
-            output.status.code(),
-            Some(EXIT_CONFIG),
-            "{command}: {}",
-            describe(&output)
-        );
-        assert!(
-            output.stderr.contains(&format!(
+        assert_config_error(&output, &format!(
                 "API token from file {} (api.token_file): contains whitespace or control characters",
                 file.display()
-            )),
-            "{command}: {}",
-            describe(&output)
-        );
+            ), command);
         assert_no_token(&output);
     }
     // The same file with the token alone is accepted: the refusal above is about the space.
@@ -293,22 +275,7 @@ async fn run_with_an_invalid_config_exits_78_without_panicking() {
     for (what, yaml, expected) in bad {
         env.write_raw_config(&yaml);
         let output = env.command(&["run"]);
-        assert_eq!(
-            output.status.code(),
-            Some(EXIT_CONFIG),
-            "{what}: {}",
-            describe(&output)
-        );
-        assert!(
-            output.stderr.contains(&expected),
-            "{what}: {}",
-            describe(&output)
-        );
-        assert!(
-            !output.stderr.contains("panicked"),
-            "{what}: {}",
-            describe(&output)
-        );
+        assert_config_error(&output, &expected, what);
     }
     let output = run_command(&["run"], Some(TOKEN), &missing);
     assert_eq!(
@@ -371,22 +338,7 @@ async fn run_and_status_exit_78_when_the_state_dir_is_not_a_directory() {
     let expected = format!("cannot open state directory {}: ", env.state.display());
     for command in ["run", "status"] {
         let output = env.command(&[command]);
-        assert_eq!(
-            output.status.code(),
-            Some(EXIT_CONFIG),
-            "{command}: {}",
-            describe(&output)
-        );
-        assert!(
-            output.stderr.contains(&expected),
-            "{command}: {}",
-            describe(&output)
-        );
-        assert!(
-            !output.stderr.contains("panicked"),
-            "{command}: {}",
-            describe(&output)
-        );
+        assert_config_error(&output, &expected, command);
     }
 }
 
