@@ -365,6 +365,13 @@ mod tests {
         }
     }
 
+    /// A store in a directory that lives as long as the returned guard.
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
     #[tokio::test]
     async fn records_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -397,8 +404,7 @@ mod tests {
 
     #[tokio::test]
     async fn forget_removes_the_record_and_queues_its_delete_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let path = Path::new("/f/a.pdf");
         store.put(path, &record(FileState::Synced)).await.unwrap();
         let job = DeleteJob {
@@ -419,8 +425,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn many_concurrent_writers_all_get_their_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let writers: Vec<_> = (0..64)
             .map(|i| {
                 let store = store.clone();
@@ -443,8 +448,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_under_a_folder_exclude_its_siblings_with_a_common_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         store
             .put(Path::new("/f/a.pdf"), &record(FileState::Synced))
             .await

@@ -172,6 +172,26 @@ async fn send(builder: RequestBuilder) -> Response {
     }
 }
 
+/// GET on the test task with only the given credentials and headers.
+async fn get_task_with(
+    api: &Api,
+    token: Option<&str>,
+    accept: bool,
+    client_header: bool,
+) -> Response {
+    let mut request = api.client.get(api.url(&task_path(RUN, TASK)));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if accept {
+        request = request.header("Accept", "application/json");
+    }
+    if client_header {
+        request = request.header("X-Tallyfy-Client", "APIClient");
+    }
+    send(request).await
+}
+
 fn task_path(run_id: &str, task_id: &str) -> String {
     format!("/runs/{run_id}/tasks/{task_id}")
 }
@@ -196,13 +216,7 @@ fn asset_id(response: &Response) -> String {
 async fn requests_without_the_client_header_are_refused_with_401() {
     let fake = fake().await;
     let api = Api::new(&fake);
-    let response = send(
-        api.client
-            .get(api.url(&task_path(RUN, TASK)))
-            .bearer_auth(TOKEN)
-            .header("Accept", "application/json"),
-    )
-    .await;
+    let response = get_task_with(&api, Some(TOKEN), true, false).await;
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert_eq!(response.json()["error"], "Unauthenticated.");
     assert!(response.json()["message"]
@@ -214,13 +228,7 @@ async fn requests_without_the_client_header_are_refused_with_401() {
 async fn requests_without_accept_json_are_refused_with_401() {
     let fake = fake().await;
     let api = Api::new(&fake);
-    let response = send(
-        api.client
-            .get(api.url(&task_path(RUN, TASK)))
-            .bearer_auth(TOKEN)
-            .header("X-Tallyfy-Client", "APIClient"),
-    )
-    .await;
+    let response = get_task_with(&api, Some(TOKEN), false, true).await;
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -228,23 +236,10 @@ async fn requests_without_accept_json_are_refused_with_401() {
 async fn requests_with_a_wrong_or_missing_token_are_refused_with_401() {
     let fake = fake().await;
     let api = Api::new(&fake);
-    let wrong = send(
-        api.client
-            .get(api.url(&task_path(RUN, TASK)))
-            .bearer_auth("not-the-token")
-            .header("Accept", "application/json")
-            .header("X-Tallyfy-Client", "APIClient"),
-    )
-    .await;
+    let wrong = get_task_with(&api, Some("not-the-token"), true, true).await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.json(), json!({"error": "Unauthenticated."}));
-    let missing = send(
-        api.client
-            .get(api.url(&task_path(RUN, TASK)))
-            .header("Accept", "application/json")
-            .header("X-Tallyfy-Client", "APIClient"),
-    )
-    .await;
+    let missing = get_task_with(&api, None, true, true).await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
     let ok = send(api.get(&task_path(RUN, TASK))).await;
     assert_eq!(ok.status, StatusCode::OK);
