@@ -242,3 +242,68 @@ async fn a_task_or_template_that_does_not_exist_is_named_in_the_log() {
         .await;
     assert_eq!(env.fake.requests().len(), 2, "a 404 target is not retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_upload_in_flight_finish_and_a_restart_attaches_it_without_uploading_again()
+{
+    let env = Env::new().await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake.inject(Fault::once(
+        "POST",
+        "/file",
+        FaultKind::Latency(Duration::from_secs(2)),
+    ));
+    drop_file(&env.tasks, "slow.pdf", b"slow");
+    daemon.wait_for_log("uploading").await;
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit().await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        env.fake.assets().len(),
+        1,
+        "the upload in flight was allowed to finish"
+    );
+    assert!(
+        env.task_field().is_empty(),
+        "no new work (the attach) after SIGTERM"
+    );
+
+    let daemon = env.start();
+    eventually(
+        "attached after the restart",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        env.uploads(),
+        1,
+        "attached from the recorded upload, not sent again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let env = Env::new().await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake.inject(Fault::once(
+        "POST",
+        "/file",
+        FaultKind::Latency(Duration::from_secs(30)),
+    ));
+    drop_file(&env.tasks, "stuck.pdf", b"x");
+    daemon.wait_for_log("uploading").await;
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for_log("stopping").await;
+    let started = std::time::Instant::now();
+    daemon.signal(libc::SIGINT);
+    let status = daemon.wait_exit().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+}

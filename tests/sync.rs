@@ -387,3 +387,47 @@ async fn a_burst_into_one_field_needs_far_fewer_puts_than_files() {
     unique.dedup();
     assert_eq!(unique.len(), 60, "no duplicates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_touched_or_rewritten_with_the_same_bytes_is_not_uploaded_again() {
+    let env = Env::new().await;
+    let daemon = env.start();
+    let path = drop_file(&env.tasks, "same.pdf", b"same bytes");
+    eventually("attached", || env.task_field().len() == 1, &daemon).await;
+    std::fs::write(&path, b"same bytes").unwrap();
+    drop_file(&env.tasks, "marker.pdf", b"m");
+    eventually(
+        "the later marker file is attached",
+        || env.task_field().len() == 2,
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), 2, "the rewritten file was not sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_that_disappears_is_paused_not_deleted_remotely() {
+    let env = Env::new().await;
+    let daemon = env.start();
+    drop_file(&env.tasks, "a.pdf", b"a");
+    drop_file(&env.tasks, "b.pdf", b"b");
+    eventually("both attached", || env.task_field().len() == 2, &daemon).await;
+    let away = env.dir.path().join("unmounted");
+    std::fs::rename(&env.tasks, &away).unwrap();
+    daemon
+        .wait_for_log("nothing in this folder is uploaded or deleted until it can be read again")
+        .await;
+    std::fs::rename(&away, &env.tasks).unwrap();
+    drop_file(&env.kickoff, "marker.pdf", b"m");
+    eventually(
+        "later work still goes through",
+        || env.kickoff_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert!(
+        env.requests("DELETE", "/file/").is_empty(),
+        "nothing was deleted remotely"
+    );
+    assert_eq!(env.task_field().len(), 2);
+}
