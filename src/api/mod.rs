@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use error::{ApiError, Endpoint};
-use gate::{Gate, Outcome, Transition};
+use gate::{Gate, Outcome, Pass, Transition};
 
 use crate::config::{ApiConfig, Token};
 use crate::retry::Backoff;
@@ -162,22 +162,19 @@ impl Client {
             Ok(answer) => answer,
             Err(error) => {
                 if let Some(local) = local_failure() {
-                    self.gate.report(pass, Outcome::Inconclusive);
+                    self.report(pass, Outcome::Inconclusive, None);
                     return Err(local);
                 }
                 let error = ApiError::Transport {
                     endpoint,
                     detail: describe(&error),
                 };
-                self.note(self.gate.report(pass, Outcome::Outage), &error);
+                self.report(pass, Outcome::Outage, Some(&error));
                 return Err(error);
             }
         };
         if status.is_success() {
-            self.note(
-                self.gate.report(pass, Outcome::Answered),
-                &ApiError::Cancelled,
-            );
+            self.report(pass, Outcome::Answered, None);
             return Ok(body);
         }
         let error = ApiError::Status {
@@ -194,24 +191,28 @@ impl Client {
             | StatusCode::GATEWAY_TIMEOUT => Outcome::Outage,
             _ => Outcome::Answered,
         };
-        self.note(self.gate.report(pass, outcome), &error);
+        self.report(pass, outcome, Some(&error));
         Err(error)
     }
 
-    /// Logs a change of the gate once, where it happens, rather than once per waiting file.
-    fn note(&self, transition: Option<Transition>, cause: &ApiError) {
+    /// Tells the gate how a request went (`cause`: the failure, if it failed), and logs a
+    /// change of the gate once, where it happens, rather than once per waiting file.
+    fn report(&self, pass: Pass, outcome: Outcome, cause: Option<&ApiError>) {
+        let transition = self.gate.report(pass, outcome);
+        let unauthorized = cause.is_some_and(ApiError::is_unauthorized);
+        let rate_limited = cause.and_then(ApiError::status) == Some(429);
         match transition {
-            Some(Transition::Closed(pause)) if cause.is_unauthorized() => error!(
+            Some(Transition::Closed(pause)) if unauthorized => error!(
                 next_probe_secs = pause.as_secs_f64().ceil(),
                 "the API refused the token (401): it is wrong, expired or revoked (a personal access token is deleted when its user logs out); pausing all requests and probing again in {}",
                 humantime::format_duration(round(pause))
             ),
-            Some(Transition::Closed(pause)) if cause.status() == Some(429) => warn!(
+            Some(Transition::Closed(pause)) if rate_limited => warn!(
                 "rate limited by the API (429); pausing all requests for {}",
                 humantime::format_duration(round(pause))
             ),
             Some(Transition::Closed(pause)) => warn!(
-                error = %cause,
+                error = %cause.map(ToString::to_string).unwrap_or_default(),
                 "the API is unreachable; pausing all requests and probing again in {}",
                 humantime::format_duration(round(pause))
             ),
