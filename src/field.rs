@@ -193,7 +193,7 @@ impl Actor {
                 }
             }
             if let Readiness::Invalid(why) = &*readiness.borrow() {
-                reply_all(batch, |_| Err(FieldError::Invalid(why.clone())));
+                refuse_all(batch, why);
                 continue;
             }
             self.apply(batch).await;
@@ -569,19 +569,15 @@ fn contains(list: &[Value], id: &str) -> bool {
         .any(|item| asset_id(item).as_deref() == Some(id))
 }
 
-fn reply_all(batch: Vec<Request>, result: impl Fn(&Request) -> Result<(), FieldError>) {
+/// Answers every request of a batch for a target that failed verification.
+fn refuse_all(batch: Vec<Request>, why: &str) {
     for request in batch {
-        let answer = result(&request);
-        match request {
-            Request::Attach { reply, .. } => {
-                let _ = reply.send(answer);
-            }
-            Request::Delete {
-                reply: Some(reply), ..
-            } => {
-                let _ = reply.send(answer);
-            }
-            Request::Delete { reply: None, .. } => {}
+        let reply = match request {
+            Request::Attach { reply, .. } => Some(reply),
+            Request::Delete { reply, .. } => reply,
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(FieldError::Invalid(why.to_string())));
         }
     }
 }
