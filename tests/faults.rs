@@ -247,15 +247,7 @@ async fn a_task_or_template_that_does_not_exist_is_named_in_the_log() {
 async fn sigterm_lets_an_upload_in_flight_finish_and_a_restart_attaches_it_without_uploading_again()
 {
     let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
-    env.fake.inject(Fault::once(
-        "POST",
-        "/file",
-        FaultKind::Latency(Duration::from_secs(2)),
-    ));
-    drop_file(&env.tasks, "slow.pdf", b"slow");
-    daemon.wait_for_log("uploading").await;
+    let daemon = start_with_a_slow_upload(&env, Duration::from_secs(2)).await;
     daemon.signal(libc::SIGTERM);
     let status = daemon.wait_exit().await;
     assert_eq!(status.code(), Some(0));
@@ -286,15 +278,7 @@ async fn sigterm_lets_an_upload_in_flight_finish_and_a_restart_attaches_it_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
-    env.fake.inject(Fault::once(
-        "POST",
-        "/file",
-        FaultKind::Latency(Duration::from_secs(30)),
-    ));
-    drop_file(&env.tasks, "stuck.pdf", b"x");
-    daemon.wait_for_log("uploading").await;
+    let daemon = start_with_a_slow_upload(&env, Duration::from_secs(30)).await;
     daemon.signal(libc::SIGTERM);
     daemon.wait_for_log("stopping").await;
     let started = std::time::Instant::now();
@@ -306,4 +290,15 @@ async fn a_second_signal_exits_at_once() {
         started.elapsed()
     );
     assert_eq!(status.code(), Some(1));
+}
+
+/// A running daemon with one upload in flight that the server holds for `latency`.
+async fn start_with_a_slow_upload(env: &Env, latency: Duration) -> Daemon {
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake
+        .inject(Fault::once("POST", "/file", FaultKind::Latency(latency)));
+    drop_file(&env.tasks, "slow.pdf", b"slow");
+    daemon.wait_for_log("uploading").await;
+    daemon
 }
