@@ -67,7 +67,12 @@ pub struct RateLimit {
 
 impl std::fmt::Display for RateLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.requests, humantime::format_duration(self.per))
+        write!(
+            f,
+            "{}/{}",
+            self.requests,
+            humantime::format_duration(self.per)
+        )
     }
 }
 
@@ -78,7 +83,9 @@ pub enum WatchMode {
     Auto,
     Inotify,
     /// Scanned every `interval`: for shares where inotify sees nothing.
-    Poll { interval: Duration },
+    Poll {
+        interval: Duration,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -779,7 +786,13 @@ fn positive_duration(value: &Value) -> Result<Duration, Bad> {
 fn percentage(value: &Value) -> Result<u8, Bad> {
     let hint = "expected a percentage between 0% and 100%, e.g. 50%";
     let number = match value {
-        Value::String(s) => s.trim().strip_suffix('%').unwrap_or(s).trim().parse::<u64>().ok(),
+        Value::String(s) => s
+            .trim()
+            .strip_suffix('%')
+            .unwrap_or(s)
+            .trim()
+            .parse::<u64>()
+            .ok(),
         Value::Number(n) => n.as_u64(),
         _ => return Err(Bad::Type("a percentage such as 50%")),
     };
@@ -1073,10 +1086,12 @@ folders:
     #[test]
     fn watch_mode_rate_limit_and_max_delete_name_the_bad_value() {
         let fx = Fixture::new();
-        let problems = fx.problems(&(yaml(
-            "  rate_limit: 100/fortnight\n",
-            "    watch: inotify\n    poll: 10s\n    max_delete: 150%\n",
-        ) + "rescan_interval: 0s\n"));
+        let problems = fx.problems(
+            &(yaml(
+                "  rate_limit: 100/fortnight\n",
+                "    watch: inotify\n    poll: 10s\n    max_delete: 150%\n",
+            ) + "rescan_interval: 0s\n"),
+        );
         assert_eq!(
             problems,
             [

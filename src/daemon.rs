@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{ApiError, Client};
+use crate::api::{ApiError, Client, Pause, PauseHook};
 use crate::config::{Config, Token};
 use crate::field::FieldHandle;
 use crate::settle::Settle;
@@ -26,6 +26,8 @@ const JOB_CAPACITY: usize = 1024;
 /// Files in progress at once per upload slot: the rest of a file's work (attach, record) waits
 /// on its field actor, not on the network, so more files than uploads can be in flight.
 const FILES_PER_UPLOAD_SLOT: usize = 8;
+/// Where the request pause is saved in the store.
+const PAUSE_KEY: &str = "api-pause";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -48,7 +50,14 @@ pub async fn run(
         "tallyfy-sync starting"
     );
     let store = Store::open(&config.state_dir)?;
-    let api = Arc::new(Client::new(&config.api, token, cancel.child_token())?);
+    let api = Arc::new(
+        Client::new(&config.api, token, cancel.child_token())?.on_pause_change(save_pauses(&store)),
+    );
+    match store.meta::<Pause>(PAUSE_KEY) {
+        Ok(Some(pause)) => api.resume_pause(pause),
+        Ok(None) => {}
+        Err(error) => warn!(%error, "cannot read the saved request pause; starting without it"),
+    }
 
     // Folders mapped to the same field share one actor, so their PUTs cannot race either.
     let mut actors: HashMap<String, FieldHandle> = HashMap::new();
@@ -103,6 +112,24 @@ pub async fn run(
     store.flush().await?;
     info!("stopped; state saved");
     Ok(())
+}
+
+/// Saves each change of the request pause, latest first: a write superseded before it started
+/// is skipped, and writes never reorder.
+fn save_pauses(store: &Store) -> PauseHook {
+    let (changes, mut latest) = tokio::sync::watch::channel(None::<Pause>);
+    let store = store.clone();
+    tokio::spawn(async move {
+        while latest.changed().await.is_ok() {
+            let pause = latest.borrow_and_update().clone();
+            if let Err(error) = store.set_meta(PAUSE_KEY, pause.as_ref()).await {
+                warn!(%error, "cannot save the request pause; a restart would probe at once");
+            }
+        }
+    });
+    Box::new(move |pause| {
+        changes.send_replace(pause.cloned());
+    })
 }
 
 /// Deletes recorded before a stop but not confirmed: send them again (404 counts as done).
