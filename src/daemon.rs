@@ -15,9 +15,10 @@ use crate::api::{ApiError, Client, Pause, PauseHook};
 use crate::config::{Config, Token};
 use crate::field::FieldHandle;
 use crate::settle::Settle;
+use crate::status::PAUSE_KEY;
 use crate::store::{Store, StoreError};
 use crate::sync::Syncer;
-use crate::{queue, watch};
+use crate::{control, queue, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan.
 const HINT_CAPACITY: usize = 8192;
@@ -26,8 +27,6 @@ const JOB_CAPACITY: usize = 1024;
 /// Files in progress at once per upload slot: the rest of a file's work (attach, record) waits
 /// on its field actor, not on the network, so more files than uploads can be in flight.
 const FILES_PER_UPLOAD_SLOT: usize = 8;
-/// Where the request pause is saved in the store.
-const PAUSE_KEY: &str = "api-pause";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -79,6 +78,7 @@ pub async fn run(
         .collect();
 
     resume_deletes(&store, &actors).await;
+    retry_after_config_change(&config, &store).await;
 
     let syncer = Arc::new(Syncer::new(
         config.clone(),
@@ -89,8 +89,14 @@ pub async fn run(
     let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
     let overflow = Arc::new(AtomicBool::new(false));
-    let watcher = watch::start(&config.folders, hint_tx, overflow.clone());
-    let settle = tokio::spawn(Settle::new(config.clone(), store.clone()).run(
+    let control = tokio::spawn(control::serve(
+        config.clone(),
+        store.clone(),
+        hint_tx.clone(),
+        cancel.clone(),
+    ));
+    let watch = watch::start(hint_tx, overflow.clone());
+    let settle = tokio::spawn(Settle::new(config.clone(), store.clone(), watch).run(
         hint_rx,
         overflow,
         job_tx,
@@ -101,8 +107,8 @@ pub async fn run(
     info!(folders = config.folders.len(), settle = %humantime::format_duration(config.settle), "running; initial scan started");
 
     cancel.cancelled().await;
-    drop(watcher);
     let _ = settle.await;
+    let _ = control.await;
     if let Err(error) = queue.await {
         error!(%error, "the work queue stopped unexpectedly");
     }
@@ -130,6 +136,33 @@ fn save_pauses(store: &Store) -> PauseHook {
     Box::new(move |pause| {
         changes.send_replace(pause.cloned());
     })
+}
+
+/// A permanent failure may have come from the config (a wrong field, say): when the config
+/// file changed since the last run, failed files get another chance.
+async fn retry_after_config_change(config: &Config, store: &Store) {
+    const KEY: &str = "config-fingerprint";
+    let Ok(text) = std::fs::read(&config.file) else {
+        return;
+    };
+    let fingerprint = blake3::hash(&text).to_hex().to_string();
+    let previous: Option<String> = store.meta(KEY).ok().flatten();
+    if previous.as_ref() == Some(&fingerprint) {
+        return;
+    }
+    if previous.is_some() {
+        match control::retry_failed(store, None).await {
+            Ok(0) => {}
+            Ok(files) => info!(
+                files,
+                "the config changed since the last run; retrying the failed files"
+            ),
+            Err(error) => warn!(%error, "cannot mark the failed files for another try"),
+        }
+    }
+    if let Err(error) = store.set_meta(KEY, Some(&fingerprint)).await {
+        warn!(%error, "cannot save the config fingerprint");
+    }
 }
 
 /// Deletes recorded before a stop but not confirmed: send them again (404 counts as done).

@@ -101,6 +101,9 @@ pub struct FileRecord {
     pub state: FileState,
     /// Unix seconds of the last state change.
     pub updated: u64,
+    /// Uploads started for this version of the file.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// A remote asset that must be deleted; durable so that a crash between the local change and
@@ -388,6 +391,7 @@ mod tests {
             attached: None,
             state,
             updated: 0,
+            attempts: 0,
         }
     }
 
