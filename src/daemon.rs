@@ -20,8 +20,9 @@ use crate::store::{Store, StoreError};
 use crate::sync::Syncer;
 use crate::{control, queue, watch};
 
-/// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan.
-const HINT_CAPACITY: usize = 8192;
+/// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
+/// which costs a folder listing and no request.
+const HINT_CAPACITY: usize = 1024;
 /// Settled files waiting for a worker.
 const JOB_CAPACITY: usize = 1024;
 /// Files in progress at once per upload slot: the rest of a file's work (attach, record) waits

@@ -75,6 +75,15 @@ impl Guard {
         Guard { store, folders }
     }
 
+    /// Whether `device` is the one the folder's root was seen on (true before the first scan).
+    pub fn is_known_device(&self, index: usize, device: Option<u64>) -> bool {
+        match (self.folders[index].1.device, device) {
+            (None, _) => true,
+            (Some(known), Some(device)) => known == device,
+            (Some(_), None) => false,
+        }
+    }
+
     pub fn is_paused(&self, index: usize) -> bool {
         self.folders[index].1.paused.is_some()
     }

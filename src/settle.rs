@@ -31,6 +31,9 @@ pub struct Job {
 
 /// How often a paused folder (gone, unreadable, unmounted) is looked at again.
 const PAUSED_RECHECK: Duration = Duration::from_secs(5);
+/// How often each folder's root is looked at (one stat): unmounting a share or replacing the
+/// folder sends the watcher nothing, and a delete must never be judged on the wrong directory.
+const ROOT_CHECK: Duration = Duration::from_secs(5);
 
 struct Candidate {
     folder: usize,
@@ -94,6 +97,8 @@ impl Settle {
         cancel: CancellationToken,
     ) {
         self.rescan_all().await;
+        let mut root_check = tokio::time::interval(ROOT_CHECK);
+        root_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_due = self.deadlines.peek().map(|Reverse((due, _))| *due);
             let next_scan = self.next_scan.iter().min().copied();
@@ -101,7 +106,7 @@ impl Settle {
                 _ = cancel.cancelled() => return,
                 hint = hints.recv() => match hint {
                     Some(Hint::Path(path)) => self.hint(&path).await,
-                    Some(Hint::RescanAll) => self.rescan_all().await,
+                    Some(Hint::RescanAll) => self.lost_events().await,
                     None => return,
                 },
                 _ = sleep_until(next_scan) => {
@@ -109,6 +114,15 @@ impl Settle {
                     for index in 0..self.next_scan.len() {
                         if self.next_scan[index] <= now {
                             debug!(folder = %self.config.folders[index].path.display(), "scheduled scan");
+                            self.rescan(index).await;
+                        }
+                    }
+                }
+                _ = root_check.tick() => {
+                    for index in 0..self.config.folders.len() {
+                        let root = &self.config.folders[index].path;
+                        let device = std::fs::metadata(root).map(|metadata| metadata.dev()).ok();
+                        if !self.guard.is_paused(index) && !self.guard.is_known_device(index, device) {
                             self.rescan(index).await;
                         }
                     }
@@ -122,12 +136,14 @@ impl Settle {
                 }
             }
             if overflow.swap(false, Ordering::AcqRel) {
-                info!(
-                    "the file watcher dropped events (too many at once); rescanning every folder"
-                );
-                self.rescan_all().await;
+                self.lost_events().await;
             }
         }
+    }
+
+    async fn lost_events(&mut self) {
+        info!("the file watcher dropped events (too many at once); rescanning every folder");
+        self.rescan_all().await;
     }
 
     fn folder_of(&self, path: &Path) -> Option<(usize, &Folder)> {
