@@ -326,3 +326,23 @@ async fn a_flood_of_files_larger_than_the_event_queue_all_sync() {
         "the flood never overran the queue, so the test proves nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_file_is_tried_again_when_only_its_permissions_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new().await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake
+        .inject(Fault::once("POST", "/file", refused_for_good()));
+    let path = drop_file(&env.tasks, "locked.pdf", b"l");
+    daemon.wait_for_log("The name field is required.").await;
+    // What an operator does to fix an unreadable file: size and mtime stay as they were.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    eventually(
+        "the file is attached after its mode changed",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+}
