@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct Config {
     pub settle: Duration,
     /// How often every folder is compared with the store even when nothing was seen to change.
     pub rescan_interval: Duration,
+    /// Where `/metrics` and `/healthz` are served (`metrics.listen`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     pub folders: Vec<Folder>,
 }
 
@@ -370,6 +372,15 @@ fn walk(
     let max_delete = root
         .opt("max_delete", percentage)
         .unwrap_or(DEFAULT_MAX_DELETE_PERCENT);
+    let metrics_listen = match root.get("metrics", mapping) {
+        Ok(Some(map)) => {
+            let mut s = root.child("metrics", map);
+            let listen = s.req("listen", listen_address);
+            s.finish();
+            listen
+        }
+        _ => None,
+    };
     let folders = root.req("folders", |value| match value {
         Value::Sequence(items) if items.is_empty() => invalid("must list at least one folder"),
         _ => list(value),
@@ -401,6 +412,7 @@ fn walk(
         state_dir,
         settle,
         rescan_interval,
+        metrics_listen,
         folders: folders?,
     })
 }
@@ -782,6 +794,22 @@ fn positive_duration(value: &Value) -> Result<Duration, Bad> {
     }
 }
 
+/// `127.0.0.1:9464`, or a bare port (`9464`, `:9464`), which means loopback: metrics say what
+/// the daemon uploads where, so they are not published to the network unless asked.
+fn listen_address(value: &Value) -> Result<SocketAddr, Bad> {
+    let hint = "expected HOST:PORT such as 127.0.0.1:9464, or a port";
+    let text = match value {
+        Value::String(text) => text.trim().to_string(),
+        Value::Number(port) => port.to_string(),
+        _ => return Err(Bad::Type("an address such as 127.0.0.1:9464")),
+    };
+    let port_only = text.strip_prefix(':').unwrap_or(&text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse::<SocketAddr>().or_else(|_| invalid(hint))
+}
+
 /// `50%` (or a bare number of percent).
 fn percentage(value: &Value) -> Result<u8, Bad> {
     let hint = "expected a percentage between 0% and 100%, e.g. 50%";
@@ -972,6 +1000,7 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/tallyfy-sync"));
         assert_eq!(config.settle, Duration::from_secs(2));
         assert_eq!(config.rescan_interval, Duration::from_secs(600));
+        assert_eq!(config.metrics_listen, None);
         assert_eq!(config.api.rate_limit, None);
         assert_eq!(config.folders.len(), 1);
         let folder = &config.folders[0];
@@ -1010,6 +1039,8 @@ state_dir: state
 settle: 0s
 rescan_interval: 1h
 max_delete: 20%
+metrics:
+  listen: 0.0.0.0:9100
 folders:
   - path: {dir}/in
     task:
@@ -1038,6 +1069,7 @@ folders:
         assert_eq!(config.state_dir, fx.root.join("state"));
         assert_eq!(config.settle, Duration::ZERO);
         assert_eq!(config.rescan_interval, Duration::from_secs(3600));
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
         assert_eq!(
             config.api.rate_limit,
             Some(RateLimit {
@@ -1101,7 +1133,12 @@ folders:
                 "folders[0]: watch: inotify cannot be combined with poll",
             ]
         );
-        let config = fx.parse(&yaml("", "    watch: poll\n"));
+        let config = fx.parse(&(yaml("", "    watch: poll\n") + "metrics: {listen: 9464}\n"));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap()),
+            "a bare port means loopback"
+        );
         assert_eq!(
             config.folders[0].watch,
             WatchMode::Poll {
@@ -1199,7 +1236,7 @@ folders:
                 "api.tokn: unknown key (expected one of base_url, org_id, token_file, timeout, concurrency, rate_limit)",
                 "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
-                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, folders)",
+                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, folders)",
             ]
         );
     }

@@ -18,7 +18,7 @@ use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
 use crate::store::{Store, StoreError};
 use crate::sync::Syncer;
-use crate::{control, queue, watch};
+use crate::{control, metrics, queue, status, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
 /// which costs a folder listing and no request.
@@ -90,6 +90,11 @@ pub async fn run(
     let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
     let overflow = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.metrics_listen {
+        let (config, store) = (config.clone(), store.clone());
+        let status = Arc::new(move || status::build(&config, &store, true).ok());
+        tokio::spawn(metrics::serve(addr, api.clone(), status, cancel.clone()));
+    }
     let control = tokio::spawn(control::serve(
         config.clone(),
         store.clone(),

@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ApiError, Client, UploadTarget};
 use crate::config::Target;
+use crate::metrics::METRICS;
 use crate::store::{asset_id, Asset, DeleteJob, Store};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
@@ -337,11 +338,13 @@ impl Actor {
             let Some(id) = job.asset.id() else { continue };
             match api.with_retries(|| api.delete_file(&id)).await {
                 Ok(()) => {
+                    METRICS.deleted(true);
                     removed.insert(id);
                     pending.push(Request::Delete { job, reply });
                 }
                 Err(ApiError::Cancelled) => return,
                 Err(error) => {
+                    METRICS.deleted(false);
                     error!(file = %job.path.display(), asset = %id, %error, "could not delete the file from Tallyfy");
                     // A refused delete is not retried forever: the tombstone goes, the error stays in the log.
                     self.finish_delete(&id).await;

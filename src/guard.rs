@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Folder, MAX_DELETE_MIN_FILES};
+use crate::metrics::METRICS;
 use crate::store::{now_unix, Store, StoreError};
 
 /// Deletes a folder holds until `release-deletes`, as saved in the store.
@@ -69,6 +70,9 @@ impl Guard {
                     paused: store.meta(&paused_key(&folder.path)).ok().flatten(),
                     held: store.meta(&held_key(&folder.path)).ok().flatten(),
                 };
+                if saved.paused.is_some() {
+                    METRICS.folder_paused(true);
+                }
                 (folder.clone(), saved)
             })
             .collect();
@@ -114,6 +118,9 @@ impl Guard {
         };
         let was = state.paused.take();
         let open = problem.is_none();
+        if problem.is_some() != was.is_some() {
+            METRICS.folder_paused(problem.is_some());
+        }
         if problem != was {
             match &problem {
                 Some(problem) => {

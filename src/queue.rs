@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::sync::Syncer;
 
@@ -49,6 +50,7 @@ pub async fn run(
                 }
             }
             Some(done) = tasks.join_next_with_id() => {
+                METRICS.job_done();
                 let id = match done {
                     Ok((id, ())) => id,
                     Err(error) => {

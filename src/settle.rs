@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Folder};
 use crate::guard::Guard;
+use crate::metrics::METRICS;
 use crate::store::{FileMeta, FileState, Store};
 use crate::watch::{self, Hint, Watch};
 
@@ -132,6 +133,7 @@ impl Settle {
                         if jobs.send(job).await.is_err() {
                             return;
                         }
+                        METRICS.job_queued();
                     }
                 }
             }

@@ -13,6 +13,7 @@ use crate::api::{ApiError, Client};
 use crate::config::{Config, Folder};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
+use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::store::{
     now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
@@ -255,7 +256,10 @@ impl Syncer {
                 warn!(folder = %subject.folder.path.display(), file = %subject.name, %detail, "file changed while being uploaded; will upload it once it settles");
                 return Ok(());
             }
-            Err(error) => return self.fail(subject, record, error.to_string()).await,
+            Err(error) => {
+                METRICS.uploaded(false, 0);
+                return self.fail(subject, record, error.to_string()).await;
+            }
         };
         let asset = uploaded.asset;
         let id = asset.id().unwrap_or_default();
@@ -265,6 +269,7 @@ impl Syncer {
         };
         record.updated = now_unix();
         self.store.put(path, &record).await?;
+        METRICS.uploaded(true, meta.size);
         info!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, "uploaded");
         let now = std::fs::symlink_metadata(path)
             .ok()
@@ -318,6 +323,7 @@ impl Syncer {
             .replace(asset)
             .filter(|old| old.id().as_deref() != Some(id.as_str()));
         record.state = FileState::Synced;
+        METRICS.synced();
         record.updated = now_unix();
         let deletes: Vec<DeleteJob> = old.into_iter().map(|old| subject.delete_job(old)).collect();
         self.store.put_with_deletes(path, &record, &deletes).await?;

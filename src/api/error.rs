@@ -14,6 +14,20 @@ pub enum Endpoint {
     DeleteFile,
 }
 
+impl Endpoint {
+    /// A short name for metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Upload => "upload",
+            Endpoint::GetTask => "get_task",
+            Endpoint::PutTask => "put_task",
+            Endpoint::GetChecklist => "get_checklist",
+            Endpoint::PutChecklist => "put_checklist",
+            Endpoint::DeleteFile => "delete_file",
+        }
+    }
+}
+
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -23,6 +23,7 @@ use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 
 use crate::config::{ApiConfig, Token};
+use crate::metrics::METRICS;
 use crate::retry::Backoff;
 use crate::store::Asset;
 
@@ -212,6 +213,10 @@ impl Client {
             }
             Err(error) => Err(error),
         };
+        METRICS.request(
+            endpoint.label(),
+            answer.as_ref().map_or(0, |(status, ..)| status.as_u16()),
+        );
         let (status, retry_after, body) = match answer {
             Ok(answer) => answer,
             Err(error) => {
@@ -317,6 +322,7 @@ impl Client {
                 continue;
             }
             let delay = backoff.next_delay();
+            METRICS.retry_wait(delay);
             warn!(%error, "request failed; retrying in {}", humantime::format_duration(round(delay)));
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
