@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use crate::config::{Config, Folder};
+use crate::service::Heartbeat;
 use crate::store::{FileMeta, FileState, Store};
 use crate::watch::Hint;
 
@@ -41,6 +42,7 @@ pub struct Settle {
     store: Store,
     candidates: HashMap<PathBuf, Candidate>,
     deadlines: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    heartbeat: Heartbeat,
 }
 
 impl Settle {
@@ -50,7 +52,14 @@ impl Settle {
             store,
             candidates: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            heartbeat: Heartbeat::off(),
         }
+    }
+
+    /// Beats `heartbeat` for the service watchdog while the loop runs.
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Settle {
+        self.heartbeat = heartbeat;
+        self
     }
 
     pub async fn run(
@@ -64,7 +73,9 @@ impl Settle {
         let mut rescan =
             tokio::time::interval_at(Instant::now() + RESCAN_INTERVAL, RESCAN_INTERVAL);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat = self.heartbeat.clone();
         loop {
+            heartbeat.beat();
             let next_due = self.deadlines.peek().map(|Reverse((due, _))| *due);
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -77,9 +88,10 @@ impl Settle {
                     debug!("periodic rescan");
                     self.rescan_all().await;
                 }
+                _ = heartbeat.due() => {}
                 _ = sleep_until(next_due) => {
                     for job in self.take_settled() {
-                        if jobs.send(job).await.is_err() {
+                        if heartbeat.during(jobs.send(job)).await.is_err() {
                             return;
                         }
                     }
@@ -194,7 +206,8 @@ impl Settle {
     async fn scan_into(&mut self, index: usize, dir: PathBuf) {
         let folder = self.config.folders[index].clone();
         let store = self.store.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan(&folder, &dir, &store)).await;
+        let scan = tokio::task::spawn_blocking(move || scan(&folder, &dir, &store));
+        let scanned = self.heartbeat.during(scan).await;
         match scanned {
             Ok(Ok(found)) => {
                 for (path, seen) in found {
