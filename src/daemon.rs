@@ -212,7 +212,7 @@ async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>) {
             Some(actor) => actor.delete_later(job).await,
             None => warn!(
                 file = %job.path.display(),
-                asset = %job.asset.id().unwrap_or_default(),
+                asset_id = %job.asset.id().unwrap_or_default(),
                 "a delete is pending for a target no longer in the config; it stays queued until the target is back"
             ),
         }
