@@ -78,13 +78,48 @@ impl ServiceManager {
     }
 }
 
-#[tokio::test]
-async fn reports_ready_after_verifying_its_targets_then_status_and_stopping() {
+/// The real daemon under a test-owned service manager, once it has reported READY=1.
+/// Bind `env` when destructuring (`env: _env`): it owns the directories and the fake API.
+struct Running {
+    daemon: Daemon,
+    manager: ServiceManager,
+    env: Env,
+    /// The message that carried READY=1.
+    ready: String,
+}
+
+async fn running(vars: &[(&str, &OsStr)]) -> Running {
     let env = Env::new().await;
     let mut manager = ServiceManager::new(&env);
-    let daemon = manager.start(&env);
-
+    let daemon = manager.start_with(&env, vars);
     let ready = manager.wait_for("READY=1", &daemon).await;
+    Running {
+        daemon,
+        manager,
+        env,
+        ready,
+    }
+}
+
+/// How many messages `manager` receives in `span` that hold the line `line`.
+async fn count_within(manager: &mut ServiceManager, span: Duration, line: &str) -> usize {
+    manager.received.clear();
+    manager.listen(span).await;
+    manager
+        .received
+        .iter()
+        .filter(|message| message.lines().any(|l| l == line))
+        .count()
+}
+
+#[tokio::test]
+async fn reports_ready_after_verifying_its_targets_then_status_and_stopping() {
+    let Running {
+        daemon,
+        mut manager,
+        ready,
+        env: _env,
+    } = running(&[]).await;
     assert_eq!(
         daemon.log().matches("target verified").count(),
         2,
@@ -139,17 +174,13 @@ async fn reports_ready_within_a_bound_while_the_api_is_down_and_says_what_it_wai
 
 #[tokio::test]
 async fn pings_the_watchdog_at_half_its_timeout_while_running() {
-    let env = Env::new().await;
-    let mut manager = ServiceManager::new(&env);
-    let daemon = manager.start_with(&env, &[("WATCHDOG_USEC", OsStr::new("1000000"))]);
-    manager.wait_for("READY=1", &daemon).await;
-    manager.received.clear();
-    manager.listen(Duration::from_secs(3)).await;
-    let pings = manager
-        .received
-        .iter()
-        .filter(|message| message.lines().any(|line| line == "WATCHDOG=1"))
-        .count();
+    let Running {
+        daemon,
+        mut manager,
+        env: _env,
+        ..
+    } = running(&[("WATCHDOG_USEC", OsStr::new("1000000"))]).await;
+    let pings = count_within(&mut manager, Duration::from_secs(3), "WATCHDOG=1").await;
     assert!(
         (4..=8).contains(&pings),
         "{pings} pings in 3 s with WatchdogSec=1s: {:?}",
@@ -160,25 +191,20 @@ async fn pings_the_watchdog_at_half_its_timeout_while_running() {
 
 #[tokio::test]
 async fn without_a_watchdog_it_never_pings() {
-    let env = Env::new().await;
-    let mut manager = ServiceManager::new(&env);
-    let daemon = manager.start(&env);
-    manager.wait_for("READY=1", &daemon).await;
-    manager.listen(Duration::from_secs(2)).await;
-    assert!(
-        !manager.received.iter().any(|m| m.contains("WATCHDOG")),
-        "{:?}",
-        manager.received
-    );
+    let Running {
+        daemon,
+        mut manager,
+        env: _env,
+        ..
+    } = running(&[]).await;
+    let pings = count_within(&mut manager, Duration::from_secs(2), "WATCHDOG=1").await;
+    assert_eq!(pings, 0, "{:?}", manager.received);
     assert!(daemon.stop().await.success());
 }
 
 #[tokio::test]
 async fn sighup_is_logged_and_does_not_stop_the_daemon() {
-    let env = Env::new().await;
-    let mut manager = ServiceManager::new(&env);
-    let daemon = manager.start(&env);
-    manager.wait_for("READY=1", &daemon).await;
+    let Running { daemon, env, .. } = running(&[]).await;
     daemon.signal(libc::SIGHUP);
     daemon.wait_for_log("reload requested").await;
     drop_file(&env.tasks, "after-reload.pdf", b"%PDF-1.4 still syncing");
