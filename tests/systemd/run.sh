@@ -193,6 +193,8 @@ if ! wait_until 30 container_init; then
     cat "$work/boot.log"
     skip "systemd-nspawn could not boot a container here"
 fi
+# systemctl needs the manager's private socket, which appears a moment after PID 1 starts.
+wait_until 30 inside test -S /run/systemd/private || fail "the container's systemd did not come up"
 booted=$(inside timeout 60 systemctl is-system-running --wait || true)
 case $booted in
 running | degraded) echo "container $machine is $booted (init pid $leader on the host)" ;;
