@@ -80,6 +80,8 @@ pub fn init(format: LogFormat) {
             tracing_subscriber::fmt::layer()
                 .json()
                 .flatten_event(true)
+                // The module path would be a second "target" key next to the field's.
+                .with_target(false)
                 .with_current_span(false)
                 .with_span_list(false)
                 .with_writer(std::io::stderr),
