@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Token};
 use crate::control::{self, Answer, ControlError, Request};
+use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
 use crate::{daemon, demo, service, status};
@@ -66,10 +67,16 @@ pub enum Command {
     },
 }
 
+/// Logging starts once the format is known: after loading the config for `run` (nothing logs
+/// before; a config error reaches stderr through the caller), at once for the others.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Run) {
+        logging::init(LogFormat::Auto);
+    }
     match cli.command {
         Command::Run => {
             let config = Config::load(&cli.config)?;
+            logging::init(config.log.format);
             let token = Token::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();
             service::cancel_on_signals(cancel.clone())?;

@@ -16,6 +16,8 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use reqwest::Url;
 use serde_yaml::{Mapping, Value};
 
+use crate::logging::LogFormat;
+
 const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
 const DEFAULT_STATE_DIR: &str = "/var/lib/tallyfy-sync";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,6 +46,12 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served (`metrics.listen`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
     pub folders: Vec<Folder>,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
 }
 
 #[derive(Clone, Debug)]
@@ -381,6 +389,10 @@ fn walk(
         }
         _ => None,
     };
+    let log = match root.get("log", mapping) {
+        Ok(map) => log_config(root.child("log", map.unwrap_or_default())),
+        Err(()) => None,
+    };
     let folders = root.req("folders", |value| match value {
         Value::Sequence(items) if items.is_empty() => invalid("must list at least one folder"),
         _ => list(value),
@@ -414,6 +426,7 @@ fn walk(
         rescan_interval,
         metrics_listen,
         folders: folders?,
+        log: log?,
     })
 }
 
@@ -453,6 +466,12 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
         concurrency,
         rate_limit,
     })
+}
+
+fn log_config(mut s: Section<'_>) -> Option<LogConfig> {
+    let format = s.opt("format", log_format).unwrap_or_default();
+    s.finish();
+    Some(LogConfig { format })
 }
 
 /// Path, written form and canonical form of every folder seen so far, to catch overlaps.
@@ -911,6 +930,14 @@ fn directory(value: &Value, base: &Path) -> Result<(String, PathBuf), Bad> {
     }
 }
 
+fn log_format(value: &Value) -> Result<LogFormat, Bad> {
+    match value {
+        Value::String(name) => LogFormat::parse(name)
+            .map_or_else(|| invalid(format!("expected {}", LogFormat::NAMES)), Ok),
+        _ => Err(Bad::Type(LogFormat::NAMES)),
+    }
+}
+
 fn glob(value: &Value) -> Result<Glob, Bad> {
     let Value::String(pattern) = value else {
         return Err(Bad::Type("a glob string"));
@@ -1236,7 +1263,7 @@ folders:
                 "api.tokn: unknown key (expected one of base_url, org_id, token_file, timeout, concurrency, rate_limit)",
                 "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
-                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, folders)",
+                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
             ]
         );
     }
@@ -1697,5 +1724,44 @@ folders:
         ] {
             assert!(fx.parse_env(text, &[]).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn log_format_defaults_to_auto_and_takes_each_named_format() {
+        let fx = Fixture::new();
+        assert_eq!(fx.parse(&minimal()).log.format, LogFormat::Auto);
+        for (name, format) in [
+            ("auto", LogFormat::Auto),
+            ("text", LogFormat::Text),
+            ("json", LogFormat::Json),
+            ("journald", LogFormat::Journald),
+        ] {
+            let config = fx.parse(&(minimal() + &format!("log:\n  format: {name}\n")));
+            assert_eq!(config.log.format, format, "{name}");
+        }
+        assert_eq!(
+            fx.parse(&(minimal() + "log:\n")).log.format,
+            LogFormat::Auto
+        );
+    }
+
+    #[test]
+    fn a_bad_log_format_is_named_with_its_key_path() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&(minimal() + "log:\n  format: xml\n  level: debug\n")),
+            [
+                "log.format \"xml\": expected auto, text, json or journald",
+                "log.level: unknown key (expected one of format)",
+            ]
+        );
+        assert_eq!(
+            fx.problems(&(minimal() + "log:\n  format: [json]\n")),
+            ["log.format: expected auto, text, json or journald, found a list"]
+        );
+        assert_eq!(
+            fx.problems(&(minimal() + "log: json\n")),
+            ["log \"json\": expected a mapping, found a string"]
+        );
     }
 }

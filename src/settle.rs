@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, Folder};
 use crate::guard::Guard;
 use crate::metrics::METRICS;
+use crate::service::Heartbeat;
 use crate::store::{FileMeta, FileState, Store};
 use crate::watch::{self, Hint, Watch};
 
@@ -53,6 +54,7 @@ pub struct Settle {
     next_scan: Vec<Instant>,
     candidates: HashMap<PathBuf, Candidate>,
     deadlines: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    heartbeat: Heartbeat,
 }
 
 impl Settle {
@@ -87,7 +89,14 @@ impl Settle {
             polls,
             candidates: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            heartbeat: Heartbeat::off(),
         }
+    }
+
+    /// Beats `heartbeat` for the service watchdog while the loop runs.
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Settle {
+        self.heartbeat = heartbeat;
+        self
     }
 
     pub async fn run(
@@ -100,7 +109,9 @@ impl Settle {
         self.rescan_all().await;
         let mut root_check = tokio::time::interval(ROOT_CHECK);
         root_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat = self.heartbeat.clone();
         loop {
+            heartbeat.beat();
             let next_due = self.deadlines.peek().map(|Reverse((due, _))| *due);
             let next_scan = self.next_scan.iter().min().copied();
             tokio::select! {
@@ -128,9 +139,10 @@ impl Settle {
                         }
                     }
                 }
+                _ = heartbeat.due() => {}
                 _ = sleep_until(next_due) => {
                     for job in self.take_settled().await {
-                        if jobs.send(job).await.is_err() {
+                        if heartbeat.during(jobs.send(job)).await.is_err() {
                             return;
                         }
                         METRICS.job_queued();
@@ -351,7 +363,8 @@ impl Settle {
     async fn scan_folder(&self, index: usize, dir: PathBuf) -> Result<Scan, String> {
         let folder = self.config.folders[index].clone();
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || scan(&folder, &dir, &store)).await {
+        let scan = tokio::task::spawn_blocking(move || scan(&folder, &dir, &store));
+        match self.heartbeat.during(scan).await {
             Ok(scanned) => scanned,
             Err(error) => Err(format!("the scan stopped unexpectedly: {error}")),
         }

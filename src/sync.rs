@@ -45,7 +45,6 @@ struct Subject<'a> {
     folder: &'a Folder,
     field: &'a FieldHandle,
     path: &'a Path,
-    name: String,
 }
 
 impl Subject<'_> {
@@ -101,22 +100,15 @@ impl Syncer {
         let Some(target) = field.ready().await else {
             return;
         };
-        let name = job
-            .path
-            .strip_prefix(&folder.path)
-            .unwrap_or(&job.path)
-            .display()
-            .to_string();
         let subject = Subject {
             folder,
             field,
             path: &job.path,
-            name,
         };
         match self.reconcile(&subject, &target).await {
             Ok(()) | Err(SyncError::Cancelled) => {}
             Err(error) => {
-                error!(folder = %folder.path.display(), file = %subject.name, %error, "could not sync; will try again when the file changes")
+                error!(folder = %folder.path.display(), file = %subject.path.display(), %error, "could not sync; will try again when the file changes")
             }
         }
     }
@@ -161,7 +153,7 @@ impl Syncer {
         {
             // Touched or rewritten with the same bytes: no upload, just remember the new metadata.
             if hash_file(path).await.ok() == record.hash {
-                debug!(file = %subject.name, "content unchanged");
+                debug!(file = %subject.path.display(), "content unchanged");
                 let mut unchanged = record.clone();
                 unchanged.meta = meta;
                 return Ok(self.store.put(path, &unchanged).await?);
@@ -197,7 +189,7 @@ impl Syncer {
         }) {
             return Ok(());
         }
-        warn!(folder = %subject.folder.path.display(), file = %subject.name, %reason, "skipped; not retried until the file changes");
+        warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "skipped; not retried until the file changes");
         let rejected = subject.record(meta, FileState::Rejected { reason }, record.as_ref());
         Ok(self.store.put(subject.path, &rejected).await?)
     }
@@ -221,7 +213,7 @@ impl Syncer {
             .to_string();
         info!(
             folder = %subject.folder.path.display(),
-            file = %subject.name,
+            file = %subject.path.display(),
             size = meta.size,
             "{} {}",
             if record.attached.is_some() { "changed; uploading the new version" } else { "uploading" },
@@ -253,7 +245,7 @@ impl Syncer {
                         .await;
                 }
                 // It changed or vanished under us; its next event brings it back here once settled.
-                warn!(folder = %subject.folder.path.display(), file = %subject.name, %detail, "file changed while being uploaded; will upload it once it settles");
+                warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %detail, "file changed while being uploaded; will upload it once it settles");
                 return Ok(());
             }
             Err(error) => {
@@ -270,13 +262,13 @@ impl Syncer {
         record.updated = now_unix();
         self.store.put(path, &record).await?;
         METRICS.uploaded(true, meta.size);
-        info!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, "uploaded");
+        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
         let now = std::fs::symlink_metadata(path)
             .ok()
             .map(|m| FileMeta::of(&m));
         if now != Some(meta) {
             // Sent complete, but it is already out of date: drop that asset, upload again later.
-            warn!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, "file changed during the upload; discarding that copy");
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "file changed during the upload; discarding that copy");
             record.state = FileState::Uploading;
             let job = subject.delete_job(asset);
             self.store
@@ -314,7 +306,7 @@ impl Syncer {
                 self.store
                     .put_with_deletes(path, &record, std::slice::from_ref(&job))
                     .await?;
-                error!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, error = %message, "could not attach; not retried until the file changes");
+                error!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, error = %message, "could not attach; not retried until the file changes");
                 return self.remote_delete(subject, job).await;
             }
         }
@@ -327,7 +319,7 @@ impl Syncer {
         record.updated = now_unix();
         let deletes: Vec<DeleteJob> = old.into_iter().map(|old| subject.delete_job(old)).collect();
         self.store.put_with_deletes(path, &record, &deletes).await?;
-        info!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, target = %subject.folder.target, "attached");
+        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, target = %subject.folder.target, "attached");
         for job in deletes {
             self.remote_delete(subject, job).await?;
         }
@@ -340,7 +332,7 @@ impl Syncer {
         mut record: FileRecord,
         error: String,
     ) -> Result<(), SyncError> {
-        error!(folder = %subject.folder.path.display(), file = %subject.name, %error, "upload failed; not retried until the file changes");
+        error!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "upload failed; not retried until the file changes");
         record.state = FileState::Failed { error };
         record.updated = now_unix();
         Ok(self.store.put(subject.path, &record).await?)
@@ -357,7 +349,7 @@ impl Syncer {
             .map(|m| !m.is_dir())
             .unwrap_or(true)
         {
-            error!(folder = %subject.folder.path.display(), file = %subject.name, "the folder itself is gone; not deleting anything until it is back");
+            error!(folder = %subject.folder.path.display(), file = %subject.path.display(), "the folder itself is gone; not deleting anything until it is back");
             return Ok(());
         }
         let mut assets: Vec<Asset> = record.attached.clone().into_iter().collect();
@@ -366,7 +358,7 @@ impl Syncer {
         }
         if assets.is_empty() || !subject.folder.delete_remote {
             if !assets.is_empty() {
-                info!(folder = %subject.folder.path.display(), file = %subject.name, "removed locally; the copy in Tallyfy stays (delete_remote is off)");
+                info!(folder = %subject.folder.path.display(), file = %subject.path.display(), "removed locally; the copy in Tallyfy stays (delete_remote is off)");
             }
             return Ok(self.store.forget(subject.path, &[]).await?);
         }
@@ -375,7 +367,7 @@ impl Syncer {
             .map(|asset| subject.delete_job(asset))
             .collect();
         self.store.forget(subject.path, &jobs).await?;
-        info!(folder = %subject.folder.path.display(), file = %subject.name, "removed locally; deleting it from Tallyfy");
+        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), "removed locally; deleting it from Tallyfy");
         for job in jobs {
             self.remote_delete(subject, job).await?;
         }

@@ -288,7 +288,8 @@ async fn a_flood_of_files_larger_than_the_event_queue_all_sync() {
     let normal = std::fs::read_to_string(QUEUE).unwrap_or_default();
     let shrunk = std::fs::write(QUEUE, "64").is_ok();
     let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    // Logged after the watcher started, so the small queue is the daemon's.
+    daemon.wait_for_log("running").await;
     if shrunk {
         std::fs::write(QUEUE, normal.trim()).unwrap();
     } else {

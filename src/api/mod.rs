@@ -280,15 +280,18 @@ impl Client {
         }
         match transition {
             Some(Transition::Closed(pause)) if unauthorized => error!(
+                http_status = 401,
                 next_probe_secs = pause.as_secs_f64().ceil(),
                 "the API refused the token (401): it is wrong, expired or revoked (a personal access token is deleted when its user logs out); pausing all requests and probing again in {}",
                 humantime::format_duration(round(pause))
             ),
             Some(Transition::Closed(pause)) if rate_limited => warn!(
+                http_status = 429,
                 "rate limited by the API (429); pausing all requests for {}",
                 humantime::format_duration(round(pause))
             ),
             Some(Transition::Closed(pause)) => warn!(
+                http_status = cause.and_then(ApiError::status),
                 error = %cause.map(ToString::to_string).unwrap_or_default(),
                 "the API is unreachable; pausing all requests and probing again in {}",
                 humantime::format_duration(round(pause))
@@ -307,7 +310,9 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let mut backoff = Backoff::default();
+        let mut attempt: u32 = 0;
         loop {
+            attempt += 1;
             let error = match op().await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
@@ -318,12 +323,12 @@ impl Client {
                 return Err(error);
             }
             if paced_by_gate {
-                debug!(%error, "waiting for the API before trying again");
+                debug!(%error, http_status = error.status(), attempt, "waiting for the API before trying again");
                 continue;
             }
             let delay = backoff.next_delay();
             METRICS.retry_wait(delay);
-            warn!(%error, "request failed; retrying in {}", humantime::format_duration(round(delay)));
+            warn!(%error, http_status = error.status(), attempt, "request failed; retrying in {}", humantime::format_duration(round(delay)));
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
                 _ = tokio::time::sleep(delay) => {}

@@ -3,6 +3,7 @@
 //! folders, and the real `tallyfy-sync` binary run against them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -127,10 +128,16 @@ impl Env {
     }
 
     pub fn start_with_token(&self, token: &str) -> Daemon {
-        Daemon::spawn(
+        self.start_with_env(token, &[])
+    }
+
+    /// Starts `tallyfy-sync run` with extra environment variables (NOTIFY_SOCKET, ...).
+    pub fn start_with_env(&self, token: &str, vars: &[(&str, &OsStr)]) -> Daemon {
+        Daemon::spawn_with_env(
             &["run", "--config", self.config.to_str().unwrap()],
             token,
             self.dir.path(),
+            vars,
         )
     }
 
@@ -210,6 +217,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(args: &[&str], token: &str, dir: &Path) -> Daemon {
+        Daemon::spawn_with_env(args, token, dir, &[])
+    }
+
+    pub fn spawn_with_env(
+        args: &[&str],
+        token: &str,
+        dir: &Path,
+        vars: &[(&str, &OsStr)],
+    ) -> Daemon {
         let log = dir.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()
@@ -227,6 +243,10 @@ impl Daemon {
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            // Only a test's own service manager may hear from the daemon.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
