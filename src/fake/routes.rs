@@ -241,7 +241,7 @@ fn data(value: Value) -> Value {
     json!({ "data": value })
 }
 
-fn too_large() -> Response<Full<Bytes>> {
+pub(crate) fn too_large() -> Response<Full<Bytes>> {
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "The request body is too large.",
