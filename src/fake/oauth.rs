@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::fake::routes::{json_response, too_large, RequestBody};
+use crate::fake::routes::{json_response, media_type, too_large, RequestBody};
 use crate::fake::state::{mix, Shared};
 
 /// Where the endpoint listens, beside (not under) the API's `/api` prefix.
@@ -140,17 +140,8 @@ pub(crate) fn respond(shared: &Shared, parts: &Parts, body: RequestBody) -> Resp
     let RequestBody::Complete(body) = body else {
         return too_large();
     };
-    let is_form = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media| {
-            media
-                .trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    let form: BTreeMap<String, String> = if is_form {
+    let form: BTreeMap<String, String> = if media_type(parts) == "application/x-www-form-urlencoded"
+    {
         form_urlencoded::parse(&body).into_owned().collect()
     } else {
         BTreeMap::new()
