@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Token};
+use crate::config::{Auth, Config, ConfigError, Credentials};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::store::Store;
 use crate::store::StoreError;
@@ -70,14 +70,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             let config = Config::load(&cli.config)?;
-            let token = Token::resolve(&config.api, &|name| std::env::var_os(name))?;
+            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();
             service::cancel_on_signals(cancel.clone())?;
-            runtime()?.block_on(daemon::run(config, token, cancel))?;
+            runtime()?.block_on(daemon::run(config, credentials, cancel))?;
         }
         Command::Check => {
             let config = Config::load(&cli.config)?;
-            Token::resolve(&config.api, &|name| std::env::var_os(name))?;
+            Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             print!("{}", describe(&config));
         }
         Command::Status { json } => {
@@ -136,10 +136,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// What `check` prints: everything the daemon would act on, and never the token.
+/// What `check` prints: everything the daemon would act on, and never a secret.
 fn describe(config: &Config) -> String {
+    let auth = match &config.api.auth {
+        Auth::Token { .. } => "token found".to_string(),
+        Auth::ClientCredentials {
+            token_url,
+            client_id,
+            ..
+        } => format!("client credentials of client {client_id} at {token_url}; secret found"),
+    };
     let mut out = format!(
-        "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; token found\nstate: {}\nsettle: {}\nfolders:\n",
+        "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; {auth}\nstate: {}\nsettle: {}\nfolders:\n",
         config.file.display(),
         config.api.base_url,
         config.api.org_id,
