@@ -107,7 +107,7 @@ impl TokenSource {
         }
     }
 
-    /// The API answered a request sent with `used` (with anything but 401).
+    /// The API answered a request sent with `used` with success.
     pub fn accepted(&self, used: &Bearer) {
         if let TokenSource::ClientCredentials(issuer) = self {
             issuer.accepted(used);

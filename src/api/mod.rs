@@ -245,10 +245,8 @@ impl Client {
                 return Err(error);
             }
         };
-        if status != StatusCode::UNAUTHORIZED {
-            self.tokens.accepted(&bearer);
-        }
         if status.is_success() {
+            self.tokens.accepted(&bearer);
             self.report(pass, Outcome::Answered, None);
             return Ok(body);
         }
