@@ -3,7 +3,21 @@
 
 use std::process::{Command, Output};
 
-const SUBCOMMANDS: [&str; 5] = ["run", "check", "status", "demo", "completions"];
+use clap::CommandFactory;
+use tallyfy_sync::cli::Cli;
+
+/// The subcommands `--help` lists (`man` is hidden, `help` is clap's own).
+fn subcommands() -> Vec<String> {
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .filter(|command| !command.is_hide_set())
+        .map(|command| command.get_name().to_string())
+        .collect();
+    for expected in ["run", "check", "status", "demo", "completions"] {
+        assert!(names.iter().any(|name| name == expected), "{names:?}");
+    }
+    names
+}
 
 fn tallyfy_sync(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"))
@@ -25,8 +39,8 @@ fn stdout(output: &Output) -> String {
 fn completions_for_every_shell_offer_the_subcommands_and_the_config_option() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let script = stdout(&tallyfy_sync(&["completions", shell]));
-        for word in SUBCOMMANDS {
-            assert!(script.contains(word), "{shell} completions lack {word}");
+        for word in subcommands() {
+            assert!(script.contains(&word), "{shell} completions lack {word}");
         }
         // fish spells the option `-l config`.
         assert!(
@@ -69,9 +83,12 @@ fn an_unknown_shell_is_refused_with_the_ones_supported() {
 fn the_man_page_documents_every_subcommand_exit_status_and_environment() {
     let page = stdout(&tallyfy_sync(&["man"]));
     assert!(page.contains(".TH tallyfy-sync 1"), "{page}");
-    for command in SUBCOMMANDS {
+    for command in subcommands() {
         assert!(
-            page.contains(&format!("tallyfy\\-sync\\-{command}(1)")),
+            page.contains(&format!(
+                "tallyfy\\-sync\\-{}(1)",
+                command.replace('-', "\\-")
+            )),
             "the page lacks {command}"
         );
     }
@@ -97,7 +114,7 @@ fn man_with_a_directory_writes_a_page_per_subcommand() {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     pages.sort();
-    let mut expected: Vec<String> = SUBCOMMANDS
+    let mut expected: Vec<String> = subcommands()
         .iter()
         .map(|command| format!("tallyfy-sync-{command}.1"))
         .chain(["tallyfy-sync.1".to_string()])
