@@ -1,7 +1,8 @@
 //! Wires the stages together and runs them until shutdown:
 //! watch → settle → queue → sync, with one field actor per remote field.
-//! Receives a validated config and a token; owns the channels between stages, the start-up
-//! order (store, targets, leftover deletes, watches, first scan, readiness) and the orderly stop.
+//! Receives a validated config and the credentials; owns the channels between stages, the
+//! start-up order (store, targets, leftover deletes, watches, first scan, readiness) and the
+//! orderly stop.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
-use crate::config::{Config, Token};
+use crate::config::{Config, Credentials};
 use crate::field::FieldHandle;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
@@ -46,7 +47,7 @@ pub enum DaemonError {
 
 pub async fn run(
     config: Config,
-    token: Token,
+    credentials: Credentials,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     let config = Arc::new(config);
@@ -58,7 +59,8 @@ pub async fn run(
     );
     let store = Store::open(&config.state_dir)?;
     let api = Arc::new(
-        Client::new(&config.api, token, cancel.child_token())?.on_pause_change(save_pauses(&store)),
+        Client::new(&config.api, credentials, cancel.child_token())?
+            .on_pause_change(save_pauses(&store)),
     );
     match store.meta::<Pause>(PAUSE_KEY) {
         Ok(Some(pause)) => api.resume_pause(pause),
