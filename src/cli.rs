@@ -103,8 +103,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             logging::init(config.log.format);
             let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();
-            service::cancel_on_signals(cancel.clone())?;
-            runtime()?.block_on(daemon::run(config, credentials, cancel))?;
+            let reloads = service::cancel_on_signals(cancel.clone())?;
+            runtime()?.block_on(daemon::run(config, credentials, cancel, reloads))?;
         }
         Command::Check => {
             let config = Config::load(&cli.config)?;
@@ -131,8 +131,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { dir } => {
             let cancel = CancellationToken::new();
-            service::cancel_on_signals(cancel.clone())?;
-            runtime()?.block_on(demo::run(dir, cancel))?;
+            let reloads = service::cancel_on_signals(cancel.clone())?;
+            runtime()?.block_on(demo::run(dir, cancel, reloads))?;
         }
         Command::Completions { shell } => {
             let mut command = Cli::command();
