@@ -30,9 +30,10 @@ use crate::{control, metrics, queue, service, status, watch};
 const HINT_CAPACITY: usize = 1024;
 /// Settled files waiting for a worker.
 const JOB_CAPACITY: usize = 1024;
-/// Files in progress at once per upload slot: the rest of a file's work (attach, record) waits
-/// on its field actor, not on the network, so more files than uploads can be in flight.
-const FILES_PER_UPLOAD_SLOT: usize = 8;
+/// Files in progress at once per upload slot (`api.concurrency` bounds the uploads themselves):
+/// most of a file's time after its upload is spent waiting for its field's next batch, so
+/// many files must be in flight for batches to be large and PUTs few.
+const FILES_PER_UPLOAD_SLOT: usize = 64;
 /// Longest wait for the targets' verification before start-up is reported complete anyway:
 /// an API that is down at boot must not make systemd's start timeout kill the daemon.
 const READY_WAIT: Duration = Duration::from_secs(10);
