@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio_util::io::ReaderStream;
 
 use crate::scenario::{Big, Burst};
-use crate::world::{upload_secs, TaskRef, World, CONCURRENCY, ORG, TOKEN};
+use crate::world::{concurrency, upload_secs, TaskRef, World, ORG, TOKEN};
 
 pub struct Ceiling {
     http: reqwest::Client,
@@ -106,7 +106,7 @@ impl Ceiling {
         let uploads = async move {
             futures_util::stream::iter(files)
                 .map(|file| self.upload(file, task))
-                .buffer_unordered(CONCURRENCY)
+                .buffer_unordered(concurrency())
                 .try_for_each(|asset| {
                     let sent = sender.send(asset).map_err(anyhow::Error::from);
                     std::future::ready(sent)

@@ -2,8 +2,10 @@
 //! own as its NOTIFY_SOCKET (to see READY=1 arrive), its CPU and memory from /proc, and an
 //! optional profiler around one phase.
 //!
-//! `BENCH_DAEMON_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=…"` runs the daemon
-//! under a wrapper that keeps its pid; `BENCH_PERF_OUT=file` samples the burst with `perf record`.
+//! `BENCH_DAEMON_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg-{name}"` runs
+//! each daemon under a wrapper (`{name}` becomes "daemon", "rest" or "restart"); CPU and memory
+//! figures are the wrapper's unless it keeps the pid, as valgrind does. BENCH_BURST_PROFILER
+//! attaches a profiler to the live daemon for the burst only (see `Daemon::profile`).
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,9 @@ impl Daemon {
     pub fn spawn(config: &Path, dir: &Path, name: &str) -> anyhow::Result<Daemon> {
         let log = dir.join(format!("{name}.log"));
         let notify = Notify::bind(&dir.join(format!("{name}.notify")))?;
-        let wrapper = std::env::var("BENCH_DAEMON_WRAPPER").unwrap_or_default();
+        let wrapper = std::env::var("BENCH_DAEMON_WRAPPER")
+            .unwrap_or_default()
+            .replace("{name}", name);
         let mut words = wrapper.split_whitespace();
         let mut command = match words.next() {
             Some(program) => {
@@ -124,24 +128,24 @@ impl Daemon {
         self.notify.messages(self.started)
     }
 
-    /// `perf record` on the daemon while the returned profiler lives, if BENCH_PERF_OUT is set.
-    pub fn profile(&self) -> anyhow::Result<Option<Perf>> {
-        let Some(out) = std::env::var_os("BENCH_PERF_OUT") else {
+    /// Starts BENCH_BURST_PROFILER (a command with `{pid}` in it, e.g. `perf record -p {pid} …`
+    /// or `strace -c -f -p {pid} -o …`) on the daemon, if set; it runs until `Profiler::stop`.
+    pub fn profile(&self) -> anyhow::Result<Option<Profiler>> {
+        let Ok(template) = std::env::var("BENCH_BURST_PROFILER") else {
             return Ok(None);
         };
-        let child = Command::new("perf")
-            .args(["record", "-F", "999", "-g", "-e", "cpu-clock", "-p"])
-            .arg(self.pid.to_string())
-            .arg("-o")
-            .arg(&out)
+        let line = template.replace("{pid}", &self.pid.to_string());
+        let mut words = line.split_whitespace();
+        let program = words.next().context("BENCH_BURST_PROFILER is empty")?;
+        let child = Command::new(program)
+            .args(words)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
-            .context("starting perf record")?;
-        // perf needs a moment to attach before the phase starts.
+            .with_context(|| format!("starting {line}"))?;
+        // The profiler needs a moment to attach before the phase starts.
         std::thread::sleep(Duration::from_millis(500));
-        Ok(Some(Perf(child)))
+        Ok(Some(Profiler(child)))
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL after 60 s).
@@ -174,10 +178,10 @@ impl Drop for Daemon {
     }
 }
 
-pub struct Perf(Child);
+pub struct Profiler(Child);
 
-impl Perf {
-    /// Stops recording (SIGINT makes perf write its file) and waits for it.
+impl Profiler {
+    /// SIGINT (perf then writes its file, strace its summary), and waits for it to exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };

@@ -24,7 +24,7 @@ use crate::ceiling::Ceiling;
 use crate::child::Daemon;
 use crate::report::{mib, percentile_ms, Cell, Row};
 use crate::scenario::{Big, Burst};
-use crate::world::{by_method, write_big, write_files, World, CONCURRENCY, SETTLE};
+use crate::world::{by_method, concurrency, write_big, write_files, World, SETTLE};
 
 /// Sizes of the small files of the burst and latency scenarios.
 const SMALL: (usize, usize) = (1024, 10 * 1024);
@@ -119,6 +119,17 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         rss: live_rss,
         timeline,
     } = daemon_live(&world, &sizes).await?;
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "daemon") {
+        // For profiling runs: the live daemon's figures, without the others or the table.
+        say(&format!(
+            "daemon only: burst {:.1} files/s, {} CPU-s; latency p50 {:.1} ms",
+            daemon.burst.files_per_sec(),
+            daemon.burst.cpu.unwrap_or_default().as_secs_f64(),
+            percentile_ms(&daemon.latency, 50.0)
+        ));
+        print!("{timeline}");
+        return Ok(());
+    }
     let baseline = baseline_watched(&world, &sizes).await?;
     let ceiling = ceiling(&world, &sizes).await?;
 
@@ -150,8 +161,9 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         procfs::load()
     );
     println!(
-        "Daemon config: settle {} ms, concurrency {CONCURRENCY}; the ceiling uploads {CONCURRENCY} at once.\n",
-        SETTLE.as_millis()
+        "Daemon config: settle {} ms, concurrency {}; the ceiling uploads as many at once.\n",
+        SETTLE.as_millis(),
+        concurrency()
     );
     print!("{}", report::table(&rows));
     println!();

@@ -17,7 +17,15 @@ const CAPTURE: &str = "files";
 /// Short, so that latency shows the daemon's own overhead beside it.
 pub const SETTLE: Duration = Duration::from_millis(200);
 /// The config's default; the ceiling uploads as many files at once.
-pub const CONCURRENCY: usize = 4;
+const DEFAULT_CONCURRENCY: usize = 4;
+
+/// `api.concurrency` for the daemon and the ceiling; BENCH_CONCURRENCY changes it for experiments.
+pub fn concurrency() -> usize {
+    std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(DEFAULT_CONCURRENCY)
+}
 
 pub struct World {
     pub fake: FakeTallyfy,
@@ -127,9 +135,10 @@ impl World {
         folders: &[(PathBuf, TaskRef)],
     ) -> anyhow::Result<PathBuf> {
         let mut yaml = format!(
-            "api:\n  base_url: {}\n  org_id: {ORG}\n  concurrency: {CONCURRENCY}\n\
+            "api:\n  base_url: {}\n  org_id: {ORG}\n  concurrency: {}\n\
              state_dir: {}\nsettle: {}ms\nfolders:\n",
             self.fake.base_url(),
+            concurrency(),
             self.dir(&format!("{name}-state"))?.display(),
             SETTLE.as_millis(),
         );
