@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Token};
+use crate::control::{self, Answer, ControlError, Request};
+use crate::store::Store;
 use crate::store::StoreError;
 use crate::{daemon, demo, service, status};
 
@@ -39,8 +41,23 @@ pub enum Command {
     Run,
     /// Validate the config and print the folders and their targets.
     Check,
-    /// Show per folder and per file what is synced, pending, rejected or failed.
-    Status,
+    /// Show per folder and per file what is synced, pending, held, rejected or failed, and
+    /// when each waiting file is tried next (asks the running daemon, else reads the store).
+    Status {
+        /// Print the report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try failed files again now (all of them, or those at or under PATH).
+    Retry {
+        /// A file or folder; all failed files when left out.
+        path: Option<PathBuf>,
+    },
+    /// Let the deletes that max_delete held back in FOLDER go to Tallyfy.
+    ReleaseDeletes {
+        /// A configured folder.
+        folder: PathBuf,
+    },
     /// Run the daemon against a built-in local Tallyfy stand-in: no account needed.
     Demo {
         /// Where the demo's folders go (emptied first when it holds an earlier demo).
@@ -63,9 +80,23 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Token::resolve(&config.api, &|name| std::env::var_os(name))?;
             print!("{}", describe(&config));
         }
-        Command::Status => {
+        Command::Status { json } => {
             let config = Config::load(&cli.config)?;
-            print!("{}", status::report(&config)?);
+            match control(&config, Request::Status)? {
+                Answer::Status(report) if json => {
+                    println!("{}", serde_json::to_string_pretty(&report)?)
+                }
+                Answer::Status(report) => print!("{}", status::render(&report)),
+                other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+            }
+        }
+        Command::Retry { path } => {
+            let config = Config::load(&cli.config)?;
+            print_done(control(&config, Request::Retry { path })?)?;
+        }
+        Command::ReleaseDeletes { folder } => {
+            let config = Config::load(&cli.config)?;
+            print_done(control(&config, Request::ReleaseDeletes { folder })?)?;
         }
         Command::Demo { dir } => {
             let cancel = CancellationToken::new();
@@ -74,6 +105,29 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Asks the running daemon, or with none running carries the request out on the store.
+fn control(config: &Config, request: Request) -> Result<Answer, ControlError> {
+    let runtime = runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
+    runtime.block_on(async {
+        if let Some(answer) = control::ask(config, &request).await? {
+            return Ok(answer);
+        }
+        let store = Store::open(&config.state_dir)?;
+        control::act(request, config, &store, false).await
+    })
+}
+
+fn print_done(answer: Answer) -> anyhow::Result<()> {
+    match answer {
+        Answer::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Answer::Refused { message } => anyhow::bail!(message),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -131,8 +185,8 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 Some(daemon::DaemonError::Store(store)) => Some(store),
                 _ => None,
             })
-            .or(match cause.downcast_ref::<status::StatusError>() {
-                Some(status::StatusError::Store(store)) => Some(store),
+            .or(match cause.downcast_ref::<ControlError>() {
+                Some(ControlError::Store(store)) => Some(store),
                 _ => None,
             });
         cause.is::<ConfigError>()

@@ -22,6 +22,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONCURRENCY: usize = 4;
 const MAX_CONCURRENCY: u64 = 64;
 const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
+const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(600);
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
 const TOKEN_VARIABLE: &str = "TALLYFY_ACCESS_TOKEN";
 const TOKEN_CREDENTIAL: &str = "tallyfy-token";
 // Limits keep a mistyped path (say /dev/zero) from eating all memory.
@@ -36,6 +39,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Quiet time before a new or changed file is taken.
     pub settle: Duration,
+    /// How often every folder is compared with the store even when nothing was seen to change.
+    pub rescan_interval: Duration,
     pub folders: Vec<Folder>,
 }
 
@@ -49,6 +54,38 @@ pub struct ApiConfig {
     pub timeout: Duration,
     /// Uploads in flight at once.
     pub concurrency: usize,
+    /// A ceiling on requests, paced evenly, so a backlog never earns 429s.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `requests` per `per`, as written in `api.rate_limit: 100/min`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.requests,
+            humantime::format_duration(self.per)
+        )
+    }
+}
+
+/// How a folder learns about changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// inotify, unless the folder is on a network or FUSE filesystem, which is polled.
+    Auto,
+    Inotify,
+    /// Scanned every `interval`: for shares where inotify sees nothing.
+    Poll {
+        interval: Duration,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -62,7 +99,15 @@ pub struct Folder {
     pub ignore: Vec<String>,
     /// `ignore` compiled; match it against the file name, not the whole path.
     pub ignore_set: GlobSet,
+    pub watch: WatchMode,
+    /// Deletes held when one scan would delete more than this percentage of the folder's
+    /// synced files (folders with fewer than `MAX_DELETE_MIN_FILES` synced files are exempt).
+    pub max_delete_percent: u8,
 }
+
+/// Below this many synced files a folder's deletes are never held: a share of a handful of
+/// files says little.
+pub const MAX_DELETE_MIN_FILES: usize = 10;
 
 /// The remote file field a folder feeds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -319,6 +364,12 @@ fn walk(
         .opt("state_dir", path_in(&base))
         .unwrap_or_else(|| default_state_dir(env, &base));
     let settle = root.opt("settle", duration).unwrap_or(DEFAULT_SETTLE);
+    let rescan_interval = root
+        .opt("rescan_interval", positive_duration)
+        .unwrap_or(DEFAULT_RESCAN_INTERVAL);
+    let max_delete = root
+        .opt("max_delete", percentage)
+        .unwrap_or(DEFAULT_MAX_DELETE_PERCENT);
     let folders = root.req("folders", |value| match value {
         Value::Sequence(items) if items.is_empty() => invalid("must list at least one folder"),
         _ => list(value),
@@ -333,7 +384,12 @@ fn walk(
             .map(|(index, item)| {
                 let path = format!("folders[{index}]");
                 let map = root.problems.check(&path, item, mapping)?;
-                folder(Section::new(path, map, root.problems), &base, &mut claimed)
+                folder(
+                    Section::new(path, map, root.problems),
+                    &base,
+                    &mut claimed,
+                    max_delete,
+                )
             })
             .collect();
         parsed.into_iter().collect()
@@ -344,6 +400,7 @@ fn walk(
         api: api?,
         state_dir,
         settle,
+        rescan_interval,
         folders: folders?,
     })
 }
@@ -373,6 +430,7 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
     let concurrency = s
         .opt("concurrency", concurrency)
         .unwrap_or(DEFAULT_CONCURRENCY);
+    let rate_limit = s.opt("rate_limit", rate_limit);
     let default_url = || base_url_from(DEFAULT_BASE_URL).ok();
     s.finish();
     Some(ApiConfig {
@@ -381,13 +439,19 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
         token_file,
         timeout,
         concurrency,
+        rate_limit,
     })
 }
 
 /// Path, written form and canonical form of every folder seen so far, to catch overlaps.
 type Claimed = Vec<(String, String, PathBuf)>;
 
-fn folder(mut s: Section<'_>, base: &Path, claimed: &mut Claimed) -> Option<Folder> {
+fn folder(
+    mut s: Section<'_>,
+    base: &Path,
+    claimed: &mut Claimed,
+    max_delete: u8,
+) -> Option<Folder> {
     let path = s.req("path", |value| directory(value, base));
     if let Some((written, canonical)) = &path {
         let key = s.at("path");
@@ -423,6 +487,8 @@ fn folder(mut s: Section<'_>, base: &Path, claimed: &mut Claimed) -> Option<Fold
     };
     let recursive = s.opt("recursive", boolean).unwrap_or(false);
     let delete_remote = s.opt("delete_remote", boolean).unwrap_or(true);
+    let max_delete_percent = s.opt("max_delete", percentage).unwrap_or(max_delete);
+    let watch = watch_mode(&mut s);
     let ignore_key = s.at("ignore");
     let globs: Vec<Glob> = s
         .opt("ignore", list)
@@ -453,7 +519,33 @@ fn folder(mut s: Section<'_>, base: &Path, claimed: &mut Claimed) -> Option<Fold
         delete_remote,
         ignore: globs.iter().map(|glob| glob.glob().to_string()).collect(),
         ignore_set: ignore_set?,
+        watch: watch?,
+        max_delete_percent,
     })
+}
+
+/// `watch: auto | inotify | poll` and `poll: 30s` (which implies `watch: poll`).
+fn watch_mode(s: &mut Section<'_>) -> Option<WatchMode> {
+    let watch = s.get("watch", |value| match value.as_str() {
+        Some("auto") => Ok("auto"),
+        Some("inotify") => Ok("inotify"),
+        Some("poll") => Ok("poll"),
+        _ => invalid("expected auto, inotify or poll"),
+    });
+    let poll = s.get("poll", positive_duration);
+    match (watch, poll) {
+        (Err(()), _) | (_, Err(())) => None,
+        (Ok(None | Some("auto")), Ok(None)) => Some(WatchMode::Auto),
+        (Ok(Some("inotify")), Ok(None)) => Some(WatchMode::Inotify),
+        (Ok(Some("inotify")), Ok(Some(_))) => {
+            let problem = format!("{}: watch: inotify cannot be combined with poll", s.path);
+            s.problems.add(problem);
+            None
+        }
+        (Ok(_), Ok(interval)) => Some(WatchMode::Poll {
+            interval: interval.unwrap_or(DEFAULT_POLL_INTERVAL),
+        }),
+    }
 }
 
 fn task_target(mut s: Section<'_>) -> Option<Target> {
@@ -690,6 +782,47 @@ fn positive_duration(value: &Value) -> Result<Duration, Bad> {
     }
 }
 
+/// `50%` (or a bare number of percent).
+fn percentage(value: &Value) -> Result<u8, Bad> {
+    let hint = "expected a percentage between 0% and 100%, e.g. 50%";
+    let number = match value {
+        Value::String(s) => s
+            .trim()
+            .strip_suffix('%')
+            .unwrap_or(s)
+            .trim()
+            .parse::<u64>()
+            .ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => return Err(Bad::Type("a percentage such as 50%")),
+    };
+    match number {
+        Some(percent @ 0..=100) => Ok(percent as u8),
+        _ => invalid(hint),
+    }
+}
+
+/// `100/min`: requests per second, minute or hour.
+fn rate_limit(value: &Value) -> Result<RateLimit, Bad> {
+    let hint = "expected requests per period, e.g. 100/min, 10/s or 1000/hour";
+    let Value::String(text) = value else {
+        return Err(Bad::Type("a rate such as 100/min"));
+    };
+    let Some((count, period)) = text.split_once('/') else {
+        return invalid(hint);
+    };
+    let per = match period.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return invalid(hint),
+    };
+    match count.trim().parse::<u32>() {
+        Ok(requests) if requests > 0 => Ok(RateLimit { requests, per }),
+        _ => invalid(hint),
+    }
+}
+
 fn concurrency(value: &Value) -> Result<usize, Bad> {
     let Value::Number(n) = value else {
         return Err(Bad::Type("an integer"));
@@ -838,6 +971,8 @@ mod tests {
         assert_eq!(config.api.concurrency, 4);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/tallyfy-sync"));
         assert_eq!(config.settle, Duration::from_secs(2));
+        assert_eq!(config.rescan_interval, Duration::from_secs(600));
+        assert_eq!(config.api.rate_limit, None);
         assert_eq!(config.folders.len(), 1);
         let folder = &config.folders[0];
         assert_eq!(folder.path, fx.root.join("in"));
@@ -855,6 +990,8 @@ mod tests {
         assert!(folder.delete_remote);
         assert!(folder.ignore.is_empty());
         assert!(!folder.ignore_set.is_match("anything.pdf"));
+        assert_eq!(folder.watch, WatchMode::Auto);
+        assert_eq!(folder.max_delete_percent, 50);
     }
 
     #[test]
@@ -868,8 +1005,11 @@ api:
   token_file: secrets/token
   timeout: 500ms
   concurrency: 64
+  rate_limit: 100/min
 state_dir: state
 settle: 0s
+rescan_interval: 1h
+max_delete: 20%
 folders:
   - path: {dir}/in
     task:
@@ -880,8 +1020,11 @@ folders:
       checklist_id: TPL
     recursive: true
     delete_remote: false
+    max_delete: 100%
+    watch: inotify
     ignore: [\"*.bak\", \"~*\"]
   - path: out
+    poll: 5s
     kickoff:
       checklist_id: TPL
       field_id: FIELD
@@ -894,6 +1037,14 @@ folders:
         assert_eq!(config.api.concurrency, 64);
         assert_eq!(config.state_dir, fx.root.join("state"));
         assert_eq!(config.settle, Duration::ZERO);
+        assert_eq!(config.rescan_interval, Duration::from_secs(3600));
+        assert_eq!(
+            config.api.rate_limit,
+            Some(RateLimit {
+                requests: 100,
+                per: Duration::from_secs(60)
+            })
+        );
         let [invoices, contracts] = &config.folders[..] else {
             panic!("expected two folders: {:?}", config.folders);
         };
@@ -913,12 +1064,48 @@ folders:
         assert!(invoices.ignore_set.is_match("report.bak"));
         assert!(invoices.ignore_set.is_match("~lock.docx"));
         assert!(!invoices.ignore_set.is_match("report.pdf"));
+        assert_eq!(invoices.watch, WatchMode::Inotify);
+        assert_eq!(invoices.max_delete_percent, 100);
         assert_eq!(contracts.path, fx.root.join("out"));
+        assert_eq!(
+            contracts.watch,
+            WatchMode::Poll {
+                interval: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(contracts.max_delete_percent, 20);
         assert_eq!(
             contracts.target,
             Target::Kickoff {
                 checklist_id: "TPL".into(),
                 field_id: "FIELD".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn watch_mode_rate_limit_and_max_delete_name_the_bad_value() {
+        let fx = Fixture::new();
+        let problems = fx.problems(
+            &(yaml(
+                "  rate_limit: 100/fortnight\n",
+                "    watch: inotify\n    poll: 10s\n    max_delete: 150%\n",
+            ) + "rescan_interval: 0s\n"),
+        );
+        assert_eq!(
+            problems,
+            [
+                "api.rate_limit \"100/fortnight\": expected requests per period, e.g. 100/min, 10/s or 1000/hour",
+                "rescan_interval \"0s\": must be greater than 0",
+                "folders[0].max_delete \"150%\": expected a percentage between 0% and 100%, e.g. 50%",
+                "folders[0]: watch: inotify cannot be combined with poll",
+            ]
+        );
+        let config = fx.parse(&yaml("", "    watch: poll\n"));
+        assert_eq!(
+            config.folders[0].watch,
+            WatchMode::Poll {
+                interval: Duration::from_secs(30)
             }
         );
     }
@@ -1009,10 +1196,10 @@ folders:
         assert_eq!(
             problems,
             [
-                "api.tokn: unknown key (expected one of base_url, org_id, token_file, timeout, concurrency)",
-                "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, ignore)",
+                "api.tokn: unknown key (expected one of base_url, org_id, token_file, timeout, concurrency, rate_limit)",
+                "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
-                "foldrs: unknown key (expected one of api, state_dir, settle, folders)",
+                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, folders)",
             ]
         );
     }
@@ -1348,6 +1535,7 @@ folders:
             token_file,
             timeout: DEFAULT_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
+            rate_limit: None,
         }
     }
 

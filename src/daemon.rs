@@ -11,13 +11,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{ApiError, Client};
+use crate::api::{ApiError, Client, Pause, PauseHook};
 use crate::config::{Config, Token};
 use crate::field::FieldHandle;
 use crate::settle::Settle;
+use crate::status::PAUSE_KEY;
 use crate::store::{Store, StoreError};
 use crate::sync::Syncer;
-use crate::{queue, watch};
+use crate::{control, queue, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan.
 const HINT_CAPACITY: usize = 8192;
@@ -48,7 +49,14 @@ pub async fn run(
         "tallyfy-sync starting"
     );
     let store = Store::open(&config.state_dir)?;
-    let api = Arc::new(Client::new(&config.api, token, cancel.child_token())?);
+    let api = Arc::new(
+        Client::new(&config.api, token, cancel.child_token())?.on_pause_change(save_pauses(&store)),
+    );
+    match store.meta::<Pause>(PAUSE_KEY) {
+        Ok(Some(pause)) => api.resume_pause(pause),
+        Ok(None) => {}
+        Err(error) => warn!(%error, "cannot read the saved request pause; starting without it"),
+    }
 
     // Folders mapped to the same field share one actor, so their PUTs cannot race either.
     let mut actors: HashMap<String, FieldHandle> = HashMap::new();
@@ -70,6 +78,7 @@ pub async fn run(
         .collect();
 
     resume_deletes(&store, &actors).await;
+    retry_after_config_change(&config, &store).await;
 
     let syncer = Arc::new(Syncer::new(
         config.clone(),
@@ -80,8 +89,14 @@ pub async fn run(
     let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
     let overflow = Arc::new(AtomicBool::new(false));
-    let watcher = watch::start(&config.folders, hint_tx, overflow.clone());
-    let settle = tokio::spawn(Settle::new(config.clone(), store.clone()).run(
+    let control = tokio::spawn(control::serve(
+        config.clone(),
+        store.clone(),
+        hint_tx.clone(),
+        cancel.clone(),
+    ));
+    let watch = watch::start(hint_tx, overflow.clone());
+    let settle = tokio::spawn(Settle::new(config.clone(), store.clone(), watch).run(
         hint_rx,
         overflow,
         job_tx,
@@ -92,8 +107,8 @@ pub async fn run(
     info!(folders = config.folders.len(), settle = %humantime::format_duration(config.settle), "running; initial scan started");
 
     cancel.cancelled().await;
-    drop(watcher);
     let _ = settle.await;
+    let _ = control.await;
     if let Err(error) = queue.await {
         error!(%error, "the work queue stopped unexpectedly");
     }
@@ -103,6 +118,51 @@ pub async fn run(
     store.flush().await?;
     info!("stopped; state saved");
     Ok(())
+}
+
+/// Saves each change of the request pause, latest first: a write superseded before it started
+/// is skipped, and writes never reorder.
+fn save_pauses(store: &Store) -> PauseHook {
+    let (changes, mut latest) = tokio::sync::watch::channel(None::<Pause>);
+    let store = store.clone();
+    tokio::spawn(async move {
+        while latest.changed().await.is_ok() {
+            let pause = latest.borrow_and_update().clone();
+            if let Err(error) = store.set_meta(PAUSE_KEY, pause.as_ref()).await {
+                warn!(%error, "cannot save the request pause; a restart would probe at once");
+            }
+        }
+    });
+    Box::new(move |pause| {
+        changes.send_replace(pause.cloned());
+    })
+}
+
+/// A permanent failure may have come from the config (a wrong field, say): when the config
+/// file changed since the last run, failed files get another chance.
+async fn retry_after_config_change(config: &Config, store: &Store) {
+    const KEY: &str = "config-fingerprint";
+    let Ok(text) = std::fs::read(&config.file) else {
+        return;
+    };
+    let fingerprint = blake3::hash(&text).to_hex().to_string();
+    let previous: Option<String> = store.meta(KEY).ok().flatten();
+    if previous.as_ref() == Some(&fingerprint) {
+        return;
+    }
+    if previous.is_some() {
+        match control::retry_failed(store, None).await {
+            Ok(0) => {}
+            Ok(files) => info!(
+                files,
+                "the config changed since the last run; retrying the failed files"
+            ),
+            Err(error) => warn!(%error, "cannot mark the failed files for another try"),
+        }
+    }
+    if let Err(error) = store.set_meta(KEY, Some(&fingerprint)).await {
+        warn!(%error, "cannot save the config fingerprint");
+    }
 }
 
 /// Deletes recorded before a stop but not confirmed: send them again (404 counts as done).

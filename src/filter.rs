@@ -156,6 +156,8 @@ mod tests {
             delete_remote: true,
             ignore: ignore.iter().map(|s| s.to_string()).collect(),
             ignore_set: builder.build().unwrap(),
+            watch: crate::config::WatchMode::Auto,
+            max_delete_percent: 50,
         }
     }
 

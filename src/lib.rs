@@ -8,11 +8,13 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod fake;
 pub mod field;
 pub mod filter;
+pub mod guard;
 pub mod logging;
 pub mod queue;
 pub mod retry;

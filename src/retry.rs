@@ -31,6 +31,14 @@ impl Backoff {
         self.0.next_backoff().unwrap_or(self.0.max_interval)
     }
 
+    /// Continues a schedule whose last delay was `last` (saved before a restart): the next
+    /// delay is the one that would have followed it.
+    pub fn resume_after(&mut self, last: Duration) {
+        self.0.current_interval = last
+            .mul_f64(self.0.multiplier)
+            .clamp(self.0.initial_interval, self.0.max_interval);
+    }
+
     pub fn reset(&mut self) {
         self.0.reset();
     }
@@ -60,5 +68,18 @@ mod tests {
         );
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn a_resumed_schedule_continues_where_it_was() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        backoff.resume_after(Duration::from_secs(60));
+        let next = backoff.next_delay();
+        assert!(
+            next >= Duration::from_secs(90) && next <= Duration::from_secs(150),
+            "{next:?}"
+        );
+        backoff.resume_after(Duration::from_secs(299));
+        assert!(backoff.next_delay() <= Duration::from_secs(375));
     }
 }

@@ -1,11 +1,12 @@
-//! Waits until files are quiet before they are taken.
-//! Receives `Hint`s from the watcher and rescan requests (start-up, overflow, periodic); emits a
-//! `Job` for a path once its size and mtime have not changed for the settle time (or once it
-//! has stayed gone that long). Owns the candidates still settling, and the folder scans that
-//! compare the disk with the store, which cost no request for unchanged files.
+//! Waits until files are quiet before they are taken, and decides when folders are scanned.
+//! Receives `Hint`s from the watcher and scan requests (start-up, overflow, polling, the safety
+//! rescan); emits a `Job` for a path once its size and mtime have not changed for the settle
+//! time (or once it has stayed gone that long and the `guard` lets the delete go). Owns the
+//! candidates still settling, each folder's scan schedule, and the watches.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,11 +15,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Folder};
+use crate::guard::Guard;
 use crate::store::{FileMeta, FileState, Store};
-use crate::watch::Hint;
+use crate::watch::{self, Hint, Watch};
 
 /// A path for the sync stage to bring in line with the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +29,8 @@ pub struct Job {
     pub path: PathBuf,
 }
 
-/// How often every folder is compared with the store even when the watcher saw nothing.
-pub const RESCAN_INTERVAL: Duration = Duration::from_secs(600);
+/// How often a paused folder (gone, unreadable, unmounted) is looked at again.
+const PAUSED_RECHECK: Duration = Duration::from_secs(5);
 
 struct Candidate {
     folder: usize,
@@ -39,15 +41,46 @@ struct Candidate {
 pub struct Settle {
     config: Arc<Config>,
     store: Store,
+    watch: Watch,
+    guard: Guard,
+    /// Per folder: `Some(interval)` when it is polled rather than watched.
+    polls: Vec<Option<Duration>>,
+    /// Per folder: when it is next scanned even if nothing was heard from it.
+    next_scan: Vec<Instant>,
     candidates: HashMap<PathBuf, Candidate>,
     deadlines: BinaryHeap<Reverse<(Instant, PathBuf)>>,
 }
 
 impl Settle {
-    pub fn new(config: Arc<Config>, store: Store) -> Settle {
+    /// Watches each folder, or polls it when configured so, when it is on a network
+    /// filesystem, or when the watch fails (the inotify limit, say): a folder is never blind.
+    pub fn new(config: Arc<Config>, store: Store, mut watch: Watch) -> Settle {
+        let polls = config
+            .folders
+            .iter()
+            .map(|folder| {
+                if let Some((interval, why)) = watch::poll_interval(folder) {
+                    info!(folder = %folder.path.display(), "polling every {} because {why}", humantime::format_duration(interval));
+                    return Some(interval);
+                }
+                match watch.add(folder) {
+                    Ok(()) => None,
+                    Err(problem) => {
+                        error!(folder = %folder.path.display(), "cannot watch the folder: {problem}; polling it every {} instead", humantime::format_duration(watch::AUTO_POLL_INTERVAL));
+                        Some(watch::AUTO_POLL_INTERVAL)
+                    }
+                }
+            })
+            .collect();
+        let guard = Guard::new(&config, store.clone());
+        let now = Instant::now();
         Settle {
+            next_scan: vec![now; config.folders.len()],
             config,
             store,
+            watch,
+            guard,
+            polls,
             candidates: HashMap::new(),
             deadlines: BinaryHeap::new(),
         }
@@ -61,11 +94,9 @@ impl Settle {
         cancel: CancellationToken,
     ) {
         self.rescan_all().await;
-        let mut rescan =
-            tokio::time::interval_at(Instant::now() + RESCAN_INTERVAL, RESCAN_INTERVAL);
-        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_due = self.deadlines.peek().map(|Reverse((due, _))| *due);
+            let next_scan = self.next_scan.iter().min().copied();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 hint = hints.recv() => match hint {
@@ -73,12 +104,17 @@ impl Settle {
                     Some(Hint::RescanAll) => self.rescan_all().await,
                     None => return,
                 },
-                _ = rescan.tick() => {
-                    debug!("periodic rescan");
-                    self.rescan_all().await;
+                _ = sleep_until(next_scan) => {
+                    let now = Instant::now();
+                    for index in 0..self.next_scan.len() {
+                        if self.next_scan[index] <= now {
+                            debug!(folder = %self.config.folders[index].path.display(), "scheduled scan");
+                            self.rescan(index).await;
+                        }
+                    }
                 }
                 _ = sleep_until(next_due) => {
-                    for job in self.take_settled() {
+                    for job in self.take_settled().await {
                         if jobs.send(job).await.is_err() {
                             return;
                         }
@@ -139,7 +175,15 @@ impl Settle {
         }
     }
 
+    /// Starts (or restarts) a path's quiet time; seeing it again unchanged keeps the clock.
     fn candidate(&mut self, folder: usize, path: PathBuf, seen: Option<FileMeta>) {
+        if self
+            .candidates
+            .get(&path)
+            .is_some_and(|candidate| candidate.seen == seen)
+        {
+            return;
+        }
         let due = Instant::now() + self.config.settle;
         self.candidates
             .insert(path.clone(), Candidate { folder, seen, due });
@@ -147,9 +191,11 @@ impl Settle {
     }
 
     /// Pops the candidates whose quiet time is over; those that changed meanwhile wait again.
-    fn take_settled(&mut self) -> Vec<Job> {
+    /// Files still there go straight to the queue; gone ones only as far as the guard allows.
+    async fn take_settled(&mut self) -> Vec<Job> {
         let now = Instant::now();
         let mut settled = Vec::new();
+        let mut gone: HashMap<usize, Vec<PathBuf>> = HashMap::new();
         while let Some(Reverse((due, _))) = self.deadlines.peek() {
             if *due > now {
                 break;
@@ -163,19 +209,61 @@ impl Settle {
             if candidate.due != due {
                 continue; // superseded by a later hint
             }
+            let folder = candidate.folder;
             let current = std::fs::symlink_metadata(&path)
                 .ok()
                 .map(|m| FileMeta::of(&m));
-            if current == candidate.seen {
-                let folder = candidate.folder;
+            if current != candidate.seen {
+                self.candidates.remove(&path);
+                self.candidate(folder, path, current);
+            } else if self.guard.is_paused(folder) {
+                self.candidates.remove(&path);
+            } else if current.is_none() {
+                self.candidates.remove(&path);
+                gone.entry(folder).or_default().push(path);
+            } else {
                 self.candidates.remove(&path);
                 settled.push(Job { folder, path });
-            } else {
-                let folder = candidate.folder;
-                self.candidate(folder, path, current);
+            }
+        }
+        for (folder, paths) in gone {
+            for path in self.allowed_deletes(folder, paths).await {
+                settled.push(Job { folder, path });
             }
         }
         settled
+    }
+
+    /// The gone files of a folder that may be deleted remotely now: none while the folder is
+    /// paused or its deletes are held; with a release, every file the hold kept.
+    async fn allowed_deletes(&mut self, index: usize, paths: Vec<PathBuf>) -> Vec<PathBuf> {
+        let root = self.config.folders[index].path.clone();
+        let scanned = self.scan_folder(index, root).await;
+        let device = scanned
+            .as_ref()
+            .map(|scan| scan.device)
+            .map_err(Clone::clone);
+        if !self.guard.check_root(index, device).await {
+            self.schedule(index);
+            return Vec::new();
+        }
+        let Ok(scan) = scanned else {
+            return Vec::new();
+        };
+        if scan.vanished.is_empty() {
+            // Back already (a rename, an atomic save): the sync stage looks at each again.
+            return paths;
+        }
+        if !self
+            .guard
+            .allow_deletes(index, scan.vanished.len(), scan.synced)
+            .await
+        {
+            return Vec::new();
+        }
+        let mut allowed: HashSet<PathBuf> = scan.vanished.into_iter().collect();
+        allowed.extend(paths);
+        allowed.into_iter().collect()
     }
 
     async fn rescan_all(&mut self) {
@@ -184,28 +272,70 @@ impl Settle {
         }
     }
 
+    /// Compares a whole folder with the store (first checking that it is the folder it was)
+    /// and makes candidates of what differs.
     async fn rescan(&mut self, index: usize) {
         let root = self.config.folders[index].path.clone();
-        self.scan_into(index, root).await;
+        let scanned = self.scan_folder(index, root).await;
+        let was_paused = self.guard.is_paused(index);
+        let device = scanned
+            .as_ref()
+            .map(|scan| scan.device)
+            .map_err(Clone::clone);
+        if self.guard.check_root(index, device).await {
+            if was_paused && self.polls[index].is_none() {
+                self.rewatch(index);
+            }
+            if let Ok(scan) = scanned {
+                self.add_candidates(index, scan);
+            }
+        }
+        self.schedule(index);
     }
 
-    /// Compares a folder (or a directory inside one) with the store and makes candidates of
-    /// what differs. Runs on a blocking thread: a folder can hold a hundred thousand files.
+    /// A folder that was removed and came back lost its watch with its old directory.
+    fn rewatch(&mut self, index: usize) {
+        let folder = &self.config.folders[index];
+        if let Err(problem) = self.watch.add(folder) {
+            warn!(folder = %folder.path.display(), "cannot watch the folder again: {problem}; polling it instead");
+            self.polls[index] = Some(watch::AUTO_POLL_INTERVAL);
+        }
+    }
+
+    fn schedule(&mut self, index: usize) {
+        let every = if self.guard.is_paused(index) {
+            PAUSED_RECHECK
+        } else {
+            self.polls[index].map_or(self.config.rescan_interval, |poll| {
+                poll.min(self.config.rescan_interval)
+            })
+        };
+        self.next_scan[index] = Instant::now() + every;
+    }
+
+    /// A directory that appeared inside a recursive folder: take in what it holds.
     async fn scan_into(&mut self, index: usize, dir: PathBuf) {
+        if let Ok(scan) = self.scan_folder(index, dir).await {
+            self.add_candidates(index, scan);
+        }
+    }
+
+    fn add_candidates(&mut self, index: usize, scan: Scan) {
+        for (path, seen) in scan.changed {
+            self.candidate(index, path, Some(seen));
+        }
+        for path in scan.vanished {
+            self.candidate(index, path, None);
+        }
+    }
+
+    /// Runs `scan` on a blocking thread: a folder can hold a hundred thousand files.
+    async fn scan_folder(&self, index: usize, dir: PathBuf) -> Result<Scan, String> {
         let folder = self.config.folders[index].clone();
         let store = self.store.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan(&folder, &dir, &store)).await;
-        match scanned {
-            Ok(Ok(found)) => {
-                for (path, seen) in found {
-                    self.candidate(index, path, seen);
-                }
-            }
-            Ok(Err(problem)) => error!(
-                folder = %self.config.folders[index].path.display(),
-                "{problem}; nothing in this folder is uploaded or deleted until it can be read again"
-            ),
-            Err(error) => error!(%error, "folder scan stopped unexpectedly"),
+        match tokio::task::spawn_blocking(move || scan(&folder, &dir, &store)).await {
+            Ok(scanned) => scanned,
+            Err(error) => Err(format!("the scan stopped unexpectedly: {error}")),
         }
     }
 }
@@ -217,18 +347,30 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// The paths under `dir` that differ from what the store says, with what is on disk now
-/// (`None`: in the store but gone from disk).
-pub fn scan(
-    folder: &Folder,
-    dir: &Path,
-    store: &Store,
-) -> Result<Vec<(PathBuf, Option<FileMeta>)>, String> {
+/// How a directory compares with the store.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The filesystem the directory is on.
+    pub device: u64,
+    /// Files on disk that are new or differ from their record, with what is on disk now.
+    pub changed: Vec<(PathBuf, FileMeta)>,
+    /// Files the store knows that are gone from disk.
+    pub vanished: Vec<PathBuf>,
+    /// Files under the directory recorded as synced (gone ones included).
+    pub synced: usize,
+}
+
+/// Compares `dir` (a folder or a directory inside one) with the store, reading no file.
+pub fn scan(folder: &Folder, dir: &Path, store: &Store) -> Result<Scan, String> {
+    let unreadable = |error: std::io::Error| format!("cannot read {}: {error}", dir.display());
+    let device = std::fs::metadata(dir).map_err(unreadable)?.dev();
     let mut on_disk = Vec::new();
-    walk(dir, folder.recursive, &mut on_disk)
-        .map_err(|error| format!("cannot read {}: {error}", dir.display()))?;
+    walk(dir, folder.recursive, &mut on_disk).map_err(unreadable)?;
+    let mut scan = Scan {
+        device,
+        ..Scan::default()
+    };
     let mut seen = HashSet::with_capacity(on_disk.len());
-    let mut found = Vec::new();
     for (path, meta) in on_disk {
         let settled = match store.get(&path) {
             Ok(Some(record)) => {
@@ -241,17 +383,23 @@ pub fn scan(
             _ => false,
         };
         if !settled {
-            found.push((path.clone(), Some(meta)));
+            scan.changed.push((path.clone(), meta));
         }
         seen.insert(path);
     }
     for record in store.records_under(dir) {
-        let (path, _) = record.map_err(|error| error.to_string())?;
-        if !seen.contains(&path) && (folder.recursive || path.parent() == Some(dir)) {
-            found.push((path, None));
+        let (path, record) = record.map_err(|error| error.to_string())?;
+        if !folder.recursive && path.parent() != Some(dir) {
+            continue;
+        }
+        if record.state == FileState::Synced {
+            scan.synced += 1;
+        }
+        if !seen.contains(&path) {
+            scan.vanished.push(path);
         }
     }
-    Ok(found)
+    Ok(scan)
 }
 
 /// Lists files (anything but directories) under `dir`, never following symbolic links and never

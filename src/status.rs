@@ -1,111 +1,283 @@
-//! `tallyfy-sync status`: what the store says about every folder and file.
-//! Receives the config and reads the store directly (sled admits one process, so this works
-//! only while no daemon runs); emits a per-folder summary and one line per file.
+//! `tallyfy-sync status`: where every folder and file stands.
+//! Receives the config and a store (the daemon's own, asked over the control socket, or opened
+//! directly when no daemon runs); emits a `StatusReport` that renders as text or JSON. Owns the
+//! per-file wording: state, asset, attempts, next attempt and why a file waits.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use crate::api::{unix_ms, Pause};
 use crate::config::Config;
+use crate::guard::{self, Held};
 use crate::store::{FileRecord, FileState, Store, StoreError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StatusError {
-    #[error("the daemon is running and holds the store in {path}; stop it (systemctl stop tallyfy-sync) to read the store, or read the daemon's log with journalctl -u tallyfy-sync")]
-    DaemonRunning { path: PathBuf },
-    #[error(transparent)]
-    Store(StoreError),
+/// Where the daemon saves the request pause in the store.
+pub const PAUSE_KEY: &str = "api-pause";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub state_dir: PathBuf,
+    /// Whether a running daemon answered (otherwise the store was read directly).
+    pub daemon_running: bool,
+    /// Requests paused by an outage, a rate limit or a refused token.
+    pub api_pause: Option<Pause>,
+    pub folders: Vec<FolderReport>,
+    /// Remote assets still to delete.
+    pub deletes_pending: Vec<PendingDelete>,
 }
 
-#[derive(Default)]
-struct Counts {
-    synced: usize,
-    pending: usize,
-    rejected: usize,
-    failed: usize,
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub synced: usize,
+    pub pending: usize,
+    pub held: usize,
+    pub rejected: usize,
+    pub failed: usize,
 }
 
-pub fn report(config: &Config) -> Result<String, StatusError> {
-    let store = Store::open(&config.state_dir).map_err(|error| match error {
-        StoreError::Locked { path } => StatusError::DaemonRunning { path },
-        other => StatusError::Store(other),
-    })?;
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FolderReport {
+    pub path: PathBuf,
+    /// The target as configured, or a note that the folder left the config.
+    pub target: String,
+    pub counts: Counts,
+    /// Why the folder is paused (gone, unreadable, unmounted), if it is.
+    pub paused: Option<String>,
+    /// Deletes kept back by `max_delete` until `release-deletes`.
+    pub held: Option<Held>,
+    pub files: Vec<FileReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileReport {
+    /// Relative to the folder.
+    pub name: String,
+    /// synced, pending, held, rejected or failed.
+    pub state: String,
+    pub asset_id: Option<String>,
+    /// Uploads of this version so far.
+    pub attempts: u32,
+    /// What happened or what it waits for.
+    pub detail: String,
+    /// Unix milliseconds of the next attempt, when one is scheduled.
+    pub next_attempt_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingDelete {
+    pub path: PathBuf,
+    pub asset_id: String,
+}
+
+/// Builds the report from the store. `daemon_running` says who asks.
+pub fn build(
+    config: &Config,
+    store: &Store,
+    daemon_running: bool,
+) -> Result<StatusReport, StoreError> {
+    let api_pause = store
+        .meta::<Pause>(PAUSE_KEY)?
+        .filter(|pause| pause.until_ms > unix_ms() || daemon_running);
     let mut by_folder: BTreeMap<PathBuf, Vec<(PathBuf, FileRecord)>> = BTreeMap::new();
     for record in store.records() {
-        let (path, record) = record.map_err(StatusError::Store)?;
+        let (path, record) = record?;
         by_folder
             .entry(record.folder.clone())
             .or_default()
             .push((path, record));
     }
-    let mut out = String::new();
-    let _ = writeln!(out, "state: {}", store.path().display());
+    let mut folders = Vec::new();
     for folder in &config.folders {
         let records = by_folder.remove(&folder.path).unwrap_or_default();
-        section(&mut out, &folder.path, &folder.target.to_string(), &records);
+        folders.push(folder_report(
+            store,
+            &folder.path,
+            folder.target.to_string(),
+            &records,
+            api_pause.as_ref(),
+        )?);
     }
     for (folder, records) in by_folder {
-        section(&mut out, &folder, "no longer in the config", &records);
+        let target = "no longer in the config".to_string();
+        folders.push(folder_report(
+            store,
+            &folder,
+            target,
+            &records,
+            api_pause.as_ref(),
+        )?);
     }
-    let deletes = store.pending_deletes().map_err(StatusError::Store)?;
-    if !deletes.is_empty() {
-        let _ = writeln!(out, "\nremote deletes pending: {}", deletes.len());
-        for job in deletes {
-            let _ = writeln!(
-                out,
-                "  {}  asset {}",
-                job.path.display(),
-                job.asset.id().unwrap_or_default()
-            );
-        }
-    }
-    Ok(out)
+    let deletes_pending = store
+        .pending_deletes()?
+        .into_iter()
+        .map(|job| PendingDelete {
+            asset_id: job.asset.id().unwrap_or_default(),
+            path: job.path,
+        })
+        .collect();
+    Ok(StatusReport {
+        state_dir: store.path().to_path_buf(),
+        daemon_running,
+        api_pause,
+        folders,
+        deletes_pending,
+    })
 }
 
-fn section(out: &mut String, folder: &Path, target: &str, records: &[(PathBuf, FileRecord)]) {
+fn folder_report(
+    store: &Store,
+    folder: &Path,
+    target: String,
+    records: &[(PathBuf, FileRecord)],
+    pause: Option<&Pause>,
+) -> Result<FolderReport, StoreError> {
+    let held: Option<Held> = store.meta(&guard::held_key(folder))?;
+    let paused: Option<String> = store.meta(&guard::paused_key(folder))?;
     let mut counts = Counts::default();
-    let mut lines = String::new();
+    let mut files = Vec::with_capacity(records.len());
     for (path, record) in records {
-        let name = path.strip_prefix(folder).unwrap_or(path).display();
-        let asset = record.attached.as_ref().and_then(|a| a.id());
-        let (label, detail) = match &record.state {
+        let name = path
+            .strip_prefix(folder)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let attached = record.attached.as_ref().and_then(|asset| asset.id());
+        let waiting = || match pause {
+            Some(pause) => (format!("waiting: {}", pause.reason), Some(pause.until_ms)),
+            None => ("in progress".to_string(), None),
+        };
+        let gone = held.is_some() && std::fs::symlink_metadata(path).is_err();
+        let (state, asset_id, detail, next_attempt_ms) = match &record.state {
+            FileState::Synced if gone => {
+                counts.held += 1;
+                let detail = "gone locally; remote copy kept until release-deletes".to_string();
+                ("held", attached, detail, None)
+            }
             FileState::Synced => {
                 counts.synced += 1;
-                ("synced", format!("asset {}", asset.unwrap_or_default()))
+                ("synced", attached, String::new(), None)
             }
             FileState::Uploading => {
                 counts.pending += 1;
-                ("pending", "upload not yet confirmed".to_string())
+                let (why, next) = waiting();
+                ("pending", None, format!("uploading; {why}"), next)
             }
             FileState::Uploaded { asset } => {
                 counts.pending += 1;
-                (
-                    "pending",
-                    format!(
-                        "uploaded as asset {}, not yet attached",
-                        asset.id().unwrap_or_default()
-                    ),
-                )
+                let (why, next) = waiting();
+                let detail = format!("uploaded, not yet attached; {why}");
+                ("pending", asset.id(), detail, next)
             }
             FileState::Rejected { reason } => {
                 counts.rejected += 1;
-                ("rejected", reason.clone())
+                ("rejected", None, reason.clone(), None)
             }
             FileState::Failed { error } => {
                 counts.failed += 1;
-                ("failed", error.clone())
+                let detail = format!("{error}; retried when the file or the config changes, or after `tallyfy-sync retry`");
+                ("failed", attached, detail, None)
             }
         };
-        let _ = writeln!(lines, "  {label:<9} {name}  {detail}");
+        files.push(FileReport {
+            name,
+            state: state.to_string(),
+            asset_id,
+            attempts: record.attempts,
+            detail,
+            next_attempt_ms,
+        });
     }
-    let _ = writeln!(
-        out,
-        "\n{} → {target}\n  {} synced, {} pending, {} rejected, {} failed",
-        folder.display(),
-        counts.synced,
-        counts.pending,
-        counts.rejected,
-        counts.failed
-    );
-    out.push_str(&lines);
+    Ok(FolderReport {
+        path: folder.to_path_buf(),
+        target,
+        counts,
+        paused,
+        held,
+        files,
+    })
+}
+
+/// The report as people read it.
+pub fn render(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let source = if report.daemon_running {
+        "daemon running"
+    } else {
+        "daemon not running; read from the store"
+    };
+    let _ = writeln!(out, "state: {} ({source})", report.state_dir.display());
+    if let Some(pause) = &report.api_pause {
+        let _ = writeln!(
+            out,
+            "requests paused: {}; next attempt {}",
+            pause.reason,
+            when(pause.until_ms)
+        );
+    }
+    for folder in &report.folders {
+        let c = &folder.counts;
+        let _ = writeln!(
+            out,
+            "\n{} → {}\n  {} synced, {} pending, {} held, {} rejected, {} failed",
+            folder.path.display(),
+            folder.target,
+            c.synced,
+            c.pending,
+            c.held,
+            c.rejected,
+            c.failed
+        );
+        if let Some(paused) = &folder.paused {
+            let _ = writeln!(out, "  PAUSED: {paused}");
+        }
+        if let Some(held) = &folder.held {
+            let _ = writeln!(
+                out,
+                "  DELETES HELD: {} of {} synced files are gone; run `tallyfy-sync release-deletes {}` to delete them remotely",
+                held.count,
+                held.synced,
+                folder.path.display()
+            );
+        }
+        for file in &folder.files {
+            let mut line = format!("  {:<9} {}", file.state, file.name);
+            if let Some(asset) = &file.asset_id {
+                let _ = write!(line, "  asset {asset}");
+            }
+            if !file.detail.is_empty() {
+                let _ = write!(line, "  {}", file.detail);
+            }
+            if file.attempts > 1 {
+                let _ = write!(line, " (attempt {})", file.attempts);
+            }
+            if let Some(next) = file.next_attempt_ms {
+                let _ = write!(line, "; next attempt {}", when(next));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if !report.deletes_pending.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nremote deletes pending: {}",
+            report.deletes_pending.len()
+        );
+        for job in &report.deletes_pending {
+            let _ = writeln!(out, "  {}  asset {}", job.path.display(), job.asset_id);
+        }
+    }
+    out
+}
+
+/// "in 42s" or "now", from Unix milliseconds.
+fn when(unix: u64) -> String {
+    let left = std::time::Duration::from_secs(unix.saturating_sub(unix_ms()).div_ceil(1000));
+    if left.is_zero() {
+        "now".to_string()
+    } else {
+        format!("in {}", humantime::format_duration(left))
+    }
 }

@@ -2,7 +2,8 @@
 //! Receives state changes from `sync` (one record per local file, one tombstone per remote
 //! asset still to delete) and writes each one durably before the side effect it guards.
 //! Owns the on-disk layout: tree `files` (path bytes → `FileRecord` as JSON) and tree
-//! `deletes` (asset id → `DeleteJob` as JSON).
+//! `deletes` (asset id → `DeleteJob` as JSON) and tree `meta` (name → JSON: the API pause
+//! schedule, each folder's device, held deletes).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,9 @@ pub struct FileRecord {
     pub state: FileState,
     /// Unix seconds of the last state change.
     pub updated: u64,
+    /// Uploads started for this version of the file.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// A remote asset that must be deleted; durable so that a crash between the local change and
@@ -117,6 +121,7 @@ pub struct Store {
     path: PathBuf,
     files: sled::Tree,
     deletes: sled::Tree,
+    meta: sled::Tree,
     flusher: Arc<Flusher>,
 }
 
@@ -186,11 +191,13 @@ impl Store {
         };
         let files = tree("files")?;
         let deletes = tree("deletes")?;
+        let meta = tree("meta")?;
         let flusher = spawn_flusher(db.clone()).map_err(|error| open_error(error.to_string()))?;
         Ok(Store {
             path: dir.to_path_buf(),
             files,
             deletes,
+            meta,
             flusher: Arc::new(flusher),
         })
     }
@@ -274,6 +281,28 @@ impl Store {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|error: TransactionError<()>| self.io(format!("{error:?}")))?;
+        self.flush().await
+    }
+
+    /// A named value of the daemon's own (not a file's), if set.
+    pub fn meta<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        match self.meta.get(name).map_err(|error| self.io(error))? {
+            Some(bytes) => Ok(Some(self.decode(name.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets (or with `None` clears) a named value and makes it durable.
+    pub async fn set_meta<T: Serialize>(
+        &self,
+        name: &str,
+        value: Option<&T>,
+    ) -> Result<(), StoreError> {
+        match value {
+            Some(value) => self.meta.insert(name, encode(value)),
+            None => self.meta.remove(name),
+        }
+        .map_err(|error| self.io(error))?;
         self.flush().await
     }
 
@@ -362,6 +391,7 @@ mod tests {
             attached: None,
             state,
             updated: 0,
+            attempts: 0,
         }
     }
 

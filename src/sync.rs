@@ -62,6 +62,9 @@ impl Subject<'_> {
             attached: previous.and_then(|record| record.attached.clone()),
             state,
             updated: now_unix(),
+            attempts: previous
+                .filter(|record| record.meta == meta)
+                .map_or(0, |record| record.attempts),
         }
     }
 
@@ -207,6 +210,7 @@ impl Syncer {
     ) -> Result<(), SyncError> {
         let path = subject.path;
         let mut record = subject.record(meta, FileState::Uploading, previous.as_ref());
+        record.attempts += 1;
         // A crash from here on sends the file again: the store never claims an upload it did not see.
         self.store.put(path, &record).await?;
         let file_name = path

@@ -1,18 +1,20 @@
-//! Watches the configured folders with notify.
+//! Watches the configured folders with notify, and says which folders must be polled instead.
 //! Emits `Hint`s (a path that may have changed, or a request to rescan) into a bounded channel
 //! and never blocks the notify thread: when the channel is full it raises the overflow flag and
 //! the settle stage rescans instead. Events are only hints; the rescan is the safety net.
 
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::config::Folder;
+use crate::config::{Folder, WatchMode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
@@ -24,11 +26,12 @@ pub enum Hint {
 
 /// Keeps the watches alive; dropping it stops them.
 pub struct Watch {
-    _watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<notify::RecommendedWatcher>,
 }
 
-/// Starts watching; a folder that cannot be watched is logged and left to the periodic rescan.
-pub fn start(folders: &[Folder], hints: mpsc::Sender<Hint>, overflow: Arc<AtomicBool>) -> Watch {
+/// Starts the watcher with no folders yet; without one (say inotify is unavailable) every
+/// folder is polled.
+pub fn start(hints: mpsc::Sender<Hint>, overflow: Arc<AtomicBool>) -> Watch {
     let handler = move |result: notify::Result<notify::Event>| {
         let event = match result {
             Ok(event) => event,
@@ -52,32 +55,87 @@ pub fn start(folders: &[Folder], hints: mpsc::Sender<Hint>, overflow: Arc<Atomic
         }
     };
     let config = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher = match notify::RecommendedWatcher::new(handler, config) {
-        Ok(watcher) => watcher,
+    match notify::RecommendedWatcher::new(handler, config) {
+        Ok(watcher) => Watch {
+            watcher: Some(watcher),
+        },
         Err(error) => {
-            error!(%error, "cannot start the file watcher; changes are found by the periodic rescan only");
-            return Watch { _watcher: None };
+            error!(%error, "cannot start the file watcher; every folder is polled instead");
+            Watch { watcher: None }
         }
-    };
-    for folder in folders {
+    }
+}
+
+impl Watch {
+    /// Watches a folder (again: a watch on a folder that was removed and came back is dead).
+    /// The error says why not and what to do.
+    pub fn add(&mut self, folder: &Folder) -> Result<(), String> {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return Err("the file watcher is not running".into());
+        };
+        let _ = watcher.unwatch(&folder.path);
         let mode = if folder.recursive {
             RecursiveMode::Recursive
         } else {
             RecursiveMode::NonRecursive
         };
-        if let Err(error) = watcher.watch(&folder.path, mode) {
-            let hint = match error.kind {
+        watcher.watch(&folder.path, mode).map_err(|error| {
+            let raise = "raise the limit with `sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it)";
+            match error.kind {
                 notify::ErrorKind::MaxFilesWatch => {
-                    " (the inotify watch limit is reached: raise it with `sysctl fs.inotify.max_user_watches=524288`)"
+                    format!("the inotify watch limit is reached: {raise}")
                 }
-                _ => "",
-            };
-            error!(folder = %folder.path.display(), %error, "cannot watch folder{hint}; its changes are found by the periodic rescan only");
-        }
+                notify::ErrorKind::Io(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => {
+                    format!("the inotify watch limit is reached ({io}): {raise}")
+                }
+                _ => error.to_string(),
+            }
+        })
     }
-    Watch {
-        _watcher: Some(watcher),
+}
+
+/// Whether a folder is polled, and why: configured so, or on a filesystem whose changes
+/// inotify cannot see (those made by other machines on a network share, or inside FUSE).
+pub fn poll_interval(folder: &Folder) -> Option<(Duration, String)> {
+    match folder.watch {
+        WatchMode::Poll { interval } => Some((interval, "as configured".into())),
+        WatchMode::Inotify => None,
+        WatchMode::Auto => remote_filesystem(&folder.path).map(|kind| {
+            (
+                AUTO_POLL_INTERVAL,
+                format!("it is on {kind}, where inotify misses changes made elsewhere (set `watch: inotify` to override)"),
+            )
+        }),
     }
+}
+
+/// Folders on network or FUSE filesystems found without `poll:` are polled this often.
+pub const AUTO_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The kind of network or FUSE filesystem `path` is on, if it is on one.
+fn remote_filesystem(path: &Path) -> Option<&'static str> {
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is a valid C string and `stat` is a properly sized out-buffer.
+    if unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statfs returned 0, so it filled the buffer.
+    let kind = unsafe { stat.assume_init() }.f_type as u64;
+    Some(match kind {
+        0x6969 => "NFS",
+        0x517b => "SMB",
+        0xff53_4d42 => "CIFS",
+        0xfe53_4d42 => "SMB2",
+        0x6573_5546 => "FUSE",
+        0x0102_1997 => "9P",
+        0x00c3_6400 => "CephFS",
+        0x5346_414f => "AFS",
+        0x7375_7245 => "Coda",
+        0x0bd0_0bd0 => "Lustre",
+        0x4750_4653 => "GPFS",
+        _ => return None,
+    })
 }
 
 fn forward(hints: &mpsc::Sender<Hint>, overflow: &AtomicBool, hint: Hint) {

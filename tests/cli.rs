@@ -173,7 +173,7 @@ async fn check_names_every_problem_of_a_bad_config_with_its_key_path() {
         describe(&output)
     );
     let problems = [
-        "colour: unknown key (expected one of api, state_dir, settle, folders)".to_string(),
+        "colour: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, folders)".to_string(),
         "api.org_id: required".to_string(),
         "api.base_url \"http://example.com/api\": must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)".to_string(),
         "api.concurrency 0: must be between 1 and 64".to_string(),
@@ -356,7 +356,7 @@ async fn sigint_stops_the_daemon_with_exit_0_and_its_state_saved() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_refuses_while_the_daemon_runs_and_afterwards_shows_counts_and_files() {
+async fn status_asks_the_running_daemon_and_reads_the_store_once_it_stopped() {
     let env = Env::new().await;
     let daemon = env.start();
     daemon.wait_for_log(RUNNING).await;
@@ -370,50 +370,70 @@ async fn status_refuses_while_the_daemon_runs_and_afterwards_shows_counts_and_fi
     .await;
     daemon.wait_for_log("attached").await;
     daemon.wait_for_log("skipped").await;
-
-    let running = env.command(&["status"]);
-    assert_ne!(running.status.code(), Some(0), "{}", describe(&running));
-    assert!(
-        running.stderr.contains(&format!(
-            "the daemon is running and holds the store in {}",
-            env.state.display()
-        )),
-        "{}",
-        describe(&running)
-    );
-    assert!(daemon.exited().is_none(), "status must not stop the daemon");
-
-    assert_eq!(daemon.stop().await.code(), Some(0));
     let asset = env.task_field()[0]["id"]
         .as_str()
         .expect("the attached asset has an id")
         .to_string();
-    let output = env.command(&["status"]);
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    let out = &output.stdout;
     let task_section = format!(
-        "\n{} → task {TASK} in run {RUN}, field {CAPTURE}\n  1 synced, 0 pending, 1 rejected, 0 failed\n",
+        "\n{} → task {TASK} in run {RUN}, field {CAPTURE}\n  1 synced, 0 pending, 0 held, 1 rejected, 0 failed\n",
         env.tasks.display()
     );
     let kickoff_section = format!(
-        "\n{} → kick-off field {KICKOFF_FIELD} of template {KICKOFF_TEMPLATE}\n  0 synced, 0 pending, 0 rejected, 0 failed\n",
+        "\n{} → kick-off field {KICKOFF_FIELD} of template {KICKOFF_TEMPLATE}\n  0 synced, 0 pending, 0 held, 0 rejected, 0 failed\n",
         env.kickoff.display()
     );
-    for expected in [
-        format!("state: {}\n", env.state.display()),
+    let expected = [
         task_section,
         kickoff_section,
         format!("\n  synced    Invoice 1.pdf  asset {asset}\n"),
         "\n  rejected  notes.exe  extension .exe is not accepted by Tallyfy (accepted: "
             .to_string(),
-    ] {
+    ];
+
+    let running = env.command(&["status"]);
+    assert_eq!(running.status.code(), Some(0), "{}", describe(&running));
+    assert!(running.stdout.contains(&format!(
+        "state: {} (daemon running)\n",
+        env.state.display()
+    )));
+    for expected in &expected {
         assert!(
-            out.contains(&expected),
+            running.stdout.contains(expected),
             "status lacks {expected:?}\n{}",
-            describe(&output)
+            describe(&running)
         );
     }
-    assert_no_token(&output);
+    let json = env.command(&["status", "--json"]);
+    assert_eq!(json.status.code(), Some(0), "{}", describe(&json));
+    let report: serde_json::Value =
+        serde_json::from_str(&json.stdout).expect("status --json prints JSON");
+    assert_eq!(report["daemon_running"], true);
+    assert_eq!(report["folders"][0]["counts"]["synced"], 1);
+    assert_eq!(report["folders"][0]["files"][0]["asset_id"], asset.as_str());
+    let socket = env.state.join("control.sock");
+    let mode = std::fs::metadata(&socket)
+        .expect("the control socket exists")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(daemon.exited().is_none(), "status must not stop the daemon");
+
+    assert_eq!(daemon.stop().await.code(), Some(0));
+    let stopped = env.command(&["status"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", describe(&stopped));
+    assert!(stopped
+        .stdout
+        .contains("(daemon not running; read from the store)"));
+    for expected in &expected {
+        assert!(
+            stopped.stdout.contains(expected),
+            "status lacks {expected:?}\n{}",
+            describe(&stopped)
+        );
+    }
+    assert_no_token(&stopped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,7 +70,7 @@ async fn every_kind_of_ineligible_file_is_skipped_with_its_reason() {
     assert!(
         status
             .stdout
-            .contains("1 synced, 0 pending, 11 rejected, 0 failed"),
+            .contains("1 synced, 0 pending, 0 held, 11 rejected, 0 failed"),
         "{}",
         status.stdout
     );

@@ -415,13 +415,16 @@ async fn a_folder_that_disappears_is_paused_not_deleted_remotely() {
     let away = env.dir.path().join("unmounted");
     std::fs::rename(&env.tasks, &away).unwrap();
     daemon
-        .wait_for_log("nothing in this folder is uploaded or deleted until it can be read again")
+        .wait_for_log("nothing in it is uploaded or deleted until it is back")
         .await;
     std::fs::rename(&away, &env.tasks).unwrap();
-    drop_file(&env.kickoff, "marker.pdf", b"m");
+    daemon
+        .wait_for_log("folder is back; syncing it again")
+        .await;
+    drop_file(&env.tasks, "c.pdf", b"c");
     eventually(
-        "later work still goes through",
-        || env.kickoff_field().len() == 1,
+        "a file dropped after the folder came back is attached (it is watched again)",
+        || env.task_field().len() == 3,
         &daemon,
     )
     .await;
@@ -429,5 +432,5 @@ async fn a_folder_that_disappears_is_paused_not_deleted_remotely() {
         env.requests("DELETE", "/file/").is_empty(),
         "nothing was deleted remotely"
     );
-    assert_eq!(env.task_field().len(), 2);
+    assert_eq!(env.task_field().len(), 3);
 }

@@ -6,11 +6,24 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::Backoff;
+
+/// A closed gate as it can be saved, shown, and resumed after a restart, so that a restart
+/// during an outage does not start again from a one-second delay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// Unix milliseconds when the next probe may go.
+    pub until_ms: u64,
+    /// The delay that set it: the next one follows on from it.
+    pub delay_ms: u64,
+    pub reason: String,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -138,9 +151,27 @@ impl Gate {
         Some(Transition::Closed(pause))
     }
 
+    /// Closes the gate as a saved pause left it: until its time (a probe at once when that has
+    /// passed), with the backoff continuing from its delay.
+    pub fn resume(&self, pause: &Pause) {
+        let mut state = self.lock();
+        let left = pause.until_ms.saturating_sub(unix_ms());
+        state.closed_until = Some(Instant::now() + Duration::from_millis(left));
+        state
+            .backoff
+            .resume_after(Duration::from_millis(pause.delay_ms));
+        self.changed.notify_waiters();
+    }
+
     pub fn is_closed(&self) -> bool {
         self.lock().closed_until.is_some()
     }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -186,6 +217,27 @@ mod tests {
         let started = Instant::now();
         assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
         assert!(started.elapsed() >= Duration::from_millis(25));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_pause_holds_requests_until_its_time_then_probes() {
+        let gate = Gate::new(Backoff::default());
+        let cancel = CancellationToken::new();
+        gate.resume(&Pause {
+            until_ms: unix_ms() + 300,
+            delay_ms: 60_000,
+            reason: "outage".into(),
+        });
+        let started = Instant::now();
+        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        let Some(Transition::Closed(next)) = gate.report(Pass::Probe, Outcome::Outage) else {
+            panic!("a failed probe closes the gate");
+        };
+        assert!(
+            next >= Duration::from_secs(90),
+            "the schedule continued from 60 s, not from 1 s: {next:?}"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 mod error;
 mod gate;
+mod limit;
 mod multipart;
 
 use std::path::Path;
@@ -17,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use error::{ApiError, Endpoint};
+pub use gate::{unix_ms, Pause};
 use gate::{Gate, Outcome, Pass, Transition};
+use limit::Pace;
 
 use crate::config::{ApiConfig, Token};
 use crate::retry::Backoff;
@@ -80,8 +83,15 @@ pub struct Client {
     token: Token,
     timeout: Duration,
     gate: Gate,
+    pace: Option<Pace>,
+    /// The gate's current pause, for `status` and for saving across restarts.
+    pause: std::sync::Mutex<Option<Pause>>,
+    on_pause: Option<PauseHook>,
     cancel: CancellationToken,
 }
+
+/// Told of every change of the pause (`None`: requests flow again).
+pub type PauseHook = Box<dyn Fn(Option<&Pause>) + Send + Sync>;
 
 impl Client {
     pub fn new(
@@ -106,8 +116,47 @@ impl Client {
             token,
             timeout: config.timeout,
             gate: Gate::new(Backoff::default()),
+            pace: config.rate_limit.map(Pace::new),
+            pause: std::sync::Mutex::new(None),
+            on_pause: None,
             cancel,
         })
+    }
+
+    /// Calls `hook` whenever requests pause or resume, so the schedule can be saved.
+    pub fn on_pause_change(mut self, hook: PauseHook) -> Client {
+        self.on_pause = Some(hook);
+        self
+    }
+
+    /// Continues a pause saved before a restart instead of sending at once.
+    pub fn resume_pause(&self, pause: Pause) {
+        let left = Duration::from_millis(pause.until_ms.saturating_sub(unix_ms()));
+        warn!(
+            reason = %pause.reason,
+            "requests were paused before the restart; the next probe goes in {}",
+            humantime::format_duration(round(left))
+        );
+        self.gate.resume(&pause);
+        *self.lock_pause() = Some(pause);
+    }
+
+    /// Why requests wait and until when, while they do.
+    pub fn pause(&self) -> Option<Pause> {
+        self.lock_pause().clone()
+    }
+
+    fn lock_pause(&self) -> std::sync::MutexGuard<'_, Option<Pause>> {
+        self.pause
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn set_pause(&self, pause: Option<Pause>) {
+        if let Some(hook) = &self.on_pause {
+            hook(pause.as_ref());
+        }
+        *self.lock_pause() = pause;
     }
 
     fn url(&self, path: &str) -> String {
@@ -138,6 +187,11 @@ impl Client {
         request: RequestBuilder,
         local_failure: impl Fn() -> Option<ApiError>,
     ) -> Result<bytes::Bytes, ApiError> {
+        if let Some(pace) = &self.pace {
+            if !pace.acquire(&self.cancel).await {
+                return Err(ApiError::Cancelled);
+            }
+        }
         let pass = self
             .gate
             .enter(&self.cancel)
@@ -201,6 +255,24 @@ impl Client {
         let transition = self.gate.report(pass, outcome);
         let unauthorized = cause.is_some_and(ApiError::is_unauthorized);
         let rate_limited = cause.and_then(ApiError::status) == Some(429);
+        match transition {
+            Some(Transition::Closed(pause)) => self.set_pause(Some(Pause {
+                until_ms: unix_ms() + pause.as_millis() as u64,
+                delay_ms: pause.as_millis() as u64,
+                reason: if unauthorized {
+                    "the API refused the token (401)".to_string()
+                } else if rate_limited {
+                    "rate limited by the API (429)".to_string()
+                } else {
+                    format!(
+                        "the API is unreachable: {}",
+                        cause.map(ToString::to_string).unwrap_or_default()
+                    )
+                },
+            })),
+            Some(Transition::Reopened) => self.set_pause(None),
+            None => {}
+        }
         match transition {
             Some(Transition::Closed(pause)) if unauthorized => error!(
                 next_probe_secs = pause.as_secs_f64().ceil(),

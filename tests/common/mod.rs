@@ -96,8 +96,13 @@ impl Env {
     }
 
     pub fn write_config(&self, top_extra: &str, folder_extra: &str) {
+        self.write_config_with_api("", top_extra, folder_extra);
+    }
+
+    /// Like `write_config`, with `api_extra` (indented two spaces) added to `api`.
+    pub fn write_config_with_api(&self, api_extra: &str, top_extra: &str, folder_extra: &str) {
         let yaml = format!(
-            "api:\n  base_url: {base}\n  org_id: {ORG}\n  timeout: 10s\n\
+            "api:\n  base_url: {base}\n  org_id: {ORG}\n  timeout: 10s\n{api_extra}\
              state_dir: {state}\n\
              settle: {SETTLE}\n{top_extra}\
              folders:\n\

@@ -1,0 +1,254 @@
+//! The control socket: how `status`, `retry` and `release-deletes` reach a running daemon.
+//! sled admits one process, so the CLI cannot read the store while the daemon holds it; it
+//! sends one JSON request line over `{state_dir}/control.sock` (mode 0600) and reads one JSON
+//! answer line. Owns the socket, the protocol, and the actions that work with or without a
+//! daemon (on the store directly when none runs).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::guard;
+use crate::status::{self, StatusReport};
+use crate::store::{FileState, Store, StoreError};
+use crate::watch::Hint;
+
+/// Requests longer than this are refused: the protocol has no use for them.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot talk to the daemon over {path}: {error}")]
+    Socket {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the daemon answered {path} with something unreadable: {error}")]
+    Protocol { path: PathBuf, error: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    /// Failed files (all, or those at or under `path`) are tried again now.
+    Retry {
+        path: Option<PathBuf>,
+    },
+    /// A folder's held deletes may go.
+    ReleaseDeletes {
+        folder: PathBuf,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Answer {
+    Status(StatusReport),
+    Done { message: String },
+    Refused { message: String },
+}
+
+pub fn socket_path(config: &Config) -> PathBuf {
+    config.state_dir.join("control.sock")
+}
+
+/// Serves the socket until shutdown. Only the daemon's user may connect (mode 0600).
+pub async fn serve(
+    config: Arc<Config>,
+    store: Store,
+    hints: mpsc::Sender<Hint>,
+    cancel: CancellationToken,
+) {
+    let path = socket_path(&config);
+    // The store lock is ours, so a socket left here is a dead daemon's.
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path).and_then(|listener| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    }) {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(socket = %path.display(), %error, "cannot open the control socket; `status`, `retry` and `release-deletes` will not reach this daemon");
+            return;
+        }
+    };
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    warn!(%error, "control socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let (config, store, hints) = (config.clone(), store.clone(), hints.clone());
+        tokio::spawn(async move {
+            if let Err(error) = answer(stream, &config, &store, &hints).await {
+                warn!(%error, "control request failed");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn answer(
+    stream: UnixStream,
+    config: &Config,
+    store: &Store,
+    hints: &mpsc::Sender<Hint>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_REQUEST as u64))
+        .read_line(&mut line)
+        .await?;
+    let answer = match serde_json::from_str::<Request>(&line) {
+        Err(error) => Answer::Refused {
+            message: format!("unreadable request: {error}"),
+        },
+        Ok(request) => match act(request, config, store, true).await {
+            Ok(answer) => {
+                // The daemon acts on what changed in the store at its next scan; make it now.
+                let _ = hints.send(Hint::RescanAll).await;
+                answer
+            }
+            Err(error) => Answer::Refused {
+                message: error.to_string(),
+            },
+        },
+    };
+    let mut text = serde_json::to_string(&answer).unwrap_or_default();
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Carries out a request on the store: the daemon's own, or, with no daemon, one opened here.
+pub async fn act(
+    request: Request,
+    config: &Config,
+    store: &Store,
+    daemon_running: bool,
+) -> Result<Answer, ControlError> {
+    match request {
+        Request::Status => Ok(Answer::Status(status::build(
+            config,
+            store,
+            daemon_running,
+        )?)),
+        Request::Retry { path } => {
+            let count = retry_failed(store, path.as_deref()).await?;
+            let message = match (count, daemon_running) {
+                (0, _) => "no failed files to retry".to_string(),
+                (n, true) => format!("{n} failed file(s) queued again"),
+                (n, false) => format!("{n} failed file(s) will be retried when the daemon starts"),
+            };
+            info!(files = count, "retry requested");
+            Ok(Answer::Done { message })
+        }
+        Request::ReleaseDeletes { folder } => {
+            let folder = configured_folder(config, &folder)?;
+            guard::release(store, &folder).await?;
+            let message = if daemon_running {
+                format!("held deletes of {} released", folder.display())
+            } else {
+                format!(
+                    "held deletes of {} will go when the daemon starts",
+                    folder.display()
+                )
+            };
+            info!(folder = %folder.display(), "release of held deletes requested");
+            Ok(Answer::Done { message })
+        }
+    }
+}
+
+fn configured_folder(config: &Config, folder: &Path) -> Result<PathBuf, ControlError> {
+    let wanted = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+    config
+        .folders
+        .iter()
+        .find(|configured| configured.path == wanted)
+        .map(|configured| configured.path.clone())
+        .ok_or_else(|| {
+            let known: Vec<String> = config
+                .folders
+                .iter()
+                .map(|folder| folder.path.display().to_string())
+                .collect();
+            ControlError::Refused(format!(
+                "{} is not a configured folder (configured: {})",
+                folder.display(),
+                known.join(", ")
+            ))
+        })
+}
+
+/// Marks failed files (all, or those at or under `path`) to be uploaded again; the next scan
+/// takes them. Returns how many.
+pub async fn retry_failed(store: &Store, path: Option<&Path>) -> Result<usize, StoreError> {
+    let wanted =
+        path.map(|path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+    let mut failed = Vec::new();
+    for record in store.records() {
+        let (file, record) = record?;
+        let matches = wanted
+            .as_ref()
+            .is_none_or(|wanted| file == *wanted || file.starts_with(wanted));
+        if matches && matches!(record.state, FileState::Failed { .. }) {
+            failed.push((file, record));
+        }
+    }
+    for (file, mut record) in failed.iter().cloned() {
+        record.state = FileState::Uploading;
+        record.attempts = 0;
+        store.put(&file, &record).await?;
+    }
+    Ok(failed.len())
+}
+
+/// Sends a request to the running daemon; `Ok(None)` when none is listening.
+pub async fn ask(config: &Config, request: &Request) -> Result<Option<Answer>, ControlError> {
+    let path = socket_path(config);
+    let socket = |error| ControlError::Socket {
+        path: path.clone(),
+        error,
+    };
+    let mut stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        // Only the daemon's user may connect: say so rather than fall back to a locked store.
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(socket(error))
+        }
+        // No daemon (or no usable state directory, which opening the store then explains).
+        Err(_) => return Ok(None),
+    };
+    let mut text = serde_json::to_string(request).unwrap_or_default();
+    text.push('\n');
+    stream.write_all(text.as_bytes()).await.map_err(socket)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .await
+        .map_err(socket)?;
+    let answer = serde_json::from_str(&line).map_err(|error| ControlError::Protocol {
+        path: path.clone(),
+        error: error.to_string(),
+    })?;
+    Ok(Some(answer))
+}

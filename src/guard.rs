@@ -1,0 +1,174 @@
+//! Decides whether a folder's local deletes may become remote deletes.
+//! Receives folder scans from `settle`; answers "pause this folder" (its root vanished, cannot
+//! be read, or now lies on another filesystem: an unmounted share) or "hold these deletes"
+//! (one scan would delete more than `max_delete` of the folder's synced files). Owns each
+//! folder's recorded device and hold, saved in the store so that a restart keeps them.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Folder, MAX_DELETE_MIN_FILES};
+use crate::store::{now_unix, Store, StoreError};
+
+/// Deletes a folder holds until `release-deletes`, as saved in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// Files gone from the folder whose remote copies are kept for now.
+    pub count: usize,
+    /// Of this many synced files.
+    pub synced: usize,
+    /// Unix seconds when the hold began.
+    pub since: u64,
+}
+
+fn device_key(folder: &Path) -> String {
+    format!("device:{}", folder.display())
+}
+
+pub fn held_key(folder: &Path) -> String {
+    format!("held:{}", folder.display())
+}
+
+pub fn paused_key(folder: &Path) -> String {
+    format!("paused:{}", folder.display())
+}
+
+pub fn release_key(folder: &Path) -> String {
+    format!("release:{}", folder.display())
+}
+
+/// Lets a folder's held deletes go at its next check (the command `release-deletes`).
+pub async fn release(store: &Store, folder: &Path) -> Result<(), StoreError> {
+    store.set_meta(&release_key(folder), Some(&true)).await
+}
+
+struct FolderGuard {
+    /// The filesystem the root was on when first seen; a change means it was unmounted or
+    /// replaced.
+    device: Option<u64>,
+    paused: Option<String>,
+    held: Option<Held>,
+}
+
+pub struct Guard {
+    store: Store,
+    folders: Vec<(Folder, FolderGuard)>,
+}
+
+impl Guard {
+    pub fn new(config: &Config, store: Store) -> Guard {
+        let folders = config
+            .folders
+            .iter()
+            .map(|folder| {
+                let saved = FolderGuard {
+                    device: store.meta(&device_key(&folder.path)).ok().flatten(),
+                    // As the last run left it, so that `status` tells until the first check.
+                    paused: store.meta(&paused_key(&folder.path)).ok().flatten(),
+                    held: store.meta(&held_key(&folder.path)).ok().flatten(),
+                };
+                (folder.clone(), saved)
+            })
+            .collect();
+        Guard { store, folders }
+    }
+
+    pub fn is_paused(&self, index: usize) -> bool {
+        self.folders[index].1.paused.is_some()
+    }
+
+    /// Checks a folder's root as a scan found it (`Err`: the scan could not read it); says
+    /// whether the folder may be synced. Logs when a folder pauses or resumes.
+    pub async fn check_root(&mut self, index: usize, device: Result<u64, String>) -> bool {
+        let (folder, state) = &mut self.folders[index];
+        let problem = match device {
+            Err(problem) => Some(problem),
+            Ok(device) => match state.device {
+                None => {
+                    state.device = Some(device);
+                    if let Err(error) = self
+                        .store
+                        .set_meta(&device_key(&folder.path), Some(&device))
+                        .await
+                    {
+                        warn!(folder = %folder.path.display(), %error, "cannot save the folder's device");
+                    }
+                    None
+                }
+                Some(known) if known == device => None,
+                Some(known) => Some(format!(
+                    "it is now on another filesystem (device {device:#x}, was {known:#x}): was a share unmounted?"
+                )),
+            },
+        };
+        let was = state.paused.take();
+        let open = problem.is_none();
+        if problem != was {
+            match &problem {
+                Some(problem) => {
+                    error!(folder = %folder.path.display(), "folder paused: {problem}; nothing in it is uploaded or deleted until it is back (checked every few seconds)")
+                }
+                None => info!(folder = %folder.path.display(), "folder is back; syncing it again"),
+            }
+            if let Err(error) = self
+                .store
+                .set_meta(&paused_key(&folder.path), problem.as_ref())
+                .await
+            {
+                warn!(folder = %folder.path.display(), %error, "cannot save whether the folder is paused");
+            }
+        }
+        state.paused = problem;
+        open
+    }
+
+    /// Whether `vanished` of the folder's `synced` files may be deleted remotely now.
+    pub async fn allow_deletes(&mut self, index: usize, vanished: usize, synced: usize) -> bool {
+        let (folder, state) = &mut self.folders[index];
+        let release = release_key(&folder.path);
+        let released = self.store.meta::<bool>(&release).ok().flatten() == Some(true);
+        let too_many = synced >= MAX_DELETE_MIN_FILES
+            && vanished * 100 > synced * usize::from(folder.max_delete_percent);
+        let hold = too_many && !released && folder.delete_remote;
+        let saved = if hold {
+            if state.held.as_ref().map(|held| held.count) == Some(vanished) {
+                return false;
+            }
+            error!(
+                folder = %folder.path.display(),
+                held = vanished,
+                synced,
+                "{vanished} of {synced} synced files are gone from the folder at once, more than max_delete ({}%); their remote copies are kept and nothing is deleted until you run `tallyfy-sync release-deletes {}`",
+                folder.max_delete_percent,
+                folder.path.display()
+            );
+            let held = Held {
+                count: vanished,
+                synced,
+                since: state.held.as_ref().map_or_else(now_unix, |held| held.since),
+            };
+            state.held = Some(held.clone());
+            self.store
+                .set_meta(&held_key(&folder.path), Some(&held))
+                .await
+        } else if state.held.take().is_some() {
+            if released {
+                warn!(folder = %folder.path.display(), deletes = vanished, "releasing the held deletes as asked");
+                let _ = self.store.set_meta::<bool>(&release, None).await;
+            }
+            self.store
+                .set_meta::<Held>(&held_key(&folder.path), None)
+                .await
+        } else if released {
+            self.store.set_meta::<bool>(&release, None).await
+        } else {
+            Ok(())
+        };
+        if let Err(error) = saved {
+            warn!(folder = %folder.path.display(), %error, "cannot save the state of held deletes");
+        }
+        !hold
+    }
+}
