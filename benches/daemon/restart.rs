@@ -124,6 +124,7 @@ async fn populate(config: &Config, files: usize) -> anyhow::Result<()> {
                 }))),
                 state: FileState::Synced,
                 updated: now_unix(),
+                attempts: 1,
             };
             records.push((path, record));
         }
