@@ -13,7 +13,7 @@ use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
 use tokio_util::io::ReaderStream;
 
-use crate::scenario::{Big, Burst};
+use crate::scenario::{uploads_in_progress, Big, Burst};
 use crate::world::{concurrency, upload_secs, TaskRef, World, ORG, TOKEN};
 
 pub struct Ceiling {
@@ -113,12 +113,14 @@ impl Ceiling {
                 })
                 .await
         };
+        let mut max_uploads = 0;
         let attach = async {
             let mut attached = 0;
             while attached < files.len() {
                 let Some(first) = uploaded.recv().await else {
                     bail!("the uploads stopped after {attached} files");
                 };
+                max_uploads = max_uploads.max(uploads_in_progress(world));
                 let mut batch = vec![first];
                 while let Ok(asset) = uploaded.try_recv() {
                     batch.push(asset);
@@ -136,6 +138,7 @@ impl Ceiling {
             requests: world.requests_since(start),
             cpu: None,
             started_at,
+            max_uploads,
         })
     }
 

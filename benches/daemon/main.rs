@@ -112,6 +112,13 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         say(&format!("keeping {}", world.path().display()));
     }
     let staging = world.dir("staging")?;
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "restart" {
+        // For profiling runs: only the start-up with `sizes.restart` synced files.
+        let restart = restart::run(&world, "restart", sizes.restart, FOLDERS).await?;
+        print!("{}", restart_details("restart", &restart));
+        return Ok(());
+    }
 
     let Live {
         watched: daemon,
@@ -119,7 +126,7 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         rss: live_rss,
         timeline,
     } = daemon_live(&world, &sizes).await?;
-    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "daemon") {
+    if only == "daemon" {
         // For profiling runs: the live daemon's figures, without the others or the table.
         say(&format!(
             "daemon only: burst {:.1} files/s, {} CPU-s; latency p50 {:.1} ms",
@@ -172,34 +179,14 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         ("baseline", &baseline.burst),
         ("ceiling", &ceiling.burst),
     ] {
-        println!("- burst requests, {who}: {}", by_method(&burst.requests));
+        println!(
+            "- burst requests, {who}: {}; at most {} uploads in progress at once (polled)",
+            by_method(&burst.requests),
+            burst.max_uploads
+        );
     }
     for (what, run) in [("rest", &rest), ("restart", &restart)] {
-        println!(
-            "- {what} ({} files): files and records written in {:.1} s; log line \"running\" at {:.3} s, \
-             targets verified at {:.3} s, READY=1 {}, scan done at {:.3} s; requests: {}; VmRSS {:.1} MiB \
-             ({:.1} anonymous, {:.1} file-backed), VmHWM {:.1} MiB",
-            run.files,
-            run.populate_secs,
-            run.startup.logged.as_secs_f64(),
-            run.startup.verified.as_secs_f64(),
-            run.startup
-                .notified
-                .map_or("not sent by this build".to_string(), |at| format!("at {:.3} s", at.as_secs_f64())),
-            run.scan_done.as_secs_f64(),
-            if run.requests.is_empty() { "none".to_string() } else { run.requests.clone() },
-            mib(run.rss_kib),
-            mib(run.anon_kib),
-            mib(run.file_kib),
-            mib(run.hwm_kib),
-        );
-        for (at, message) in &run.notifications {
-            println!(
-                "  - NOTIFY_SOCKET at {:.3} s: {}",
-                at.as_secs_f64(),
-                message.replace('\n', " ")
-            );
-        }
+        print!("{}", restart_details(what, run));
     }
     print!("{timeline}");
     println!("- idle: {} requests during the idle window", idle.requests);
@@ -213,6 +200,41 @@ struct Live {
     /// VmRSS at the end, in KiB.
     rss: u64,
     timeline: String,
+}
+
+/// What the table leaves out about a start-up: every moment measured, requests and memory.
+fn restart_details(what: &str, run: &restart::Restart) -> String {
+    let mut out = format!(
+        "- {what} ({} files): files and records written in {:.1} s; log line \"running\" at {:.3} s, \
+         targets verified at {:.3} s, READY=1 {}, scan done at {:.3} s; requests: {}; VmRSS {:.1} MiB \
+         ({:.1} anonymous, {:.1} file-backed), VmHWM {:.1} MiB\n",
+        run.files,
+        run.populate_secs,
+        run.startup.logged.as_secs_f64(),
+        run.startup.verified.as_secs_f64(),
+        run.startup.notified.map_or("not sent by this build".to_string(), |at| format!(
+            "at {:.3} s",
+            at.as_secs_f64()
+        )),
+        run.scan_done.as_secs_f64(),
+        if run.requests.is_empty() {
+            "none".to_string()
+        } else {
+            run.requests.clone()
+        },
+        mib(run.rss_kib),
+        mib(run.anon_kib),
+        mib(run.file_kib),
+        mib(run.hwm_kib),
+    );
+    for (at, message) in &run.notifications {
+        out.push_str(&format!(
+            "  - NOTIFY_SOCKET at {:.3} s: {}\n",
+            at.as_secs_f64(),
+            message.replace('\n', " ")
+        ));
+    }
+    out
 }
 
 struct Idle {

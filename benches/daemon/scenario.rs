@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tallyfy_sync::fake::RequestRecord;
 
 use crate::procfs;
-use crate::world::{count, move_into, upload_secs, TaskRef, World};
+use crate::world::{count, move_into, until, upload_secs, TaskRef, World};
 
 /// Long enough for the baseline at a few files per second, or the daemon under valgrind.
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -25,6 +25,8 @@ pub struct Burst {
     pub cpu: Option<Duration>,
     /// Wall-clock time of the first move, to line it up with the daemon's log.
     pub started_at: std::time::SystemTime,
+    /// Most uploads the server had in progress at once, as polled.
+    pub max_uploads: usize,
 }
 
 impl Burst {
@@ -69,16 +71,35 @@ pub async fn burst(
     let started_at = std::time::SystemTime::now();
     let start = Instant::now();
     move_into(staged, into)?;
-    let done = world
-        .wait_attached(task, staged.len(), TIMEOUT, Duration::from_millis(5))
-        .await?;
+    let mut max_uploads = 0;
+    let done = until(
+        &format!("{} files are attached to {}", staged.len(), task.task),
+        TIMEOUT,
+        Duration::from_millis(5),
+        || {
+            max_uploads = max_uploads.max(uploads_in_progress(world));
+            world.attached(task) >= staged.len()
+        },
+    )
+    .await?;
     Ok(Burst {
         files: staged.len(),
         secs: done.duration_since(start).as_secs_f64(),
         requests: world.requests_since(start),
         cpu: Some(cpu().saturating_sub(before)),
         started_at,
+        max_uploads,
     })
+}
+
+/// Uploads the server has received the head of but not answered yet.
+pub fn uploads_in_progress(world: &World) -> usize {
+    world
+        .fake
+        .requests()
+        .iter()
+        .filter(|request| request.method == "POST" && request.status == 0)
+        .count()
 }
 
 /// Moves the files in one at a time, each once the one before is listed; drop → listed.
