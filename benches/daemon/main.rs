@@ -129,10 +129,12 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     if only == "daemon" {
         // For profiling runs: the live daemon's figures, without the others or the table.
         say(&format!(
-            "daemon only: burst {:.1} files/s, {} CPU-s; latency p50 {:.1} ms",
+            "daemon only: burst {:.1} files/s, {} PUTs, {:.2} CPU-s; latency p50 {:.1} ms; VmRSS at the end {:.1} MiB",
             daemon.burst.files_per_sec(),
+            daemon.burst.puts(),
             daemon.burst.cpu.unwrap_or_default().as_secs_f64(),
-            percentile_ms(&daemon.latency, 50.0)
+            percentile_ms(&daemon.latency, 50.0),
+            mib(live_rss)
         ));
         print!("{timeline}");
         return Ok(());
