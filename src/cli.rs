@@ -1,14 +1,17 @@
 //! The command line: parses arguments, runs the chosen command, and maps failures to exit
 //! codes (78 = configuration error, so systemd's RestartPreventExitStatus=78 stops a restart loop).
+//! Shell completions and the manual page are generated from this same definition.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, Token};
+use crate::config::{Auth, Config, ConfigError, Credentials};
 use crate::control::{self, Answer, ControlError, Request};
+use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
 use crate::{daemon, demo, service, status};
@@ -20,7 +23,17 @@ pub const EXIT_CONFIG: u8 = 78;
 #[command(
     name = "tallyfy-sync",
     version,
-    about = "Keeps local hot folders in sync with file fields in Tallyfy"
+    about = "Keeps local hot folders in sync with file fields in Tallyfy",
+    after_long_help = "\
+Exit status: 0 success; 78 configuration error (bad config, no token or client secret, state \
+directory locked or unusable); 1 anything else.
+
+Environment: TALLYFY_SYNC_CONFIG (the config file), TALLYFY_ACCESS_TOKEN (the API token with \
+api.auth: token), TALLYFY_CLIENT_SECRET (the OAuth client secret with api.auth: \
+client_credentials), CREDENTIALS_DIRECTORY (systemd credentials tallyfy-token and \
+tallyfy-client-secret), STATE_DIRECTORY (default state directory), RUST_LOG (log filter).
+
+Files: /etc/tallyfy-sync/config.yaml (the config), /var/lib/tallyfy-sync (the state)."
 )]
 pub struct Cli {
     /// The config file.
@@ -64,20 +77,38 @@ pub enum Command {
         #[arg(long, default_value = "tallyfy-sync-demo")]
         dir: PathBuf,
     },
+    /// Print a completion script for a shell, e.g. `tallyfy-sync completions bash`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `tallyfy-sync man | man -l -`.
+    #[command(hide = true)]
+    Man {
+        /// Write the pages of the command and of every subcommand into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
+/// Logging starts once the format is known: after loading the config for `run` (nothing logs
+/// before; a config error reaches stderr through the caller), at once for the others.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Run) {
+        logging::init(LogFormat::Auto);
+    }
     match cli.command {
         Command::Run => {
             let config = Config::load(&cli.config)?;
-            let token = Token::resolve(&config.api, &|name| std::env::var_os(name))?;
+            logging::init(config.log.format);
+            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();
             service::cancel_on_signals(cancel.clone())?;
-            runtime()?.block_on(daemon::run(config, token, cancel))?;
+            runtime()?.block_on(daemon::run(config, credentials, cancel))?;
         }
         Command::Check => {
             let config = Config::load(&cli.config)?;
-            Token::resolve(&config.api, &|name| std::env::var_os(name))?;
+            Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             print!("{}", describe(&config));
         }
         Command::Status { json } => {
@@ -103,6 +134,16 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             service::cancel_on_signals(cancel.clone())?;
             runtime()?.block_on(demo::run(dir, cancel))?;
         }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            let name = command.get_name().to_string();
+            clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+        }
+        Command::Man { dir: None } => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?
+        }
+        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
+            .with_context(|| format!("writing the manual pages to {}", dir.display()))?,
     }
     Ok(())
 }
@@ -136,10 +177,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// What `check` prints: everything the daemon would act on, and never the token.
+/// What `check` prints: everything the daemon would act on, and never a secret.
 fn describe(config: &Config) -> String {
+    let auth = match &config.api.auth {
+        Auth::Token { .. } => "token found".to_string(),
+        Auth::ClientCredentials {
+            token_url,
+            client_id,
+            ..
+        } => format!("client credentials of client {client_id} at {token_url}; secret found"),
+    };
     let mut out = format!(
-        "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; token found\nstate: {}\nsettle: {}\nfolders:\n",
+        "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; {auth}\nstate: {}\nsettle: {}\nfolders:\n",
         config.file.display(),
         config.api.base_url,
         config.api.org_id,

@@ -1,20 +1,23 @@
 //! Configuration: receives the YAML config file (plus the environment, for
-//! defaults and the API token) and emits a validated, typed `Config`, or one
+//! defaults and the secrets) and emits a validated, typed `Config`, or one
 //! error listing every problem by key path and value. It owns the config
-//! schema, its defaults and where the token comes from; serde_yaml stays here.
+//! schema, its defaults and where the API token or the OAuth client secret
+//! comes from (`Credentials`); serde_yaml stays here.
 
 use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use reqwest::Url;
 use serde_yaml::{Mapping, Value};
+
+use crate::logging::LogFormat;
 
 const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
 const DEFAULT_STATE_DIR: &str = "/var/lib/tallyfy-sync";
@@ -25,11 +28,10 @@ const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(600);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
-const TOKEN_VARIABLE: &str = "TALLYFY_ACCESS_TOKEN";
-const TOKEN_CREDENTIAL: &str = "tallyfy-token";
+const DEFAULT_TOKEN_URL: &str = "https://go.tallyfy.com/oauth/token";
 // Limits keep a mistyped path (say /dev/zero) from eating all memory.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
-const MAX_TOKEN_BYTES: u64 = 64 << 10;
+const MAX_SECRET_BYTES: u64 = 64 << 10;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -41,7 +43,15 @@ pub struct Config {
     pub settle: Duration,
     /// How often every folder is compared with the store even when nothing was seen to change.
     pub rescan_interval: Duration,
+    /// Where `/metrics` and `/healthz` are served (`metrics.listen`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     pub folders: Vec<Folder>,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
 }
 
 #[derive(Clone, Debug)]
@@ -49,7 +59,7 @@ pub struct ApiConfig {
     /// Without a trailing `/`.
     pub base_url: Url,
     pub org_id: String,
-    pub token_file: Option<PathBuf>,
+    pub auth: Auth,
     /// Per request.
     pub timeout: Duration,
     /// Uploads in flight at once.
@@ -85,6 +95,20 @@ pub enum WatchMode {
     /// Scanned every `interval`: for shares where inotify sees nothing.
     Poll {
         interval: Duration,
+    },
+}
+
+/// How the daemon proves who it is (`api.auth`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// A personal access token, sent as it is (`auth: token`, the default).
+    Token { token_file: Option<PathBuf> },
+    /// OAuth client credentials, exchanged at `token_url` for access tokens that expire
+    /// (`auth: client_credentials`): nothing to replace by hand every few months.
+    ClientCredentials {
+        token_url: Url,
+        client_id: String,
+        client_secret_file: Option<PathBuf>,
     },
 }
 
@@ -171,9 +195,14 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<String>,
     },
-    /// `origin` names the variable or file; the token itself is never included.
-    #[error("API token from {origin}: {problem}")]
-    Token { origin: String, problem: String },
+    /// `what` is "API token" or "client secret"; `origin` names the variable or file; the
+    /// secret itself is never included.
+    #[error("{what} from {origin}: {problem}")]
+    Secret {
+        what: &'static str,
+        origin: String,
+        problem: String,
+    },
 }
 
 fn list_problems(problems: &[String]) -> String {
@@ -186,78 +215,165 @@ fn list_problems(problems: &[String]) -> String {
         .fold(count + ":", |text, problem| text + "\n  - " + problem)
 }
 
-/// The API token. Deliberately has no Display and a redacting Debug so that it
+/// A token or a client secret. Deliberately has no Display and a redacting Debug so that it
 /// cannot end up in logs by accident; use `expose()` where it must be sent.
-#[derive(Clone)]
-pub struct Token(String);
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
 
-impl fmt::Debug for Token {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
-impl Token {
+impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
 
-    /// TALLYFY_ACCESS_TOKEN from the environment, else api.token_file, else $CREDENTIALS_DIRECTORY/tallyfy-token (systemd credential).
-    /// Trims surrounding whitespace/newline; an empty token is an error; the error names the source (variable or file path) but NEVER contains the token.
+    /// Trims surrounding whitespace; refuses an empty text or one with whitespace or control
+    /// characters inside.
+    pub fn parse(text: &str) -> Result<Secret, Malformed> {
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(Malformed::Empty);
+        }
+        // Anything left inside would make an invalid Authorization header or form field later,
+        // with a far less helpful error.
+        if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Malformed::Spaced);
+        }
+        Ok(Secret(secret.to_string()))
+    }
+}
+
+/// Why a text is not a usable secret. Never quotes the text: it is the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("empty")]
+    Empty,
+    #[error("contains whitespace or control characters")]
+    Spaced,
+}
+
+/// What the daemon authenticates with, secrets included: resolved from `api.auth` and the
+/// environment once at start.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    Token(Secret),
+    ClientCredentials {
+        token_url: Url,
+        client_id: String,
+        client_secret: Secret,
+    },
+}
+
+impl Credentials {
+    /// With `auth: token`: TALLYFY_ACCESS_TOKEN, else api.token_file, else the systemd
+    /// credential tallyfy-token. With `auth: client_credentials` the client secret the same
+    /// way: TALLYFY_CLIENT_SECRET, else api.client_secret_file, else tallyfy-client-secret.
+    /// Errors name the source (variable or file path) but NEVER contain the secret.
     pub fn resolve(
         api: &ApiConfig,
         env: &dyn Fn(&str) -> Option<OsString>,
-    ) -> Result<Token, ConfigError> {
-        let fail = |origin: &str, problem: String| ConfigError::Token {
+    ) -> Result<Credentials, ConfigError> {
+        match &api.auth {
+            Auth::Token { token_file } => TOKEN
+                .resolve(token_file.as_deref(), env)
+                .map(Credentials::Token),
+            Auth::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret_file,
+            } => Ok(Credentials::ClientCredentials {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: CLIENT_SECRET.resolve(client_secret_file.as_deref(), env)?,
+            }),
+        }
+    }
+}
+
+/// Where one secret may come from, in this order: an environment variable, a file named in
+/// the config, a systemd credential (`LoadCredential=`).
+struct SecretSource {
+    what: &'static str,
+    /// An unknown config key holding this word is taken for an attempt to write the secret there.
+    word: &'static str,
+    variable: &'static str,
+    key: &'static str,
+    credential: &'static str,
+}
+
+const TOKEN: SecretSource = SecretSource {
+    what: "API token",
+    word: "token",
+    variable: "TALLYFY_ACCESS_TOKEN",
+    key: "api.token_file",
+    credential: "tallyfy-token",
+};
+
+const CLIENT_SECRET: SecretSource = SecretSource {
+    what: "client secret",
+    word: "secret",
+    variable: "TALLYFY_CLIENT_SECRET",
+    key: "api.client_secret_file",
+    credential: "tallyfy-client-secret",
+};
+
+impl SecretSource {
+    fn places(&self) -> String {
+        format!(
+            "{}, {} or the systemd credential {}",
+            self.variable, self.key, self.credential
+        )
+    }
+
+    fn resolve(
+        &self,
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Secret, ConfigError> {
+        let fail = |origin: &str, problem: String| ConfigError::Secret {
+            what: self.what,
             origin: origin.to_string(),
             problem,
         };
+        let parse = |origin: &str, text: &str| {
+            Secret::parse(text).map_err(|problem| {
+                let problem = match problem {
+                    Malformed::Empty => problem.to_string(),
+                    Malformed::Spaced => {
+                        format!("{problem} (it must hold the {} alone)", self.what)
+                    }
+                };
+                fail(origin, problem)
+            })
+        };
         // A variable that is set but empty is an error rather than a fall-through:
-        // silently picking another token would hide the operator's mistake.
-        if let Some(value) = env(TOKEN_VARIABLE) {
-            let origin = format!("environment variable {TOKEN_VARIABLE}");
+        // silently picking another secret would hide the operator's mistake.
+        if let Some(value) = env(self.variable) {
+            let origin = format!("environment variable {}", self.variable);
             let text = value
                 .into_string()
                 .map_err(|_| fail(&origin, "not valid UTF-8".to_string()))?;
-            return Token::parse(&text).map_err(|problem| fail(&origin, problem));
+            return parse(&origin, &text);
         }
         let credentials = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty());
-        let (origin, file) = match (&api.token_file, credentials) {
+        let (origin, file) = match (file, credentials) {
             (Some(file), _) => (
-                format!("file {} (api.token_file)", file.display()),
-                file.clone(),
+                format!("file {} ({})", file.display(), self.key),
+                file.to_path_buf(),
             ),
             (None, Some(dir)) => {
-                let file = Path::new(&dir).join(TOKEN_CREDENTIAL);
+                let file = Path::new(&dir).join(self.credential);
                 (format!("systemd credential {}", file.display()), file)
             }
-            (None, None) => {
-                let everywhere = format!(
-                    "{TOKEN_VARIABLE}, api.token_file or the systemd credential {TOKEN_CREDENTIAL}"
-                );
-                return Err(fail(&everywhere, "none is set".to_string()));
-            }
+            (None, None) => return Err(fail(&self.places(), "none is set".to_string())),
         };
-        let text = read_limited(&file, MAX_TOKEN_BYTES)
+        let text = read_limited(&file, MAX_SECRET_BYTES)
             .map_err(|error| fail(&origin, format!("cannot read it: {error}")))?;
-        Token::parse(&text).map_err(|problem| fail(&origin, problem))
-    }
-
-    /// The problem it returns must never quote the text: it is the secret.
-    fn parse(text: &str) -> Result<Token, String> {
-        let token = text.trim();
-        if token.is_empty() {
-            return Err("empty".to_string());
-        }
-        // Anything left inside would make an invalid Authorization header later,
-        // with a far less helpful error.
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(
-                "contains whitespace or control characters (it must hold the token alone)"
-                    .to_string(),
-            );
-        }
-        Ok(Token(token.to_string()))
+        parse(&origin, &text)
     }
 }
 
@@ -370,6 +486,19 @@ fn walk(
     let max_delete = root
         .opt("max_delete", percentage)
         .unwrap_or(DEFAULT_MAX_DELETE_PERCENT);
+    let metrics_listen = match root.get("metrics", mapping) {
+        Ok(Some(map)) => {
+            let mut s = root.child("metrics", map);
+            let listen = s.req("listen", listen_address);
+            s.finish();
+            listen
+        }
+        _ => None,
+    };
+    let log = match root.get("log", mapping) {
+        Ok(map) => log_config(root.child("log", map.unwrap_or_default())),
+        Err(()) => None,
+    };
     let folders = root.req("folders", |value| match value {
         Value::Sequence(items) if items.is_empty() => invalid("must list at least one folder"),
         _ => list(value),
@@ -401,7 +530,9 @@ fn walk(
         state_dir,
         settle,
         rescan_interval,
+        metrics_listen,
         folders: folders?,
+        log: log?,
     })
 }
 
@@ -421,9 +552,9 @@ fn default_state_dir(env: &dyn Fn(&str) -> Option<OsString>, base: &Path) -> Pat
 }
 
 fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
-    let base_url = s.opt("base_url", base_url);
+    let base_url = s.opt("base_url", https_url);
     let org_id = s.req("org_id", id);
-    let token_file = s.opt("token_file", path_in(base));
+    let auth = auth(&mut s, base);
     let timeout = s
         .opt("timeout", positive_duration)
         .unwrap_or(DEFAULT_TIMEOUT);
@@ -431,16 +562,81 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
         .opt("concurrency", concurrency)
         .unwrap_or(DEFAULT_CONCURRENCY);
     let rate_limit = s.opt("rate_limit", rate_limit);
-    let default_url = || base_url_from(DEFAULT_BASE_URL).ok();
+    let default_url = || https_url_from(DEFAULT_BASE_URL).ok();
     s.finish();
     Some(ApiConfig {
         base_url: base_url.or_else(default_url)?,
         org_id: org_id?,
-        token_file,
+        auth: auth?,
         timeout,
         concurrency,
         rate_limit,
     })
+}
+
+fn log_config(mut s: Section<'_>) -> Option<LogConfig> {
+    let format = s.opt("format", log_format).unwrap_or_default();
+    s.finish();
+    Some(LogConfig { format })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AuthKind {
+    Token,
+    ClientCredentials,
+}
+
+/// `api.auth` and the keys of both kinds. A key of the kind not chosen is a problem of its
+/// own: a config switched half-way from one kind to the other would otherwise fail later, or
+/// quietly use a secret the operator meant to retire.
+fn auth(s: &mut Section<'_>, base: &Path) -> Option<Auth> {
+    let kind = s.get("auth", auth_kind);
+    let token_file = s.get("token_file", path_in(base));
+    let token_url = s.get("token_url", https_url);
+    let client_id = s.get("client_id", client_id);
+    let client_secret_file = s.get("client_secret_file", path_in(base));
+    let kind = kind.ok()?.unwrap_or(AuthKind::Token);
+    let misplaced = |key: &str, present: bool, why: &str| {
+        if present {
+            s.problems.add(format!("{}: {why}", s.at(key)));
+        }
+    };
+    fn is_set<T>(value: &Result<Option<T>, ()>) -> bool {
+        matches!(value, Ok(Some(_)))
+    }
+    match kind {
+        AuthKind::Token => {
+            let why = "only applies with api.auth: client_credentials";
+            misplaced("token_url", is_set(&token_url), why);
+            misplaced("client_id", is_set(&client_id), why);
+            misplaced("client_secret_file", is_set(&client_secret_file), why);
+            Some(Auth::Token {
+                token_file: token_file.ok()?,
+            })
+        }
+        AuthKind::ClientCredentials => {
+            misplaced(
+                "token_file",
+                is_set(&token_file),
+                &format!(
+                    "only applies with api.auth: token (the client secret comes from {})",
+                    CLIENT_SECRET.places()
+                ),
+            );
+            if matches!(client_id, Ok(None)) {
+                s.problems.add(format!(
+                    "{}: required with api.auth: client_credentials",
+                    s.at("client_id")
+                ));
+            }
+            let default_url = || https_url_from(DEFAULT_TOKEN_URL).ok();
+            Some(Auth::ClientCredentials {
+                token_url: token_url.ok()?.or_else(default_url)?,
+                client_id: client_id.ok()??,
+                client_secret_file: client_secret_file.ok()?,
+            })
+        }
+    }
 }
 
 /// Path, written form and canonical form of every folder seen so far, to catch overlaps.
@@ -695,9 +891,16 @@ impl<'p> Section<'p> {
                 Value::String(name) => name.clone(),
                 other => scalar(other).unwrap_or_else(|| format!("<{}>", kind(other))),
             };
-            // The value is never shown: a misplaced token must not be echoed.
-            let why = if name.contains("token") {
-                format!("the API token is never read from the config file; it comes from {TOKEN_VARIABLE}, api.token_file or the systemd credential {TOKEN_CREDENTIAL}")
+            // The value is never shown: a misplaced secret must not be echoed.
+            let why = if let Some(source) = [&CLIENT_SECRET, &TOKEN]
+                .into_iter()
+                .find(|source| name.contains(source.word))
+            {
+                format!(
+                    "the {} is never read from the config file; it comes from {}",
+                    source.what,
+                    source.places()
+                )
             } else {
                 format!("expected one of {}", self.known.join(", "))
             };
@@ -782,6 +985,22 @@ fn positive_duration(value: &Value) -> Result<Duration, Bad> {
     }
 }
 
+/// `127.0.0.1:9464`, or a bare port (`9464`, `:9464`), which means loopback: metrics say what
+/// the daemon uploads where, so they are not published to the network unless asked.
+fn listen_address(value: &Value) -> Result<SocketAddr, Bad> {
+    let hint = "expected HOST:PORT such as 127.0.0.1:9464, or a port";
+    let text = match value {
+        Value::String(text) => text.trim().to_string(),
+        Value::Number(port) => port.to_string(),
+        _ => return Err(Bad::Type("an address such as 127.0.0.1:9464")),
+    };
+    let port_only = text.strip_prefix(':').unwrap_or(&text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse::<SocketAddr>().or_else(|_| invalid(hint))
+}
+
 /// `50%` (or a bare number of percent).
 fn percentage(value: &Value) -> Result<u8, Bad> {
     let hint = "expected a percentage between 0% and 100%, e.g. 50%";
@@ -833,15 +1052,40 @@ fn concurrency(value: &Value) -> Result<usize, Bad> {
     }
 }
 
-fn base_url(value: &Value) -> Result<Url, Bad> {
+fn auth_kind(value: &Value) -> Result<AuthKind, Bad> {
     match value {
-        Value::String(s) => base_url_from(s),
+        Value::String(s) if s == "token" => Ok(AuthKind::Token),
+        Value::String(s) if s == "client_credentials" => Ok(AuthKind::ClientCredentials),
+        Value::String(_) => invalid("expected token or client_credentials"),
+        _ => Err(Bad::Type("token or client_credentials")),
+    }
+}
+
+/// OAuth client ids are often plain numbers (Laravel Passport's are), so a number is taken
+/// as written.
+fn client_id(value: &Value) -> Result<String, Bad> {
+    match value {
+        Value::String(s) if s.is_empty() => invalid("must not be empty"),
+        Value::String(s) if s.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            invalid("must not contain whitespace or control characters")
+        }
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        Value::Number(_) => invalid("expected a string or a whole number"),
+        _ => Err(Bad::Type("a string")),
+    }
+}
+
+fn https_url(value: &Value) -> Result<Url, Bad> {
+    match value {
+        Value::String(s) => https_url_from(s),
         _ => Err(Bad::Type("a URL string")),
     }
 }
 
-/// The token travels in every request, so it may go in clear only to this machine.
-fn base_url_from(text: &str) -> Result<Url, Bad> {
+/// The token travels with every API request and the client secret to the token endpoint, so
+/// either may go in clear only to this machine.
+fn https_url_from(text: &str) -> Result<Url, Bad> {
     let mut url = Url::parse(text).or_else(|error| invalid(format!("not a valid URL: {error}")))?;
     let loopback = url.host_str().is_some_and(|host| {
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -880,6 +1124,14 @@ fn directory(value: &Value, base: &Path) -> Result<(String, PathBuf), Bad> {
             Ok(canonical) => Ok((written, canonical)),
             Err(error) => invalid(format!("cannot access: {error}")),
         },
+    }
+}
+
+fn log_format(value: &Value) -> Result<LogFormat, Bad> {
+    match value {
+        Value::String(name) => LogFormat::parse(name)
+            .map_or_else(|| invalid(format!("expected {}", LogFormat::NAMES)), Ok),
+        _ => Err(Bad::Type(LogFormat::NAMES)),
     }
 }
 
@@ -966,12 +1218,13 @@ mod tests {
         assert_eq!(config.file, fx.file());
         assert_eq!(config.api.base_url.as_str(), "https://go.tallyfy.com/api");
         assert_eq!(config.api.org_id, "ORG");
-        assert_eq!(config.api.token_file, None);
+        assert_eq!(config.api.auth, Auth::Token { token_file: None });
         assert_eq!(config.api.timeout, Duration::from_secs(60));
         assert_eq!(config.api.concurrency, 4);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/tallyfy-sync"));
         assert_eq!(config.settle, Duration::from_secs(2));
         assert_eq!(config.rescan_interval, Duration::from_secs(600));
+        assert_eq!(config.metrics_listen, None);
         assert_eq!(config.api.rate_limit, None);
         assert_eq!(config.folders.len(), 1);
         let folder = &config.folders[0];
@@ -1010,6 +1263,8 @@ state_dir: state
 settle: 0s
 rescan_interval: 1h
 max_delete: 20%
+metrics:
+  listen: 0.0.0.0:9100
 folders:
   - path: {dir}/in
     task:
@@ -1032,12 +1287,18 @@ folders:
         );
         assert_eq!(config.api.base_url.as_str(), "https://example.com/api");
         assert_eq!(config.api.org_id, "ORG-1_a");
-        assert_eq!(config.api.token_file, Some(fx.root.join("secrets/token")));
+        assert_eq!(
+            config.api.auth,
+            Auth::Token {
+                token_file: Some(fx.root.join("secrets/token"))
+            }
+        );
         assert_eq!(config.api.timeout, Duration::from_millis(500));
         assert_eq!(config.api.concurrency, 64);
         assert_eq!(config.state_dir, fx.root.join("state"));
         assert_eq!(config.settle, Duration::ZERO);
         assert_eq!(config.rescan_interval, Duration::from_secs(3600));
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
         assert_eq!(
             config.api.rate_limit,
             Some(RateLimit {
@@ -1101,7 +1362,12 @@ folders:
                 "folders[0]: watch: inotify cannot be combined with poll",
             ]
         );
-        let config = fx.parse(&yaml("", "    watch: poll\n"));
+        let config = fx.parse(&(yaml("", "    watch: poll\n") + "metrics: {listen: 9464}\n"));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap()),
+            "a bare port means loopback"
+        );
         assert_eq!(
             config.folders[0].watch,
             WatchMode::Poll {
@@ -1196,10 +1462,10 @@ folders:
         assert_eq!(
             problems,
             [
-                "api.tokn: unknown key (expected one of base_url, org_id, token_file, timeout, concurrency, rate_limit)",
+                "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit)",
                 "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
-                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, folders)",
+                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
             ]
         );
     }
@@ -1355,7 +1621,12 @@ folders:
         let config = fx.parse(&text);
         assert_eq!(config.folders[0].path, fx.root.join("in"));
         assert_eq!(config.state_dir, fx.root.join("state"));
-        assert_eq!(config.api.token_file, Some(fx.root.join("../token")));
+        assert_eq!(
+            config.api.auth,
+            Auth::Token {
+                token_file: Some(fx.root.join("../token"))
+            }
+        );
     }
 
     #[test]
@@ -1529,23 +1800,39 @@ folders:
     }
 
     fn api(token_file: Option<PathBuf>) -> ApiConfig {
+        with_auth(Auth::Token { token_file })
+    }
+
+    fn client_api(client_secret_file: Option<PathBuf>) -> ApiConfig {
+        with_auth(Auth::ClientCredentials {
+            token_url: Url::parse(DEFAULT_TOKEN_URL).unwrap(),
+            client_id: "CLIENT".into(),
+            client_secret_file,
+        })
+    }
+
+    fn with_auth(auth: Auth) -> ApiConfig {
         ApiConfig {
             base_url: Url::parse(DEFAULT_BASE_URL).unwrap(),
             org_id: "ORG".into(),
-            token_file,
+            auth,
             timeout: DEFAULT_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
             rate_limit: None,
         }
     }
 
-    fn resolve(api: &ApiConfig, vars: &[(&str, &Path)]) -> Result<Token, ConfigError> {
+    /// The token, or the client secret, that `Credentials::resolve` finds.
+    fn resolve(api: &ApiConfig, vars: &[(&str, &Path)]) -> Result<Secret, ConfigError> {
         let env = |name: &str| {
             vars.iter()
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| value.as_os_str().to_owned())
         };
-        Token::resolve(api, &env)
+        Ok(match Credentials::resolve(api, &env)? {
+            Credentials::Token(token) => token,
+            Credentials::ClientCredentials { client_secret, .. } => client_secret,
+        })
     }
 
     #[test]
@@ -1621,13 +1908,13 @@ folders:
         fs::write(&file, "Bearer s3cr3t\n").unwrap();
         let error = resolve(&api(Some(file)), &[]).unwrap_err();
         assert!(error.to_string().ends_with(
-            ": contains whitespace or control characters (it must hold the token alone)"
+            ": contains whitespace or control characters (it must hold the API token alone)"
         ));
         assert!(!format!("{error} {error:?}").contains("s3cr3t"));
 
         let var = ("TALLYFY_ACCESS_TOKEN", Path::new("s3cr3t"));
         let token = resolve(&api(None), &[var]).unwrap();
-        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+        assert_eq!(format!("{token:?}"), "Secret(<redacted>)");
     }
 
     #[test]
@@ -1641,6 +1928,146 @@ folders:
         let debug = format!("{config:?}");
         assert!(debug.contains("token_file"));
         assert!(!debug.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn client_credentials_parse_with_the_default_token_url() {
+        let fx = Fixture::new();
+        let config = fx.parse(&yaml("  auth: client_credentials\n  client_id: 7\n", ""));
+        assert_eq!(
+            config.api.auth,
+            Auth::ClientCredentials {
+                token_url: Url::parse("https://go.tallyfy.com/oauth/token").unwrap(),
+                client_id: "7".into(),
+                client_secret_file: None,
+            }
+        );
+        let config = fx.parse(&yaml(
+            "  auth: client_credentials\n  token_url: http://127.0.0.1:9000/oauth/token\n  client_id: a-b\n  client_secret_file: secret\n",
+            "",
+        ));
+        assert_eq!(
+            config.api.auth,
+            Auth::ClientCredentials {
+                token_url: Url::parse("http://127.0.0.1:9000/oauth/token").unwrap(),
+                client_id: "a-b".into(),
+                client_secret_file: Some(fx.root.join("secret")),
+            }
+        );
+        let config = fx.parse(&yaml("  auth: token\n", ""));
+        assert_eq!(config.api.auth, Auth::Token { token_file: None });
+    }
+
+    #[test]
+    fn client_credentials_need_a_client_id_and_an_https_token_url() {
+        let fx = Fixture::new();
+        let text = yaml(
+            "  auth: client_credentials\n  token_url: http://example.com/oauth/token\n",
+            "",
+        );
+        assert_eq!(
+            fx.problems(&text),
+            [
+                "api.token_url \"http://example.com/oauth/token\": must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)",
+                "api.client_id: required with api.auth: client_credentials",
+            ]
+        );
+        let text = yaml("  auth: client_credentials\n  client_id: \"a b\"\n", "");
+        assert_eq!(
+            fx.problems(&text),
+            ["api.client_id \"a b\": must not contain whitespace or control characters"]
+        );
+    }
+
+    #[test]
+    fn keys_of_the_auth_not_chosen_are_errors_naming_the_key() {
+        let fx = Fixture::new();
+        let client_keys = "  token_url: https://example.com/oauth/token\n  client_id: C\n  client_secret_file: secret\n";
+        assert_eq!(
+            fx.problems(&yaml(client_keys, "")),
+            [
+                "api.token_url: only applies with api.auth: client_credentials",
+                "api.client_id: only applies with api.auth: client_credentials",
+                "api.client_secret_file: only applies with api.auth: client_credentials",
+            ]
+        );
+        let text = yaml(
+            "  auth: client_credentials\n  client_id: C\n  token_file: token\n",
+            "",
+        );
+        assert_eq!(
+            fx.problems(&text),
+            ["api.token_file: only applies with api.auth: token (the client secret comes from TALLYFY_CLIENT_SECRET, api.client_secret_file or the systemd credential tallyfy-client-secret)"]
+        );
+    }
+
+    #[test]
+    fn auth_must_be_token_or_client_credentials() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&yaml("  auth: oauth\n  client_id: C\n", "")),
+            ["api.auth \"oauth\": expected token or client_credentials"]
+        );
+        assert_eq!(
+            fx.problems(&yaml("  auth: [token]\n", "")),
+            ["api.auth: expected token or client_credentials, found a list"]
+        );
+    }
+
+    #[test]
+    fn the_client_secret_comes_from_the_environment_then_the_file_then_the_credential() {
+        let fx = Fixture::new();
+        let file = fx.root.join("secret");
+        fs::write(&file, "from-file\n").unwrap();
+        fs::write(fx.root.join("tallyfy-client-secret"), "from-credential\n").unwrap();
+        let creds = ("CREDENTIALS_DIRECTORY", fx.root.as_path());
+        let var = ("TALLYFY_CLIENT_SECRET", Path::new("from-env"));
+        let token = ("TALLYFY_ACCESS_TOKEN", Path::new("a-token"));
+        let with_file = client_api(Some(file));
+
+        let secret = resolve(&with_file, &[token, var, creds]).unwrap();
+        assert_eq!(secret.expose(), "from-env");
+        let secret = resolve(&with_file, &[token, creds]).unwrap();
+        assert_eq!(secret.expose(), "from-file");
+        let secret = resolve(&client_api(None), &[token, creds]).unwrap();
+        assert_eq!(secret.expose(), "from-credential");
+        // The personal access token is no stand-in for the secret.
+        let error = resolve(&client_api(None), &[token]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "client secret from TALLYFY_CLIENT_SECRET, api.client_secret_file or the systemd credential tallyfy-client-secret: none is set"
+        );
+    }
+
+    #[test]
+    fn client_secret_errors_and_debug_never_show_the_secret() {
+        let fx = Fixture::new();
+        let file = fx.root.join("secret");
+        fs::write(&file, "s3cr3t and more\n").unwrap();
+        let error = resolve(&client_api(Some(file.clone())), &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "client secret from file {} (api.client_secret_file): contains whitespace or control characters (it must hold the client secret alone)",
+                file.display()
+            )
+        );
+        assert!(!format!("{error:?}").contains("s3cr3t"));
+
+        let env = |name: &str| (name == "TALLYFY_CLIENT_SECRET").then(|| OsString::from("s3cr3t"));
+        let credentials = Credentials::resolve(&client_api(None), &env).unwrap();
+        let debug = format!("{credentials:?}");
+        assert!(debug.contains("CLIENT") && debug.contains("<redacted>"));
+        assert!(!debug.contains("s3cr3t"));
+
+        let problems = fx.problems(&yaml(
+            "  auth: client_credentials\n  client_id: C\n  client_secret: s3cr3t\n",
+            "",
+        ));
+        assert_eq!(
+            problems,
+            ["api.client_secret: unknown key (the client secret is never read from the config file; it comes from TALLYFY_CLIENT_SECRET, api.client_secret_file or the systemd credential tallyfy-client-secret)"]
+        );
     }
 
     #[test]
@@ -1660,5 +2087,44 @@ folders:
         ] {
             assert!(fx.parse_env(text, &[]).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn log_format_defaults_to_auto_and_takes_each_named_format() {
+        let fx = Fixture::new();
+        assert_eq!(fx.parse(&minimal()).log.format, LogFormat::Auto);
+        for (name, format) in [
+            ("auto", LogFormat::Auto),
+            ("text", LogFormat::Text),
+            ("json", LogFormat::Json),
+            ("journald", LogFormat::Journald),
+        ] {
+            let config = fx.parse(&(minimal() + &format!("log:\n  format: {name}\n")));
+            assert_eq!(config.log.format, format, "{name}");
+        }
+        assert_eq!(
+            fx.parse(&(minimal() + "log:\n")).log.format,
+            LogFormat::Auto
+        );
+    }
+
+    #[test]
+    fn a_bad_log_format_is_named_with_its_key_path() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&(minimal() + "log:\n  format: xml\n  level: debug\n")),
+            [
+                "log.format \"xml\": expected auto, text, json or journald",
+                "log.level: unknown key (expected one of format)",
+            ]
+        );
+        assert_eq!(
+            fx.problems(&(minimal() + "log:\n  format: [json]\n")),
+            ["log.format: expected auto, text, json or journald, found a list"]
+        );
+        assert_eq!(
+            fx.problems(&(minimal() + "log: json\n")),
+            ["log \"json\": expected a mapping, found a string"]
+        );
     }
 }

@@ -1,32 +1,41 @@
 //! Wires the stages together and runs them until shutdown:
 //! watch → settle → queue → sync, with one field actor per remote field.
-//! Receives a validated config and a token; owns the channels between stages, the start-up
-//! order (store, targets, leftover deletes, watches, first scan) and the orderly stop.
+//! Receives a validated config and the credentials; owns the channels between stages, the
+//! start-up order (store, targets, leftover deletes, watches, first scan, readiness) and the
+//! orderly stop.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
-use crate::config::{Config, Token};
+use crate::config::{Config, Credentials};
 use crate::field::FieldHandle;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
 use crate::store::{Store, StoreError};
 use crate::sync::Syncer;
-use crate::{control, queue, watch};
+use crate::{control, metrics, queue, service, status, watch};
 
-/// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan.
-const HINT_CAPACITY: usize = 8192;
+/// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
+/// which costs a folder listing and no request.
+const HINT_CAPACITY: usize = 1024;
 /// Settled files waiting for a worker.
 const JOB_CAPACITY: usize = 1024;
 /// Files in progress at once per upload slot: the rest of a file's work (attach, record) waits
 /// on its field actor, not on the network, so more files than uploads can be in flight.
 const FILES_PER_UPLOAD_SLOT: usize = 8;
+/// Longest wait for the targets' verification before start-up is reported complete anyway:
+/// an API that is down at boot must not make systemd's start timeout kill the daemon.
+const READY_WAIT: Duration = Duration::from_secs(10);
+/// How often the one-line status for `systemctl status` is brought up to date.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -38,7 +47,7 @@ pub enum DaemonError {
 
 pub async fn run(
     config: Config,
-    token: Token,
+    credentials: Credentials,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     let config = Arc::new(config);
@@ -50,7 +59,8 @@ pub async fn run(
     );
     let store = Store::open(&config.state_dir)?;
     let api = Arc::new(
-        Client::new(&config.api, token, cancel.child_token())?.on_pause_change(save_pauses(&store)),
+        Client::new(&config.api, credentials, cancel.child_token())?
+            .on_pause_change(save_pauses(&store)),
     );
     match store.meta::<Pause>(PAUSE_KEY) {
         Ok(Some(pause)) => api.resume_pause(pause),
@@ -89,6 +99,11 @@ pub async fn run(
     let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
     let overflow = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.metrics_listen {
+        let (config, store) = (config.clone(), store.clone());
+        let status = Arc::new(move || status::build(&config, &store, true).ok());
+        tokio::spawn(metrics::serve(addr, api.clone(), status, cancel.clone()));
+    }
     let control = tokio::spawn(control::serve(
         config.clone(),
         store.clone(),
@@ -96,17 +111,28 @@ pub async fn run(
         cancel.clone(),
     ));
     let watch = watch::start(hint_tx, overflow.clone());
-    let settle = tokio::spawn(Settle::new(config.clone(), store.clone(), watch).run(
-        hint_rx,
-        overflow,
-        job_tx,
-        cancel.clone(),
-    ));
+    let heartbeat = service::Heartbeat::from_env();
+    let settle = tokio::spawn(
+        Settle::new(config.clone(), store.clone(), watch)
+            .with_heartbeat(heartbeat.clone())
+            .run(hint_rx, overflow, job_tx, cancel.clone()),
+    );
     let limit = config.api.concurrency * FILES_PER_UPLOAD_SLOT;
     let queue = tokio::spawn(queue::run(job_rx, syncer, limit, cancel.clone()));
     info!(folders = config.folders.len(), settle = %humantime::format_duration(config.settle), "running; initial scan started");
 
+    let status = Status {
+        folders: config.folders.len(),
+        targets: actors.into_values().collect(),
+        api: api.clone(),
+    };
+    announce_ready(&status, &cancel).await;
+    let watchdog = tokio::spawn(service::run_watchdog(heartbeat, cancel.clone()));
+    let reporter = tokio::spawn(status.report_until(cancel.clone()));
+
     cancel.cancelled().await;
+    service::notify_stopping("stopping: finishing in-flight work (up to 10 s)");
+    let _ = tokio::join!(watchdog, reporter);
     let _ = settle.await;
     let _ = control.await;
     if let Err(error) = queue.await {
@@ -118,6 +144,81 @@ pub async fn run(
     store.flush().await?;
     info!("stopped; state saved");
     Ok(())
+}
+
+/// Tells the service manager that start-up is done once every target is verified (valid or
+/// not), or after `READY_WAIT` with a status saying what is still awaited.
+async fn announce_ready(status: &Status, cancel: &CancellationToken) {
+    let verified = futures_util::future::join_all(status.targets.iter().map(FieldHandle::ready));
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        waited = tokio::time::timeout(READY_WAIT, verified) => if waited.is_err() {
+            warn!(wait_secs = READY_WAIT.as_secs(), "the Tallyfy API has not confirmed every target yet; reporting ready anyway, their files wait until it does");
+        },
+    }
+    service::notify_ready(&status.line());
+}
+
+/// What the daemon tells `systemctl status`, from state that costs nothing to read.
+struct Status {
+    folders: usize,
+    /// One handle per remote field.
+    targets: Vec<FieldHandle>,
+    api: Arc<Client>,
+}
+
+impl Status {
+    fn line(&self) -> String {
+        let (mut verifying, mut invalid) = (0, 0);
+        for target in &self.targets {
+            match target.ready().now_or_never() {
+                None => verifying += 1,
+                Some(None) => invalid += 1,
+                Some(Some(_)) => {}
+            }
+        }
+        let mut line = format!("watching {}", count(self.folders, "folder"));
+        if verifying > 0 {
+            line += &format!(
+                "; waiting for the Tallyfy API to verify {verifying} of {}",
+                count(self.targets.len(), "target")
+            );
+        }
+        if invalid > 0 {
+            line += &format!("; {} misconfigured (see the log)", count(invalid, "target"));
+        }
+        if self.api.is_paused() {
+            line += "; requests paused (API unreachable, rate limited or refusing the token)";
+        }
+        line
+    }
+
+    /// Sends the line whenever it changes; without a service manager it returns at once.
+    async fn report_until(self, cancel: CancellationToken) {
+        if !service::notify_enabled() {
+            return;
+        }
+        let mut sent = self.line();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(STATUS_EVERY) => {}
+            }
+            let line = self.line();
+            if line != sent {
+                service::notify_status(&line);
+                sent = line;
+            }
+        }
+    }
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// Saves each change of the request pause, latest first: a write superseded before it started
@@ -179,7 +280,7 @@ async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>) {
             Some(actor) => actor.delete_later(job).await,
             None => warn!(
                 file = %job.path.display(),
-                asset = %job.asset.id().unwrap_or_default(),
+                asset_id = %job.asset.id().unwrap_or_default(),
                 "a delete is pending for a target no longer in the config; it stays queued until the target is back"
             ),
         }

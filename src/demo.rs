@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Token};
+use crate::config::{Config, Credentials};
 use crate::daemon;
 use crate::fake::{DemoIds, FakeTallyfy};
 
@@ -28,7 +28,7 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken) -> anyhow::Result<()> 
     let ids = fake.seed_demo();
     let config_path = write_config(&dir, &fake, &ids)?;
     let config = Config::load(&config_path)?;
-    let token = Token::resolve(&config.api, &|_| None)?;
+    let credentials = Credentials::resolve(&config.api, &|_| None)?;
     let invoices = dir.join("invoices");
     let contracts = dir.join("contracts");
     println!(
@@ -51,7 +51,7 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken) -> anyhow::Result<()> 
         config_path.display()
     );
 
-    let daemon = tokio::spawn(daemon::run(config, token, cancel.clone()));
+    let daemon = tokio::spawn(daemon::run(config, credentials, cancel.clone()));
     let tour = Tour {
         fake: &fake,
         ids: &ids,

@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ApiError, Client, UploadTarget};
 use crate::config::Target;
+use crate::metrics::METRICS;
 use crate::store::{asset_id, Asset, DeleteJob, Store};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
@@ -337,12 +338,14 @@ impl Actor {
             let Some(id) = job.asset.id() else { continue };
             match api.with_retries(|| api.delete_file(&id)).await {
                 Ok(()) => {
+                    METRICS.deleted(true);
                     removed.insert(id);
                     pending.push(Request::Delete { job, reply });
                 }
                 Err(ApiError::Cancelled) => return,
                 Err(error) => {
-                    error!(file = %job.path.display(), asset = %id, %error, "could not delete the file from Tallyfy");
+                    METRICS.deleted(false);
+                    error!(file = %job.path.display(), asset_id = %id, http_status = error.status(), %error, "could not delete the file from Tallyfy");
                     // A refused delete is not retried forever: the tombstone goes, the error stays in the log.
                     self.finish_delete(&id).await;
                     if let Some(reply) = reply {
@@ -392,15 +395,14 @@ impl Actor {
                     let id = job.asset.id().unwrap_or_default();
                     let result = match &outcome {
                         Ok(Some(list)) if contains(list, &id) => {
-                            warn!(file = %job.path.display(), asset = %id, "the field still lists a deleted asset");
+                            warn!(file = %job.path.display(), asset_id = %id, "the field still lists a deleted asset");
                             Ok(())
                         }
                         Ok(_) => Ok(()),
                         Err(error) => Err(FieldError::Refused(error.clone())),
                     };
                     if result.is_ok() {
-                        let file = job.path.strip_prefix(&job.folder).unwrap_or(&job.path);
-                        info!(folder = %job.folder.display(), file = %file.display(), asset = %id, "deleted from Tallyfy");
+                        info!(folder = %job.folder.display(), file = %job.path.display(), asset_id = %id, "deleted from Tallyfy");
                     }
                     self.finish_delete(&id).await;
                     if let Some(reply) = reply {
@@ -413,7 +415,7 @@ impl Actor {
 
     async fn finish_delete(&self, id: &str) {
         if let Err(error) = self.store.finish_delete(id).await {
-            error!(asset = %id, %error, "cannot record a finished delete");
+            error!(asset_id = %id, %error, "cannot record a finished delete");
         }
     }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Folder, MAX_DELETE_MIN_FILES};
+use crate::metrics::METRICS;
 use crate::store::{now_unix, Store, StoreError};
 
 /// Deletes a folder holds until `release-deletes`, as saved in the store.
@@ -69,10 +70,22 @@ impl Guard {
                     paused: store.meta(&paused_key(&folder.path)).ok().flatten(),
                     held: store.meta(&held_key(&folder.path)).ok().flatten(),
                 };
+                if saved.paused.is_some() {
+                    METRICS.folder_paused(true);
+                }
                 (folder.clone(), saved)
             })
             .collect();
         Guard { store, folders }
+    }
+
+    /// Whether `device` is the one the folder's root was seen on (true before the first scan).
+    pub fn is_known_device(&self, index: usize, device: Option<u64>) -> bool {
+        match (self.folders[index].1.device, device) {
+            (None, _) => true,
+            (Some(known), Some(device)) => known == device,
+            (Some(_), None) => false,
+        }
     }
 
     pub fn is_paused(&self, index: usize) -> bool {
@@ -105,6 +118,9 @@ impl Guard {
         };
         let was = state.paused.take();
         let open = problem.is_none();
+        if problem.is_some() != was.is_some() {
+            METRICS.folder_paused(problem.is_some());
+        }
         if problem != was {
             match &problem {
                 Some(problem) => {

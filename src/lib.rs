@@ -16,6 +16,7 @@ pub mod field;
 pub mod filter;
 pub mod guard;
 pub mod logging;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
 pub mod service;

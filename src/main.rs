@@ -1,5 +1,6 @@
-//! The `tallyfy-sync` binary: parse the command line, set up logging, run, map the outcome to
-//! an exit status (0 success, 78 configuration error, 1 anything else).
+//! The `tallyfy-sync` binary: parse the command line, run (each command sets up logging once
+//! it knows the configured format), map the outcome to an exit status (0 success,
+//! 78 configuration error, 1 anything else).
 
 use std::process::ExitCode;
 
@@ -8,7 +9,6 @@ use tallyfy_sync::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tallyfy_sync::logging::init();
     match cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

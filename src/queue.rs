@@ -10,14 +10,70 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
+use crate::filter;
+use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::sync::Syncer;
 
 /// How long in-flight work may run on after a shutdown request.
 pub const DRAIN: Duration = Duration::from_secs(10);
+/// Long work (an initial sync, a scanner's burst) logs its progress this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Files handled since the queue was last empty, for progress lines.
+struct Batch {
+    started: Instant,
+    next_report: Instant,
+    received: u64,
+    done: u64,
+    bytes_before: u64,
+    reported: bool,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        let now = Instant::now();
+        Batch {
+            started: now,
+            next_report: now + PROGRESS_EVERY,
+            received: 0,
+            done: 0,
+            bytes_before: METRICS.progress().bytes,
+            reported: false,
+        }
+    }
+
+    /// "120/1,240 files, 3.1 MiB/s, about 2m left", with `waiting` files not yet started.
+    fn report(&mut self, waiting: usize) {
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let total = self.received + waiting as u64;
+        let bytes = METRICS.progress().bytes.saturating_sub(self.bytes_before);
+        let rate = self.done as f64 / elapsed;
+        let left = if rate > 0.0 {
+            let secs = (total.saturating_sub(self.done)) as f64 / rate;
+            format!(
+                "about {} left",
+                humantime::format_duration(Duration::from_secs(secs.ceil() as u64))
+            )
+        } else {
+            "nothing finished yet".to_string()
+        };
+        info!(
+            done = self.done,
+            total,
+            "progress: {}/{total} files, {:.1} files/s, {}/s; {left}",
+            self.done,
+            rate,
+            filter::humansize((bytes as f64 / elapsed) as u64),
+        );
+        self.reported = true;
+        self.next_report = Instant::now() + PROGRESS_EVERY;
+    }
+}
 
 pub async fn run(
     mut jobs: mpsc::Receiver<Job>,
@@ -29,6 +85,7 @@ pub async fn run(
     let mut in_flight: HashMap<PathBuf, (Job, bool)> = HashMap::new();
     let mut ids: HashMap<tokio::task::Id, PathBuf> = HashMap::new();
     let mut tasks = JoinSet::new();
+    let mut batch: Option<Batch> = None;
     let spawn = |tasks: &mut JoinSet<()>, ids: &mut HashMap<tokio::task::Id, PathBuf>, job: Job| {
         let syncer = syncer.clone();
         let path = job.path.clone();
@@ -38,8 +95,14 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = sleep_until(batch.as_ref().map(|batch| batch.next_report)) => {
+                if let Some(batch) = batch.as_mut() {
+                    batch.report(jobs.len());
+                }
+            }
             job = jobs.recv(), if tasks.len() < limit => {
                 let Some(job) = job else { break };
+                batch.get_or_insert_with(Batch::new).received += 1;
                 match in_flight.get_mut(&job.path) {
                     Some((_, again)) => *again = true,
                     None => {
@@ -49,6 +112,21 @@ pub async fn run(
                 }
             }
             Some(done) = tasks.join_next_with_id() => {
+                METRICS.job_done();
+                if let Some(current) = batch.as_mut() {
+                    current.done += 1;
+                    if tasks.is_empty() && jobs.is_empty() {
+                        if current.reported {
+                            info!(
+                                files = current.done,
+                                "caught up: {} files in {}",
+                                current.done,
+                                humantime::format_duration(Duration::from_secs(current.started.elapsed().as_secs()))
+                            );
+                        }
+                        batch = None;
+                    }
+                }
                 let id = match done {
                     Ok((id, ())) => id,
                     Err(error) => {
@@ -76,5 +154,12 @@ pub async fn run(
             );
             tasks.abort_all();
         }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }

@@ -19,6 +19,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Folder};
 use crate::guard::Guard;
+use crate::metrics::METRICS;
+use crate::service::Heartbeat;
 use crate::store::{FileMeta, FileState, Store};
 use crate::watch::{self, Hint, Watch};
 
@@ -31,6 +33,9 @@ pub struct Job {
 
 /// How often a paused folder (gone, unreadable, unmounted) is looked at again.
 const PAUSED_RECHECK: Duration = Duration::from_secs(5);
+/// How often each folder's root is looked at (one stat): unmounting a share or replacing the
+/// folder sends the watcher nothing, and a delete must never be judged on the wrong directory.
+const ROOT_CHECK: Duration = Duration::from_secs(5);
 
 struct Candidate {
     folder: usize,
@@ -49,6 +54,7 @@ pub struct Settle {
     next_scan: Vec<Instant>,
     candidates: HashMap<PathBuf, Candidate>,
     deadlines: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    heartbeat: Heartbeat,
 }
 
 impl Settle {
@@ -83,7 +89,14 @@ impl Settle {
             polls,
             candidates: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            heartbeat: Heartbeat::off(),
         }
+    }
+
+    /// Beats `heartbeat` for the service watchdog while the loop runs.
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Settle {
+        self.heartbeat = heartbeat;
+        self
     }
 
     pub async fn run(
@@ -94,14 +107,18 @@ impl Settle {
         cancel: CancellationToken,
     ) {
         self.rescan_all().await;
+        let mut root_check = tokio::time::interval(ROOT_CHECK);
+        root_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat = self.heartbeat.clone();
         loop {
+            heartbeat.beat();
             let next_due = self.deadlines.peek().map(|Reverse((due, _))| *due);
             let next_scan = self.next_scan.iter().min().copied();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 hint = hints.recv() => match hint {
                     Some(Hint::Path(path)) => self.hint(&path).await,
-                    Some(Hint::RescanAll) => self.rescan_all().await,
+                    Some(Hint::RescanAll) => self.lost_events().await,
                     None => return,
                 },
                 _ = sleep_until(next_scan) => {
@@ -113,21 +130,34 @@ impl Settle {
                         }
                     }
                 }
+                _ = root_check.tick() => {
+                    for index in 0..self.config.folders.len() {
+                        let root = &self.config.folders[index].path;
+                        let device = std::fs::metadata(root).map(|metadata| metadata.dev()).ok();
+                        if !self.guard.is_paused(index) && !self.guard.is_known_device(index, device) {
+                            self.rescan(index).await;
+                        }
+                    }
+                }
+                _ = heartbeat.due() => {}
                 _ = sleep_until(next_due) => {
                     for job in self.take_settled().await {
-                        if jobs.send(job).await.is_err() {
+                        if heartbeat.during(jobs.send(job)).await.is_err() {
                             return;
                         }
+                        METRICS.job_queued();
                     }
                 }
             }
             if overflow.swap(false, Ordering::AcqRel) {
-                info!(
-                    "the file watcher dropped events (too many at once); rescanning every folder"
-                );
-                self.rescan_all().await;
+                self.lost_events().await;
             }
         }
+    }
+
+    async fn lost_events(&mut self) {
+        info!("the file watcher dropped events (too many at once); rescanning every folder");
+        self.rescan_all().await;
     }
 
     fn folder_of(&self, path: &Path) -> Option<(usize, &Folder)> {
@@ -333,7 +363,8 @@ impl Settle {
     async fn scan_folder(&self, index: usize, dir: PathBuf) -> Result<Scan, String> {
         let folder = self.config.folders[index].clone();
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || scan(&folder, &dir, &store)).await {
+        let scan = tokio::task::spawn_blocking(move || scan(&folder, &dir, &store));
+        match self.heartbeat.during(scan).await {
             Ok(scanned) => scanned,
             Err(error) => Err(format!("the scan stopped unexpectedly: {error}")),
         }

@@ -39,6 +39,10 @@ pub struct FileMeta {
     pub size: u64,
     pub mtime_ns: i64,
     pub inode: u64,
+    /// Changes with permissions too, so a file that could not be read is tried again once
+    /// someone fixes its mode (which leaves size and mtime alone).
+    #[serde(default)]
+    pub ctime_ns: i64,
 }
 
 impl FileMeta {
@@ -48,6 +52,7 @@ impl FileMeta {
             size: metadata.len(),
             mtime_ns: metadata.mtime().saturating_mul(1_000_000_000) + metadata.mtime_nsec(),
             inode: metadata.ino(),
+            ctime_ns: metadata.ctime().saturating_mul(1_000_000_000) + metadata.ctime_nsec(),
         }
     }
 }
@@ -386,6 +391,7 @@ mod tests {
                 size: 1,
                 mtime_ns: 2,
                 inode: 3,
+                ctime_ns: 4,
             },
             hash: None,
             attached: None,

@@ -13,6 +13,7 @@ use crate::api::{ApiError, Client};
 use crate::config::{Config, Folder};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
+use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::store::{
     now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
@@ -44,7 +45,6 @@ struct Subject<'a> {
     folder: &'a Folder,
     field: &'a FieldHandle,
     path: &'a Path,
-    name: String,
 }
 
 impl Subject<'_> {
@@ -100,22 +100,15 @@ impl Syncer {
         let Some(target) = field.ready().await else {
             return;
         };
-        let name = job
-            .path
-            .strip_prefix(&folder.path)
-            .unwrap_or(&job.path)
-            .display()
-            .to_string();
         let subject = Subject {
             folder,
             field,
             path: &job.path,
-            name,
         };
         match self.reconcile(&subject, &target).await {
             Ok(()) | Err(SyncError::Cancelled) => {}
             Err(error) => {
-                error!(folder = %folder.path.display(), file = %subject.name, %error, "could not sync; will try again when the file changes")
+                error!(folder = %folder.path.display(), file = %subject.path.display(), %error, "could not sync; will try again when the file changes")
             }
         }
     }
@@ -160,7 +153,7 @@ impl Syncer {
         {
             // Touched or rewritten with the same bytes: no upload, just remember the new metadata.
             if hash_file(path).await.ok() == record.hash {
-                debug!(file = %subject.name, "content unchanged");
+                debug!(file = %subject.path.display(), "content unchanged");
                 let mut unchanged = record.clone();
                 unchanged.meta = meta;
                 return Ok(self.store.put(path, &unchanged).await?);
@@ -196,7 +189,7 @@ impl Syncer {
         }) {
             return Ok(());
         }
-        warn!(folder = %subject.folder.path.display(), file = %subject.name, %reason, "skipped; not retried until the file changes");
+        warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "skipped; not retried until the file changes");
         let rejected = subject.record(meta, FileState::Rejected { reason }, record.as_ref());
         Ok(self.store.put(subject.path, &rejected).await?)
     }
@@ -220,7 +213,7 @@ impl Syncer {
             .to_string();
         info!(
             folder = %subject.folder.path.display(),
-            file = %subject.name,
+            file = %subject.path.display(),
             size = meta.size,
             "{} {}",
             if record.attached.is_some() { "changed; uploading the new version" } else { "uploading" },
@@ -252,10 +245,13 @@ impl Syncer {
                         .await;
                 }
                 // It changed or vanished under us; its next event brings it back here once settled.
-                warn!(folder = %subject.folder.path.display(), file = %subject.name, %detail, "file changed while being uploaded; will upload it once it settles");
+                warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %detail, "file changed while being uploaded; will upload it once it settles");
                 return Ok(());
             }
-            Err(error) => return self.fail(subject, record, error.to_string()).await,
+            Err(error) => {
+                METRICS.uploaded(false, 0);
+                return self.fail(subject, record, error.to_string()).await;
+            }
         };
         let asset = uploaded.asset;
         let id = asset.id().unwrap_or_default();
@@ -265,13 +261,14 @@ impl Syncer {
         };
         record.updated = now_unix();
         self.store.put(path, &record).await?;
-        info!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, "uploaded");
+        METRICS.uploaded(true, meta.size);
+        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
         let now = std::fs::symlink_metadata(path)
             .ok()
             .map(|m| FileMeta::of(&m));
         if now != Some(meta) {
             // Sent complete, but it is already out of date: drop that asset, upload again later.
-            warn!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, "file changed during the upload; discarding that copy");
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "file changed during the upload; discarding that copy");
             record.state = FileState::Uploading;
             let job = subject.delete_job(asset);
             self.store
@@ -309,7 +306,7 @@ impl Syncer {
                 self.store
                     .put_with_deletes(path, &record, std::slice::from_ref(&job))
                     .await?;
-                error!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, error = %message, "could not attach; not retried until the file changes");
+                error!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, error = %message, "could not attach; not retried until the file changes");
                 return self.remote_delete(subject, job).await;
             }
         }
@@ -318,10 +315,11 @@ impl Syncer {
             .replace(asset)
             .filter(|old| old.id().as_deref() != Some(id.as_str()));
         record.state = FileState::Synced;
+        METRICS.synced();
         record.updated = now_unix();
         let deletes: Vec<DeleteJob> = old.into_iter().map(|old| subject.delete_job(old)).collect();
         self.store.put_with_deletes(path, &record, &deletes).await?;
-        info!(folder = %subject.folder.path.display(), file = %subject.name, asset = %id, target = %subject.folder.target, "attached");
+        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, target = %subject.folder.target, "attached");
         for job in deletes {
             self.remote_delete(subject, job).await?;
         }
@@ -334,7 +332,7 @@ impl Syncer {
         mut record: FileRecord,
         error: String,
     ) -> Result<(), SyncError> {
-        error!(folder = %subject.folder.path.display(), file = %subject.name, %error, "upload failed; not retried until the file changes");
+        error!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "upload failed; not retried until the file changes");
         record.state = FileState::Failed { error };
         record.updated = now_unix();
         Ok(self.store.put(subject.path, &record).await?)
@@ -351,7 +349,7 @@ impl Syncer {
             .map(|m| !m.is_dir())
             .unwrap_or(true)
         {
-            error!(folder = %subject.folder.path.display(), file = %subject.name, "the folder itself is gone; not deleting anything until it is back");
+            error!(folder = %subject.folder.path.display(), file = %subject.path.display(), "the folder itself is gone; not deleting anything until it is back");
             return Ok(());
         }
         let mut assets: Vec<Asset> = record.attached.clone().into_iter().collect();
@@ -360,7 +358,7 @@ impl Syncer {
         }
         if assets.is_empty() || !subject.folder.delete_remote {
             if !assets.is_empty() {
-                info!(folder = %subject.folder.path.display(), file = %subject.name, "removed locally; the copy in Tallyfy stays (delete_remote is off)");
+                info!(folder = %subject.folder.path.display(), file = %subject.path.display(), "removed locally; the copy in Tallyfy stays (delete_remote is off)");
             }
             return Ok(self.store.forget(subject.path, &[]).await?);
         }
@@ -369,7 +367,7 @@ impl Syncer {
             .map(|asset| subject.delete_job(asset))
             .collect();
         self.store.forget(subject.path, &jobs).await?;
-        info!(folder = %subject.folder.path.display(), file = %subject.name, "removed locally; deleting it from Tallyfy");
+        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), "removed locally; deleting it from Tallyfy");
         for job in jobs {
             self.remote_delete(subject, job).await?;
         }

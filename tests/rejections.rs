@@ -53,7 +53,7 @@ async fn every_kind_of_ineligible_file_is_skipped_with_its_reason() {
             || {
                 daemon.log().lines().any(|line| {
                     line.contains("WARN")
-                        && line.contains(&format!("file={name} "))
+                        && line.contains(&format!("file={} ", env.tasks.join(name).display()))
                         && line.contains(reason)
                 })
             },

@@ -1,4 +1,5 @@
-//! Typed failures of API calls, and which of them are worth another attempt.
+//! Typed failures of API calls (the token endpoint's included), and which of them are worth
+//! another attempt.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -12,6 +13,23 @@ pub enum Endpoint {
     GetChecklist,
     PutChecklist,
     DeleteFile,
+    /// The OAuth token endpoint (`api.token_url`).
+    Token,
+}
+
+impl Endpoint {
+    /// A short name for metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Upload => "upload",
+            Endpoint::GetTask => "get_task",
+            Endpoint::PutTask => "put_task",
+            Endpoint::GetChecklist => "get_checklist",
+            Endpoint::PutChecklist => "put_checklist",
+            Endpoint::DeleteFile => "delete_file",
+            Endpoint::Token => "token",
+        }
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -23,11 +41,13 @@ impl std::fmt::Display for Endpoint {
             Endpoint::GetChecklist => "read template (GET /checklists/…)",
             Endpoint::PutChecklist => "update template (PUT /checklists/…)",
             Endpoint::DeleteFile => "delete file (DELETE /file/…)",
+            Endpoint::Token => "get an access token (POST api.token_url)",
         })
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Clone, because the requests that share one token fetch share its failure too.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{endpoint}: {detail}")]
     Transport { endpoint: Endpoint, detail: String },
@@ -40,6 +60,16 @@ pub enum ApiError {
     },
     #[error("{endpoint}: unexpected answer: {detail}")]
     Decode { endpoint: Endpoint, detail: String },
+    /// The token endpoint issued no token: the client id or secret is wrong, or the URL is not
+    /// a token endpoint. Nothing works until that is fixed, like a refused token.
+    #[error(
+        "the token endpoint {token_url} issued no access token for client {client_id}: {detail}"
+    )]
+    NoToken {
+        token_url: String,
+        client_id: String,
+        detail: String,
+    },
     #[error("reading {path} during upload: {detail}")]
     File { path: PathBuf, detail: String },
     #[error("shutting down")]
@@ -58,14 +88,25 @@ impl ApiError {
         }
     }
 
-    /// The token was refused: nothing will work until it is replaced, so wait rather than fail.
+    /// The token was refused, or none could be had: nothing will work until that is fixed, so
+    /// wait rather than fail.
     pub fn is_unauthorized(&self) -> bool {
-        self.status() == Some(401)
+        self.status() == Some(401) || matches!(self, ApiError::NoToken { .. })
     }
 
     /// A sign that the service as a whole is unreachable or overloaded, not that this request is bad.
+    /// Every transient answer of the token endpoint but 429 counts: no request can go without a token.
     pub fn is_outage(&self) -> bool {
-        matches!(self, ApiError::Transport { .. }) || matches!(self.status(), Some(502..=504))
+        match self {
+            ApiError::Transport { .. } => true,
+            ApiError::Status {
+                endpoint: Endpoint::Token,
+                status,
+                ..
+            } => *status != 429,
+            ApiError::Status { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
     }
 
     pub fn status(&self) -> Option<u16> {

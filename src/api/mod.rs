@@ -1,9 +1,11 @@
 //! The Tallyfy HTTP client: one keep-alive connection pool shared by every worker.
 //! Receives typed calls (upload a file, read or update a field, delete an asset) and emits
 //! typed results or an `ApiError` that says whether another attempt makes sense.
-//! Owns the headers every request needs, the token, and the `Gate` that pauses all requests
-//! during an outage, a rate limit or a refused token.
+//! Owns the headers every request needs, the token source (a static token, or OAuth client
+//! credentials renewed as they expire), and the `Gate` that pauses all requests during an
+//! outage, a rate limit or a refused token.
 
+mod auth;
 mod error;
 mod gate;
 mod limit;
@@ -17,12 +19,14 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use auth::{Refusal, TokenSource};
 pub use error::{ApiError, Endpoint};
 pub use gate::{unix_ms, Pause};
 use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 
-use crate::config::{ApiConfig, Token};
+use crate::config::{ApiConfig, Credentials};
+use crate::metrics::METRICS;
 use crate::retry::Backoff;
 use crate::store::Asset;
 
@@ -80,7 +84,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     org: String,
-    token: Token,
+    tokens: TokenSource,
     timeout: Duration,
     gate: Gate,
     pace: Option<Pace>,
@@ -94,9 +98,10 @@ pub struct Client {
 pub type PauseHook = Box<dyn Fn(Option<&Pause>) + Send + Sync>;
 
 impl Client {
+    /// Must be called within a tokio runtime (client credentials start a renewal task).
     pub fn new(
         config: &ApiConfig,
-        token: Token,
+        credentials: Credentials,
         cancel: CancellationToken,
     ) -> Result<Client, ApiError> {
         let http = reqwest::Client::builder()
@@ -109,11 +114,12 @@ impl Client {
                 endpoint: Endpoint::Upload,
                 detail: describe(&error),
             })?;
+        let tokens = TokenSource::new(credentials, http.clone(), cancel.clone());
         Ok(Client {
             http,
             base: config.base_url.as_str().trim_end_matches('/').to_string(),
             org: config.org_id.clone(),
-            token,
+            tokens,
             timeout: config.timeout,
             gate: Gate::new(Backoff::default()),
             pace: config.rate_limit.map(Pace::new),
@@ -166,12 +172,12 @@ impl Client {
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, self.url(path))
-            .bearer_auth(self.token.expose())
             .header("Accept", "application/json")
             .header("X-Tallyfy-Client", "APIClient")
     }
 
-    /// Sends one request through the gate and returns the body of a 2xx answer.
+    /// Sends one request through the gate, with the current token, and returns the body of a
+    /// 2xx answer.
     async fn send(
         &self,
         endpoint: Endpoint,
@@ -197,14 +203,22 @@ impl Client {
             .enter(&self.cancel)
             .await
             .ok_or(ApiError::Cancelled)?;
-        let answer = match request.send().await {
+        let bearer = match self.tokens.bearer().await {
+            Ok(bearer) => bearer,
+            Err(error) => {
+                let outcome = match error.status() {
+                    Some(429) => Outcome::RateLimited(error.retry_after()),
+                    _ if error.is_unauthorized() => Outcome::Unauthorized,
+                    _ => Outcome::Outage,
+                };
+                self.report(pass, outcome, Some(&error));
+                return Err(error);
+            }
+        };
+        let answer = match request.bearer_auth(bearer.expose()).send().await {
             Ok(response) => {
                 let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(error::parse_retry_after);
+                let retry_after = retry_after(&response);
                 match response.bytes().await {
                     Ok(body) => Ok((status, retry_after, body)),
                     Err(error) => Err(error),
@@ -212,6 +226,10 @@ impl Client {
             }
             Err(error) => Err(error),
         };
+        METRICS.request(
+            endpoint.label(),
+            answer.as_ref().map_or(0, |(status, ..)| status.as_u16()),
+        );
         let (status, retry_after, body) = match answer {
             Ok(answer) => answer,
             Err(error) => {
@@ -228,6 +246,7 @@ impl Client {
             }
         };
         if status.is_success() {
+            self.tokens.accepted(&bearer);
             self.report(pass, Outcome::Answered, None);
             return Ok(body);
         }
@@ -238,7 +257,11 @@ impl Client {
             retry_after,
         };
         let outcome = match status {
-            StatusCode::UNAUTHORIZED => Outcome::Unauthorized,
+            // A replaced token says nothing yet: `with_retries` sends the request again at once.
+            StatusCode::UNAUTHORIZED => match self.tokens.refused(&bearer) {
+                Refusal::Retry => Outcome::Inconclusive,
+                Refusal::Final => Outcome::Unauthorized,
+            },
             StatusCode::TOO_MANY_REQUESTS => Outcome::RateLimited(retry_after),
             StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
@@ -255,11 +278,14 @@ impl Client {
         let transition = self.gate.report(pass, outcome);
         let unauthorized = cause.is_some_and(ApiError::is_unauthorized);
         let rate_limited = cause.and_then(ApiError::status) == Some(429);
+        let no_token = matches!(cause, Some(ApiError::NoToken { .. }));
         match transition {
             Some(Transition::Closed(pause)) => self.set_pause(Some(Pause {
                 until_ms: unix_ms() + pause.as_millis() as u64,
                 delay_ms: pause.as_millis() as u64,
-                reason: if unauthorized {
+                reason: if no_token {
+                    "cannot get an access token from api.token_url".to_string()
+                } else if unauthorized {
                     "the API refused the token (401)".to_string()
                 } else if rate_limited {
                     "rate limited by the API (429)".to_string()
@@ -274,16 +300,31 @@ impl Client {
             None => {}
         }
         match transition {
+            Some(Transition::Closed(pause)) if no_token => error!(
+                error = %cause.map(ToString::to_string).unwrap_or_default(),
+                next_probe_secs = pause.as_secs_f64().ceil(),
+                "cannot get an access token: check api.client_id, the client secret and api.token_url; pausing all requests and trying again in {}",
+                humantime::format_duration(round(pause))
+            ),
+            Some(Transition::Closed(pause)) if unauthorized && self.tokens.renews() => error!(
+                next_probe_secs = pause.as_secs_f64().ceil(),
+                "the API refused a newly issued access token (401): the client may have no access to organization {}, or api.token_url may belong to another Tallyfy than api.base_url; pausing all requests and probing again with a new token in {}",
+                self.org,
+                humantime::format_duration(round(pause))
+            ),
             Some(Transition::Closed(pause)) if unauthorized => error!(
+                http_status = 401,
                 next_probe_secs = pause.as_secs_f64().ceil(),
                 "the API refused the token (401): it is wrong, expired or revoked (a personal access token is deleted when its user logs out); pausing all requests and probing again in {}",
                 humantime::format_duration(round(pause))
             ),
             Some(Transition::Closed(pause)) if rate_limited => warn!(
+                http_status = 429,
                 "rate limited by the API (429); pausing all requests for {}",
                 humantime::format_duration(round(pause))
             ),
             Some(Transition::Closed(pause)) => warn!(
+                http_status = cause.and_then(ApiError::status),
                 error = %cause.map(ToString::to_string).unwrap_or_default(),
                 "the API is unreachable; pausing all requests and probing again in {}",
                 humantime::format_duration(round(pause))
@@ -302,7 +343,9 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let mut backoff = Backoff::default();
+        let mut attempt: u32 = 0;
         loop {
+            attempt += 1;
             let error = match op().await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
@@ -313,11 +356,12 @@ impl Client {
                 return Err(error);
             }
             if paced_by_gate {
-                debug!(%error, "waiting for the API before trying again");
+                debug!(%error, http_status = error.status(), attempt, "waiting for the API before trying again");
                 continue;
             }
             let delay = backoff.next_delay();
-            warn!(%error, "request failed; retrying in {}", humantime::format_duration(round(delay)));
+            METRICS.retry_wait(delay);
+            warn!(%error, http_status = error.status(), attempt, "request failed; retrying in {}", humantime::format_duration(round(delay)));
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
                 _ = tokio::time::sleep(delay) => {}
@@ -461,6 +505,15 @@ impl Client {
             other => other.map(|_| ()),
         }
     }
+}
+
+/// `Retry-After` of an answer, as a delay.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(error::parse_retry_after)
 }
 
 fn round(pause: Duration) -> Duration {

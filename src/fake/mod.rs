@@ -1,9 +1,11 @@
 //! In-process fake of the Tallyfy API for integration tests, benchmarks and the `demo` command.
 //! Receives HTTP/1.1 requests on 127.0.0.1 plus set-up calls from the test (tasks, checklists,
-//! hand-made assets, faults); emits responses that follow the API contract strictly.
-//! Owns the server task and the shared in-memory world (tasks, checklists, assets, request log).
+//! hand-made assets, faults, an OAuth client); emits responses that follow the API contract
+//! strictly. Owns the server task and the shared in-memory world (tasks, checklists, assets,
+//! issued tokens, request log).
 
 mod multipart;
+mod oauth;
 mod routes;
 mod server;
 mod state;
@@ -204,6 +206,43 @@ impl FakeTallyfy {
 
     pub fn org_id(&self) -> String {
         self.shared.org_id.clone()
+    }
+
+    /// "http://127.0.0.1:PORT/oauth/token": the OAuth token endpoint (client credentials grant).
+    pub fn token_url(&self) -> String {
+        format!("http://{}{}", self.addr, oauth::TOKEN_PATH)
+    }
+
+    /// The client the token endpoint issues tokens to; until this is called it refuses everyone
+    /// with 401 `invalid_client`. The API accepts every unexpired token issued, and the static
+    /// token given to `start` as well.
+    pub fn set_client(&self, client_id: &str, client_secret: &str) {
+        self.shared
+            .lock()
+            .oauth
+            .set_client(client_id, client_secret);
+    }
+
+    /// `expires_in` of the tokens issued from now on, in seconds (default 604800, a week, as
+    /// Tallyfy's); the API refuses a token with 401 once it has expired.
+    pub fn set_token_lifetime(&self, seconds: u64) {
+        self.shared.lock().oauth.set_lifetime(seconds);
+    }
+
+    /// Revokes every token issued so far: the API answers 401 to them from now on.
+    pub fn revoke_tokens(&self) {
+        self.shared.lock().oauth.revoke_all();
+    }
+
+    /// The requests the token endpoint received, in order of arrival.
+    pub fn token_requests(&self) -> Vec<RequestRecord> {
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|request| request.path == oauth::TOKEN_PATH)
+            .cloned()
+            .collect()
     }
 
     /// Adds the task, replacing one with the same run and task id.

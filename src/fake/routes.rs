@@ -207,15 +207,8 @@ fn form_from_parts(decoded: Vec<multipart::Part>) -> UploadForm {
 /// Laravel reads a JSON body only when the Content-Type says JSON; otherwise the input is
 /// empty, which is what a client that forgets the header gets from the real service.
 fn json_input(parts: &Parts, body: &Bytes) -> Result<Value, ApiError> {
-    let is_json = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media| {
-            let media = media.trim().to_ascii_lowercase();
-            media.ends_with("/json") || media.ends_with("+json")
-        });
+    let media = media_type(parts);
+    let is_json = media.ends_with("/json") || media.ends_with("+json");
     if !is_json || body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
@@ -230,6 +223,17 @@ fn json_input(parts: &Parts, body: &Bytes) -> Result<Value, ApiError> {
     }
 }
 
+/// The body's media type, lowercased, without parameters; empty when not given.
+pub(crate) fn media_type(parts: &Parts) -> String {
+    parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|media| media.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 fn query_has(query: Option<&str>, key: &str, wanted: &str) -> bool {
     query.unwrap_or_default().split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -241,7 +245,7 @@ fn data(value: Value) -> Value {
     json!({ "data": value })
 }
 
-fn too_large() -> Response<Full<Bytes>> {
+pub(crate) fn too_large() -> Response<Full<Bytes>> {
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "The request body is too large.",

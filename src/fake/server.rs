@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::fake::oauth::{self, TOKEN_PATH};
 use crate::fake::routes::{self, json_response, RequestBody};
 use crate::fake::state::Shared;
 use crate::fake::{FaultKind, MAX_BODY_BYTES};
@@ -95,6 +96,7 @@ async fn handle(
 /// first matching injected fault → route (404/405) → organization check (403) → handler.
 /// Faults come after the credential check so that a faulted request has also proven its
 /// headers, and a test's fault is never spent on a request that would have failed anyway.
+/// The token endpoint needs no headers or token: it checks its own form fields.
 async fn process(
     shared: &Shared,
     request: Request<Incoming>,
@@ -103,9 +105,19 @@ async fn process(
     // Like PHP behind a web server, the whole body is read before anything is decided, so a
     // client that sends a complete request always gets to read the answer.
     let body = read_body(&parts.headers, body).await?;
-    if let Some(refusal) = check_credentials(shared, &parts.headers) {
-        return Ok(refusal);
+    let token_endpoint = parts.uri.path() == TOKEN_PATH;
+    if !token_endpoint {
+        if let Some(refusal) = check_credentials(shared, &parts.headers) {
+            return Ok(refusal);
+        }
     }
+    let respond = |body| {
+        if token_endpoint {
+            oauth::respond(shared, &parts, body)
+        } else {
+            routes::dispatch(shared, &parts, body)
+        }
+    };
     let fault = shared
         .lock()
         .take_fault(parts.method.as_str(), parts.uri.path());
@@ -118,13 +130,13 @@ async fn process(
         }) => return Ok(fault_response(status, body, retry_after)),
         Some(FaultKind::DropBeforeAct) => return Err(NoResponse::Injected),
         Some(FaultKind::DropAfterAct) => {
-            let response = routes::dispatch(shared, &parts, body);
+            let response = respond(body);
             tracing::debug!(status = %response.status(), "fake Tallyfy acted, now dropping");
             return Err(NoResponse::Injected);
         }
         Some(FaultKind::Latency(delay)) => tokio::time::sleep(delay).await,
     }
-    Ok(routes::dispatch(shared, &parts, body))
+    Ok(respond(body))
 }
 
 async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<RequestBody, NoResponse> {
@@ -162,7 +174,7 @@ fn check_credentials(shared: &Shared, headers: &HeaderMap) -> Option<Response<Fu
     });
     let token_ok = text(AUTHORIZATION.as_str())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| token == shared.token);
+        .is_some_and(|token| token == shared.token || shared.lock().oauth.accepts(token));
     let message = if !token_ok {
         None
     } else if !client_ok {

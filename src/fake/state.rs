@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use crate::fake::oauth::OAuth;
 use crate::fake::{
     AssetSubject, DemoIds, FakeChecklist, FakeField, FakeTask, Fault, FaultKind, RequestRecord,
     StoredAsset, ALLOWED_EXTENSIONS, MAX_FILE_BYTES,
@@ -80,6 +81,7 @@ pub(crate) struct State {
     assets: BTreeMap<String, AssetRecord>,
     pub requests: Vec<RequestRecord>,
     pub faults: Vec<Fault>,
+    pub oauth: OAuth,
     next_id: u64,
     seed: u64,
 }
@@ -90,14 +92,16 @@ impl State {
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.as_nanos() as u64)
             .unwrap_or_default();
+        let seed = mix(clock ^ seed.rotate_left(48));
         State {
             tasks: BTreeMap::new(),
             checklists: BTreeMap::new(),
             assets: BTreeMap::new(),
             requests: Vec::new(),
             faults: Vec::new(),
+            oauth: OAuth::new(mix(seed)),
             next_id: 0,
-            seed: mix(clock ^ seed.rotate_left(48)),
+            seed,
         }
     }
 
@@ -830,7 +834,7 @@ fn not_found_asset() -> ApiError {
 }
 
 /// splitmix64's finaliser: a bijection on u64 that scrambles well.
-fn mix(mut value: u64) -> u64 {
+pub(crate) fn mix(mut value: u64) -> u64 {
     value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
     value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -1122,3 +1122,149 @@ async fn a_dropped_connection_writes_no_bytes_at_all() {
         String::from_utf8_lossy(&received)
     );
 }
+
+const CLIENT_ID: &str = "client-7";
+const CLIENT_SECRET: &str = "client-secret";
+
+fn grant<'a>(client_id: &'a str, client_secret: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", client_secret),
+        ("scope", "*"),
+    ]
+}
+
+async fn ask_token(fake: &FakeTallyfy, fields: &[(&str, &str)]) -> Response {
+    send(reqwest::Client::new().post(fake.token_url()).form(fields)).await
+}
+
+#[tokio::test]
+async fn the_token_endpoint_issues_fresh_tokens_that_the_api_accepts() {
+    let fake = fake().await;
+    fake.set_client(CLIENT_ID, CLIENT_SECRET);
+    let api = Api::new(&fake);
+    let first = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    let second = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.json()["token_type"], "Bearer");
+    assert_eq!(first.json()["expires_in"], 604_800);
+    let tokens: Vec<String> = [&first, &second]
+        .iter()
+        .map(|answer| answer.json()["access_token"].as_str().unwrap().to_string())
+        .collect();
+    assert_ne!(tokens[0], tokens[1]);
+    for token in &tokens {
+        let answer = get_task_with(&api, Some(token), true, true).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(fake.token_requests().len(), 2);
+}
+
+#[tokio::test]
+async fn the_token_endpoint_refuses_what_passport_refuses() {
+    let fake = fake().await;
+    let refused = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "no client set up");
+    fake.set_client(CLIENT_ID, CLIENT_SECRET);
+    let code = |answer: &Response| (answer.status, answer.json()["error"].clone());
+    let invalid_client = (StatusCode::UNAUTHORIZED, json!("invalid_client"));
+    let wrong_secret = ask_token(&fake, &grant(CLIENT_ID, "guess")).await;
+    assert_eq!(code(&wrong_secret), invalid_client);
+    assert_eq!(
+        wrong_secret.json()["error_description"],
+        "Client authentication failed"
+    );
+    let wrong_id = ask_token(&fake, &grant("client-8", CLIENT_SECRET)).await;
+    assert_eq!(code(&wrong_id), invalid_client);
+    let mut no_secret = grant(CLIENT_ID, CLIENT_SECRET).to_vec();
+    no_secret.remove(2);
+    assert_eq!(code(&ask_token(&fake, &no_secret).await), invalid_client);
+    let mut password = grant(CLIENT_ID, CLIENT_SECRET);
+    password[0].1 = "password";
+    let unsupported = (StatusCode::BAD_REQUEST, json!("unsupported_grant_type"));
+    assert_eq!(code(&ask_token(&fake, &password).await), unsupported);
+    let mut narrow = grant(CLIENT_ID, CLIENT_SECRET);
+    narrow[3].1 = "read";
+    assert_eq!(
+        code(&ask_token(&fake, &narrow).await),
+        (StatusCode::BAD_REQUEST, json!("invalid_scope"))
+    );
+    // Laravel takes form fields only from a form body.
+    let fields: serde_json::Map<String, Value> = grant(CLIENT_ID, CLIENT_SECRET)
+        .iter()
+        .map(|(name, value)| (name.to_string(), json!(value)))
+        .collect();
+    let as_json = send(reqwest::Client::new().post(fake.token_url()).json(&fields)).await;
+    assert_eq!(code(&as_json), unsupported);
+    let get = send(reqwest::Client::new().get(fake.token_url())).await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(fake.token_requests().len(), 8);
+    assert!(fake.token_requests().iter().all(|r| r.status != 200));
+}
+
+#[tokio::test]
+async fn issued_tokens_expire_after_expires_in() {
+    let fake = fake().await;
+    fake.set_client(CLIENT_ID, CLIENT_SECRET);
+    fake.set_token_lifetime(1);
+    let api = Api::new(&fake);
+    let issued_at = Instant::now();
+    let answer = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    assert_eq!(answer.json()["expires_in"], 1);
+    let token = answer.json()["access_token"].as_str().unwrap().to_string();
+    let deadline = issued_at + Duration::from_secs(5);
+    loop {
+        let status = get_task_with(&api, Some(&token), true, true).await.status;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(issued_at.elapsed() >= Duration::from_millis(990));
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refused_while_the_static_token_still_works() {
+    let fake = fake().await;
+    fake.set_client(CLIENT_ID, CLIENT_SECRET);
+    let api = Api::new(&fake);
+    let answer = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    let token = answer.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        get_task_with(&api, Some(&token), true, true).await.status,
+        StatusCode::OK
+    );
+    fake.revoke_tokens();
+    let refused = get_task_with(&api, Some(&token), true, true).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.json(), json!({"error": "Unauthenticated."}));
+    assert_eq!(
+        send(api.get(&task_path(RUN, TASK))).await.status,
+        StatusCode::OK
+    );
+    let again = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    let fresh = again.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        get_task_with(&api, Some(&fresh), true, true).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn faults_hit_the_token_endpoint_too() {
+    let fake = fake().await;
+    fake.set_client(CLIENT_ID, CLIENT_SECRET);
+    let unavailable = FaultKind::Status {
+        status: 503,
+        body: "{}".into(),
+        retry_after: None,
+    };
+    fake.inject(Fault::once("POST", "/oauth/token", unavailable));
+    let first = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
+    let second = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
+    assert_eq!(second.status, StatusCode::OK);
+}

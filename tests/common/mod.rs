@@ -3,6 +3,7 @@
 //! folders, and the real `tallyfy-sync` binary run against them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -25,6 +26,8 @@ pub const KICKOFF_TEXT: &str = "ko2";
 pub const KICKOFF_TITLE: &str = "Contract intake";
 /// Long enough that the daemon sees a quiet file, short enough for fast tests.
 pub const SETTLE: &str = "300ms";
+pub const CLIENT_ID: &str = "client-7";
+pub const CLIENT_SECRET: &str = "client-secret-456";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub fn field(id: &str, label: &str, field_type: &str, value: Value) -> FakeField {
@@ -121,16 +124,41 @@ impl Env {
         std::fs::write(&self.config, yaml).unwrap();
     }
 
+    /// The usual set-up, but authenticating with OAuth client credentials at the fake's token
+    /// endpoint (which knows CLIENT_ID and CLIENT_SECRET, and issues tokens that last
+    /// `lifetime_secs`); the daemon reads `secret` from the file `api.client_secret_file` names.
+    pub async fn with_client_credentials(secret: &str, lifetime_secs: u64) -> Env {
+        let env = Env::new().await;
+        env.fake.set_client(CLIENT_ID, CLIENT_SECRET);
+        env.fake.set_token_lifetime(lifetime_secs);
+        let secret_file = env.dir.path().join("client-secret");
+        std::fs::write(&secret_file, secret).unwrap();
+        let auth = format!(
+            "api:\n  auth: client_credentials\n  token_url: {}\n  client_id: {CLIENT_ID}\n  client_secret_file: {}\n",
+            env.fake.token_url(),
+            secret_file.display()
+        );
+        let yaml = std::fs::read_to_string(&env.config).unwrap();
+        env.write_raw_config(&yaml.replacen("api:\n", &auth, 1));
+        env
+    }
+
     /// Starts `tallyfy-sync run` with the right token.
     pub fn start(&self) -> Daemon {
         self.start_with_token(TOKEN)
     }
 
     pub fn start_with_token(&self, token: &str) -> Daemon {
-        Daemon::spawn(
+        self.start_with_env(token, &[])
+    }
+
+    /// Starts `tallyfy-sync run` with extra environment variables (NOTIFY_SOCKET, ...).
+    pub fn start_with_env(&self, token: &str, vars: &[(&str, &OsStr)]) -> Daemon {
+        Daemon::spawn_with_env(
             &["run", "--config", self.config.to_str().unwrap()],
             token,
             self.dir.path(),
+            vars,
         )
     }
 
@@ -190,6 +218,7 @@ pub fn run_command(args: &[&str], token: Option<&str>, config: &Path) -> Output 
         .arg("--config")
         .arg(config)
         .env_remove("TALLYFY_ACCESS_TOKEN")
+        .env_remove("TALLYFY_CLIENT_SECRET")
         .env_remove("CREDENTIALS_DIRECTORY");
     if let Some(token) = token {
         command.env("TALLYFY_ACCESS_TOKEN", token);
@@ -210,6 +239,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(args: &[&str], token: &str, dir: &Path) -> Daemon {
+        Daemon::spawn_with_env(args, token, dir, &[])
+    }
+
+    pub fn spawn_with_env(
+        args: &[&str],
+        token: &str,
+        dir: &Path,
+        vars: &[(&str, &OsStr)],
+    ) -> Daemon {
         let log = dir.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()
@@ -221,12 +259,17 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"))
             .args(args)
             .env("TALLYFY_ACCESS_TOKEN", token)
+            .env_remove("TALLYFY_CLIENT_SECRET")
             .env_remove("CREDENTIALS_DIRECTORY")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            // Only a test's own service manager may hear from the daemon.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
