@@ -503,8 +503,23 @@ fn rows(
             Cell::None,
         ),
         Row::info(
-            format!("Restart, {} synced files: start → \"running\" log line (s)", restart.files),
-            Cell::Num(restart.startup.logged.as_secs_f64(), 3),
+            format!(
+                "Restart, {} synced files: start → ready ({}) (s)",
+                restart.files,
+                if restart.startup.notified.is_some() {
+                    "READY=1"
+                } else {
+                    "no READY=1 from this build: the \"running\" log line"
+                }
+            ),
+            Cell::Num(
+                restart
+                    .startup
+                    .notified
+                    .unwrap_or(restart.startup.logged)
+                    .as_secs_f64(),
+                3,
+            ),
             Cell::Text("n/a (never looks at existing files)".into()),
             Cell::None,
         ),
