@@ -208,3 +208,34 @@ impl Guard {
         !hold
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_on_another_device_or_unreadable_pauses_and_a_first_sighting_does_not() {
+        assert_eq!(root_problem(None, &Ok(7)), None);
+        assert_eq!(root_problem(Some(7), &Ok(7)), None);
+        let moved = root_problem(Some(7), &Ok(8)).unwrap();
+        assert!(moved.contains("device 0x8, was 0x7"), "{moved}");
+        assert_eq!(
+            root_problem(Some(7), &Err("cannot read /f".into())),
+            Some("cannot read /f".into())
+        );
+    }
+
+    #[test]
+    fn deletes_are_held_above_max_delete_in_a_folder_of_ten_or_more_unless_released() {
+        let folder = &crate::filter::tests::folder(&[]);
+        assert!(!holds(folder, 5, 10, false), "exactly half goes");
+        assert!(holds(folder, 6, 10, false));
+        assert!(!holds(folder, 6, 10, true), "released");
+        assert!(!holds(folder, 9, 9, false), "fewer than ten synced files");
+        let local_only = Folder {
+            delete_remote: false,
+            ..folder.clone()
+        };
+        assert!(!holds(&local_only, 6, 10, false), "nothing remote to hold");
+    }
+}
