@@ -165,7 +165,7 @@ impl Actor {
     async fn run(self, mut inbox: mpsc::Receiver<Request>, readiness: watch::Sender<Readiness>) {
         let verified = tokio::select! {
             _ = self.cancel.cancelled() => return,
-            verified = self.verify() => verified,
+            verified = verify(&self.target, &self.api) => verified,
         };
         match verified {
             Ok(resolved) => {
@@ -198,129 +198,6 @@ impl Actor {
                 continue;
             }
             self.apply(batch).await;
-        }
-    }
-
-    async fn verify(&self) -> Result<Resolved, FieldError> {
-        let api = &self.api;
-        match &self.target {
-            Target::Task {
-                run_id,
-                task_id,
-                capture_id,
-                step_id,
-                checklist_id,
-            } => {
-                let task = api
-                    .with_retries(|| api.get_task(run_id, task_id))
-                    .await
-                    .map_err(|error| {
-                        unreachable_target(error, &format!("task {task_id} of run {run_id}"))
-                    })?;
-                if task.status.eq_ignore_ascii_case("completed") {
-                    return Err(FieldError::Invalid(format!(
-                        "task {task_id} in run {run_id} is completed, and Tallyfy does not allow changes to completed tasks"
-                    )));
-                }
-                let Some(field) = task.fields.iter().find(|field| field.id == *capture_id) else {
-                    let known: Vec<String> = task
-                        .fields
-                        .iter()
-                        .map(|f| format!("{} ({:?}, {})", f.id, f.label, f.field_type))
-                        .collect();
-                    return Err(FieldError::Invalid(format!(
-                        "task {task_id} in run {run_id} has no form field with capture id {capture_id}; its fields are: {}",
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                    )));
-                };
-                if field.field_type != "file" {
-                    return Err(FieldError::Invalid(format!(
-                        "field {capture_id} ({:?}) of task {task_id} is a {} field, not a file field",
-                        field.label, field.field_type
-                    )));
-                }
-                let missing = |what: &str| {
-                    FieldError::Invalid(format!("task {task_id} in run {run_id} did not say its {what}; set it as folders[].task.{what}"))
-                };
-                let step_id = step_id
-                    .clone()
-                    .or(task.step_id)
-                    .ok_or_else(|| missing("step_id"))?;
-                let checklist_id = checklist_id
-                    .clone()
-                    .or(task.checklist_id)
-                    .ok_or_else(|| missing("checklist_id"))?;
-                Ok(Resolved {
-                    upload: UploadTarget::Task {
-                        run_id: run_id.clone(),
-                        capture_id: capture_id.clone(),
-                        step_id,
-                        checklist_id,
-                    },
-                })
-            }
-            Target::Kickoff {
-                checklist_id,
-                field_id,
-            } => {
-                let checklist = api
-                    .with_retries(|| api.get_checklist(checklist_id))
-                    .await
-                    .map_err(|error| {
-                        unreachable_target(error, &format!("template {checklist_id}"))
-                    })?;
-                let text = |field: &Value, key: &str| {
-                    field
-                        .get(key)
-                        .and_then(|v| v.as_str())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let Some(field) = checklist
-                    .prerun
-                    .iter()
-                    .find(|field| asset_id(field).as_deref() == Some(field_id))
-                else {
-                    if let Some(by_alias) = checklist
-                        .prerun
-                        .iter()
-                        .find(|field| text(field, "alias") == *field_id)
-                    {
-                        return Err(FieldError::Invalid(format!(
-                            "{field_id} is the alias of a kick-off field of template {checklist_id}; use its id {}",
-                            asset_id(by_alias).unwrap_or_default()
-                        )));
-                    }
-                    let known: Vec<String> = checklist
-                        .prerun
-                        .iter()
-                        .map(|f| {
-                            format!(
-                                "{} ({:?}, {})",
-                                asset_id(f).unwrap_or_default(),
-                                text(f, "label"),
-                                text(f, "field_type")
-                            )
-                        })
-                        .collect();
-                    return Err(FieldError::Invalid(format!(
-                        "template {checklist_id} has no kick-off field with id {field_id}; its kick-off fields are: {}",
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                    )));
-                };
-                let field_type = text(field, "field_type");
-                if field_type != "file" {
-                    return Err(FieldError::Invalid(format!(
-                        "kick-off field {field_id} ({:?}) of template {checklist_id} is a {field_type} field, not a file field",
-                        text(field, "label")
-                    )));
-                }
-                Ok(Resolved {
-                    upload: UploadTarget::Kickoff {
-                        checklist_id: checklist_id.clone(),
-                    },
-                })
-            }
         }
     }
 
@@ -562,6 +439,128 @@ impl Actor {
                 Ok(kickoff_value(&answer.prerun, field_id))
             }
             (Target::Kickoff { .. }, None) => Ok(None),
+        }
+    }
+}
+
+/// Checks with GETs only that `target` exists, can take files, and says where uploads go:
+/// what the daemon does before it sends a field anything, and what `check --online` does.
+pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldError> {
+    match target {
+        Target::Task {
+            run_id,
+            task_id,
+            capture_id,
+            step_id,
+            checklist_id,
+        } => {
+            let task = api
+                .with_retries(|| api.get_task(run_id, task_id))
+                .await
+                .map_err(|error| {
+                    unreachable_target(error, &format!("task {task_id} of run {run_id}"))
+                })?;
+            if task.status.eq_ignore_ascii_case("completed") {
+                return Err(FieldError::Invalid(format!(
+                    "task {task_id} in run {run_id} is completed, and Tallyfy does not allow changes to completed tasks"
+                )));
+            }
+            let Some(field) = task.fields.iter().find(|field| field.id == *capture_id) else {
+                let known: Vec<String> = task
+                    .fields
+                    .iter()
+                    .map(|f| format!("{} ({:?}, {})", f.id, f.label, f.field_type))
+                    .collect();
+                return Err(FieldError::Invalid(format!(
+                    "task {task_id} in run {run_id} has no form field with capture id {capture_id}; its fields are: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            };
+            if field.field_type != "file" {
+                return Err(FieldError::Invalid(format!(
+                    "field {capture_id} ({:?}) of task {task_id} is a {} field, not a file field",
+                    field.label, field.field_type
+                )));
+            }
+            let missing = |what: &str| {
+                FieldError::Invalid(format!("task {task_id} in run {run_id} did not say its {what}; set it as folders[].task.{what}"))
+            };
+            let step_id = step_id
+                .clone()
+                .or(task.step_id)
+                .ok_or_else(|| missing("step_id"))?;
+            let checklist_id = checklist_id
+                .clone()
+                .or(task.checklist_id)
+                .ok_or_else(|| missing("checklist_id"))?;
+            Ok(Resolved {
+                upload: UploadTarget::Task {
+                    run_id: run_id.clone(),
+                    capture_id: capture_id.clone(),
+                    step_id,
+                    checklist_id,
+                },
+            })
+        }
+        Target::Kickoff {
+            checklist_id,
+            field_id,
+        } => {
+            let checklist = api
+                .with_retries(|| api.get_checklist(checklist_id))
+                .await
+                .map_err(|error| unreachable_target(error, &format!("template {checklist_id}")))?;
+            let text = |field: &Value, key: &str| {
+                field
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let Some(field) = checklist
+                .prerun
+                .iter()
+                .find(|field| asset_id(field).as_deref() == Some(field_id))
+            else {
+                if let Some(by_alias) = checklist
+                    .prerun
+                    .iter()
+                    .find(|field| text(field, "alias") == *field_id)
+                {
+                    return Err(FieldError::Invalid(format!(
+                        "{field_id} is the alias of a kick-off field of template {checklist_id}; use its id {}",
+                        asset_id(by_alias).unwrap_or_default()
+                    )));
+                }
+                let known: Vec<String> = checklist
+                    .prerun
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} ({:?}, {})",
+                            asset_id(f).unwrap_or_default(),
+                            text(f, "label"),
+                            text(f, "field_type")
+                        )
+                    })
+                    .collect();
+                return Err(FieldError::Invalid(format!(
+                    "template {checklist_id} has no kick-off field with id {field_id}; its kick-off fields are: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            };
+            let field_type = text(field, "field_type");
+            if field_type != "file" {
+                return Err(FieldError::Invalid(format!(
+                    "kick-off field {field_id} ({:?}) of template {checklist_id} is a {field_type} field, not a file field",
+                    text(field, "label")
+                )));
+            }
+            Ok(Resolved {
+                upload: UploadTarget::Kickoff {
+                    checklist_id: checklist_id.clone(),
+                },
+            })
         }
     }
 }

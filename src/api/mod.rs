@@ -93,6 +93,8 @@ pub struct Client {
     /// The gate's current pause, for `status` and for saving across restarts.
     pause: std::sync::Mutex<Option<Pause>>,
     on_pause: Option<PauseHook>,
+    /// Most attempts `with_retries` makes; `None` for the daemon, which waits out any outage.
+    attempts: Option<u32>,
     cancel: CancellationToken,
 }
 
@@ -128,6 +130,7 @@ impl Client {
             pace: config.rate_limit.map(Pace::new),
             pause: std::sync::Mutex::new(None),
             on_pause: None,
+            attempts: None,
             cancel,
         })
     }
@@ -135,6 +138,13 @@ impl Client {
     /// Calls `hook` whenever requests pause or resume, so the schedule can be saved.
     pub fn on_pause_change(mut self, hook: PauseHook) -> Client {
         self.on_pause = Some(hook);
+        self
+    }
+
+    /// Makes `with_retries` give up after `attempts` tries, for a command that must answer
+    /// soon rather than wait for the API to come back.
+    pub fn give_up_after(mut self, attempts: u32) -> Client {
+        self.attempts = Some(attempts);
         self
     }
 
@@ -337,9 +347,10 @@ impl Client {
         }
     }
 
-    /// Runs `op` until it succeeds, fails for good, or we shut down. Failures that close the
-    /// gate (outage, rate limit, refused token) are retried at once: the gate does the waiting,
-    /// for every worker together. Other transient failures back off per call.
+    /// Runs `op` until it succeeds, fails for good, runs out of attempts (`give_up_after`), or
+    /// we shut down. Failures that close the gate (outage, rate limit, refused token) are
+    /// retried at once: the gate does the waiting, for every worker together. Other transient
+    /// failures back off per call.
     pub async fn with_retries<T, F, Fut>(&self, mut op: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
@@ -355,7 +366,11 @@ impl Client {
             };
             let paced_by_gate =
                 error.is_outage() || error.is_unauthorized() || error.status() == Some(429);
-            if !(error.is_retryable() || error.is_unauthorized()) || self.cancel.is_cancelled() {
+            let out_of_attempts = self.attempts.is_some_and(|most| attempt >= most);
+            if !(error.is_retryable() || error.is_unauthorized())
+                || self.cancel.is_cancelled()
+                || out_of_attempts
+            {
                 return Err(error);
             }
             if paced_by_gate {
