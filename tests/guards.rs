@@ -286,7 +286,7 @@ async fn a_flood_of_files_larger_than_the_event_queue_all_sync() {
     // The kernel sizes an inotify queue when the watcher starts: a small one makes the flood
     // overrun it for sure, so the daemon must find the files through its rescan.
     let normal = std::fs::read_to_string(QUEUE).unwrap_or_default();
-    let shrunk = std::fs::write(QUEUE, "64").is_ok();
+    let shrunk = std::fs::write(QUEUE, "8").is_ok();
     let daemon = env.start();
     // Logged after the watcher started, so the small queue is the daemon's.
     daemon.wait_for_log("running").await;

@@ -402,10 +402,6 @@ impl Client {
         size: u64,
         target: &UploadTarget,
     ) -> Result<Uploaded, ApiError> {
-        let _slot = tokio::select! {
-            _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
-            slot = self.uploads.acquire() => slot.map_err(|_| ApiError::Cancelled)?,
-        };
         let mut fields: Vec<(&str, &str)> = Vec::with_capacity(6);
         match target {
             UploadTarget::Task {
@@ -427,7 +423,17 @@ impl Client {
             ]),
         }
         fields.push(("source", "local"));
-        let body = multipart::build(&fields, path, file_name, file, size);
+        let body = multipart::build(&fields, path, file_name, file, size)
+            .await
+            .map_err(|detail| ApiError::File {
+                path: path.to_path_buf(),
+                detail,
+            })?;
+        // Taken once the body is ready, so a slot is only ever held by a request on the wire.
+        let _slot = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
+            slot = self.uploads.acquire() => slot.map_err(|_| ApiError::Cancelled)?,
+        };
         let tracker = body.tracker.clone();
         let request = self
             .request(Method::POST, "file")

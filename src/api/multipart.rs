@@ -68,14 +68,15 @@ fn boundary() -> String {
     format!("tallyfy-sync-{}", &hash[..32])
 }
 
-/// Builds the body: the text `fields` first, then the file as part `name`.
-pub fn build(
+/// Builds the body: the text `fields` first, then the file as part `name`. A small file is read
+/// here, before any upload slot is taken; `Err` says why it could not be read as announced.
+pub async fn build(
     fields: &[(&str, &str)],
     path: &Path,
     file_name: &str,
     file: tokio::fs::File,
     size: u64,
-) -> Body {
+) -> Result<Body, String> {
     let boundary = boundary();
     let mut head = String::new();
     for (name, value) in fields {
@@ -92,13 +93,15 @@ pub fn build(
     let tracker = Tracker::default();
     let content_type = format!("multipart/form-data; boundary={boundary}");
     if size <= WHOLE {
-        let whole = whole(file, path.to_path_buf(), size, tracker.clone(), head, tail);
-        return Body {
+        let whole = whole(file, path.to_path_buf(), size, &tracker, head, tail)
+            .await
+            .map_err(|error| error.to_string())?;
+        return Ok(Body {
             content_type,
             length,
-            stream: Box::pin(stream::once(whole)),
+            stream: Box::pin(stream::once(async move { Ok(whole) })),
             tracker,
-        };
+        });
     }
     let content = hashed(
         ReaderStream::with_capacity(file, CHUNK),
@@ -109,12 +112,12 @@ pub fn build(
     let stream = stream::once(async move { Ok(Bytes::from(head)) })
         .chain(content)
         .chain(stream::once(async move { Ok(Bytes::from(tail)) }));
-    Body {
+    Ok(Body {
         content_type,
         length,
         stream: Box::pin(stream),
         tracker,
-    }
+    })
 }
 
 /// The whole body of a small file in one piece: the file read in one go (one byte more than
@@ -123,7 +126,7 @@ async fn whole(
     file: tokio::fs::File,
     path: PathBuf,
     size: u64,
-    tracker: Tracker,
+    tracker: &Tracker,
     head: String,
     tail: String,
 ) -> std::io::Result<Bytes> {
@@ -226,7 +229,9 @@ mod tests {
         let path = dir.path().join("a b.pdf");
         std::fs::write(&path, b"hello world").unwrap();
         let file = tokio::fs::File::open(&path).await.unwrap();
-        let body = build(&[("subject_type", "Run")], &path, "a b.pdf", file, 11);
+        let body = build(&[("subject_type", "Run")], &path, "a b.pdf", file, 11)
+            .await
+            .unwrap();
         let (length, tracker) = (body.length, body.tracker.clone());
         let bytes = collect(body).await.unwrap();
         assert_eq!(bytes.len() as u64, length);
@@ -249,7 +254,9 @@ mod tests {
         let content: Vec<u8> = (0..WHOLE as usize * 3 + 7).map(|i| i as u8).collect();
         std::fs::write(&path, &content).unwrap();
         let file = tokio::fs::File::open(&path).await.unwrap();
-        let body = build(&[], &path, "big.pdf", file, content.len() as u64);
+        let body = build(&[], &path, "big.pdf", file, content.len() as u64)
+            .await
+            .unwrap();
         let (length, tracker) = (body.length, body.tracker.clone());
         let bytes = collect(body).await.unwrap();
         assert_eq!(bytes.len() as u64, length);
@@ -257,26 +264,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_longer_than_announced_fails_in_one_piece_too() {
+    async fn a_small_file_longer_than_announced_is_refused_before_sending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.pdf");
         std::fs::write(&path, b"longer than said").unwrap();
         let file = tokio::fs::File::open(&path).await.unwrap();
-        let body = build(&[], &path, "a.pdf", file, 4);
-        let tracker = body.tracker.clone();
-        assert!(collect(body).await.is_err());
-        assert!(tracker.failure().unwrap().contains("grew"));
+        let Err(problem) = build(&[], &path, "a.pdf", file, 4).await else {
+            panic!("a file longer than announced was accepted");
+        };
+        assert!(problem.contains("grew"), "{problem}");
     }
 
     #[tokio::test]
-    async fn a_file_shorter_than_announced_fails_the_stream() {
+    async fn a_small_file_shorter_than_announced_is_refused_before_sending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.pdf");
         std::fs::write(&path, b"short").unwrap();
         let file = tokio::fs::File::open(&path).await.unwrap();
-        let body = build(&[], &path, "a.pdf", file, 100);
-        let tracker = body.tracker.clone();
-        assert!(collect(body).await.is_err());
-        assert!(tracker.failure().unwrap().contains("shrank"));
+        let Err(problem) = build(&[], &path, "a.pdf", file, 100).await else {
+            panic!("a file shorter than announced was accepted");
+        };
+        assert!(problem.contains("shrank"), "{problem}");
     }
 }
