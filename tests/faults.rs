@@ -302,3 +302,47 @@ async fn start_with_a_slow_upload(env: &Env, latency: Duration) -> Daemon {
     daemon.wait_for_log("uploading").await;
     daemon
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_it() {
+    let env = Env::new().await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake
+        .inject(Fault::once("", "", status(503, None)).times(usize::MAX));
+    let outage = std::time::Instant::now();
+    for i in 0..20 {
+        drop_file(
+            &env.tasks,
+            &format!("{i:02}.pdf"),
+            format!("{i}").as_bytes(),
+        );
+    }
+    // The outage lasts this long whatever the daemon does: waiting is the point here.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    env.fake.clear_faults();
+    let recovered = std::time::Instant::now();
+    eventually(
+        "all 20 attached after the outage",
+        || env.task_field().len() == 20,
+        &daemon,
+    )
+    .await;
+    let converged = recovered.elapsed();
+    eprintln!(
+        "outage: {:.0} s, 20 files waiting, {during} requests during it, all attached {:.1} s after recovery, {} assets stored",
+        outage.elapsed().as_secs_f64() - converged.as_secs_f64(),
+        converged.as_secs_f64(),
+        env.fake.assets().len()
+    );
+    // One probe per backoff step (about 1 and 2 s) plus the requests already on their way when
+    // the first failure closed the gate.
+    assert!(during <= 6, "{during} requests during a 4 s outage");
+    assert_eq!(env.fake.assets().len(), 20, "nothing stored twice");
+}
