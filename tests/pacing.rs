@@ -31,6 +31,20 @@ async fn a_restart_during_a_pause_waits_it_out_instead_of_probing_at_once() {
     daemon
         .wait_for_log("requests were paused before the restart")
         .await;
+    let status = env.command(&["status"]).stdout;
+    assert!(
+        status.contains("requests paused: rate limited by the API (429); next attempt in"),
+        "{status}"
+    );
+    let line = status
+        .lines()
+        .find(|line| line.contains("limited.pdf"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("uploading; waiting: rate limited by the API (429)")
+            && line.contains("; next attempt in"),
+        "status says why the file waits and when it is tried next: {status}"
+    );
     eventually(
         "the file attaches once the pause is over",
         || env.task_field().len() == 1,
