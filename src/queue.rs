@@ -21,8 +21,33 @@ use crate::sync::Syncer;
 
 /// How long in-flight work may run on after a shutdown request.
 pub const DRAIN: Duration = Duration::from_secs(10);
-/// Long work (an initial sync, a scanner's burst) logs its progress this often.
+/// Long work (an initial sync, a scanner's burst) logs its progress this often; on a terminal
+/// (`run` in a shell, `demo`) every second, with a bar.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+const PROGRESS_EVERY_ON_TERMINAL: Duration = Duration::from_secs(1);
+static ON_TERMINAL: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
+
+fn progress_every() -> Duration {
+    if *ON_TERMINAL {
+        PROGRESS_EVERY_ON_TERMINAL
+    } else {
+        PROGRESS_EVERY
+    }
+}
+
+/// `[#########···········]  45%`
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 24;
+    let total = total.max(1);
+    let filled = (done.min(total) * WIDTH / total) as usize;
+    format!(
+        "[{}{}] {:>3}% ",
+        "#".repeat(filled),
+        "·".repeat(WIDTH as usize - filled),
+        done.min(total) * 100 / total
+    )
+}
 
 /// Files handled since the queue was last empty, for progress lines.
 struct Batch {
@@ -39,7 +64,7 @@ impl Batch {
         let now = Instant::now();
         Batch {
             started: now,
-            next_report: now + PROGRESS_EVERY,
+            next_report: now + progress_every(),
             received: 0,
             done: 0,
             bytes_before: METRICS.progress().bytes,
@@ -62,16 +87,21 @@ impl Batch {
         } else {
             "nothing finished yet".to_string()
         };
+        let bar = if *ON_TERMINAL {
+            bar(self.done, total)
+        } else {
+            String::new()
+        };
         info!(
             done = self.done,
             total,
-            "progress: {}/{total} files, {:.1} files/s, {}/s; {left}",
+            "progress: {bar}{}/{total} files, {:.1} files/s, {}/s; {left}",
             self.done,
             rate,
             filter::humansize((bytes as f64 / elapsed) as u64),
         );
         self.reported = true;
-        self.next_report = Instant::now() + PROGRESS_EVERY;
+        self.next_report = Instant::now() + progress_every();
     }
 }
 
@@ -161,5 +191,20 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_fills_with_the_share_done() {
+        assert_eq!(bar(0, 10), format!("[{}]   0% ", "·".repeat(24)));
+        assert_eq!(
+            bar(5, 10),
+            format!("[{}{}]  50% ", "#".repeat(12), "·".repeat(12))
+        );
+        assert_eq!(bar(12, 10), format!("[{}] 100% ", "#".repeat(24)));
     }
 }
