@@ -262,6 +262,14 @@ attached() { tail -1 "$work/fake.out" | grep -q '"kickoff":\["signed contract.tx
 wait_until 30 attached || fail "the files were not attached; fake says: $(tail -1 "$work/fake.out")"
 tail -1 "$work/fake.out"
 
+check "status"
+# Asked over the control socket: the daemon holds the store, so this proves the socket works.
+status_out=$(inside tallyfy-sync status) || fail "tallyfy-sync status failed"
+echo "$status_out" | sed 's/^/  | /'
+grep -q "(daemon running)" <<<"$status_out" || fail "status did not reach the running daemon"
+grep -q "1 synced, 0 pending, 0 held, 0 rejected, 0 failed" <<<"$status_out" ||
+    fail "status does not count the synced files"
+
 check "journal"
 journal=$(inside journalctl --no-pager -u $unit -o cat)
 echo "$journal" | sed 's/^/  | /'
@@ -289,11 +297,11 @@ echo "WatchdogUSec=$(show WatchdogUSec); pings arrive"
 
 check "reload"
 inside systemctl reload $unit || fail "systemctl reload failed"
-wait_until 10 sh -c "nsenter -t $leader -a journalctl -u $unit -o cat | grep -q 'reload requested'" ||
-    fail "the daemon did not log the reload request"
+wait_until 10 sh -c "nsenter -t $leader -a journalctl -u $unit -o cat | grep -q 'reloaded the configuration'" ||
+    fail "the daemon did not reload its configuration"
 [ "$(inside systemctl is-active $unit)" = active ] || fail "not active after reload"
 [ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed on reload"
-echo "reload requested; still active as pid $main_pid"
+echo "reloaded; still active as pid $main_pid"
 
 check "stop"
 inside systemctl stop $unit
