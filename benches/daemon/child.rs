@@ -31,7 +31,8 @@ pub struct Daemon {
 pub struct Startup {
     /// The log line "running; initial scan started".
     pub logged: Duration,
-    /// READY=1 on NOTIFY_SOCKET, when this build sends it.
+    /// READY=1 on NOTIFY_SOCKET, when this build sends it (as far as seen yet: the datagram
+    /// may come a moment after the log lines).
     pub notified: Option<Duration>,
     /// Every target's "target verified" line.
     pub verified: Duration,
@@ -121,6 +122,11 @@ impl Daemon {
 
     pub fn rss_kib(&self) -> u64 {
         procfs::status_kib(self.pid, "VmRSS").unwrap_or_default()
+    }
+
+    /// When READY=1 arrived on NOTIFY_SOCKET, if it has.
+    pub fn notified(&self) -> Option<Duration> {
+        self.notify.ready_at(self.started)
     }
 
     /// The messages received on NOTIFY_SOCKET so far, with when they came after the spawn.

@@ -56,8 +56,9 @@ pub async fn run(
     let populate_secs = start.elapsed().as_secs_f64();
 
     let mut daemon = Daemon::spawn(&config_path, world.path(), name)?;
-    let startup = daemon.wait_ready(folders).await?;
+    let mut startup = daemon.wait_ready(folders).await?;
     let scan_done = quiet(&daemon).await?;
+    startup.notified = daemon.notified();
     tokio::time::sleep(REST).await;
     let requests = world.requests_since(daemon.started);
     let result = Restart {
