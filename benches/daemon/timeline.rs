@@ -17,7 +17,11 @@ struct Stages {
 pub fn burst(log: &str, file_prefix: &str, moved_at: SystemTime) -> String {
     let mut files: HashMap<&str, Stages> = HashMap::new();
     for line in log.lines() {
-        let Some(file) = field(line, "file=").filter(|file| file.starts_with(file_prefix)) else {
+        // The daemon logs a file as a name inside its folder or as a whole path.
+        let Some(file) = field(line, "file=")
+            .map(|file| file.rsplit('/').next().unwrap_or(file))
+            .filter(|name| name.starts_with(file_prefix))
+        else {
             continue;
         };
         let Some(at) = line.get(..27).and_then(unix_seconds) else {
