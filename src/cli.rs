@@ -2,7 +2,7 @@
 //! codes (78 = configuration error, so systemd's RestartPreventExitStatus=78 stops a restart loop).
 //! Shell completions and the manual page are generated from this same definition.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -14,7 +14,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{daemon, demo, service, status};
+use crate::{daemon, demo, plan, service, status};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -26,7 +26,8 @@ pub const EXIT_CONFIG: u8 = 78;
     about = "Keeps local hot folders in sync with file fields in Tallyfy",
     after_long_help = "\
 Exit status: 0 success; 78 configuration error (bad config, no token or client secret, state \
-directory locked or unusable); 1 anything else.
+directory locked or unusable; with check --online or run --dry-run also a wrong target or \
+refused credentials); 1 anything else (such as an API that cannot be reached).
 
 Environment: TALLYFY_SYNC_CONFIG (the config file), TALLYFY_ACCESS_TOKEN (the API token with \
 api.auth: token), TALLYFY_CLIENT_SECRET (the OAuth client secret with api.auth: \
@@ -51,9 +52,23 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch the folders and sync them, in the foreground, until SIGTERM or SIGINT.
-    Run,
+    Run {
+        /// Only show what would be uploaded, attached, skipped and deleted now: verifies the
+        /// targets (as `check --online`), compares the folders with the state store, and
+        /// changes nothing, in Tallyfy or in the store.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: print the plan as JSON, for scripts.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
     /// Validate the config and print the folders and their targets.
-    Check,
+    Check {
+        /// Also verify every target with the Tallyfy API, reading only: exit 78 when one is
+        /// wrong, 1 when the API cannot be reached.
+        #[arg(long)]
+        online: bool,
+    },
     /// Show per folder and per file what is synced, pending, held, rejected or failed, and
     /// when each waiting file is tried next (asks the running daemon, else reads the store).
     Status {
@@ -94,22 +109,31 @@ pub enum Command {
 /// Logging starts once the format is known: after loading the config for `run` (nothing logs
 /// before; a config error reaches stderr through the caller), at once for the others.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Run) {
+    if !matches!(cli.command, Command::Run { dry_run: false, .. }) {
         logging::init(LogFormat::Auto);
     }
     match cli.command {
-        Command::Run => {
+        Command::Run {
+            dry_run: true,
+            json,
+        } => dry_run(&cli.config, json)?,
+        Command::Run { dry_run: false, .. } => {
             let config = Config::load(&cli.config)?;
             logging::init(config.log.format);
             let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();
-            service::cancel_on_signals(cancel.clone())?;
-            runtime()?.block_on(daemon::run(config, credentials, cancel))?;
+            let reloads = service::cancel_on_signals(cancel.clone())?;
+            runtime()?.block_on(daemon::run(config, credentials, cancel, reloads))?;
         }
-        Command::Check => {
+        Command::Check { online } => {
             let config = Config::load(&cli.config)?;
-            Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             print!("{}", describe(&config));
+            if online {
+                let checks = runtime()?.block_on(plan::verify_targets(&config, credentials))?;
+                print!("{}", plan::render_checks(&checks));
+                plan::verdict(&checks, &config)?;
+            }
         }
         Command::Status { json } => {
             let config = Config::load(&cli.config)?;
@@ -131,8 +155,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { dir } => {
             let cancel = CancellationToken::new();
-            service::cancel_on_signals(cancel.clone())?;
-            runtime()?.block_on(demo::run(dir, cancel))?;
+            let reloads = service::cancel_on_signals(cancel.clone())?;
+            runtime()?.block_on(demo::run(dir, cancel, reloads))?;
         }
         Command::Completions { shell } => {
             let mut command = Cli::command();
@@ -144,6 +168,33 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
             .with_context(|| format!("writing the manual pages to {}", dir.display()))?,
+    }
+    Ok(())
+}
+
+/// `run --dry-run`: the targets as `check --online` finds them (on stderr with `--json`, so
+/// that stdout holds only the JSON document), then the plan.
+fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+    let checks = runtime()?.block_on(plan::verify_targets(&config, credentials))?;
+    let rendered = plan::render_checks(&checks);
+    if json {
+        eprint!("{rendered}");
+    } else {
+        print!("{rendered}");
+    }
+    plan::verdict(&checks, &config)?;
+    let store =
+        plan::open_store(&config).context("a dry run compares the folders with the state store")?;
+    let planned = plan::plan(&config, &store)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan::to_json(&checks, &planned))?
+        );
+    } else {
+        print!("\n{}", plan::render(&planned));
     }
     Ok(())
 }
@@ -239,6 +290,9 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 _ => None,
             });
         cause.is::<ConfigError>()
+            || cause
+                .downcast_ref::<plan::PlanError>()
+                .is_some_and(plan::PlanError::is_config)
             || matches!(
                 store,
                 Some(StoreError::Locked { .. } | StoreError::Open { .. })

@@ -5,6 +5,7 @@
 //! orderly stop.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
-use crate::config::{Config, Credentials};
+use crate::config::{Config, ConfigError, Credentials};
 use crate::field::FieldHandle;
+use crate::service::Reloads;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
 use crate::store::{Store, StoreError};
@@ -28,9 +30,10 @@ use crate::{control, metrics, queue, service, status, watch};
 const HINT_CAPACITY: usize = 1024;
 /// Settled files waiting for a worker.
 const JOB_CAPACITY: usize = 1024;
-/// Files in progress at once per upload slot: the rest of a file's work (attach, record) waits
-/// on its field actor, not on the network, so more files than uploads can be in flight.
-const FILES_PER_UPLOAD_SLOT: usize = 8;
+/// Files in progress at once per upload slot (`api.concurrency` bounds the uploads themselves):
+/// most of a file's time after its upload is spent waiting for its field's next batch, so
+/// many files must be in flight for batches to be large and PUTs few.
+const FILES_PER_UPLOAD_SLOT: usize = 64;
 /// Longest wait for the targets' verification before start-up is reported complete anyway:
 /// an API that is down at boot must not make systemd's start timeout kill the daemon.
 const READY_WAIT: Duration = Duration::from_secs(10);
@@ -49,8 +52,9 @@ pub async fn run(
     config: Config,
     credentials: Credentials,
     cancel: CancellationToken,
+    reloads: Reloads,
 ) -> Result<(), DaemonError> {
-    let config = Arc::new(config);
+    let mut config = Arc::new(config);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config.file.display(),
@@ -58,92 +62,221 @@ pub async fn run(
         "tallyfy-sync starting"
     );
     let store = Store::open(&config.state_dir)?;
-    let api = Arc::new(
-        Client::new(&config.api, credentials, cancel.child_token())?
-            .on_pause_change(save_pauses(&store)),
-    );
+    let mut api = client(&config, credentials, &store, &cancel)?;
+    let mut pipeline = Pipeline::start(config.clone(), store.clone(), api.clone(), &cancel).await;
+    announce_ready(&pipeline.status, &cancel).await;
+    pipeline.report_status();
+    loop {
+        let reloaded = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = reloads.requested() => reload(&config),
+        };
+        let (new_config, credentials) = match reloaded {
+            Ok(reloaded) => reloaded,
+            Err(error) => {
+                error!("reload refused, the running configuration stays: {error:#}");
+                continue;
+            }
+        };
+        service::notify_reloading();
+        log_changes(&config, &new_config);
+        // In-flight files finish (or stop at a durable state); what was only queued in memory
+        // is found again by the new pipeline's first scan, and the pause is in the store.
+        pipeline.stop().await;
+        config = Arc::new(new_config);
+        api = client(&config, credentials, &store, &cancel)?;
+        pipeline = Pipeline::start(config.clone(), store.clone(), api.clone(), &cancel).await;
+        announce_ready(&pipeline.status, &cancel).await;
+        pipeline.report_status();
+        info!(folders = config.folders.len(), "reloaded the configuration");
+    }
+    service::notify_stopping("stopping: finishing in-flight work (up to 10 s)");
+    pipeline.stop().await;
+    drop(api);
+    store.flush().await?;
+    info!("stopped; state saved");
+    Ok(())
+}
+
+/// The API client, with a pause saved by an earlier run (or pipeline) carried on.
+fn client(
+    config: &Config,
+    credentials: Credentials,
+    store: &Store,
+    cancel: &CancellationToken,
+) -> Result<Arc<Client>, DaemonError> {
+    let api = Client::new(&config.api, credentials, cancel.child_token())?
+        .on_pause_change(save_pauses(store));
     match store.meta::<Pause>(PAUSE_KEY) {
         Ok(Some(pause)) => api.resume_pause(pause),
         Ok(None) => {}
         Err(error) => warn!(%error, "cannot read the saved request pause; starting without it"),
     }
+    Ok(Arc::new(api))
+}
 
-    // Folders mapped to the same field share one actor, so their PUTs cannot race either.
-    let mut actors: HashMap<String, FieldHandle> = HashMap::new();
-    let mut actor_tasks = Vec::new();
-    let fields: Vec<FieldHandle> = config
-        .folders
-        .iter()
-        .map(|folder| {
-            info!(folder = %folder.path.display(), target = %folder.target, recursive = folder.recursive, delete_remote = folder.delete_remote, "watching folder");
-            actors
-                .entry(folder.target.key())
-                .or_insert_with(|| {
-                    let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), cancel.clone());
-                    actor_tasks.push(task);
-                    handle
-                })
-                .clone()
-        })
-        .collect();
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("state_dir changed from {from} to {to}; that takes a restart")]
+    StateDir { from: PathBuf, to: PathBuf },
+}
 
-    resume_deletes(&store, &actors).await;
-    retry_after_config_change(&config, &store).await;
-
-    let syncer = Arc::new(Syncer::new(
-        config.clone(),
-        store.clone(),
-        api.clone(),
-        fields,
-    ));
-    let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
-    let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
-    let overflow = Arc::new(AtomicBool::new(false));
-    if let Some(addr) = config.metrics_listen {
-        let (config, store) = (config.clone(), store.clone());
-        let status = Arc::new(move || status::build(&config, &store, true).ok());
-        tokio::spawn(metrics::serve(addr, api.clone(), status, cancel.clone()));
+/// Reads the config file again; the credentials too, as a rotated token comes with a reload.
+fn reload(running: &Config) -> Result<(Config, Credentials), ReloadError> {
+    info!(config = %running.file.display(), "reload requested; reading the configuration again");
+    let config = Config::load(&running.file)?;
+    if config.state_dir != running.state_dir {
+        return Err(ReloadError::StateDir {
+            from: running.state_dir.clone(),
+            to: config.state_dir,
+        });
     }
-    let control = tokio::spawn(control::serve(
-        config.clone(),
-        store.clone(),
-        hint_tx.clone(),
-        cancel.clone(),
-    ));
-    let watch = watch::start(hint_tx, overflow.clone());
-    let heartbeat = service::Heartbeat::from_env();
-    let settle = tokio::spawn(
-        Settle::new(config.clone(), store.clone(), watch)
-            .with_heartbeat(heartbeat.clone())
-            .run(hint_rx, overflow, job_tx, cancel.clone()),
-    );
-    let limit = config.api.concurrency * FILES_PER_UPLOAD_SLOT;
-    let queue = tokio::spawn(queue::run(job_rx, syncer, limit, cancel.clone()));
-    info!(folders = config.folders.len(), settle = %humantime::format_duration(config.settle), "running; initial scan started");
+    let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+    Ok((config, credentials))
+}
 
-    let status = Status {
-        folders: config.folders.len(),
-        targets: actors.into_values().collect(),
-        api: api.clone(),
-    };
-    announce_ready(&status, &cancel).await;
-    let watchdog = tokio::spawn(service::run_watchdog(heartbeat, cancel.clone()));
-    let reporter = tokio::spawn(status.report_until(cancel.clone()));
+/// Says which folders a reload adds, removes or maps elsewhere.
+fn log_changes(old: &Config, new: &Config) {
+    for folder in &new.folders {
+        match old.folders.iter().find(|known| known.path == folder.path) {
+            None => {
+                info!(folder = %folder.path.display(), target = %folder.target, "reload: folder added")
+            }
+            Some(known) if known.target != folder.target => info!(
+                folder = %folder.path.display(),
+                target = %folder.target,
+                "reload: folder now maps to another target; files synced before stay where they are"
+            ),
+            Some(_) => {}
+        }
+    }
+    for folder in &old.folders {
+        if !new.folders.iter().any(|kept| kept.path == folder.path) {
+            info!(folder = %folder.path.display(), "reload: folder removed; it is no longer watched and its remote files stay");
+        }
+    }
+}
 
-    cancel.cancelled().await;
-    service::notify_stopping("stopping: finishing in-flight work (up to 10 s)");
-    let _ = tokio::join!(watchdog, reporter);
-    let _ = settle.await;
-    let _ = control.await;
-    if let Err(error) = queue.await {
-        error!(%error, "the work queue stopped unexpectedly");
+/// Everything that runs for one configuration: field actors, watcher, settle, queue, control
+/// socket and metrics. A reload stops it and starts another; the store and the saved pause
+/// outlive it.
+struct Pipeline {
+    cancel: CancellationToken,
+    status: Status,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    queue: tokio::task::JoinHandle<()>,
+    actors: Vec<tokio::task::JoinHandle<()>>,
+    heartbeat: service::Heartbeat,
+}
+
+impl Pipeline {
+    async fn start(
+        config: Arc<Config>,
+        store: Store,
+        api: Arc<Client>,
+        parent: &CancellationToken,
+    ) -> Pipeline {
+        let cancel = parent.child_token();
+        // Folders mapped to the same field share one actor, so their PUTs cannot race either.
+        let mut actors: HashMap<String, FieldHandle> = HashMap::new();
+        let mut actor_tasks = Vec::new();
+        let fields: Vec<FieldHandle> = config
+            .folders
+            .iter()
+            .map(|folder| {
+                info!(folder = %folder.path.display(), target = %folder.target, recursive = folder.recursive, delete_remote = folder.delete_remote, "watching folder");
+                actors
+                    .entry(folder.target.key())
+                    .or_insert_with(|| {
+                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), cancel.clone());
+                        actor_tasks.push(task);
+                        handle
+                    })
+                    .clone()
+            })
+            .collect();
+
+        resume_deletes(&store, &actors).await;
+        retry_after_config_change(&config, &store).await;
+
+        let syncer = Arc::new(Syncer::new(
+            config.clone(),
+            store.clone(),
+            api.clone(),
+            fields,
+        ));
+        let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
+        let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        if let Some(addr) = config.metrics_listen {
+            let (config, store) = (config.clone(), store.clone());
+            let status = Arc::new(move || status::build(&config, &store, true).ok());
+            tasks.push(tokio::spawn(metrics::serve(
+                addr,
+                api.clone(),
+                status,
+                cancel.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(control::serve(
+            config.clone(),
+            store.clone(),
+            hint_tx.clone(),
+            cancel.clone(),
+        )));
+        let watch = watch::start(hint_tx, overflow.clone());
+        let heartbeat = service::Heartbeat::from_env();
+        tasks.push(tokio::spawn(
+            Settle::new(config.clone(), store.clone(), watch)
+                .with_heartbeat(heartbeat.clone())
+                .run(hint_rx, overflow, job_tx, cancel.clone()),
+        ));
+        let limit = config.api.concurrency * FILES_PER_UPLOAD_SLOT;
+        let queue = tokio::spawn(queue::run(job_rx, syncer, limit, cancel.clone()));
+        info!(folders = config.folders.len(), settle = %humantime::format_duration(config.settle), "running; initial scan started");
+        Pipeline {
+            status: Status {
+                folders: config.folders.len(),
+                targets: actors.into_values().collect(),
+                api,
+            },
+            cancel,
+            tasks,
+            queue,
+            actors: actor_tasks,
+            heartbeat,
+        }
     }
-    for task in actor_tasks {
-        task.abort();
+
+    /// Starts the watchdog and the `systemctl status` line, once start-up is announced.
+    fn report_status(&mut self) {
+        self.tasks.push(tokio::spawn(service::run_watchdog(
+            self.heartbeat.clone(),
+            self.cancel.clone(),
+        )));
+        self.tasks.push(tokio::spawn(
+            self.status.clone().report_until(self.cancel.clone()),
+        ));
     }
-    store.flush().await?;
-    info!("stopped; state saved");
-    Ok(())
+
+    /// Takes no new work, lets in-flight work finish (bounded by the queue's drain time), and
+    /// waits until every task is gone, so the socket and the metrics port are free again.
+    async fn stop(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(error) = self.queue.await {
+            error!(%error, "the work queue stopped unexpectedly");
+        }
+        for task in self.actors {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 /// Tells the service manager that start-up is done once every target is verified (valid or
@@ -160,6 +293,7 @@ async fn announce_ready(status: &Status, cancel: &CancellationToken) {
 }
 
 /// What the daemon tells `systemctl status`, from state that costs nothing to read.
+#[derive(Clone)]
 struct Status {
     folders: usize,
     /// One handle per remote field.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Credentials};
 use crate::daemon;
 use crate::fake::{DemoIds, FakeTallyfy};
+use crate::service::Reloads;
 
 const ORG: &str = "demo-org";
 const TOKEN: &str = "demo-token";
@@ -20,7 +21,8 @@ const TOKEN: &str = "demo-token";
 const MARKER: &str = ".tallyfy-sync-demo";
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub async fn run(dir: PathBuf, cancel: CancellationToken) -> anyhow::Result<()> {
+/// `reloads`: SIGHUP re-reads the demo's config.yaml, as in a real deployment.
+pub async fn run(dir: PathBuf, cancel: CancellationToken, reloads: Reloads) -> anyhow::Result<()> {
     prepare(&dir)?;
     let fake = FakeTallyfy::start(ORG, TOKEN)
         .await
@@ -51,7 +53,7 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken) -> anyhow::Result<()> 
         config_path.display()
     );
 
-    let daemon = tokio::spawn(daemon::run(config, credentials, cancel.clone()));
+    let daemon = tokio::spawn(daemon::run(config, credentials, cancel.clone(), reloads));
     let tour = Tour {
         fake: &fake,
         ids: &ids,

@@ -4,7 +4,7 @@
 //! of files costs a few PUTs and two PUTs to one field never race (no lost update).
 //! Owns the rule that assets attached by anyone else stay in the field.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -165,7 +165,7 @@ impl Actor {
     async fn run(self, mut inbox: mpsc::Receiver<Request>, readiness: watch::Sender<Readiness>) {
         let verified = tokio::select! {
             _ = self.cancel.cancelled() => return,
-            verified = self.verify() => verified,
+            verified = verify(&self.target, &self.api) => verified,
         };
         match verified {
             Ok(resolved) => {
@@ -198,129 +198,6 @@ impl Actor {
                 continue;
             }
             self.apply(batch).await;
-        }
-    }
-
-    async fn verify(&self) -> Result<Resolved, FieldError> {
-        let api = &self.api;
-        match &self.target {
-            Target::Task {
-                run_id,
-                task_id,
-                capture_id,
-                step_id,
-                checklist_id,
-            } => {
-                let task = api
-                    .with_retries(|| api.get_task(run_id, task_id))
-                    .await
-                    .map_err(|error| {
-                        unreachable_target(error, &format!("task {task_id} of run {run_id}"))
-                    })?;
-                if task.status.eq_ignore_ascii_case("completed") {
-                    return Err(FieldError::Invalid(format!(
-                        "task {task_id} in run {run_id} is completed, and Tallyfy does not allow changes to completed tasks"
-                    )));
-                }
-                let Some(field) = task.fields.iter().find(|field| field.id == *capture_id) else {
-                    let known: Vec<String> = task
-                        .fields
-                        .iter()
-                        .map(|f| format!("{} ({:?}, {})", f.id, f.label, f.field_type))
-                        .collect();
-                    return Err(FieldError::Invalid(format!(
-                        "task {task_id} in run {run_id} has no form field with capture id {capture_id}; its fields are: {}",
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                    )));
-                };
-                if field.field_type != "file" {
-                    return Err(FieldError::Invalid(format!(
-                        "field {capture_id} ({:?}) of task {task_id} is a {} field, not a file field",
-                        field.label, field.field_type
-                    )));
-                }
-                let missing = |what: &str| {
-                    FieldError::Invalid(format!("task {task_id} in run {run_id} did not say its {what}; set it as folders[].task.{what}"))
-                };
-                let step_id = step_id
-                    .clone()
-                    .or(task.step_id)
-                    .ok_or_else(|| missing("step_id"))?;
-                let checklist_id = checklist_id
-                    .clone()
-                    .or(task.checklist_id)
-                    .ok_or_else(|| missing("checklist_id"))?;
-                Ok(Resolved {
-                    upload: UploadTarget::Task {
-                        run_id: run_id.clone(),
-                        capture_id: capture_id.clone(),
-                        step_id,
-                        checklist_id,
-                    },
-                })
-            }
-            Target::Kickoff {
-                checklist_id,
-                field_id,
-            } => {
-                let checklist = api
-                    .with_retries(|| api.get_checklist(checklist_id))
-                    .await
-                    .map_err(|error| {
-                        unreachable_target(error, &format!("template {checklist_id}"))
-                    })?;
-                let text = |field: &Value, key: &str| {
-                    field
-                        .get(key)
-                        .and_then(|v| v.as_str())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let Some(field) = checklist
-                    .prerun
-                    .iter()
-                    .find(|field| asset_id(field).as_deref() == Some(field_id))
-                else {
-                    if let Some(by_alias) = checklist
-                        .prerun
-                        .iter()
-                        .find(|field| text(field, "alias") == *field_id)
-                    {
-                        return Err(FieldError::Invalid(format!(
-                            "{field_id} is the alias of a kick-off field of template {checklist_id}; use its id {}",
-                            asset_id(by_alias).unwrap_or_default()
-                        )));
-                    }
-                    let known: Vec<String> = checklist
-                        .prerun
-                        .iter()
-                        .map(|f| {
-                            format!(
-                                "{} ({:?}, {})",
-                                asset_id(f).unwrap_or_default(),
-                                text(f, "label"),
-                                text(f, "field_type")
-                            )
-                        })
-                        .collect();
-                    return Err(FieldError::Invalid(format!(
-                        "template {checklist_id} has no kick-off field with id {field_id}; its kick-off fields are: {}",
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                    )));
-                };
-                let field_type = text(field, "field_type");
-                if field_type != "file" {
-                    return Err(FieldError::Invalid(format!(
-                        "kick-off field {field_id} ({:?}) of template {checklist_id} is a {field_type} field, not a file field",
-                        text(field, "label")
-                    )));
-                }
-                Ok(Resolved {
-                    upload: UploadTarget::Kickoff {
-                        checklist_id: checklist_id.clone(),
-                    },
-                })
-            }
         }
     }
 
@@ -367,17 +244,22 @@ impl Actor {
             })
             .collect();
         let outcome = api.with_retries(|| self.update(&attach, &removed)).await;
+        // The ids the field lists now, looked up once per file rather than by scanning.
         let outcome = match outcome {
             Err(ApiError::Cancelled) => return,
             Err(error) => Err(error.to_string()),
-            Ok(list) => Ok(list),
+            Ok(list) => Ok(list.map(|list| {
+                list.iter()
+                    .filter_map(asset_id)
+                    .collect::<HashSet<String>>()
+            })),
         };
         for request in pending {
             match request {
                 Request::Attach { asset, reply, .. } => {
                     let id = asset.id().unwrap_or_default();
                     let result = match &outcome {
-                        Ok(Some(list)) if contains(list, &id) => Ok(()),
+                        Ok(Some(listed)) if listed.contains(&id) => Ok(()),
                         Ok(Some(_)) => Err(FieldError::NotListed {
                             target: self.target.to_string(),
                             asset: id,
@@ -394,7 +276,7 @@ impl Actor {
                 Request::Delete { job, reply } => {
                     let id = job.asset.id().unwrap_or_default();
                     let result = match &outcome {
-                        Ok(Some(list)) if contains(list, &id) => {
+                        Ok(Some(listed)) if listed.contains(&id) => {
                             warn!(file = %job.path.display(), asset_id = %id, "the field still lists a deleted asset");
                             Ok(())
                         }
@@ -426,26 +308,40 @@ impl Actor {
         attach: &[(Asset, Option<String>)],
         removed: &HashSet<String>,
     ) -> Result<Option<Vec<Value>>, ApiError> {
-        let snapshot = self.read().await?;
-        let mut list: Vec<Value> = snapshot
-            .list
-            .iter()
+        let Snapshot {
+            list: current,
+            checklist,
+        } = self.read().await?;
+        let before = current.len();
+        let mut list: Vec<Value> = current
+            .into_iter()
             .filter(|item| !asset_id(item).is_some_and(|id| removed.contains(&id)))
-            .cloned()
+            .collect();
+        let mut changed = list.len() != before;
+        // Positions by id, so a batch of hundreds costs one pass over the field, not one each.
+        let mut slots: HashMap<String, usize> = list
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| Some((asset_id(item)?, index)))
             .collect();
         for (asset, replaces) in attach {
             let id = asset.id().unwrap_or_default();
-            if contains(&list, &id) {
+            if slots.contains_key(&id) {
                 continue;
             }
-            let slot = replaces.as_ref().and_then(|old| {
-                list.iter()
-                    .position(|item| asset_id(item).as_deref() == Some(old))
-            });
-            match slot {
-                Some(index) => list[index] = asset.0.clone(),
-                None => list.push(asset.0.clone()),
-            }
+            changed = true;
+            let slot = replaces.as_ref().and_then(|old| slots.remove(old));
+            let index = match slot {
+                Some(index) => {
+                    list[index] = asset.0.clone();
+                    index
+                }
+                None => {
+                    list.push(asset.0.clone());
+                    list.len() - 1
+                }
+            };
+            slots.insert(id, index);
         }
         // Replaced assets leave the field even when they were not where we expected them.
         let replaced: HashSet<&String> = attach
@@ -453,14 +349,15 @@ impl Actor {
             .filter_map(|(_, replaces)| replaces.as_ref())
             .collect();
         let kept_new: HashSet<String> = attach.iter().filter_map(|(asset, _)| asset.id()).collect();
+        let before = list.len();
         list.retain(|item| {
             asset_id(item).is_none_or(|id| kept_new.contains(&id) || !replaced.contains(&id))
         });
-        if list == snapshot.list {
+        if !changed && list.len() == before {
             debug!(target = %self.target, "field already up to date");
             return Ok(Some(list));
         }
-        self.write(snapshot, list).await
+        self.write(checklist, list).await
     }
 
     async fn read(&self) -> Result<Snapshot, ApiError> {
@@ -471,20 +368,16 @@ impl Actor {
                 capture_id,
                 ..
             } => {
-                let task = self.api.get_task(run_id, task_id).await?;
+                let mut task = self.api.get_task(run_id, task_id).await?;
                 let value = task
                     .fields
-                    .iter()
+                    .into_iter()
                     .find(|field| field.id == *capture_id)
-                    .map(|field| field.value.clone())
-                    .or_else(|| {
-                        task.taskdata
-                            .as_ref()
-                            .and_then(|data| data.get(capture_id).cloned())
-                    })
+                    .map(|field| field.value)
+                    .or_else(|| task.taskdata.as_mut()?.remove(capture_id))
                     .unwrap_or(Value::Null);
                 Ok(Snapshot {
-                    list: api::as_list(&value),
+                    list: api::into_list(value),
                     checklist: None,
                 })
             }
@@ -504,10 +397,10 @@ impl Actor {
 
     async fn write(
         &self,
-        snapshot: Snapshot,
+        checklist: Option<api::Checklist>,
         list: Vec<Value>,
     ) -> Result<Option<Vec<Value>>, ApiError> {
-        match (&self.target, snapshot.checklist) {
+        match (&self.target, checklist) {
             (
                 Target::Task {
                     run_id,
@@ -550,6 +443,128 @@ impl Actor {
     }
 }
 
+/// Checks with GETs only that `target` exists, can take files, and says where uploads go:
+/// what the daemon does before it sends a field anything, and what `check --online` does.
+pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldError> {
+    match target {
+        Target::Task {
+            run_id,
+            task_id,
+            capture_id,
+            step_id,
+            checklist_id,
+        } => {
+            let task = api
+                .with_retries(|| api.get_task(run_id, task_id))
+                .await
+                .map_err(|error| {
+                    unreachable_target(error, &format!("task {task_id} of run {run_id}"))
+                })?;
+            if task.status.eq_ignore_ascii_case("completed") {
+                return Err(FieldError::Invalid(format!(
+                    "task {task_id} in run {run_id} is completed, and Tallyfy does not allow changes to completed tasks"
+                )));
+            }
+            let Some(field) = task.fields.iter().find(|field| field.id == *capture_id) else {
+                let known: Vec<String> = task
+                    .fields
+                    .iter()
+                    .map(|f| format!("{} ({:?}, {})", f.id, f.label, f.field_type))
+                    .collect();
+                return Err(FieldError::Invalid(format!(
+                    "task {task_id} in run {run_id} has no form field with capture id {capture_id}; its fields are: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            };
+            if field.field_type != "file" {
+                return Err(FieldError::Invalid(format!(
+                    "field {capture_id} ({:?}) of task {task_id} is a {} field, not a file field",
+                    field.label, field.field_type
+                )));
+            }
+            let missing = |what: &str| {
+                FieldError::Invalid(format!("task {task_id} in run {run_id} did not say its {what}; set it as folders[].task.{what}"))
+            };
+            let step_id = step_id
+                .clone()
+                .or(task.step_id)
+                .ok_or_else(|| missing("step_id"))?;
+            let checklist_id = checklist_id
+                .clone()
+                .or(task.checklist_id)
+                .ok_or_else(|| missing("checklist_id"))?;
+            Ok(Resolved {
+                upload: UploadTarget::Task {
+                    run_id: run_id.clone(),
+                    capture_id: capture_id.clone(),
+                    step_id,
+                    checklist_id,
+                },
+            })
+        }
+        Target::Kickoff {
+            checklist_id,
+            field_id,
+        } => {
+            let checklist = api
+                .with_retries(|| api.get_checklist(checklist_id))
+                .await
+                .map_err(|error| unreachable_target(error, &format!("template {checklist_id}")))?;
+            let text = |field: &Value, key: &str| {
+                field
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let Some(field) = checklist
+                .prerun
+                .iter()
+                .find(|field| asset_id(field).as_deref() == Some(field_id))
+            else {
+                if let Some(by_alias) = checklist
+                    .prerun
+                    .iter()
+                    .find(|field| text(field, "alias") == *field_id)
+                {
+                    return Err(FieldError::Invalid(format!(
+                        "{field_id} is the alias of a kick-off field of template {checklist_id}; use its id {}",
+                        asset_id(by_alias).unwrap_or_default()
+                    )));
+                }
+                let known: Vec<String> = checklist
+                    .prerun
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} ({:?}, {})",
+                            asset_id(f).unwrap_or_default(),
+                            text(f, "label"),
+                            text(f, "field_type")
+                        )
+                    })
+                    .collect();
+                return Err(FieldError::Invalid(format!(
+                    "template {checklist_id} has no kick-off field with id {field_id}; its kick-off fields are: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            };
+            let field_type = text(field, "field_type");
+            if field_type != "file" {
+                return Err(FieldError::Invalid(format!(
+                    "kick-off field {field_id} ({:?}) of template {checklist_id} is a {field_type} field, not a file field",
+                    text(field, "label")
+                )));
+            }
+            Ok(Resolved {
+                upload: UploadTarget::Kickoff {
+                    checklist_id: checklist_id.clone(),
+                },
+            })
+        }
+    }
+}
+
 /// A target the API says is missing or forbidden is a config mistake, not a passing failure.
 fn unreachable_target(error: ApiError, what: &str) -> FieldError {
     match error.status() {
@@ -563,12 +578,7 @@ fn kickoff_value(prerun: &[Value], field_id: &str) -> Option<Vec<Value>> {
     prerun
         .iter()
         .find(|field| asset_id(field).as_deref() == Some(field_id))
-        .map(|field| api::as_list(field.get("value").unwrap_or(&Value::Null)))
-}
-
-fn contains(list: &[Value], id: &str) -> bool {
-    list.iter()
-        .any(|item| asset_id(item).as_deref() == Some(id))
+        .map(|field| api::into_list(field.get("value").cloned().unwrap_or(Value::Null)))
 }
 
 /// Answers every request of a batch for a target that failed verification.

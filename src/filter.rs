@@ -136,12 +136,13 @@ pub fn humansize(bytes: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Target;
     use std::os::unix::ffi::OsStrExt;
 
-    fn folder(ignore: &[&str]) -> Folder {
+    /// A non-recursive folder with `max_delete: 50%` ignoring `ignore`.
+    pub(crate) fn folder(ignore: &[&str]) -> Folder {
         let mut builder = globset::GlobSetBuilder::new();
         for pattern in ignore {
             builder.add(globset::Glob::new(pattern).unwrap());

@@ -45,6 +45,37 @@ pub async fn release(store: &Store, folder: &Path) -> Result<(), StoreError> {
     store.set_meta(&release_key(folder), Some(&true)).await
 }
 
+/// The device a folder's root was first seen on, as saved in the store.
+pub fn recorded_device(store: &Store, folder: &Path) -> Option<u64> {
+    store.meta(&device_key(folder)).ok().flatten()
+}
+
+/// Whether `release-deletes` asked to let the folder's held deletes go.
+pub fn is_released(store: &Store, folder: &Path) -> bool {
+    store.meta::<bool>(&release_key(folder)).ok().flatten() == Some(true)
+}
+
+/// Why a folder must pause, from its root as a scan found it (`Err`: unreadable) and the
+/// device it was first seen on (`None`: never seen, so anything goes); `None` when it may sync.
+pub fn root_problem(known: Option<u64>, device: &Result<u64, String>) -> Option<String> {
+    match (device, known) {
+        (Err(problem), _) => Some(problem.clone()),
+        (Ok(_), None) => None,
+        (Ok(device), Some(known)) if known == *device => None,
+        (Ok(device), Some(known)) => Some(format!(
+            "it is now on another filesystem (device {device:#x}, was {known:#x}): was a share unmounted?"
+        )),
+    }
+}
+
+/// Whether one scan finding `vanished` of the folder's `synced` files gone deletes more than
+/// `max_delete` lets through, so that the deletes are held (unless `released`).
+pub fn holds(folder: &Folder, vanished: usize, synced: usize, released: bool) -> bool {
+    let too_many = synced >= MAX_DELETE_MIN_FILES
+        && vanished * 100 > synced * usize::from(folder.max_delete_percent);
+    too_many && !released && folder.delete_remote
+}
+
 struct FolderGuard {
     /// The filesystem the root was on when first seen; a change means it was unmounted or
     /// replaced.
@@ -65,7 +96,7 @@ impl Guard {
             .iter()
             .map(|folder| {
                 let saved = FolderGuard {
-                    device: store.meta(&device_key(&folder.path)).ok().flatten(),
+                    device: recorded_device(&store, &folder.path),
                     // As the last run left it, so that `status` tells until the first check.
                     paused: store.meta(&paused_key(&folder.path)).ok().flatten(),
                     held: store.meta(&held_key(&folder.path)).ok().flatten(),
@@ -96,26 +127,17 @@ impl Guard {
     /// whether the folder may be synced. Logs when a folder pauses or resumes.
     pub async fn check_root(&mut self, index: usize, device: Result<u64, String>) -> bool {
         let (folder, state) = &mut self.folders[index];
-        let problem = match device {
-            Err(problem) => Some(problem),
-            Ok(device) => match state.device {
-                None => {
-                    state.device = Some(device);
-                    if let Err(error) = self
-                        .store
-                        .set_meta(&device_key(&folder.path), Some(&device))
-                        .await
-                    {
-                        warn!(folder = %folder.path.display(), %error, "cannot save the folder's device");
-                    }
-                    None
-                }
-                Some(known) if known == device => None,
-                Some(known) => Some(format!(
-                    "it is now on another filesystem (device {device:#x}, was {known:#x}): was a share unmounted?"
-                )),
-            },
-        };
+        let problem = root_problem(state.device, &device);
+        if let (None, Ok(device)) = (state.device, device) {
+            state.device = Some(device);
+            if let Err(error) = self
+                .store
+                .set_meta(&device_key(&folder.path), Some(&device))
+                .await
+            {
+                warn!(folder = %folder.path.display(), %error, "cannot save the folder's device");
+            }
+        }
         let was = state.paused.take();
         let open = problem.is_none();
         if problem.is_some() != was.is_some() {
@@ -144,10 +166,8 @@ impl Guard {
     pub async fn allow_deletes(&mut self, index: usize, vanished: usize, synced: usize) -> bool {
         let (folder, state) = &mut self.folders[index];
         let release = release_key(&folder.path);
-        let released = self.store.meta::<bool>(&release).ok().flatten() == Some(true);
-        let too_many = synced >= MAX_DELETE_MIN_FILES
-            && vanished * 100 > synced * usize::from(folder.max_delete_percent);
-        let hold = too_many && !released && folder.delete_remote;
+        let released = is_released(&self.store, &folder.path);
+        let hold = holds(folder, vanished, synced, released);
         let saved = if hold {
             if state.held.as_ref().map(|held| held.count) == Some(vanished) {
                 return false;
@@ -186,5 +206,36 @@ impl Guard {
             warn!(folder = %folder.path.display(), %error, "cannot save the state of held deletes");
         }
         !hold
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_on_another_device_or_unreadable_pauses_and_a_first_sighting_does_not() {
+        assert_eq!(root_problem(None, &Ok(7)), None);
+        assert_eq!(root_problem(Some(7), &Ok(7)), None);
+        let moved = root_problem(Some(7), &Ok(8)).unwrap();
+        assert!(moved.contains("device 0x8, was 0x7"), "{moved}");
+        assert_eq!(
+            root_problem(Some(7), &Err("cannot read /f".into())),
+            Some("cannot read /f".into())
+        );
+    }
+
+    #[test]
+    fn deletes_are_held_above_max_delete_in_a_folder_of_ten_or_more_unless_released() {
+        let folder = &crate::filter::tests::folder(&[]);
+        assert!(!holds(folder, 5, 10, false), "exactly half goes");
+        assert!(holds(folder, 6, 10, false));
+        assert!(!holds(folder, 6, 10, true), "released");
+        assert!(!holds(folder, 9, 9, false), "fewer than ten synced files");
+        let local_only = Folder {
+            delete_remote: false,
+            ..folder.clone()
+        };
+        assert!(!holds(&local_only, 6, 10, false), "nothing remote to hold");
     }
 }

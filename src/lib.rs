@@ -17,6 +17,7 @@ pub mod filter;
 pub mod guard;
 pub mod logging;
 pub mod metrics;
+pub mod plan;
 pub mod queue;
 pub mod retry;
 pub mod service;

@@ -16,7 +16,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
+/// SIGHUPs not yet acted on (several in a row count as one).
+#[derive(Clone, Default)]
+pub struct Reloads(Arc<tokio::sync::Notify>);
+
+impl Reloads {
+    /// Waits for the next SIGHUP (returns at once for one that came while nobody waited).
+    pub async fn requested(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// Turns SIGTERM and SIGINT into `cancel`, and SIGHUP into a reload request.
+pub fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<Reloads> {
+    let reloads = Reloads::default();
+    let reload = reloads.0.clone();
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
@@ -27,11 +41,7 @@ pub fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
                     SIGTERM => "SIGTERM",
                     SIGINT => "SIGINT",
                     _ => {
-                        // Caught so that `systemctl reload` does not kill the daemon.
-                        info!(
-                            signal = "SIGHUP",
-                            "reload requested; the configuration is read again at the next restart"
-                        );
+                        reload.notify_one();
                         continue;
                     }
                 };
@@ -51,7 +61,7 @@ pub fn cancel_on_signals(cancel: CancellationToken) -> std::io::Result<()> {
                 }
             }
         })?;
-    Ok(())
+    Ok(reloads)
 }
 
 /// Whether a service manager listens (NOTIFY_SOCKET is set).

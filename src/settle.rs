@@ -106,7 +106,20 @@ impl Settle {
         jobs: mpsc::Sender<Job>,
         cancel: CancellationToken,
     ) {
+        let started = std::time::Instant::now();
         self.rescan_all().await;
+        let gone = self
+            .candidates
+            .values()
+            .filter(|candidate| candidate.seen.is_none())
+            .count();
+        info!(
+            new_or_changed = self.candidates.len() - gone,
+            gone,
+            "initial scan done in {} ms: {} new or changed files to check and upload, {gone} gone; unchanged files need no request",
+            started.elapsed().as_millis(),
+            self.candidates.len() - gone
+        );
         let mut root_check = tokio::time::interval(ROOT_CHECK);
         root_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let heartbeat = self.heartbeat.clone();

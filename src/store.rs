@@ -190,6 +190,28 @@ impl Store {
                 }
                 other => open_error(other.to_string()),
             })?;
+        Store::with_db(dir, db)
+    }
+
+    /// A store that holds nothing, in a temporary file removed with its last handle: what a
+    /// first run starts from, for planning one without creating the state directory.
+    pub fn empty(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|error| StoreError::Open {
+                path: dir.to_path_buf(),
+                error: format!("cannot make an empty temporary store: {error}"),
+            })?;
+        Store::with_db(dir, db)
+    }
+
+    fn with_db(dir: &Path, db: sled::Db) -> Result<Store, StoreError> {
+        let open_error = |error: String| StoreError::Open {
+            path: dir.to_path_buf(),
+            error,
+        };
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|error| open_error(error.to_string()))
@@ -205,6 +227,11 @@ impl Store {
             meta,
             flusher: Arc::new(flusher),
         })
+    }
+
+    /// Whether `dir` holds a store (`open` would create one).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("store").exists()
     }
 
     pub fn path(&self) -> &Path {

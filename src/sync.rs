@@ -129,50 +129,25 @@ impl Syncer {
             }
         };
         let meta = FileMeta::of(&metadata);
-        let check = filter::check(subject.folder, path, &metadata)
-            .and_then(|()| self.inside_folder(subject));
-        if let Err(rejection) = check {
+        if let Err(rejection) = eligible(subject.folder, path, &metadata) {
             return self
                 .reject(subject, meta, rejection.to_string(), record)
                 .await;
         }
-        if let Some(record) = record.as_ref().filter(|record| record.meta == meta) {
-            match &record.state {
-                FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. } => {
-                    return Ok(())
+        match next(record, meta) {
+            Next::Nothing => Ok(()),
+            Next::Attach { record, asset } => self.attach(subject, record, asset).await,
+            Next::CompareContent { record, hash } => {
+                // Touched or rewritten with the same bytes: no upload, just remember the new metadata.
+                if hash_file(path).await.ok().as_ref() == Some(&hash) {
+                    debug!(file = %subject.path.display(), "content unchanged");
+                    let mut unchanged = record;
+                    unchanged.meta = meta;
+                    return Ok(self.store.put(path, &unchanged).await?);
                 }
-                FileState::Uploaded { asset } => {
-                    return self.attach(subject, record.clone(), asset.clone()).await
-                }
-                FileState::Uploading => {} // interrupted: nothing was recorded, so send it again
+                self.upload(subject, target, meta, Some(record)).await
             }
-        }
-        if let Some(record) = record
-            .as_ref()
-            .filter(|record| record.state == FileState::Synced && record.hash.is_some())
-        {
-            // Touched or rewritten with the same bytes: no upload, just remember the new metadata.
-            if hash_file(path).await.ok() == record.hash {
-                debug!(file = %subject.path.display(), "content unchanged");
-                let mut unchanged = record.clone();
-                unchanged.meta = meta;
-                return Ok(self.store.put(path, &unchanged).await?);
-            }
-        }
-        self.upload(subject, target, meta, record).await
-    }
-
-    /// Rejects a path whose real directory lies outside the folder (a symlinked directory).
-    fn inside_folder(&self, subject: &Subject<'_>) -> Result<(), filter::Rejection> {
-        let Some(parent) = subject.path.parent() else {
-            return Ok(());
-        };
-        if parent == subject.folder.path {
-            return Ok(());
-        }
-        match parent.canonicalize() {
-            Ok(real) if real.starts_with(&subject.folder.path) => Ok(()),
-            _ => Err(filter::Rejection::Symlink),
+            Next::Upload { previous } => self.upload(subject, target, meta, previous).await,
         }
     }
 
@@ -352,10 +327,7 @@ impl Syncer {
             error!(folder = %subject.folder.path.display(), file = %subject.path.display(), "the folder itself is gone; not deleting anything until it is back");
             return Ok(());
         }
-        let mut assets: Vec<Asset> = record.attached.clone().into_iter().collect();
-        if let FileState::Uploaded { asset } = &record.state {
-            assets.push(asset.clone());
-        }
+        let assets = remote_assets(&record);
         if assets.is_empty() || !subject.folder.delete_remote {
             if !assets.is_empty() {
                 info!(folder = %subject.folder.path.display(), file = %subject.path.display(), "removed locally; the copy in Tallyfy stays (delete_remote is off)");
@@ -383,6 +355,75 @@ impl Syncer {
     }
 }
 
+/// Whether a file may be sent at all: the filter's checks, and for a file in a subdirectory,
+/// that the directory really lies inside the folder (not reached through a symbolic link).
+pub fn eligible(
+    folder: &Folder,
+    path: &Path,
+    metadata: &std::fs::Metadata,
+) -> Result<(), filter::Rejection> {
+    filter::check(folder, path, metadata)?;
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    if parent == folder.path {
+        return Ok(());
+    }
+    match parent.canonicalize() {
+        Ok(real) if real.starts_with(&folder.path) => Ok(()),
+        _ => Err(filter::Rejection::Symlink),
+    }
+}
+
+/// What an eligible file's version on disk needs, given its record.
+#[derive(Debug)]
+pub enum Next {
+    /// This version is settled: synced, rejected or failed as it is.
+    Nothing,
+    /// This version was uploaded but is not in the field yet (a stop came between).
+    Attach { record: FileRecord, asset: Asset },
+    /// A synced file whose metadata changed: it needs an upload only if its content differs
+    /// from `hash`, the content last uploaded.
+    CompareContent { record: FileRecord, hash: String },
+    /// New, changed, or interrupted during its upload.
+    Upload { previous: Option<FileRecord> },
+}
+
+pub fn next(record: Option<FileRecord>, meta: FileMeta) -> Next {
+    let Some(record) = record else {
+        return Next::Upload { previous: None };
+    };
+    if record.meta == meta {
+        match &record.state {
+            FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. } => {
+                return Next::Nothing
+            }
+            FileState::Uploaded { asset } => {
+                let asset = asset.clone();
+                return Next::Attach { record, asset };
+            }
+            // Interrupted: nothing was recorded, so send it again.
+            FileState::Uploading => {}
+        }
+    }
+    match (&record.state, record.hash.clone()) {
+        (FileState::Synced, Some(hash)) => Next::CompareContent { record, hash },
+        _ => Next::Upload {
+            previous: Some(record),
+        },
+    }
+}
+
+/// The remote assets a file's record holds: the attached one and one uploaded but not yet
+/// attached; deleting the file locally deletes these.
+pub fn remote_assets(record: &FileRecord) -> Vec<Asset> {
+    let mut assets: Vec<Asset> = record.attached.clone().into_iter().collect();
+    if let FileState::Uploaded { asset } = &record.state {
+        assets.push(asset.clone());
+    }
+    assets
+}
+
 /// Opens the file without following a link, and checks it is still the version that settled.
 fn open_unchanged(path: &Path, meta: &FileMeta) -> Result<tokio::fs::File, String> {
     let file = std::fs::OpenOptions::new()
@@ -399,11 +440,14 @@ fn open_unchanged(path: &Path, meta: &FileMeta) -> Result<tokio::fs::File, Strin
 
 async fn hash_file(path: &Path) -> std::io::Result<String> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(path)?)?;
-        Ok(hasher.finalize().to_hex().to_string())
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || content_hash(&path))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// blake3 of a file's content (hex), as recorded for what was uploaded.
+pub fn content_hash(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize().to_hex().to_string())
 }

@@ -45,13 +45,6 @@ fn assert_config_error(output: &Output, expected: &str, context: &str) {
     );
 }
 
-fn describe(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status, output.stdout, output.stderr
-    )
-}
-
 /// The config `Env` wrote, with `api.token_file` set to `file`.
 fn with_token_file(env: &Env, file: &Path) -> String {
     let yaml = std::fs::read_to_string(&env.config).unwrap();

@@ -86,3 +86,47 @@ async fn rate_limit_paces_a_backlog_evenly_without_earning_429s() {
     );
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_concurrency_bounds_the_uploads_in_progress_at_once() {
+    let env = Env::new().await;
+    env.write_config_with_api("  concurrency: 2\n", "", "");
+    env.fake.inject(
+        Fault::once(
+            "POST",
+            "/file",
+            FaultKind::Latency(Duration::from_millis(300)),
+        )
+        .times(12),
+    );
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    for i in 0..12 {
+        drop_file(
+            &env.tasks,
+            &format!("{i:02}.pdf"),
+            format!("{i}").as_bytes(),
+        );
+    }
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    while env.task_field().len() < 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all attached in time:\n{}",
+            daemon.log()
+        );
+        let in_progress = env
+            .requests("POST", "/file")
+            .iter()
+            .filter(|r| r.status == 0)
+            .count();
+        most = most.max(in_progress);
+        assert!(daemon.exited().is_none(), "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        most, 2,
+        "uploads in progress at once with api.concurrency: 2"
+    );
+}

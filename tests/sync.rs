@@ -302,7 +302,9 @@ async fn a_restart_with_nothing_changed_sends_no_request_beyond_target_checks() 
     assert_eq!(daemon.stop().await.code(), Some(0));
     let before = env.fake.requests().len();
     let daemon = env.start();
-    daemon.wait_for_log("running; initial scan started").await;
+    daemon
+        .wait_for_log("0 new or changed files to check and upload, 0 gone")
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // several settle periods
     let after: Vec<_> = env.fake.requests().into_iter().skip(before).collect();
     assert!(

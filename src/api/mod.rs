@@ -87,10 +87,14 @@ pub struct Client {
     tokens: TokenSource,
     timeout: Duration,
     gate: Gate,
+    /// `api.concurrency`: uploads in progress at once, whatever else is in flight.
+    uploads: tokio::sync::Semaphore,
     pace: Option<Pace>,
     /// The gate's current pause, for `status` and for saving across restarts.
     pause: std::sync::Mutex<Option<Pause>>,
     on_pause: Option<PauseHook>,
+    /// Most attempts `with_retries` makes; `None` for the daemon, which waits out any outage.
+    attempts: Option<u32>,
     cancel: CancellationToken,
 }
 
@@ -122,9 +126,11 @@ impl Client {
             tokens,
             timeout: config.timeout,
             gate: Gate::new(Backoff::default()),
+            uploads: tokio::sync::Semaphore::new(config.concurrency),
             pace: config.rate_limit.map(Pace::new),
             pause: std::sync::Mutex::new(None),
             on_pause: None,
+            attempts: None,
             cancel,
         })
     }
@@ -132,6 +138,13 @@ impl Client {
     /// Calls `hook` whenever requests pause or resume, so the schedule can be saved.
     pub fn on_pause_change(mut self, hook: PauseHook) -> Client {
         self.on_pause = Some(hook);
+        self
+    }
+
+    /// Makes `with_retries` give up after `attempts` tries, for a command that must answer
+    /// soon rather than wait for the API to come back.
+    pub fn give_up_after(mut self, attempts: u32) -> Client {
+        self.attempts = Some(attempts);
         self
     }
 
@@ -334,9 +347,10 @@ impl Client {
         }
     }
 
-    /// Runs `op` until it succeeds, fails for good, or we shut down. Failures that close the
-    /// gate (outage, rate limit, refused token) are retried at once: the gate does the waiting,
-    /// for every worker together. Other transient failures back off per call.
+    /// Runs `op` until it succeeds, fails for good, runs out of attempts (`give_up_after`), or
+    /// we shut down. Failures that close the gate (outage, rate limit, refused token) are
+    /// retried at once: the gate does the waiting, for every worker together. Other transient
+    /// failures back off per call.
     pub async fn with_retries<T, F, Fut>(&self, mut op: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
@@ -352,7 +366,11 @@ impl Client {
             };
             let paced_by_gate =
                 error.is_outage() || error.is_unauthorized() || error.status() == Some(429);
-            if !(error.is_retryable() || error.is_unauthorized()) || self.cancel.is_cancelled() {
+            let out_of_attempts = self.attempts.is_some_and(|most| attempt >= most);
+            if !(error.is_retryable() || error.is_unauthorized())
+                || self.cancel.is_cancelled()
+                || out_of_attempts
+            {
                 return Err(error);
             }
             if paced_by_gate {
@@ -384,6 +402,10 @@ impl Client {
         size: u64,
         target: &UploadTarget,
     ) -> Result<Uploaded, ApiError> {
+        let _slot = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
+            slot = self.uploads.acquire() => slot.map_err(|_| ApiError::Cancelled)?,
+        };
         let mut fields: Vec<(&str, &str)> = Vec::with_capacity(6);
         match target {
             UploadTarget::Task {
@@ -439,7 +461,7 @@ impl Client {
             .request(Method::GET, &format!("runs/{run_id}/tasks/{task_id}"))
             .query(&[("with", "form_fields")]);
         let answer = self.send(Endpoint::GetTask, request).await?;
-        parse_task(&data(Endpoint::GetTask, &answer)?)
+        parse_task(data(Endpoint::GetTask, &answer)?)
     }
 
     /// Replaces a task field's value; returns the field's value as the answer shows it, or
@@ -455,11 +477,11 @@ impl Client {
             .request(Method::PUT, &format!("runs/{run_id}/tasks/{task_id}"))
             .json(&json!({ "taskdata": { capture_id: value } }));
         let answer = self.send(Endpoint::PutTask, request).await?;
-        let data = data(Endpoint::PutTask, &answer)?;
+        let mut data = data(Endpoint::PutTask, &answer)?;
         Ok(data
-            .get("taskdata")
-            .and_then(|taskdata| taskdata.get(capture_id))
-            .map(as_list))
+            .get_mut("taskdata")
+            .and_then(|taskdata| taskdata.get_mut(capture_id))
+            .map(|value| into_list(value.take())))
     }
 
     pub async fn get_checklist(&self, checklist_id: &str) -> Result<Checklist, ApiError> {
@@ -521,11 +543,12 @@ fn round(pause: Duration) -> Duration {
 }
 
 /// A field value as a list of asset objects (`null` or absent is an empty field).
-pub fn as_list(value: &Value) -> Vec<Value> {
+/// A field's value as a list of assets (a field with one file may hold it bare).
+pub fn into_list(value: Value) -> Vec<Value> {
     match value {
-        Value::Array(items) => items.clone(),
+        Value::Array(items) => items,
         Value::Null => Vec::new(),
-        other => vec![other.clone()],
+        other => vec![other],
     }
 }
 
@@ -552,31 +575,43 @@ fn text(value: &Value, key: &str) -> Option<String> {
     }
 }
 
-fn parse_task(data: &Value) -> Result<Task, ApiError> {
-    let fields = data
-        .get("form_fields")
-        .and_then(|fields| fields.get("data").or(Some(fields)))
-        .and_then(|fields| fields.as_array())
-        .map(|fields| {
-            fields
-                .iter()
-                .filter_map(|field| {
-                    Some(FormField {
-                        id: text(field, "id")?,
-                        label: text(field, "label").unwrap_or_default(),
-                        field_type: text(field, "field_type").unwrap_or_default(),
-                        value: field.get("value").cloned().unwrap_or(Value::Null),
-                    })
+/// Takes the task apart rather than copying it: a field's value can list thousands of assets.
+fn parse_task(mut data: Value) -> Result<Task, ApiError> {
+    let mut form_fields = data
+        .get_mut("form_fields")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    let fields = match form_fields.get_mut("data") {
+        Some(inner) => inner.take(),
+        None => form_fields,
+    };
+    let fields = match fields {
+        Value::Array(fields) => fields
+            .into_iter()
+            .filter_map(|mut field| {
+                Some(FormField {
+                    id: text(&field, "id")?,
+                    label: text(&field, "label").unwrap_or_default(),
+                    field_type: text(&field, "field_type").unwrap_or_default(),
+                    value: field
+                        .get_mut("value")
+                        .map(Value::take)
+                        .unwrap_or(Value::Null),
                 })
-                .collect()
-        })
-        .unwrap_or_default();
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let taskdata = match data.get_mut("taskdata").map(Value::take) {
+        Some(Value::Object(taskdata)) => Some(taskdata),
+        _ => None,
+    };
     Ok(Task {
-        status: text(data, "status").unwrap_or_default(),
-        step_id: text(data, "step_id"),
-        checklist_id: text(data, "checklist_id"),
+        status: text(&data, "status").unwrap_or_default(),
+        step_id: text(&data, "step_id"),
+        checklist_id: text(&data, "checklist_id"),
         fields,
-        taskdata: data.get("taskdata").and_then(|t| t.as_object()).cloned(),
+        taskdata,
     })
 }
 

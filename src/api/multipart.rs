@@ -12,6 +12,10 @@ use futures_util::{stream, Stream, StreamExt};
 use tokio_util::io::ReaderStream;
 
 const CHUNK: usize = 64 * 1024;
+/// Files up to this size go out in one piece, read in one go: most hot-folder files are small,
+/// and a stream of chunks costs a hand-off to the blocking pool per read and a write per chunk.
+/// Larger files stream, so memory stays flat whatever their size.
+const WHOLE: u64 = 256 * 1024;
 
 /// What the upload stream learned about the file: its hash, or why it stopped.
 #[derive(Default)]
@@ -86,6 +90,16 @@ pub fn build(
     let tail = format!("\r\n--{boundary}--\r\n");
     let length = head.len() as u64 + size + tail.len() as u64;
     let tracker = Tracker::default();
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    if size <= WHOLE {
+        let whole = whole(file, path.to_path_buf(), size, tracker.clone(), head, tail);
+        return Body {
+            content_type,
+            length,
+            stream: Box::pin(stream::once(whole)),
+            tracker,
+        };
+    }
     let content = hashed(
         ReaderStream::with_capacity(file, CHUNK),
         path.to_path_buf(),
@@ -96,11 +110,53 @@ pub fn build(
         .chain(content)
         .chain(stream::once(async move { Ok(Bytes::from(tail)) }));
     Body {
-        content_type: format!("multipart/form-data; boundary={boundary}"),
+        content_type,
         length,
         stream: Box::pin(stream),
         tracker,
     }
+}
+
+/// The whole body of a small file in one piece: the file read in one go (one byte more than
+/// announced, to notice growth), hashed, and checked against the announced size.
+async fn whole(
+    file: tokio::fs::File,
+    path: PathBuf,
+    size: u64,
+    tracker: Tracker,
+    head: String,
+    tail: String,
+) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let file = file.into_std().await;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut content = Vec::with_capacity(head.len() + size as usize + tail.len() + 1);
+        content.extend_from_slice(head.as_bytes());
+        file.take(size + 1).read_to_end(&mut content)?;
+        Ok::<_, std::io::Error>((content, head.len(), tail))
+    })
+    .await
+    .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+    let mut progress = tracker.lock();
+    let problem = match read {
+        Err(error) => format!("{}: {error}", path.display()),
+        Ok((mut content, start, tail)) => {
+            let sent = (content.len() - start) as u64;
+            if sent == size {
+                progress.hasher.update(&content[start..]);
+                progress.sent = sent;
+                content.extend_from_slice(tail.as_bytes());
+                return Ok(Bytes::from(content));
+            }
+            if sent > size {
+                format!("the file grew while it was being uploaded (expected {size} bytes)")
+            } else {
+                format!("the file shrank while it was being uploaded ({sent} of {size} bytes)")
+            }
+        }
+    };
+    progress.failure = Some(problem.clone());
+    Err(std::io::Error::other(problem))
 }
 
 /// Passes the file's chunks through, hashing them, and turns a size that differs from the one
@@ -184,6 +240,32 @@ mod tests {
             tracker.hash(),
             blake3::hash(b"hello world").to_hex().to_string()
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_one_piece_streams_with_the_same_length_and_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pdf");
+        let content: Vec<u8> = (0..WHOLE as usize * 3 + 7).map(|i| i as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        let body = build(&[], &path, "big.pdf", file, content.len() as u64);
+        let (length, tracker) = (body.length, body.tracker.clone());
+        let bytes = collect(body).await.unwrap();
+        assert_eq!(bytes.len() as u64, length);
+        assert_eq!(tracker.hash(), blake3::hash(&content).to_hex().to_string());
+    }
+
+    #[tokio::test]
+    async fn a_file_longer_than_announced_fails_in_one_piece_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.pdf");
+        std::fs::write(&path, b"longer than said").unwrap();
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        let body = build(&[], &path, "a.pdf", file, 4);
+        let tracker = body.tracker.clone();
+        assert!(collect(body).await.is_err());
+        assert!(tracker.failure().unwrap().contains("grew"));
     }
 
     #[tokio::test]

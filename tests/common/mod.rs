@@ -211,6 +211,14 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// All a command printed, with its exit status, for a failing assertion.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status, output.stdout, output.stderr
+    )
+}
+
 pub fn run_command(args: &[&str], token: Option<&str>, config: &Path) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"));
     command
