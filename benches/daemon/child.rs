@@ -24,6 +24,8 @@ pub struct Daemon {
     pub pid: i32,
     log: PathBuf,
     pub started: Instant,
+    /// The same moment by the wall clock, to line up with the log's timestamps.
+    pub started_at: std::time::SystemTime,
     notify: Notify,
 }
 
@@ -66,13 +68,14 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
-        let started = Instant::now();
+        let (started, started_at) = (Instant::now(), std::time::SystemTime::now());
         let child = command.spawn().context("starting tallyfy-sync")?;
         Ok(Daemon {
             pid: child.id() as i32,
             child,
             log,
             started,
+            started_at,
             notify,
         })
     }

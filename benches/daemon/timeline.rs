@@ -98,6 +98,14 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.split(' ').next().unwrap_or(rest))
 }
 
+/// When the first log line containing `needle` was written, after `since`.
+pub fn logged_at(log: &str, needle: &str, since: SystemTime) -> Option<Duration> {
+    let line = log.lines().find(|line| line.contains(needle))?;
+    let at = line.get(..27).and_then(unix_seconds)?;
+    let since = since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(Duration::from_secs_f64((at - since).max(0.0)))
+}
+
 /// `2026-01-02T03:04:05.678901Z` as Unix seconds.
 fn unix_seconds(stamp: &str) -> Option<f64> {
     let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
