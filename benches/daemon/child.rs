@@ -24,6 +24,8 @@ pub struct Daemon {
     pub pid: i32,
     log: PathBuf,
     pub started: Instant,
+    /// The same moment by the wall clock, to line up with the log's timestamps.
+    pub started_at: std::time::SystemTime,
     notify: Notify,
 }
 
@@ -31,7 +33,8 @@ pub struct Daemon {
 pub struct Startup {
     /// The log line "running; initial scan started".
     pub logged: Duration,
-    /// READY=1 on NOTIFY_SOCKET, when this build sends it.
+    /// READY=1 on NOTIFY_SOCKET, when this build sends it (as far as seen yet: the datagram
+    /// may come a moment after the log lines).
     pub notified: Option<Duration>,
     /// Every target's "target verified" line.
     pub verified: Duration,
@@ -65,13 +68,14 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
-        let started = Instant::now();
+        let (started, started_at) = (Instant::now(), std::time::SystemTime::now());
         let child = command.spawn().context("starting tallyfy-sync")?;
         Ok(Daemon {
             pid: child.id() as i32,
             child,
             log,
             started,
+            started_at,
             notify,
         })
     }
@@ -121,6 +125,11 @@ impl Daemon {
 
     pub fn rss_kib(&self) -> u64 {
         procfs::status_kib(self.pid, "VmRSS").unwrap_or_default()
+    }
+
+    /// When READY=1 arrived on NOTIFY_SOCKET, if it has.
+    pub fn notified(&self) -> Option<Duration> {
+        self.notify.ready_at(self.started)
     }
 
     /// The messages received on NOTIFY_SOCKET so far, with when they came after the spawn.

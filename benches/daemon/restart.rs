@@ -2,7 +2,8 @@
 //! in the state store through the library (`Store::put`, state Synced, meta read from the file),
 //! as a daemon that had uploaded them would have left it. Then the real daemon starts on it.
 //!
-//! "Scan done" is when the daemon's CPU time stops growing (no tick for `QUIET`) after it logged
+//! "Scan done" is the daemon's "initial scan done" log line; also measured, and used for builds
+//! without that line, is when its CPU time stops growing (no tick for `QUIET`) after it logged
 //! that the initial scan started: the scan is the only work there is, and it sends nothing.
 
 use std::path::PathBuf;
@@ -15,9 +16,12 @@ use tallyfy_sync::store::{now_unix, Asset, FileMeta, FileRecord, FileState, Stor
 
 use crate::child::{Daemon, Startup};
 use crate::procfs::status_kib;
+use crate::timeline;
 use crate::world::{by_method, count, until, Rng, World};
 
 const QUIET: Duration = Duration::from_millis(500);
+/// The daemon's log line at the end of its first scan (builds without it fall back on `QUIET`).
+const SCAN_DONE: &str = "initial scan done";
 /// After the scan, before the memory is read: what the daemon holds when it has nothing to do.
 const REST: Duration = Duration::from_secs(2);
 
@@ -26,7 +30,9 @@ pub struct Restart {
     pub populate_secs: f64,
     pub startup: Startup,
     /// Spawn → the scan's last CPU tick.
-    pub scan_done: Duration,
+    pub scan_quiet: Duration,
+    /// Spawn → the daemon's "initial scan done" log line, when it writes one.
+    pub scan_logged: Option<Duration>,
     pub requests: String,
     pub total_requests: usize,
     pub uploads: usize,
@@ -56,15 +62,18 @@ pub async fn run(
     let populate_secs = start.elapsed().as_secs_f64();
 
     let mut daemon = Daemon::spawn(&config_path, world.path(), name)?;
-    let startup = daemon.wait_ready(folders).await?;
-    let scan_done = quiet(&daemon).await?;
+    let mut startup = daemon.wait_ready(folders).await?;
+    let scan_quiet = quiet(&daemon).await?;
+    startup.notified = daemon.notified();
+    let scan_logged = timeline::logged_at(&daemon.log(), SCAN_DONE, daemon.started_at);
     tokio::time::sleep(REST).await;
     let requests = world.requests_since(daemon.started);
     let result = Restart {
         files,
         populate_secs,
         startup,
-        scan_done,
+        scan_quiet,
+        scan_logged,
         requests: by_method(&requests),
         total_requests: requests.len(),
         uploads: count(&requests, "POST"),
@@ -143,4 +152,11 @@ async fn populate(config: &Config, files: usize) -> anyhow::Result<()> {
         .await?;
     store.flush().await?;
     Ok(())
+}
+
+impl Restart {
+    /// Spawn → scan done: the daemon's own log line when there is one, else its CPU going quiet.
+    pub fn scan_done(&self) -> Duration {
+        self.scan_logged.unwrap_or(self.scan_quiet)
+    }
 }

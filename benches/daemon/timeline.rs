@@ -17,7 +17,11 @@ struct Stages {
 pub fn burst(log: &str, file_prefix: &str, moved_at: SystemTime) -> String {
     let mut files: HashMap<&str, Stages> = HashMap::new();
     for line in log.lines() {
-        let Some(file) = field(line, "file=").filter(|file| file.starts_with(file_prefix)) else {
+        // The daemon logs a file as a name inside its folder or as a whole path.
+        let Some(file) = field(line, "file=")
+            .map(|file| file.rsplit('/').next().unwrap_or(file))
+            .filter(|name| name.starts_with(file_prefix))
+        else {
             continue;
         };
         let Some(at) = line.get(..27).and_then(unix_seconds) else {
@@ -92,6 +96,14 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {key}"))? + 1 + key.len();
     let rest = &line[start..];
     Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+/// When the first log line containing `needle` was written, after `since`.
+pub fn logged_at(log: &str, needle: &str, since: SystemTime) -> Option<Duration> {
+    let line = log.lines().find(|line| line.contains(needle))?;
+    let at = line.get(..27).and_then(unix_seconds)?;
+    let since = since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(Duration::from_secs_f64((at - since).max(0.0)))
 }
 
 /// `2026-01-02T03:04:05.678901Z` as Unix seconds.
