@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+/// How long the flush thread waits for more requests to flush together.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(300);
+/// The longest a flush waits for company, so that a steady stream still gets flushed.
+const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// sled's default cache is 1 GiB; the records are small and read mostly at start-up.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -155,7 +160,18 @@ fn spawn_flusher(db: sled::Db) -> std::io::Result<Flusher> {
         .spawn(move || {
             while let Ok(first) = inbox.recv() {
                 let mut waiting = vec![first];
-                waiting.extend(inbox.try_iter());
+                // Group commit: during a burst, state changes of other files arrive within
+                // moments; one flush for all of them costs a fraction of the latency it adds.
+                let until = std::time::Instant::now() + MAX_GATHER;
+                while let Some(wait) = until
+                    .checked_duration_since(std::time::Instant::now())
+                    .map(|left| left.min(GATHER))
+                {
+                    match inbox.recv_timeout(wait) {
+                        Ok(next) => waiting.push(next),
+                        Err(_) => break,
+                    }
+                }
                 let result = db.flush().map(|_| ()).map_err(|error| error.to_string());
                 for waiter in waiting {
                     let _ = waiter.send(result.clone());
