@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{stream, Stream, StreamExt};
 use tokio_util::io::ReaderStream;
 
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// Files up to this size go out in one piece, read in one go: most hot-folder files are small,
 /// and a stream of chunks costs a hand-off to the blocking pool per read and a write per chunk.
 /// Larger files stream, so memory stays flat whatever their size.
