@@ -127,9 +127,7 @@ async fn a_refused_token_pauses_all_requests_instead_of_failing_file_after_file(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_costs_one_probe_per_backoff_step_and_then_everything_syncs() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("", "", FaultKind::DropBeforeAct).times(4));
     for i in 0..20 {
@@ -204,9 +202,7 @@ async fn a_completed_task_and_a_text_field_are_refused_as_targets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attach_refused_for_good_fails_the_file_and_deletes_the_useless_upload() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake.set_task_status(RUN, TASK, "completed");
     drop_file(&env.tasks, "late.pdf", b"x");
     daemon
@@ -305,9 +301,7 @@ async fn start_with_a_slow_upload(env: &Env, latency: Duration) -> Daemon {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_it() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("", "", status(503, None)).times(usize::MAX));
     let outage = std::time::Instant::now();

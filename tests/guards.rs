@@ -30,15 +30,20 @@ async fn sync_files(env: &Env, daemon: &Daemon, count: usize) {
     .await;
 }
 
+/// Deletes the first `count` files `sync_files` made.
+fn remove_files(env: &Env, count: usize) {
+    for i in 0..count {
+        std::fs::remove_file(env.tasks.join(format!("{i:02}.pdf"))).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mass_delete_is_held_until_release_deletes_lets_it_go() {
     let env = Env::new().await;
     let daemon = env.start();
     sync_files(&env, &daemon, 12).await;
     // 7 of 12 is more than the default max_delete of 50 %.
-    for i in 0..7 {
-        std::fs::remove_file(env.tasks.join(format!("{i:02}.pdf"))).unwrap();
-    }
+    remove_files(&env, 7);
     daemon
         .wait_for_log("7 of 12 synced files are gone from the folder at once")
         .await;
@@ -83,9 +88,7 @@ async fn a_few_deletes_in_a_small_folder_go_through_at_once() {
     let env = Env::new().await;
     let daemon = env.start();
     sync_files(&env, &daemon, 4).await;
-    for i in 0..3 {
-        std::fs::remove_file(env.tasks.join(format!("{i:02}.pdf"))).unwrap();
-    }
+    remove_files(&env, 3);
     eventually(
         "the deletes reach Tallyfy",
         || env.task_field().len() == 1,
@@ -221,9 +224,7 @@ async fn a_polled_folder_syncs_changes_without_the_watcher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_sends_a_failed_file_again_without_a_restart() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("POST", "/file", refused_for_good()));
     drop_file(&env.tasks, "refused.pdf", b"r");
@@ -251,9 +252,7 @@ async fn retry_sends_a_failed_file_again_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_config_gives_failed_files_another_chance() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("POST", "/file", refused_for_good()));
     drop_file(&env.tasks, "refused.pdf", b"r");
@@ -340,9 +339,7 @@ async fn a_flood_of_files_larger_than_the_event_queue_all_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_file_is_tried_again_when_only_its_permissions_change() {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("POST", "/file", refused_for_good()));
     let path = drop_file(&env.tasks, "locked.pdf", b"l");

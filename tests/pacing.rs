@@ -9,9 +9,7 @@ use tallyfy_sync::fake::{Fault, FaultKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_pause_waits_it_out_instead_of_probing_at_once() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake.inject(Fault::once(
         "POST",
         "/file",

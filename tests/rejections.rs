@@ -129,9 +129,7 @@ async fn a_rejected_file_is_taken_once_it_changes_into_an_eligible_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_that_is_not_utf8_is_skipped_with_its_reason_and_the_rest_carries_on() {
     use std::os::unix::ffi::OsStrExt;
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     let name = std::ffi::OsStr::from_bytes(b"Rechnung \xff.pdf");
     std::fs::write(env.tasks.join(name), b"latin-1 name").unwrap();
     drop_file(&env.tasks, "fine.pdf", b"ok");

@@ -72,9 +72,7 @@ async fn a_broken_config_on_reload_is_refused_and_the_old_one_keeps_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_during_uploads_and_a_pause_loses_nothing_and_sends_nothing_twice() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     env.fake.inject(Fault::once(
         "POST",
         "/file",

@@ -365,9 +365,7 @@ async fn file_names_go_out_exactly_as_on_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_into_one_field_needs_far_fewer_puts_than_files() {
-    let env = Env::new().await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
+    let (env, daemon) = Env::running().await;
     let staging = env.dir.path().join("staging");
     std::fs::create_dir(&staging).unwrap();
     for i in 0..60 {

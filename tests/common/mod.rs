@@ -98,6 +98,14 @@ impl Env {
         env
     }
 
+    /// The default environment with its daemon started and both targets verified.
+    pub async fn running() -> (Env, Daemon) {
+        let env = Env::new().await;
+        let daemon = env.start();
+        daemon.wait_for_log("target verified").await;
+        (env, daemon)
+    }
+
     pub fn write_config(&self, top_extra: &str, folder_extra: &str) {
         self.write_config_with_api("", top_extra, folder_extra);
     }
