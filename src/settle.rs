@@ -256,16 +256,15 @@ impl Settle {
             let current = std::fs::symlink_metadata(&path)
                 .ok()
                 .map(|m| FileMeta::of(&m));
-            if current != candidate.seen {
-                self.candidates.remove(&path);
+            let changed = current != candidate.seen;
+            self.candidates.remove(&path);
+            if changed {
                 self.candidate(folder, path, current);
             } else if self.guard.is_paused(folder) {
-                self.candidates.remove(&path);
+                // Dropped: the paused folder's next check finds it again.
             } else if current.is_none() {
-                self.candidates.remove(&path);
                 gone.entry(folder).or_default().push(path);
             } else {
-                self.candidates.remove(&path);
                 settled.push(Job { folder, path });
             }
         }
@@ -416,16 +415,7 @@ pub fn scan(folder: &Folder, dir: &Path, store: &Store) -> Result<Scan, String> 
     };
     let mut seen = HashSet::with_capacity(on_disk.len());
     for (path, meta) in on_disk {
-        let settled = match store.get(&path) {
-            Ok(Some(record)) => {
-                record.meta == meta
-                    && matches!(
-                        record.state,
-                        FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. }
-                    )
-            }
-            _ => false,
-        };
+        let settled = matches!(store.get(&path), Ok(Some(record)) if record.settles(&meta));
         if !settled {
             scan.changed.push((path.clone(), meta));
         }

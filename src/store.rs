@@ -116,6 +116,18 @@ pub struct FileRecord {
     pub attempts: u32,
 }
 
+impl FileRecord {
+    /// Whether this record settles the file as it is on disk (`meta`): synced, rejected or
+    /// failed in this very version, so neither a scan nor a worker has anything to do for it.
+    pub fn settles(&self, meta: &FileMeta) -> bool {
+        self.meta == *meta
+            && matches!(
+                self.state,
+                FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. }
+            )
+    }
+}
+
 /// A remote asset that must be deleted; durable so that a crash between the local change and
 /// the DELETE does not leave the old file in Tallyfy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -393,18 +393,15 @@ pub fn next(record: Option<FileRecord>, meta: FileMeta) -> Next {
     let Some(record) = record else {
         return Next::Upload { previous: None };
     };
+    if record.settles(&meta) {
+        return Next::Nothing;
+    }
     if record.meta == meta {
-        match &record.state {
-            FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. } => {
-                return Next::Nothing
-            }
-            FileState::Uploaded { asset } => {
-                let asset = asset.clone();
-                return Next::Attach { record, asset };
-            }
-            // Interrupted: nothing was recorded, so send it again.
-            FileState::Uploading => {}
+        if let FileState::Uploaded { asset } = &record.state {
+            let asset = asset.clone();
+            return Next::Attach { record, asset };
         }
+        // Uploading: interrupted, nothing was recorded, so it is sent again below.
     }
     match (&record.state, record.hash.clone()) {
         (FileState::Synced, Some(hash)) => Next::CompareContent { record, hash },
