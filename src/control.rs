@@ -121,16 +121,22 @@ async fn answer(
         Err(error) => Answer::Refused {
             message: format!("unreadable request: {error}"),
         },
-        Ok(request) => match act(request, config, store, true).await {
-            Ok(answer) => {
-                // The daemon acts on what changed in the store at its next scan; make it now.
-                let _ = hints.send(Hint::RescanAll).await;
-                answer
+        Ok(request) => {
+            let changes_store = !matches!(request, Request::Status);
+            match act(request, config, store, true).await {
+                Ok(answer) => {
+                    // The daemon acts on what changed in the store at its next scan; make it
+                    // now. A status request changes nothing and costs no scan.
+                    if changes_store {
+                        let _ = hints.send(Hint::RescanAll).await;
+                    }
+                    answer
+                }
+                Err(error) => Answer::Refused {
+                    message: error.to_string(),
+                },
             }
-            Err(error) => Answer::Refused {
-                message: error.to_string(),
-            },
-        },
+        }
     };
     let mut text = serde_json::to_string(&answer).unwrap_or_default();
     text.push('\n');
