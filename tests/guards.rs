@@ -170,6 +170,11 @@ async fn an_unmounted_share_pauses_its_folder_until_it_is_mounted_again() {
     sync_files(&env, &daemon, 3).await;
     assert!(share.unbind());
     daemon.wait_for_log("it is now on another filesystem").await;
+    let status = env.command(&["status"]).stdout;
+    assert!(
+        status.contains("PAUSED: it is now on another filesystem"),
+        "{status}"
+    );
     // The bare mount point: what lands there is not the share's and is not uploaded.
     let stray = drop_file(&env.tasks, "on-the-mount-point.pdf", b"x");
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
