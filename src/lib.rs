@@ -25,4 +25,5 @@ pub mod settle;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod text;
 pub mod watch;

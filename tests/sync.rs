@@ -358,8 +358,8 @@ async fn file_names_go_out_exactly_as_on_disk() {
         .asset(env.task_field()[0]["id"].as_str().unwrap())
         .unwrap();
     assert_eq!(
-        asset.filename, "Facture n°7 %22final%22 ünïcödé.pdf",
-        "raw UTF-8, quotes as %22 like a browser"
+        asset.filename, "Facture n°7 \"final\" ünïcödé.pdf",
+        "raw UTF-8, quotes escaped as PHP unescapes them"
     );
 }
 

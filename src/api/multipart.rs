@@ -1,6 +1,6 @@
 //! The upload's multipart/form-data body, written by hand so the filename goes out the way
-//! browsers send it (raw UTF-8 in `filename="…"`, only `"` CR LF escaped as %22 %0D %0A) and the
-//! Content-Length is known up front. The file is streamed from disk and hashed as it is read,
+//! Tallyfy's PHP parser reads it (raw UTF-8 in `filename="…"`, `"` as `\"`; see `stored_name`)
+//! and the Content-Length is known up front. The file is streamed from disk and hashed as it is read,
 //! so the content hashed is exactly the content sent; a file that grows or shrinks while it is
 //! being sent fails the request instead of uploading a torn copy.
 
@@ -51,11 +51,27 @@ pub struct Body {
     pub tracker: Tracker,
 }
 
-/// Escapes a filename for `filename="…"` as browsers do (RFC 7578 §4.2, WHATWG HTML).
+/// The name Tallyfy stores for a local file name. PHP's multipart parser (php-src
+/// `main/rfc1867.c`) keeps only what follows the last `/` or `\\` and does not percent-decode,
+/// so a backslash would cut the name and CR, LF and other control characters cannot survive the
+/// header line: each becomes `_`. Everything else, quotes and non-ASCII letters included, is
+/// stored as it is.
+pub fn stored_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c == '\\' || c == '/' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The local name as it goes into `filename="…"`: the stored name with `"` escaped as `\\"`,
+/// which PHP unescapes (a browser's `%22` would be stored as the three characters `%22`).
 pub fn escape_filename(name: &str) -> String {
-    name.replace('"', "%22")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
+    stored_name(name).replace('"', "\\\"")
 }
 
 fn boundary() -> String {
@@ -216,11 +232,13 @@ mod tests {
     }
 
     #[test]
-    fn filenames_keep_unicode_and_spaces_and_escape_quotes_and_newlines() {
+    fn filenames_keep_unicode_and_spaces_escape_quotes_and_replace_what_php_cannot_store() {
         assert_eq!(
             escape_filename("Facture n°1 \"final\"\r\n.pdf"),
-            "Facture n°1 %22final%22%0D%0A.pdf"
+            "Facture n°1 \\\"final\\\"__.pdf"
         );
+        assert_eq!(stored_name("a\\b\tc\u{1b}.pdf"), "a_b_c_.pdf");
+        assert_eq!(stored_name("Résumé \"final\".pdf"), "Résumé \"final\".pdf");
     }
 
     #[tokio::test]
