@@ -1,9 +1,10 @@
 //! Log output. Receives the configured `log.format` and the environment (RUST_LOG-style filter,
 //! default `info`; JOURNAL_STREAM; whether stderr is a terminal); emits tracing events as
 //! journal entries with one field per event field (FOLDER=, FILE=, ASSET_ID=...), as JSON lines,
-//! or as text lines (coloured on a terminal). Owns the choice and the journal's native protocol.
+//! or as text lines (coloured on a terminal). Owns the choice, the journal's native protocol
+//! and the escaping of control characters in every human-readable line (text and MESSAGE).
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -12,7 +13,8 @@ use std::path::Path;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::layer::{Context, Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -53,6 +55,7 @@ pub fn init(format: LogFormat) {
     let under_journal = stderr_is_journal();
     let text = |colour: bool| -> Output {
         let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(EscapedFields)
             .with_writer(std::io::stderr)
             .with_target(false)
             .with_ansi(colour);
@@ -138,7 +141,7 @@ impl Journald {
     fn entry(event: &Event<'_>) -> (String, Vec<u8>) {
         let meta = event.metadata();
         let mut message = String::new();
-        let _ = DefaultFields::new().format_fields(Writer::new(&mut message), event);
+        let _ = EscapedFields.format_fields(Writer::new(&mut message), event);
         let mut entry = Vec::with_capacity(256 + message.len());
         put(&mut entry, "MESSAGE", message.as_bytes());
         put(&mut entry, "PRIORITY", priority(meta.level()).as_bytes());
@@ -165,6 +168,84 @@ impl<S: Subscriber> Layer<S> for Journald {
             // Too large for a datagram, or journald is gone: stderr still reaches someone.
             eprintln!("{message}");
         }
+    }
+}
+
+/// Formats fields as tracing's default does (`message name=value ...`, strings quoted), but with
+/// every control character in the message and in each value escaped (`\n`, `\u{1b}`): a file
+/// name or a server message can then neither start a line that looks like the daemon's own nor
+/// reach a terminal raw. Structured outputs (JSON, journal fields) keep the exact text.
+struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'a, 'writer> {
+    writer: &'a mut Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl EscapingVisitor<'_, '_> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        let name = field.name();
+        // Metadata of records bridged from the `log` crate, already shown as the target.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        if !std::mem::take(&mut self.first) {
+            self.result = self.writer.write_char(' ');
+        }
+        if name != "message" {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            self.result = self.result.and_then(|()| {
+                if self.writer.has_ansi_escapes() {
+                    // Italic name, dimmed `=`, as tracing's default.
+                    write!(self.writer, "\x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")
+                } else {
+                    write!(self.writer, "{name}=")
+                }
+            });
+        }
+        self.result = self
+            .result
+            .and_then(|()| Escaping(&mut *self.writer).write_fmt(value));
+    }
+}
+
+impl Visit for EscapingVisitor<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.write(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.write(field, format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"));
+    }
+}
+
+/// Passes text through with its control characters escaped.
+struct Escaping<'a>(&'a mut dyn fmt::Write);
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        write!(self.0, "{}", crate::text::escaped(text))
     }
 }
 
@@ -296,6 +377,60 @@ mod tests {
             String::from_utf8_lossy(entry)
         );
         assert!(has(entry, "PRIORITY=3"));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_the_message_but_kept_in_the_journal_fields() {
+        let file = Path::new("/srv/in/x\n2026-11-25T00:00:00Z  INFO attached\u{1b}[2J.pdf");
+        let sent = entries(|| info!(file = %file.display(), "attached {}", file.display()));
+        let entry = &sent[0];
+        let shown = "/srv/in/x\\n2026-11-25T00:00:00Z  INFO attached\\u{1b}[2J.pdf";
+        let message = format!("MESSAGE=attached {shown} file={shown}");
+        assert!(has(entry, &message), "{}", String::from_utf8_lossy(entry));
+        let exact = file.as_os_str().as_encoded_bytes();
+        let mut binary = b"FILE\n".to_vec();
+        binary.extend_from_slice(&(exact.len() as u64).to_le_bytes());
+        binary.extend_from_slice(exact);
+        assert!(entry.windows(binary.len()).any(|window| window == binary));
+    }
+
+    /// What the text output writes for whatever `log` emits.
+    fn text_lines(log: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(EscapedFields)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_writer(move || writer.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_text_line_stays_one_line_whatever_its_fields_hold() {
+        let file = Path::new("/srv/in/a\r\nb\tc.pdf");
+        let server = std::io::Error::other("refused\nERROR forged");
+        let text = text_lines(|| {
+            error!(file = %file.display(), error = &server as &(dyn std::error::Error + 'static), detail = "x\ny", "upload\nfailed");
+        });
+        assert_eq!(
+            text,
+            "ERROR upload\\nfailed file=/srv/in/a\\r\\nb\\tc.pdf error=refused\\nERROR forged detail=\"x\\ny\"\n"
+        );
     }
 
     #[test]

@@ -72,6 +72,11 @@ impl Asset {
     pub fn id(&self) -> Option<String> {
         asset_id(&self.0)
     }
+
+    /// The file name Tallyfy stored, as the upload answered it.
+    pub fn filename(&self) -> Option<String> {
+        self.0.get("filename").and_then(|name| name.as_str()).map(str::to_owned)
+    }
 }
 
 /// The id of an asset object as found in a field's value.
