@@ -14,7 +14,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{daemon, demo, plan, service, status};
+use crate::{daemon, demo, plan, service, status, text};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -214,10 +214,10 @@ fn control(config: &Config, request: Request) -> Result<Answer, ControlError> {
 fn print_done(answer: Answer) -> anyhow::Result<()> {
     match answer {
         Answer::Done { message } => {
-            println!("{message}");
+            println!("{}", text::escaped(&message));
             Ok(())
         }
-        Answer::Refused { message } => anyhow::bail!(message),
+        Answer::Refused { message } => anyhow::bail!(text::escape(&message)),
         other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
     }
 }
@@ -240,12 +240,12 @@ fn describe(config: &Config) -> String {
     };
     let mut out = format!(
         "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; {auth}\nstate: {}\nsettle: {}\nfolders:\n",
-        config.file.display(),
+        text::path(&config.file),
         config.api.base_url,
         config.api.org_id,
         humantime::format_duration(config.api.timeout),
         config.api.concurrency,
-        config.state_dir.display(),
+        text::path(&config.state_dir),
         humantime::format_duration(config.settle),
     );
     for folder in &config.folders {
@@ -264,11 +264,11 @@ fn describe(config: &Config) -> String {
             .to_string(),
         ];
         if !folder.ignore.is_empty() {
-            options.push(format!("ignoring {}", folder.ignore.join(", ")));
+            options.push(format!("ignoring {}", text::escaped(&folder.ignore.join(", "))));
         }
         out.push_str(&format!(
             "  {} → {} ({})\n",
-            folder.path.display(),
+            text::path(&folder.path),
             folder.target,
             options.join("; ")
         ));

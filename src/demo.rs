@@ -14,6 +14,7 @@ use crate::config::{Config, Credentials};
 use crate::daemon;
 use crate::fake::{DemoIds, FakeTallyfy};
 use crate::service::Reloads;
+use crate::text;
 
 const ORG: &str = "demo-org";
 const TOKEN: &str = "demo-token";
@@ -39,18 +40,18 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken, reloads: Reloads) -> a
     );
     println!(
         "  {}/  → task form field {:?}",
-        invoices.display(),
+        text::path(&invoices),
         ids.capture_id
     );
     println!(
         "  {}/ → kick-off field {:?} of template {:?}",
-        contracts.display(),
+        text::path(&contracts),
         ids.field_id,
         ids.checklist_id
     );
     println!(
         "  config: {} (a real config file; the daemon reads it like any other)\n",
-        config_path.display()
+        text::path(&config_path)
     );
 
     let daemon = tokio::spawn(daemon::run(config, credentials, cancel.clone(), reloads));
@@ -67,8 +68,8 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken, reloads: Reloads) -> a
     if !cancel.is_cancelled() {
         println!(
             "\nYour turn: drop files into {}/ or {}/, change or delete them,",
-            invoices.display(),
-            contracts.display()
+            text::path(&invoices),
+            text::path(&contracts)
         );
         println!("and watch the log. Ctrl-C stops the demo.");
     }
@@ -236,7 +237,8 @@ fn names(list: &[Value]) -> String {
                 .and_then(|f| f.as_str())
                 .unwrap_or("?");
             format!(
-                "{file} [asset {}]",
+                "{} [asset {}]",
+                text::escaped(file),
                 crate::store::asset_id(asset).unwrap_or_default()
             )
         })

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiError, Client};
+use crate::api::{stored_name, ApiError, Client};
 use crate::config::{Config, Credentials, Folder};
 use crate::field::{self, FieldError};
 use crate::filter::humansize;
@@ -21,6 +21,7 @@ use crate::guard;
 use crate::settle;
 use crate::store::{Asset, FileMeta, FileRecord, Store, StoreError};
 use crate::sync::{self, Next};
+use crate::text;
 
 /// Longest the verification of all targets waits for the API.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -30,15 +31,15 @@ pub const ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{wrong} of {total} targets are wrong (see above); fix them in {}", .file.display())]
+    #[error("{wrong} of {total} targets are wrong (see above); fix them in {}", text::path(.file))]
     WrongTargets {
         wrong: usize,
         total: usize,
         file: PathBuf,
     },
-    #[error("{problem}")]
+    #[error("{}", text::escaped(.problem))]
     Refused { problem: String },
-    #[error("could not verify the targets: {problem}")]
+    #[error("could not verify the targets: {}", text::escaped(.problem))]
     Unreachable { problem: String },
 }
 
@@ -169,9 +170,10 @@ pub fn render_checks(checks: &[TargetCheck]) -> String {
         };
         let _ = writeln!(
             out,
-            "  {} → {}: {verdict}",
-            check.folder.display(),
-            check.target
+            "  {} → {}: {}",
+            text::path(&check.folder),
+            check.target,
+            text::escaped(&verdict)
         );
     }
     out
@@ -241,13 +243,21 @@ pub struct Hold {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
-    /// A file new to the field.
-    Upload { path: PathBuf, size: u64 },
+    /// A file new to the field; `stored_as` is the name Tallyfy would store when it differs
+    /// from the local one.
+    Upload {
+        path: PathBuf,
+        size: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stored_as: Option<String>,
+    },
     /// A new version of a file, whose upload takes the place of asset `replaces`.
     Replace {
         path: PathBuf,
         size: u64,
         replaces: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stored_as: Option<String>,
     },
     /// Uploaded before a stop but not in the field yet: attached without another upload.
     Attach {
@@ -462,15 +472,20 @@ fn attached_id(record: Option<&FileRecord>) -> Option<String> {
 }
 
 fn upload(path: PathBuf, meta: FileMeta, previous: Option<&FileRecord>) -> Action {
+    // Eligible files have UTF-8 names.
+    let local = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+    let stored_as = Some(stored_name(local)).filter(|stored| stored != local);
     match attached_id(previous) {
         Some(replaces) => Action::Replace {
             path,
             size: meta.size,
             replaces,
+            stored_as,
         },
         None => Action::Upload {
             path,
             size: meta.size,
+            stored_as,
         },
     }
 }
@@ -479,11 +494,12 @@ fn upload(path: PathBuf, meta: FileMeta, previous: Option<&FileRecord>) -> Actio
 pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
     for folder in &plan.folders {
-        let _ = writeln!(out, "{} → {}", folder.folder.display(), folder.target);
+        let _ = writeln!(out, "{} → {}", text::path(&folder.folder), folder.target);
         if let Some(problem) = &folder.paused {
             let _ = writeln!(
                 out,
-                "  paused: {problem}; nothing in it would be uploaded or deleted"
+                "  paused: {}; nothing in it would be uploaded or deleted",
+                text::escaped(problem)
             );
         }
         if let Some(hold) = &folder.hold {
@@ -493,7 +509,7 @@ pub fn render(plan: &Plan) -> String {
                 hold.gone,
                 hold.synced,
                 hold.max_delete_percent,
-                folder.folder.display()
+                text::path(&folder.folder)
             );
         }
         for action in &folder.actions {
@@ -516,30 +532,38 @@ pub fn render(plan: &Plan) -> String {
 }
 
 fn line(action: &Action, root: &Path) -> String {
-    let name = |path: &Path| {
-        path.strip_prefix(root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
+    let name = |path: &Path| text::path(path.strip_prefix(root).unwrap_or(path)).to_string();
+    let stored = |stored_as: &Option<String>| {
+        stored_as
+            .as_deref()
+            .map(|stored| format!("; stored in Tallyfy as {}", text::escaped(stored)))
+            .unwrap_or_default()
     };
     let list = |assets: &[String]| {
         let noun = if assets.len() == 1 { "asset" } else { "assets" };
         format!("{noun} {}", assets.join(", "))
     };
     let (verb, what) = match action {
-        Action::Upload { path, size } => {
-            ("upload", format!("{} ({})", name(path), humansize(*size)))
-        }
+        Action::Upload {
+            path,
+            size,
+            stored_as,
+        } => (
+            "upload",
+            format!("{} ({}){}", name(path), humansize(*size), stored(stored_as)),
+        ),
         Action::Replace {
             path,
             size,
             replaces,
+            stored_as,
         } => (
             "replace",
             format!(
-                "{} ({}), in place of asset {replaces}",
+                "{} ({}), in place of asset {replaces}{}",
                 name(path),
-                humansize(*size)
+                humansize(*size),
+                stored(stored_as)
             ),
         ),
         Action::Attach {
@@ -561,7 +585,10 @@ fn line(action: &Action, root: &Path) -> String {
             "unchanged",
             format!("{}: touched, same content; nothing to send", name(path)),
         ),
-        Action::Skip { path, reason } => ("skip", format!("{}: {reason}", name(path))),
+        Action::Skip { path, reason } => (
+            "skip",
+            format!("{}: {}", name(path), text::escaped(reason)),
+        ),
         Action::Delete { path, assets } => ("delete", format!("{}: {}", name(path), list(assets))),
         Action::Hold { path, assets } => (
             "hold",

@@ -13,6 +13,7 @@ use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
 use crate::store::{FileRecord, FileState, Store, StoreError};
+use crate::text;
 
 /// Where the daemon saves the request pause in the store.
 pub const PAUSE_KEY: &str = "api-pause";
@@ -208,12 +209,12 @@ pub fn render(report: &StatusReport) -> String {
     } else {
         "daemon not running; read from the store"
     };
-    let _ = writeln!(out, "state: {} ({source})", report.state_dir.display());
+    let _ = writeln!(out, "state: {} ({source})", text::path(&report.state_dir));
     if let Some(pause) = &report.api_pause {
         let _ = writeln!(
             out,
             "requests paused: {}; next attempt {}",
-            pause.reason,
+            text::escaped(&pause.reason),
             when(pause.until_ms)
         );
     }
@@ -222,7 +223,7 @@ pub fn render(report: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "\n{} → {}\n  {} synced, {} pending, {} held, {} rejected, {} failed",
-            folder.path.display(),
+            text::path(&folder.path),
             folder.target,
             c.synced,
             c.pending,
@@ -231,7 +232,7 @@ pub fn render(report: &StatusReport) -> String {
             c.failed
         );
         if let Some(paused) = &folder.paused {
-            let _ = writeln!(out, "  PAUSED: {paused}");
+            let _ = writeln!(out, "  PAUSED: {}", text::escaped(paused));
         }
         if let Some(held) = &folder.held {
             let _ = writeln!(
@@ -239,16 +240,16 @@ pub fn render(report: &StatusReport) -> String {
                 "  DELETES HELD: {} of {} synced files are gone; run `tallyfy-sync release-deletes {}` to delete them remotely",
                 held.count,
                 held.synced,
-                folder.path.display()
+                text::path(&folder.path)
             );
         }
         for file in &folder.files {
-            let mut line = format!("  {:<9} {}", file.state, file.name);
+            let mut line = format!("  {:<9} {}", file.state, text::escaped(&file.name));
             if let Some(asset) = &file.asset_id {
                 let _ = write!(line, "  asset {asset}");
             }
             if !file.detail.is_empty() {
-                let _ = write!(line, "  {}", file.detail);
+                let _ = write!(line, "  {}", text::escaped(&file.detail));
             }
             if file.attempts > 1 {
                 let _ = write!(line, " (attempt {})", file.attempts);
@@ -266,7 +267,12 @@ pub fn render(report: &StatusReport) -> String {
             report.deletes_pending.len()
         );
         for job in &report.deletes_pending {
-            let _ = writeln!(out, "  {}  asset {}", job.path.display(), job.asset_id);
+            let _ = writeln!(
+                out,
+                "  {}  asset {}",
+                text::path(&job.path),
+                text::escaped(&job.asset_id)
+            );
         }
     }
     out

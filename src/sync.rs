@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tracing::{debug, error, info, warn};
 
-use crate::api::{ApiError, Client};
+use crate::api::{stored_name, ApiError, Client};
 use crate::config::{Config, Folder};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
@@ -238,6 +238,7 @@ impl Syncer {
         self.store.put(path, &record).await?;
         METRICS.uploaded(true, meta.size);
         info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
+        renamed(subject, &record, &file_name, &asset);
         let now = std::fs::symlink_metadata(path)
             .ok()
             .map(|m| FileMeta::of(&m));
@@ -353,6 +354,24 @@ impl Syncer {
             _ => Ok(()),
         }
     }
+}
+
+/// Says once per file, at its first upload under the name, that Tallyfy stores it under another
+/// name (what the upload answered, else what PHP makes of it): people look for it by that name.
+/// WARN, not INFO: the file is synced, but someone may want to rename it, and a control character
+/// in a file name is worth a look.
+fn renamed(subject: &Subject<'_>, record: &FileRecord, local: &str, asset: &Asset) {
+    let stored = asset.filename().unwrap_or_else(|| stored_name(local));
+    let known = record.attached.as_ref().and_then(Asset::filename);
+    if stored == local || known.as_deref() == Some(stored.as_str()) {
+        return;
+    }
+    let why = if stored == stored_name(local) {
+        "backslashes and control characters cannot be stored and became _"
+    } else {
+        "the upload's answer names it so"
+    };
+    warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), name = %local, stored_as = %stored, "its name in Tallyfy differs ({why}); it is synced under that name");
 }
 
 /// Whether a file may be sent at all: the filter's checks, and for a file in a subdirectory,

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use auth::{Refusal, TokenSource};
 pub use error::{ApiError, Endpoint};
 pub use gate::{unix_ms, Pause};
+pub use multipart::stored_name;
 use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 

@@ -107,7 +107,8 @@ fn make_part(headers: &[(String, String)], data: Bytes) -> Option<Part> {
         let Some((key, value)) = pair.split_once('=') else {
             continue;
         };
-        let key = key.trim();
+        // PHP skips the blanks after `;`, not those before `=`.
+        let key = key.trim_start_matches(c_space);
         if key.eq_ignore_ascii_case("name") {
             name = Some(php_word(value));
         } else if key.eq_ignore_ascii_case("filename") {
@@ -140,16 +141,17 @@ fn read_headers(
             return Ok((headers, position));
         }
         let text = String::from_utf8_lossy(line);
-        if matches!(line[0], b' ' | b'\t') {
-            // Folded continuation of the previous header, which PHP still honours.
+        if line[0].is_ascii_whitespace() || line[0] == b'\x0b' {
+            // Folded continuation of the previous header, which PHP still honours by
+            // appending the line as it is.
             if let Some((_, value)) = headers.last_mut() {
-                value.push(' ');
-                value.push_str(text.trim());
+                value.push_str(&text);
             }
             continue;
         }
+        // PHP keeps the name up to the colon as it is and skips the blanks after it.
         if let Some((name, value)) = text.split_once(':') {
-            headers.push((name.trim().to_string(), value.trim().to_string()));
+            headers.push((name.to_string(), value.trim_start_matches(c_space).to_string()));
         }
     }
 }
@@ -217,7 +219,7 @@ fn split_unquoted(text: &str, stop: u8) -> Vec<String> {
 /// bytes (no percent-decoding) except that `\"` and `\\` lose the backslash; unquoted values
 /// end at whitespace.
 fn php_word(value: &str) -> String {
-    let value = value.trim_start();
+    let value = value.trim_start_matches(c_space);
     let mut chars = value.chars();
     let quote = match value.chars().next() {
         Some(quote @ ('"' | '\'')) => {
@@ -231,7 +233,7 @@ fn php_word(value: &str) -> String {
     while let Some(character) = chars.next() {
         match quote {
             Some(quote) if character == quote => break,
-            None if character.is_whitespace() => break,
+            None if c_space(character) => break,
             _ => {}
         }
         if character == '\\' {
@@ -255,6 +257,11 @@ fn php_basename(name: &str) -> String {
         Some(index) => name[index + 1..].to_string(),
         None => name.to_string(),
     }
+}
+
+/// C's `isspace`, which PHP's parser uses: ASCII blanks only, never a non-breaking space.
+fn c_space(character: char) -> bool {
+    matches!(character, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
 }
 
 /// Strips one pair of surrounding double quotes from a header parameter.
@@ -328,6 +335,42 @@ mod unit {
         );
         let parts = parse(&body, "XX").expect("parses");
         assert_eq!(parts[0].filename.as_deref(), Some("a.pdf"));
+    }
+
+    /// The file name PHP stores for one `filename=` parameter as it appears on the wire.
+    fn stored(parameter: &str) -> Option<String> {
+        let body = body(&format!(
+            "--XX\nContent-Disposition: form-data; name=\"name\"; {parameter}\n\ndata\n--XX--\n"
+        ));
+        parse(&body, "XX").expect("parses")[0].filename.clone()
+    }
+
+    #[test]
+    fn file_names_are_unescaped_and_cut_exactly_as_php_does() {
+        let cases = [
+            (r#"filename="a \"b\".pdf""#, "a \"b\".pdf"),
+            (r#"filename="a%22b%0A.pdf""#, "a%22b%0A.pdf"),
+            (r#"filename="dir\\a.pdf""#, "a.pdf"),
+            (r#"filename="dir\a.pdf""#, "a.pdf"),
+            (r#"filename="x/y\z.pdf""#, "z.pdf"),
+            (r#"filename="x\\y/z.pdf""#, "z.pdf"),
+            // A backslash before anything but `"` or `\` stays, and then cuts the name.
+            (r#"filename="a\tb.pdf""#, "tb.pdf"),
+            (r#"filename='it\'s.pdf'"#, "it's.pdf"),
+            ("filename=plain.pdf", "plain.pdf"),
+            ("filename=two words.pdf", "two"),
+            ("filename=\"nbsp\u{a0}.pdf\"", "nbsp\u{a0}.pdf"),
+            ("filename=nbsp\u{a0}x.pdf", "nbsp\u{a0}x.pdf"),
+            (r#"filename="Résumé \"final\".pdf""#, "Résumé \"final\".pdf"),
+        ];
+        for (parameter, name) in cases {
+            assert_eq!(stored(parameter).as_deref(), Some(name), "{parameter}");
+        }
+    }
+
+    #[test]
+    fn a_blank_before_the_equals_sign_hides_the_parameter_as_from_php() {
+        assert_eq!(stored(r#"filename ="a.pdf""#), None);
     }
 
     #[test]
