@@ -264,7 +264,10 @@ fn describe(config: &Config) -> String {
             .to_string(),
         ];
         if !folder.ignore.is_empty() {
-            options.push(format!("ignoring {}", text::escaped(&folder.ignore.join(", "))));
+            options.push(format!(
+                "ignoring {}",
+                text::escaped(&folder.ignore.join(", "))
+            ));
         }
         out.push_str(&format!(
             "  {} → {} ({})\n",

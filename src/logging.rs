@@ -178,7 +178,11 @@ impl<S: Subscriber> Layer<S> for Journald {
 struct EscapedFields;
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
         let mut visitor = EscapingVisitor {
             writer: &mut writer,
             first: true,

@@ -473,7 +473,10 @@ fn attached_id(record: Option<&FileRecord>) -> Option<String> {
 
 fn upload(path: PathBuf, meta: FileMeta, previous: Option<&FileRecord>) -> Action {
     // Eligible files have UTF-8 names.
-    let local = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+    let local = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
     let stored_as = Some(stored_name(local)).filter(|stored| stored != local);
     match attached_id(previous) {
         Some(replaces) => Action::Replace {
@@ -585,10 +588,9 @@ fn line(action: &Action, root: &Path) -> String {
             "unchanged",
             format!("{}: touched, same content; nothing to send", name(path)),
         ),
-        Action::Skip { path, reason } => (
-            "skip",
-            format!("{}: {}", name(path), text::escaped(reason)),
-        ),
+        Action::Skip { path, reason } => {
+            ("skip", format!("{}: {}", name(path), text::escaped(reason)))
+        }
         Action::Delete { path, assets } => ("delete", format!("{}: {}", name(path), list(assets))),
         Action::Hold { path, assets } => (
             "hold",

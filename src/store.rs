@@ -75,7 +75,10 @@ impl Asset {
 
     /// The file name Tallyfy stored, as the upload answered it.
     pub fn filename(&self) -> Option<String> {
-        self.0.get("filename").and_then(|name| name.as_str()).map(str::to_owned)
+        self.0
+            .get("filename")
+            .and_then(|name| name.as_str())
+            .map(str::to_owned)
     }
 }
 

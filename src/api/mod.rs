@@ -22,9 +22,9 @@ use tracing::{debug, error, info, warn};
 use auth::{Refusal, TokenSource};
 pub use error::{ApiError, Endpoint};
 pub use gate::{unix_ms, Pause};
-pub use multipart::stored_name;
 use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
+pub use multipart::stored_name;
 
 use crate::config::{ApiConfig, Credentials};
 use crate::metrics::METRICS;

@@ -151,7 +151,10 @@ fn read_headers(
         }
         // PHP keeps the name up to the colon as it is and skips the blanks after it.
         if let Some((name, value)) = text.split_once(':') {
-            headers.push((name.to_string(), value.trim_start_matches(c_space).to_string()));
+            headers.push((
+                name.to_string(),
+                value.trim_start_matches(c_space).to_string(),
+            ));
         }
     }
 }
