@@ -39,10 +39,23 @@ fn assert_one_event_per_line(log: &str) {
     }
 }
 
+/// What `status` prints, which must hold neither a raw escape nor a forged line.
+fn status(env: &Env) -> String {
+    let status = env.command(&["status"]);
+    assert!(status.status.success(), "{}", describe(&status));
+    let shown = status.stdout;
+    assert!(!shown.contains('\u{1b}'), "{shown}");
+    assert!(
+        !shown.lines().any(|line| line.starts_with("2001")),
+        "{shown}"
+    );
+    shown
+}
+
 /// A text log line after its time and level: the message, then the fields.
 fn message(line: &str) -> &str {
-    let mut rest = line.splitn(2, ' ').nth(1).unwrap_or_default().trim_start();
-    rest = rest.splitn(2, ' ').nth(1).unwrap_or_default();
+    let (_time, rest) = line.split_once(' ').unwrap_or_default();
+    let (_level, rest) = rest.trim_start().split_once(' ').unwrap_or_default();
     rest
 }
 
@@ -115,60 +128,30 @@ async fn odd_file_names_sync_under_the_names_php_stores_and_each_event_is_one_lo
     assert!(log.contains("new\\nline.pdf"), "{log}");
     assert!(log.contains("esc\\u{1b}[31mred.pdf"), "{log}");
 
-    let status = env.command(&["status"]);
-    assert!(status.status.success(), "{}", describe(&status));
+    let status = status(&env);
     for (name, _) in NAMES {
         let line = format!("  synced    {}  asset ", text::escaped(name));
-        assert!(
-            status.stdout.contains(&line),
-            "{line:?} missing from:\n{}",
-            status.stdout
-        );
+        assert!(status.contains(&line), "{line:?} missing from:\n{status}");
     }
-    assert!(
-        status.stdout.contains("tab\\there.pdf"),
-        "{}",
-        status.stdout
-    );
-    assert!(!status.stdout.contains('\u{1b}'), "{}", status.stdout);
-    assert!(
-        !status.stdout.lines().any(|line| line.starts_with("2001")),
-        "{}",
-        status.stdout
-    );
-    assert!(daemon.stop().await.success());
-}
+    assert!(status.contains("tab\\there.pdf"), "{status}");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_keep_the_exact_names() {
-    let env = Env::with_config("log:\n  format: json\n", "").await;
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
-    let path = drop_file(&env.tasks, "new\nline.pdf", b"x");
-    daemon.wait_for_log("its name in Tallyfy differs").await;
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_exit().await.success());
-    let lines: Vec<Value> = daemon
-        .log()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
-        .collect();
-    let attached = lines
-        .iter()
-        .find(|line| line["message"] == "attached")
-        .expect("an attached line");
-    assert_eq!(attached["file"], path.display().to_string());
-    let renamed = lines
-        .iter()
-        .find(|line| {
-            line["message"]
-                .as_str()
-                .is_some_and(|message| message.starts_with("its name in Tallyfy differs"))
-        })
-        .expect("a rename line");
-    assert_eq!(renamed["level"], "WARN");
-    assert_eq!(renamed["name"], "new\nline.pdf");
-    assert_eq!(renamed["stored_as"], "new_line.pdf");
+    // A new version keeps the name: no second warning.
+    let changed = drop_file(&env.tasks, "back\\slash.pdf", b"version 2");
+    let shown = text::path(&changed).to_string();
+    let lines = |event: &str| {
+        let log = daemon.log();
+        log.lines()
+            .filter(|line| message(line).starts_with(event) && line.contains(&shown))
+            .count()
+    };
+    eventually(
+        "the new version is attached",
+        || lines("attached ") == 2,
+        &daemon,
+    )
+    .await;
+    assert_eq!(lines("its name in Tallyfy differs"), 1, "{}", daemon.log());
+    assert!(daemon.stop().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,20 +184,13 @@ async fn a_server_error_with_a_newline_stays_on_one_line_in_the_log_and_in_statu
         "one line with the escaped message expected in:\n{log}"
     );
 
-    let status = env.command(&["status"]);
-    assert!(status.status.success(), "{}", describe(&status));
+    let status = status(&env);
     let line = status
-        .stdout
         .lines()
         .find(|line| line.contains("refused.pdf"))
-        .unwrap_or_else(|| panic!("no line for the file:\n{}", status.stdout));
+        .unwrap_or_else(|| panic!("no line for the file:\n{status}"));
     assert!(line.trim_start().starts_with("failed"), "{line}");
     assert!(line.contains(&shown), "{line}");
-    assert!(
-        !status.stdout.lines().any(|line| line.starts_with("2001")),
-        "{}",
-        status.stdout
-    );
     assert!(daemon.stop().await.success());
 }
 
