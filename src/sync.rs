@@ -369,7 +369,7 @@ fn renamed(subject: &Subject<'_>, record: &FileRecord, local: &str, asset: &Asse
     let why = if stored == stored_name(local) {
         "backslashes and control characters cannot be stored and became _"
     } else {
-        "the upload's answer names it so"
+        "the upload was answered with that name"
     };
     warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), name = %local, stored_as = %stored, "its name in Tallyfy differs ({why}); it is synced under that name");
 }
