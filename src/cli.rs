@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiError;
 use crate::config::{Auth, Config, ConfigError, Credentials};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
@@ -289,7 +290,18 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 Some(ControlError::Store(store)) => Some(store),
                 _ => None,
             });
+        // A certificate store that cannot be used (SSL_CERT_FILE) does not mend itself either.
+        let api_setup = matches!(
+            cause
+                .downcast_ref::<ApiError>()
+                .or(match cause.downcast_ref::<daemon::DaemonError>() {
+                    Some(daemon::DaemonError::Client(api)) => Some(api),
+                    _ => None,
+                }),
+            Some(ApiError::Setup { .. })
+        );
         cause.is::<ConfigError>()
+            || api_setup
             || cause
                 .downcast_ref::<plan::PlanError>()
                 .is_some_and(plan::PlanError::is_config)
