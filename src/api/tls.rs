@@ -77,17 +77,19 @@ fn host(url: &Url) -> String {
 fn refused_certificate<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a CertificateError> {
     let mut cause = Some(error);
     while let Some(current) = cause {
-        // `io::Error::source` skips the error it wraps, and that is where rustls puts its own.
-        let wrapped = current
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            .map(|inner| inner as &(dyn Error + 'static));
-        for candidate in [Some(current), wrapped].into_iter().flatten() {
+        // `io::Error::source` skips the error it wraps, and that is where rustls puts its own,
+        // sometimes inside a second `io::Error` (hyper-rustls wraps tokio-rustls's).
+        let mut wrapped = Some(current);
+        while let Some(candidate) = wrapped {
             if let Some(rustls::Error::InvalidCertificate(problem)) =
                 candidate.downcast_ref::<rustls::Error>()
             {
                 return Some(problem);
             }
+            wrapped = candidate
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .map(|inner| inner as &(dyn Error + 'static));
         }
         cause = current.source();
     }
@@ -137,8 +139,8 @@ fn date(unix_secs: u64) -> String {
 mod tests {
     use super::*;
 
-    /// An error whose cause is an `io::Error` wrapping `inner`, as hyper's connector nests
-    /// the handshake's failure.
+    /// An error whose cause is an `io::Error` wrapping an `io::Error` wrapping rustls's, as
+    /// hyper-util, hyper-rustls and tokio-rustls nest the handshake's failure.
     #[derive(Debug)]
     struct Connect(std::io::Error);
 
@@ -155,11 +157,12 @@ mod tests {
     }
 
     fn nested(inner: rustls::Error) -> Connect {
-        Connect(std::io::Error::new(std::io::ErrorKind::InvalidData, inner))
+        let handshake = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
+        Connect(std::io::Error::other(handshake))
     }
 
     #[test]
-    fn a_certificate_problem_is_found_inside_the_io_error_that_wraps_it() {
+    fn a_certificate_problem_is_found_inside_the_io_errors_that_wrap_it() {
         let error = nested(rustls::Error::InvalidCertificate(
             CertificateError::UnknownIssuer,
         ));

@@ -3,6 +3,8 @@
 //! folders, and the real `tallyfy-sync` binary run against them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod tls;
+
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
