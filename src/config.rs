@@ -1142,8 +1142,12 @@ fn ca_file(base: &Path) -> impl Fn(&Value) -> Result<CaFile, Bad> + '_ {
         let path = path_in(base)(value)?;
         let pem = read_bytes_limited(&path, MAX_CA_FILE_BYTES)
             .or_else(|error| invalid(format!("cannot read: {error}")))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .or_else(|error| invalid(format!("not a PEM certificate bundle: {}", crate::text::with_causes(error.to_string(), &error))))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).or_else(|error| {
+            invalid(format!(
+                "not a PEM certificate bundle: {}",
+                crate::text::with_causes(error.to_string(), &error)
+            ))
+        })?;
         if certificates.is_empty() {
             return invalid(
                 "holds no certificate (expected PEM blocks \"-----BEGIN CERTIFICATE-----\"; \
@@ -1159,7 +1163,10 @@ fn ca_file(base: &Path) -> impl Fn(&Value) -> Result<CaFile, Bad> + '_ {
             )
             .build()
             .or_else(|error| {
-                invalid(format!("holds a certificate that cannot be used as an authority: {}", crate::text::with_causes(error.to_string(), &error)))
+                invalid(format!(
+                    "holds a certificate that cannot be used as an authority: {}",
+                    crate::text::with_causes(error.to_string(), &error)
+                ))
             })?;
         Ok(CaFile { path, certificates })
     }
@@ -1662,8 +1669,11 @@ folders:
         };
         let bundle = authority("Company Root CA") + &authority("Company Proxy CA");
         fs::write(fx.root.join("company-ca.pem"), bundle).unwrap();
-        let config = fx.parse(&yaml("  ca_file: company-ca.pem
-", ""));
+        let config = fx.parse(&yaml(
+            "  ca_file: company-ca.pem
+",
+            "",
+        ));
         let ca_file = config.api.ca_file.expect("ca_file is set");
         assert_eq!(ca_file.path, fx.root.join("company-ca.pem"));
         assert_eq!(ca_file.certificates.len(), 2);

@@ -44,11 +44,28 @@ async fn a_company_ca_in_api_ca_file_is_trusted_for_the_api_and_the_token_endpoi
 
     let check = env.command(&["check", "--online"]);
     assert!(check.status.success(), "{}", describe(&check));
-    assert_eq!(check.stdout.matches("target OK").count(), 2, "{}", describe(&check));
+    assert_eq!(
+        check.stdout.matches("target OK").count(),
+        2,
+        "{}",
+        describe(&check)
+    );
+    assert!(
+        check.stdout.contains(&format!(
+            "trust: the system's certificate store and the roots built in, and 1 certificate from {} (api.ca_file)",
+            ca_file.display()
+        )),
+        "{}",
+        describe(&check)
+    );
 
     let daemon = env.start();
     daemon.wait_for_log("target verified").await;
-    drop_file(&env.tasks, "invoice.pdf", b"%PDF-1.4 through the company CA");
+    drop_file(
+        &env.tasks,
+        "invoice.pdf",
+        b"%PDF-1.4 through the company CA",
+    );
     attached(&env, &daemon, "invoice.pdf").await;
     assert!(
         !env.fake.token_requests().is_empty(),
@@ -58,10 +75,26 @@ async fn a_company_ca_in_api_ca_file_is_trusted_for_the_api_and_the_token_endpoi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_company_ca_in_ssl_cert_file_is_trusted_as_the_system_store() {
+async fn a_company_ca_in_ssl_cert_file_is_trusted_and_a_file_that_is_not_there_is_named() {
     let (env, authority, front) = behind_tls(Env::new().await).await;
     let bundle = authority.write(&env, "ca-certificates.crt");
     serve_config_over(&env, &front, "");
+    let misspelt = env.dir.path().join("ca-certificate.crt");
+    let check = run_command_with_env(
+        &["check", "--online"],
+        Some(TOKEN),
+        &env.config,
+        &[("SSL_CERT_FILE", misspelt.as_os_str())],
+    );
+    assert_eq!(check.status.code(), Some(78), "{}", describe(&check));
+    assert!(
+        check.stderr.contains(&format!(
+            "SSL_CERT_FILE names {}, which cannot be read",
+            misspelt.display()
+        )),
+        "{}",
+        describe(&check)
+    );
     let daemon = env.start_with_env(TOKEN, &[("SSL_CERT_FILE", bundle.as_os_str())]);
     daemon.wait_for_log("target verified").await;
     drop_file(&env.tasks, "scan.pdf", b"%PDF-1.4 through SSL_CERT_FILE");
@@ -69,8 +102,7 @@ async fn a_company_ca_in_ssl_cert_file_is_trusted_as_the_system_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_untrusted_certificate_is_a_clear_error_and_pauses_requests_instead_of_failing_files()
-{
+async fn an_untrusted_certificate_is_a_clear_error_and_pauses_requests_instead_of_failing_files() {
     let (env, _authority, front) = behind_tls(Env::new().await).await;
     serve_config_over(&env, &front, "");
     let why = unknown_authority(&front);
@@ -117,49 +149,58 @@ async fn an_untrusted_certificate_is_a_clear_error_and_pauses_requests_instead_o
     assert!(env.fake.requests().is_empty(), "nothing reached the API");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_go_through_the_proxy_that_https_proxy_names() {
+/// Syncs one file with HTTPS_PROXY naming a CONNECT proxy and NO_PROXY set to `no_proxy`;
+/// returns the hosts the proxy was asked to reach, and what `check` says of the proxy.
+async fn sync_with_a_proxy(no_proxy: &str) -> (Vec<String>, String, TlsFront) {
     let (env, authority, front) = behind_tls(Env::new().await).await;
     let ca_file = authority.write(&env, "company-ca.pem");
     serve_config_over(&env, &front, &format!("  ca_file: {}\n", ca_file.display()));
     let proxy = ConnectProxy::start().await;
     let proxy_url = proxy.url();
-    let daemon = env.start_with_env(
-        TOKEN,
-        &[
-            ("HTTPS_PROXY", OsStr::new(&proxy_url)),
-            ("NO_PROXY", OsStr::new("")),
-        ],
-    );
+    let vars = [
+        ("HTTPS_PROXY", OsStr::new(&proxy_url)),
+        ("NO_PROXY", OsStr::new(no_proxy)),
+    ];
+    let check = run_command_with_env(&["check"], Some(TOKEN), &env.config, &vars);
+    assert!(check.status.success(), "{}", describe(&check));
+    let daemon = env.start_with_env(TOKEN, &vars);
     daemon.wait_for_log("target verified").await;
-    drop_file(&env.tasks, "report.pdf", b"%PDF-1.4 through the proxy");
+    drop_file(
+        &env.tasks,
+        "report.pdf",
+        b"%PDF-1.4 on a network with a proxy",
+    );
     attached(&env, &daemon, "report.pdf").await;
-    let targets = proxy.targets();
+    let shown = check
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("proxy for "))
+        .unwrap_or_default()
+        .to_string();
+    let proxy_line = format!("proxy for 127.0.0.1: {proxy_url}");
+    (
+        proxy.targets(),
+        shown.replace(&proxy_line, "proxy for 127.0.0.1: PROXY"),
+        front,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_through_the_proxy_that_https_proxy_names() {
+    let (targets, shown, front) = sync_with_a_proxy("").await;
     assert!(!targets.is_empty(), "the proxy saw no CONNECT");
     assert!(
         targets.iter().all(|target| *target == front.host()),
         "{targets:?}"
     );
+    assert_eq!(shown, "proxy for 127.0.0.1: PROXY");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_in_no_proxy_is_reached_directly() {
-    let (env, authority, front) = behind_tls(Env::new().await).await;
-    let ca_file = authority.write(&env, "company-ca.pem");
-    serve_config_over(&env, &front, &format!("  ca_file: {}\n", ca_file.display()));
-    let proxy = ConnectProxy::start().await;
-    let proxy_url = proxy.url();
-    let daemon = env.start_with_env(
-        TOKEN,
-        &[
-            ("HTTPS_PROXY", OsStr::new(&proxy_url)),
-            ("NO_PROXY", OsStr::new("localhost,127.0.0.1")),
-        ],
-    );
-    daemon.wait_for_log("target verified").await;
-    drop_file(&env.tasks, "direct.pdf", b"%PDF-1.4 not through the proxy");
-    attached(&env, &daemon, "direct.pdf").await;
-    assert_eq!(proxy.targets(), Vec::<String>::new());
+    let (targets, shown, _front) = sync_with_a_proxy("localhost,127.0.0.1").await;
+    assert_eq!(targets, Vec::<String>::new());
+    assert_eq!(shown, "proxy for 127.0.0.1: none");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

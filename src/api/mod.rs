@@ -11,7 +11,7 @@ mod error;
 mod gate;
 mod limit;
 mod multipart;
-mod tls;
+mod network;
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,6 +26,7 @@ pub use error::{ApiError, Endpoint};
 pub use gate::{unix_ms, Pause};
 use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
+pub use network::proxy_for;
 
 use crate::config::{ApiConfig, Credentials};
 use crate::metrics::METRICS;
@@ -112,7 +113,7 @@ impl Client {
     ) -> Result<Client, ApiError> {
         // Proxies come from HTTPS_PROXY, HTTP_PROXY and NO_PROXY: reqwest reads them unless
         // told not to, which is what a company network's administrator expects.
-        let http = tls::trust(reqwest::Client::builder(), config)
+        let http = network::trust(reqwest::Client::builder(), config)
             .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
@@ -254,7 +255,7 @@ impl Client {
                     self.report(pass, Outcome::Inconclusive, None);
                     return Err(local);
                 }
-                let error = tls::failed(endpoint, &error);
+                let error = network::failed(endpoint, &error);
                 let outcome = if error.is_untrusted() {
                     Outcome::Untrusted
                 } else {

@@ -1,8 +1,8 @@
-//! Trust for company networks. Receives the API config and the failures of requests; emits the
-//! client's trust anchors (the system's certificate store and the roots built into the binary,
-//! both through reqwest's features, plus `api.ca_file`) and, for a request refused because of
-//! the server's certificate, an `ApiError::Untrusted` that says why in words an administrator
-//! can act on.
+//! Company networks. Receives the API config and the failures of requests; emits the client's
+//! trust anchors (the system's certificate store and the roots built into the binary, both
+//! through reqwest's features, plus `api.ca_file`), the proxy a URL is reached through (as
+//! reqwest picks it from the environment), and, for a request refused because of the server's
+//! certificate, an `ApiError::Untrusted` that says why in words an administrator can act on.
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -47,6 +47,23 @@ fn warn_unreadable_store_variables() {
             }
         }
     }
+}
+
+/// The proxy requests to `url` go through, picked from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
+/// NO_PROXY by the matcher reqwest uses itself; shown without a user name or password.
+pub fn proxy_for(url: &Url) -> Option<String> {
+    let uri: hyper::Uri = url.as_str().parse().ok()?;
+    let intercept = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+    let proxy = intercept.uri();
+    let port = proxy
+        .port_u16()
+        .map(|port| format!(":{port}"))
+        .unwrap_or_default();
+    Some(format!(
+        "{}://{}{port}",
+        proxy.scheme_str().unwrap_or("http"),
+        proxy.host().unwrap_or_default()
+    ))
 }
 
 /// A request that got no answer, as an `ApiError`: `Untrusted` when the TLS handshake failed
