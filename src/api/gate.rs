@@ -225,6 +225,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_untrusted_certificate_closes_the_gate_like_a_refused_token() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        assert!(matches!(
+            gate.report(Pass::Normal, Outcome::Untrusted),
+            Some(Transition::Closed(_))
+        ));
+        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert!(gate.report(Pass::Probe, Outcome::Untrusted).is_some());
+        assert!(gate.is_closed());
+    }
+
+    #[tokio::test]
     async fn a_resumed_pause_holds_requests_until_its_time_then_probes() {
         let gate = Gate::new(Backoff::default());
         let cancel = CancellationToken::new();
