@@ -147,6 +147,7 @@ async fn an_untrusted_certificate_is_a_clear_error_and_pauses_requests_instead_o
         assert_eq!(folder["counts"]["failed"], 0, "{}", status.stdout);
     }
     assert!(env.fake.requests().is_empty(), "nothing reached the API");
+
 }
 
 /// Syncs one file with HTTPS_PROXY naming a CONNECT proxy and NO_PROXY set to `no_proxy`;
@@ -183,6 +184,29 @@ async fn sync_with_a_proxy(no_proxy: &str) -> (Vec<String>, String, TlsFront) {
         shown.replace(&proxy_line, "proxy for 127.0.0.1: PROXY"),
         front,
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_company_ca_added_with_a_reload_lets_the_waiting_files_go() {
+    let (env, authority, front) = behind_tls(Env::new().await).await;
+    serve_config_over(&env, &front, "");
+    let daemon = env.start();
+    daemon.wait_for_log(&unknown_authority(&front)).await;
+    for i in 0..3 {
+        drop_file(&env.tasks, &format!("waiting-{i}.pdf"), b"%PDF-1.4");
+    }
+    // A reload is taken once start-up is over, which an unverified target makes last 10 s.
+    daemon.wait_for_log("reporting ready anyway").await;
+    let ca_file = authority.write(&env, "company-ca.pem");
+    serve_config_over(&env, &front, &format!("  ca_file: {}\n", ca_file.display()));
+    daemon.signal(libc::SIGHUP);
+    eventually(
+        "the three files are attached",
+        || env.task_field().len() == 3,
+        &daemon,
+    )
+    .await;
+    daemon.wait_for_log("the API answers again").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
