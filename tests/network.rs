@@ -147,7 +147,6 @@ async fn an_untrusted_certificate_is_a_clear_error_and_pauses_requests_instead_o
         assert_eq!(folder["counts"]["failed"], 0, "{}", status.stdout);
     }
     assert!(env.fake.requests().is_empty(), "nothing reached the API");
-
 }
 
 /// Syncs one file with HTTPS_PROXY naming a CONNECT proxy and NO_PROXY set to `no_proxy`;
