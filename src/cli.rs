@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, ApiError};
 use crate::config::{Auth, Config, ConfigError, Credentials};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
@@ -248,6 +249,7 @@ fn describe(config: &Config) -> String {
         text::path(&config.state_dir),
         humantime::format_duration(config.settle),
     );
+    out.push_str(&network(config));
     for folder in &config.folders {
         let mut options = vec![
             if folder.recursive {
@@ -279,6 +281,37 @@ fn describe(config: &Config) -> String {
     out
 }
 
+/// What `check` says of the certificates trusted and the proxy used for each host the daemon
+/// talks to, so an administrator can see the environment was picked up.
+fn network(config: &Config) -> String {
+    let mut trust = "the system's certificate store and the roots built in".to_string();
+    if let Some(ca_file) = &config.api.ca_file {
+        let count = ca_file.certificates.len();
+        trust += &format!(
+            ", and {count} certificate{} from {} (api.ca_file)",
+            if count == 1 { "" } else { "s" },
+            crate::text::path(&ca_file.path)
+        );
+    }
+    let mut out = format!("trust: {trust}\n");
+    let mut urls = vec![&config.api.base_url];
+    if let Auth::ClientCredentials { token_url, .. } = &config.api.auth {
+        urls.push(token_url);
+    }
+    urls.dedup_by_key(|url| {
+        (
+            url.host_str().map(str::to_string),
+            url.port_or_known_default(),
+        )
+    });
+    for url in urls {
+        let host = url.host_str().unwrap_or_default();
+        let through = api::proxy_for(url).unwrap_or_else(|| "none".to_string());
+        out += &format!("proxy for {host}: {through}\n");
+    }
+    out
+}
+
 /// 78 for anything the operator must fix in the configuration or the state directory.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     let config_error = error.chain().any(|cause| {
@@ -292,7 +325,18 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 Some(ControlError::Store(store)) => Some(store),
                 _ => None,
             });
+        // A certificate store that cannot be used (SSL_CERT_FILE) does not mend itself either.
+        let api_setup = matches!(
+            cause.downcast_ref::<ApiError>().or(
+                match cause.downcast_ref::<daemon::DaemonError>() {
+                    Some(daemon::DaemonError::Client(api)) => Some(api),
+                    _ => None,
+                }
+            ),
+            Some(ApiError::Setup { .. })
+        );
         cause.is::<ConfigError>()
+            || api_setup
             || cause
                 .downcast_ref::<plan::PlanError>()
                 .is_some_and(plan::PlanError::is_config)

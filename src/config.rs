@@ -32,6 +32,8 @@ const DEFAULT_TOKEN_URL: &str = "https://go.tallyfy.com/oauth/token";
 // Limits keep a mistyped path (say /dev/zero) from eating all memory.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 const MAX_SECRET_BYTES: u64 = 64 << 10;
+// Every public root in one bundle is well under 1 MiB.
+const MAX_CA_FILE_BYTES: u64 = 4 << 20;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -66,6 +68,17 @@ pub struct ApiConfig {
     pub concurrency: usize,
     /// A ceiling on requests, paced evenly, so a backlog never earns 429s.
     pub rate_limit: Option<RateLimit>,
+    /// Certificates trusted on top of the system's store (`api.ca_file`).
+    pub ca_file: Option<CaFile>,
+}
+
+/// `api.ca_file`: a PEM bundle of certificate authorities this daemon alone trusts, such as a
+/// company's TLS-inspecting proxy.
+#[derive(Clone, Debug)]
+pub struct CaFile {
+    pub path: PathBuf,
+    /// At least one, each usable as a trust anchor.
+    pub certificates: Vec<reqwest::Certificate>,
 }
 
 /// `requests` per `per`, as written in `api.rate_limit: 100/min`.
@@ -378,17 +391,26 @@ impl SecretSource {
 }
 
 fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
-    let mut text = String::new();
+    String::from_utf8(read_bytes_limited(path, limit)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+fn read_bytes_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
     fs::File::open(path)?
         .take(limit + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > limit {
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("larger than {limit} bytes"),
         ));
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 impl Config {
@@ -562,6 +584,7 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
         .opt("concurrency", concurrency)
         .unwrap_or(DEFAULT_CONCURRENCY);
     let rate_limit = s.opt("rate_limit", rate_limit);
+    let ca_file = s.get("ca_file", ca_file(base));
     let default_url = || https_url_from(DEFAULT_BASE_URL).ok();
     s.finish();
     Some(ApiConfig {
@@ -571,6 +594,7 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
         timeout,
         concurrency,
         rate_limit,
+        ca_file: ca_file.ok()?,
     })
 }
 
@@ -1111,6 +1135,43 @@ fn path_in(base: &Path) -> impl Fn(&Value) -> Result<PathBuf, Bad> + '_ {
     }
 }
 
+/// A PEM bundle of CA certificates. Each is tried as a trust anchor here, so that a broken
+/// file stops the config with the key's name rather than the daemon with a TLS error.
+fn ca_file(base: &Path) -> impl Fn(&Value) -> Result<CaFile, Bad> + '_ {
+    move |value| {
+        let path = path_in(base)(value)?;
+        let pem = read_bytes_limited(&path, MAX_CA_FILE_BYTES)
+            .or_else(|error| invalid(format!("cannot read: {error}")))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).or_else(|error| {
+            invalid(format!(
+                "not a PEM certificate bundle: {}",
+                crate::text::with_causes(error.to_string(), &error)
+            ))
+        })?;
+        if certificates.is_empty() {
+            return invalid(
+                "holds no certificate (expected PEM blocks \"-----BEGIN CERTIFICATE-----\"; \
+                 convert a binary DER file with: openssl x509 -inform der -in FILE -out FILE.pem)",
+            );
+        }
+        certificates
+            .iter()
+            .cloned()
+            .fold(
+                reqwest::Client::builder().tls_built_in_root_certs(false),
+                reqwest::ClientBuilder::add_root_certificate,
+            )
+            .build()
+            .or_else(|error| {
+                invalid(format!(
+                    "holds a certificate that cannot be used as an authority: {}",
+                    crate::text::with_causes(error.to_string(), &error)
+                ))
+            })?;
+        Ok(CaFile { path, certificates })
+    }
+}
+
 /// The path as written (for messages) and canonicalized (so overlaps and
 /// symlinks are judged on what is really watched).
 fn directory(value: &Value, base: &Path) -> Result<(String, PathBuf), Bad> {
@@ -1462,7 +1523,7 @@ folders:
         assert_eq!(
             problems,
             [
-                "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit)",
+                "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit, ca_file)",
                 "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
                 "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
@@ -1586,10 +1647,73 @@ folders:
             ("http://LocalHost:9000/api", "http://localhost:9000/api"),
             ("http://[::1]:9000/api//", "http://[::1]:9000/api/"),
             ("https://go.tallyfy.com/api", "https://go.tallyfy.com/api"),
+            ("https://127.0.0.1:8443/api", "https://127.0.0.1:8443/api"),
+            ("https://localhost:8443/api", "https://localhost:8443/api"),
         ] {
             let config = fx.parse(&yaml(&format!("  base_url: \"{url}\"\n"), ""));
             assert_eq!(config.api.base_url.as_str(), parsed);
         }
+    }
+
+    #[test]
+    fn ca_file_takes_a_pem_bundle_and_names_the_key_when_it_cannot() {
+        let fx = Fixture::new();
+        let authority = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.self_signed(&key).unwrap().pem()
+        };
+        let bundle = authority("Company Root CA") + &authority("Company Proxy CA");
+        fs::write(fx.root.join("company-ca.pem"), bundle).unwrap();
+        let config = fx.parse(&yaml(
+            "  ca_file: company-ca.pem
+",
+            "",
+        ));
+        let ca_file = config.api.ca_file.expect("ca_file is set");
+        assert_eq!(ca_file.path, fx.root.join("company-ca.pem"));
+        assert_eq!(ca_file.certificates.len(), 2);
+
+        fs::write(
+            fx.root.join("key.pem"),
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        fs::write(fx.root.join("ca.der"), [0x30, 0x82, 0x01, 0x0a]).unwrap();
+        fs::write(
+            fx.root.join("broken.pem"),
+            "-----BEGIN CERTIFICATE-----\nMIIBCgKCAQEA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let no_certificate = "holds no certificate (expected PEM blocks \"-----BEGIN CERTIFICATE-----\"; convert a binary DER file with: openssl x509 -inform der -in FILE -out FILE.pem)";
+        for (file, problem) in [
+            (
+                "missing.pem",
+                "cannot read: No such file or directory (os error 2)",
+            ),
+            ("in", "cannot read: Is a directory (os error 21)"),
+            ("key.pem", no_certificate),
+            ("ca.der", no_certificate),
+        ] {
+            assert_eq!(
+                fx.problems(&yaml(&format!("  ca_file: {file}\n"), "")),
+                [format!("api.ca_file \"{file}\": {problem}")]
+            );
+        }
+        let broken = fx.problems(&yaml("  ca_file: broken.pem\n", ""));
+        assert_eq!(broken.len(), 1);
+        assert!(
+            broken[0].starts_with("api.ca_file \"broken.pem\": holds a certificate that cannot be used as an authority: "),
+            "{broken:?}"
+        );
+        assert_eq!(
+            fx.problems(&yaml("  ca_file: [a.pem]\n", "")),
+            ["api.ca_file: expected a path string, found a list"]
+        );
     }
 
     #[test]
@@ -1819,6 +1943,7 @@ folders:
             timeout: DEFAULT_TIMEOUT,
             concurrency: DEFAULT_CONCURRENCY,
             rate_limit: None,
+            ca_file: None,
         }
     }
 

@@ -44,7 +44,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot set up the HTTP client: {0}")]
+    #[error(transparent)]
     Client(#[from] ApiError),
 }
 
@@ -322,7 +322,7 @@ impl Status {
             line += &format!("; {} misconfigured (see the log)", count(invalid, "target"));
         }
         if self.api.is_paused() {
-            line += "; requests paused (API unreachable, rate limited or refusing the token)";
+            line += "; requests paused (API unreachable, rate limited, refusing the token, or its certificate not trusted)";
         }
         line
     }

@@ -67,6 +67,8 @@ pub enum Verdict {
     Wrong(String),
     /// The API refused the credentials, so no target could be checked.
     Refused(String),
+    /// The server's certificate is not trusted, so no target could be checked.
+    Untrusted(String),
     /// The API could not be reached, or did not answer usefully.
     Unverified(String),
 }
@@ -97,6 +99,10 @@ pub async fn verify_targets(
                 given_up = match (&verdict, give_up) {
                     (Verdict::Refused(_), true) => Some(Verdict::Refused(
                         "the API was not asked, as it refused the credentials (see above)".into(),
+                    )),
+                    (Verdict::Untrusted(_), true) => Some(Verdict::Untrusted(
+                        "the API was not asked, as its certificate is not trusted (see above)"
+                            .into(),
                     )),
                     (_, true) => Some(Verdict::Unverified(
                         "the API was not asked, as it could not be reached (see above)".into(),
@@ -140,6 +146,9 @@ fn judge(
             return (Verdict::Unverified(problem), true);
         }
     };
+    if error.is_untrusted() {
+        return (Verdict::Untrusted(error.to_string()), true);
+    }
     if error.is_unauthorized() {
         let problem = format!("the API refused the credentials: {error}");
         return (Verdict::Refused(problem), true);
@@ -164,7 +173,9 @@ pub fn render_checks(checks: &[TargetCheck]) -> String {
         let verdict = match &check.verdict {
             Verdict::Ok => "target OK".to_string(),
             Verdict::Wrong(problem) => format!("target wrong: {problem}"),
-            Verdict::Refused(problem) | Verdict::Unverified(problem) => {
+            Verdict::Refused(problem)
+            | Verdict::Untrusted(problem)
+            | Verdict::Unverified(problem) => {
                 format!("not verified: {problem}")
             }
         };
@@ -195,7 +206,7 @@ pub fn verdict(checks: &[TargetCheck], config: &Config) -> Result<(), PlanError>
     }
     for check in checks {
         match &check.verdict {
-            Verdict::Refused(problem) => {
+            Verdict::Refused(problem) | Verdict::Untrusted(problem) => {
                 return Err(PlanError::Refused {
                     problem: problem.clone(),
                 })

@@ -54,6 +54,21 @@ pub fn escape(text: &str) -> String {
     Escaped(text).to_string()
 }
 
+/// `head` followed by the causes of `error`, "head: cause: its cause", each left out when the
+/// text before already says it (many errors repeat their source in their own message).
+pub fn with_causes(mut head: String, error: &dyn std::error::Error) -> String {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !head.contains(&cause_text) {
+            head.push_str(": ");
+            head.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    head
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

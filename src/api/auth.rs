@@ -333,10 +333,7 @@ impl Issuer {
 
     /// `POST token_url` with the client credentials grant.
     async fn request(&self) -> Result<(Secret, Duration), ApiError> {
-        let transport = |error: reqwest::Error| ApiError::Transport {
-            endpoint: Endpoint::Token,
-            detail: super::describe(&error),
-        };
+        let transport = |error: reqwest::Error| super::network::failed(Endpoint::Token, &error);
         let response = self
             .http
             .post(self.token_url.clone())

@@ -70,6 +70,18 @@ pub enum ApiError {
         client_id: String,
         detail: String,
     },
+    /// The server's certificate is not trusted (an unknown authority, expired, another name):
+    /// nothing gets through until an administrator fixes the trust store or the URL.
+    #[error("{endpoint}: cannot trust {host}: {reason}")]
+    Untrusted {
+        endpoint: Endpoint,
+        /// Host and port as the URL names them.
+        host: String,
+        reason: String,
+    },
+    /// The HTTP client could not be set up, e.g. the certificate store is unusable.
+    #[error("cannot set up the HTTPS client: {detail}")]
+    Setup { detail: String },
     #[error("reading {path} during upload: {detail}")]
     File { path: PathBuf, detail: String },
     #[error("shutting down")]
@@ -107,6 +119,12 @@ impl ApiError {
             ApiError::Status { status, .. } => matches!(status, 502..=504),
             _ => false,
         }
+    }
+
+    /// The server's certificate was refused: like a refused token, nothing works until an
+    /// operator acts, so requests wait rather than fail.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self, ApiError::Untrusted { .. })
     }
 
     pub fn status(&self) -> Option<u16> {

@@ -1,6 +1,6 @@
 //! The one door every request passes through: a circuit breaker shared by all workers.
-//! Receives the outcome of each request; when the API is down, rate-limiting us, or refusing
-//! the token, it closes, lets a single probe through after a backoff, and reopens on success.
+//! Receives the outcome of each request; when the API is down, rate-limiting us, refusing
+//! the token, or showing a certificate we do not trust, it closes, lets a single probe through after a backoff, and reopens on success.
 //! So an outage costs one request per backoff step, not one per file.
 
 use std::sync::Mutex;
@@ -37,6 +37,8 @@ pub enum Outcome {
     /// The API answered in a way that shows it works (any answer but those below).
     Answered,
     Unauthorized,
+    /// The server's certificate is not trusted: like a refused token, it waits for an operator.
+    Untrusted,
     Outage,
     RateLimited(Option<Duration>),
     /// The request failed for a local reason (the file being sent changed): says nothing of the API.
@@ -130,7 +132,10 @@ impl Gate {
                 return None;
             }
             Outcome::RateLimited(Some(delay)) => delay,
-            Outcome::Unauthorized | Outcome::Outage | Outcome::RateLimited(None) => {
+            Outcome::Unauthorized
+            | Outcome::Untrusted
+            | Outcome::Outage
+            | Outcome::RateLimited(None) => {
                 // A request admitted before the gate closed must not push the pause further out.
                 if pass == Pass::Normal && state.closed_until.is_some() {
                     return None;
@@ -217,6 +222,19 @@ mod tests {
         let started = Instant::now();
         assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
         assert!(started.elapsed() >= Duration::from_millis(25));
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_closes_the_gate_like_a_refused_token() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        assert!(matches!(
+            gate.report(Pass::Normal, Outcome::Untrusted),
+            Some(Transition::Closed(_))
+        ));
+        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert!(gate.report(Pass::Probe, Outcome::Untrusted).is_some());
+        assert!(gate.is_closed());
     }
 
     #[tokio::test]

@@ -2,14 +2,16 @@
 //! Receives typed calls (upload a file, read or update a field, delete an asset) and emits
 //! typed results or an `ApiError` that says whether another attempt makes sense.
 //! Owns the headers every request needs, the token source (a static token, or OAuth client
-//! credentials renewed as they expire), and the `Gate` that pauses all requests during an
-//! outage, a rate limit or a refused token.
+//! credentials renewed as they expire), the trust in servers' certificates, and the `Gate`
+//! that pauses all requests during an outage, a rate limit, a refused token or an untrusted
+//! certificate.
 
 mod auth;
 mod error;
 mod gate;
 mod limit;
 mod multipart;
+mod network;
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +27,7 @@ pub use gate::{unix_ms, Pause};
 use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 pub use multipart::stored_name;
+pub use network::proxy_for;
 
 use crate::config::{ApiConfig, Credentials};
 use crate::metrics::METRICS;
@@ -109,14 +112,15 @@ impl Client {
         credentials: Credentials,
         cancel: CancellationToken,
     ) -> Result<Client, ApiError> {
-        let http = reqwest::Client::builder()
+        // Proxies come from HTTPS_PROXY, HTTP_PROXY and NO_PROXY: reqwest reads them unless
+        // told not to, which is what a company network's administrator expects.
+        let http = network::trust(reqwest::Client::builder(), config)
             .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .tcp_nodelay(true)
             .build()
-            .map_err(|error| ApiError::Transport {
-                endpoint: Endpoint::Upload,
+            .map_err(|error| ApiError::Setup {
                 detail: describe(&error),
             })?;
         let tokens = TokenSource::new(credentials, http.clone(), cancel.clone());
@@ -223,6 +227,7 @@ impl Client {
                 let outcome = match error.status() {
                     Some(429) => Outcome::RateLimited(error.retry_after()),
                     _ if error.is_unauthorized() => Outcome::Unauthorized,
+                    _ if error.is_untrusted() => Outcome::Untrusted,
                     _ => Outcome::Outage,
                 };
                 self.report(pass, outcome, Some(&error));
@@ -251,11 +256,13 @@ impl Client {
                     self.report(pass, Outcome::Inconclusive, None);
                     return Err(local);
                 }
-                let error = ApiError::Transport {
-                    endpoint,
-                    detail: describe(&error),
+                let error = network::failed(endpoint, &error);
+                let outcome = if error.is_untrusted() {
+                    Outcome::Untrusted
+                } else {
+                    Outcome::Outage
                 };
-                self.report(pass, Outcome::Outage, Some(&error));
+                self.report(pass, outcome, Some(&error));
                 return Err(error);
             }
         };
@@ -293,11 +300,17 @@ impl Client {
         let unauthorized = cause.is_some_and(ApiError::is_unauthorized);
         let rate_limited = cause.and_then(ApiError::status) == Some(429);
         let no_token = matches!(cause, Some(ApiError::NoToken { .. }));
+        let untrusted = match cause {
+            Some(ApiError::Untrusted { host, reason, .. }) => Some((host, reason)),
+            _ => None,
+        };
         match transition {
             Some(Transition::Closed(pause)) => self.set_pause(Some(Pause {
                 until_ms: unix_ms() + pause.as_millis() as u64,
                 delay_ms: pause.as_millis() as u64,
-                reason: if no_token {
+                reason: if let Some((host, reason)) = untrusted {
+                    format!("cannot trust {host}: {reason}")
+                } else if no_token {
                     "cannot get an access token from api.token_url".to_string()
                 } else if unauthorized {
                     "the API refused the token (401)".to_string()
@@ -314,6 +327,16 @@ impl Client {
             None => {}
         }
         match transition {
+            Some(Transition::Closed(pause)) if untrusted.is_some() => {
+                if let Some((host, reason)) = untrusted {
+                    error!(
+                        host = %host,
+                        next_probe_secs = pause.as_secs_f64().ceil(),
+                        "cannot trust {host}: {reason}; pausing all requests and probing again in {}",
+                        humantime::format_duration(round(pause))
+                    )
+                }
+            }
             Some(Transition::Closed(pause)) if no_token => error!(
                 error = %cause.map(ToString::to_string).unwrap_or_default(),
                 next_probe_secs = pause.as_secs_f64().ceil(),
@@ -365,10 +388,11 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
+            let waits_for_operator = error.is_unauthorized() || error.is_untrusted();
             let paced_by_gate =
-                error.is_outage() || error.is_unauthorized() || error.status() == Some(429);
+                error.is_outage() || waits_for_operator || error.status() == Some(429);
             let out_of_attempts = self.attempts.is_some_and(|most| attempt >= most);
-            if !(error.is_retryable() || error.is_unauthorized())
+            if !(error.is_retryable() || waits_for_operator)
                 || self.cancel.is_cancelled()
                 || out_of_attempts
             {
@@ -388,7 +412,8 @@ impl Client {
         }
     }
 
-    /// Whether requests are currently paused by an outage, a rate limit or a refused token.
+    /// Whether requests are currently paused by an outage, a rate limit, a refused token or an
+    /// untrusted certificate.
     pub fn is_paused(&self) -> bool {
         self.gate.is_closed()
     }
@@ -638,21 +663,12 @@ fn parse_checklist(endpoint: Endpoint, data: &Value) -> Result<Checklist, ApiErr
 /// A transport error with its causes, e.g. "error sending request: connection refused".
 fn describe(error: &reqwest::Error) -> String {
     // reqwest puts the URL in its message; the logs already name the endpoint.
-    let mut text = if error.is_timeout() {
+    let head = if error.is_timeout() {
         "timed out".to_string()
     } else {
         let full = error.to_string();
         full.find(" for url (")
             .map_or(full.clone(), |at| full[..at].to_string())
     };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    crate::text::with_causes(head, error)
 }

@@ -3,6 +3,8 @@
 //! folders, and the real `tallyfy-sync` binary run against them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod tls;
+
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -228,6 +230,16 @@ pub fn describe(output: &Output) -> String {
 }
 
 pub fn run_command(args: &[&str], token: Option<&str>, config: &Path) -> Output {
+    run_command_with_env(args, token, config, &[])
+}
+
+/// Like `run_command`, with extra environment variables (HTTPS_PROXY, ...).
+pub fn run_command_with_env(
+    args: &[&str],
+    token: Option<&str>,
+    config: &Path,
+    vars: &[(&str, &OsStr)],
+) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"));
     command
         .args(args)
@@ -239,6 +251,7 @@ pub fn run_command(args: &[&str], token: Option<&str>, config: &Path) -> Output 
     if let Some(token) = token {
         command.env("TALLYFY_ACCESS_TOKEN", token);
     }
+    command.envs(vars.iter().copied());
     let output = command.output().expect("binary runs");
     Output {
         status: output.status,

@@ -1,0 +1,234 @@
+//! Company networks. Receives the API config and the failures of requests; emits the client's
+//! trust anchors (the system's certificate store and the roots built into the binary, both
+//! through reqwest's features, plus `api.ca_file`), the proxy a URL is reached through (as
+//! reqwest picks it from the environment), and, for a request refused because of the server's
+//! certificate, an `ApiError::Untrusted` that says why in words an administrator can act on.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use reqwest::{ClientBuilder, Url};
+use rustls::CertificateError;
+use tracing::warn;
+
+use super::error::{ApiError, Endpoint};
+use crate::config::ApiConfig;
+
+/// The certificates of `api.ca_file` on top of the built-in trust.
+pub fn trust(builder: ClientBuilder, config: &ApiConfig) -> ClientBuilder {
+    warn_unreadable_store_variables();
+    config
+        .ca_file
+        .iter()
+        .flat_map(|ca_file| ca_file.certificates.iter().cloned())
+        .fold(builder, ClientBuilder::add_root_certificate)
+}
+
+/// SSL_CERT_FILE and SSL_CERT_DIR replace the system's store when set, and a path there that
+/// cannot be read is skipped without a word: the only sign would be every request refused.
+fn warn_unreadable_store_variables() {
+    for variable in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+        let Some(value) = std::env::var_os(variable) else {
+            continue;
+        };
+        let paths: Vec<PathBuf> = if variable == "SSL_CERT_DIR" {
+            std::env::split_paths(&value).collect()
+        } else {
+            vec![PathBuf::from(value)]
+        };
+        for path in paths.iter().filter(|path| !path.as_os_str().is_empty()) {
+            if let Err(error) = std::fs::metadata(path) {
+                warn!(
+                    path = %path.display(),
+                    "{variable} names {}, which cannot be read ({error}); while {variable} is set, the system's certificate store is not used",
+                    crate::text::path(path)
+                );
+            }
+        }
+    }
+}
+
+/// The proxy requests to `url` go through, picked from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
+/// NO_PROXY by the matcher reqwest uses itself; shown without a user name or password.
+pub fn proxy_for(url: &Url) -> Option<String> {
+    let uri: hyper::Uri = url.as_str().parse().ok()?;
+    let intercept = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+    let proxy = intercept.uri();
+    let port = proxy
+        .port_u16()
+        .map(|port| format!(":{port}"))
+        .unwrap_or_default();
+    Some(format!(
+        "{}://{}{port}",
+        proxy.scheme_str().unwrap_or("http"),
+        proxy.host().unwrap_or_default()
+    ))
+}
+
+/// A request that got no answer, as an `ApiError`: `Untrusted` when the TLS handshake failed
+/// on the server's certificate, `Transport` otherwise.
+pub fn failed(endpoint: Endpoint, error: &reqwest::Error) -> ApiError {
+    match refused_certificate(error) {
+        Some(problem) => ApiError::Untrusted {
+            endpoint,
+            host: error.url().map(host).unwrap_or_default(),
+            reason: reason(problem, endpoint),
+        },
+        None => ApiError::Transport {
+            endpoint,
+            detail: super::describe(error),
+        },
+    }
+}
+
+fn host(url: &Url) -> String {
+    let name = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_string(),
+    }
+}
+
+/// The certificate problem rustls reported, wherever it sits among the causes of `error`.
+fn refused_certificate<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a CertificateError> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        // `io::Error::source` skips the error it wraps, and that is where rustls puts its own,
+        // sometimes inside a second `io::Error` (hyper-rustls wraps tokio-rustls's).
+        let mut wrapped = Some(current);
+        while let Some(candidate) = wrapped {
+            if let Some(rustls::Error::InvalidCertificate(problem)) =
+                candidate.downcast_ref::<rustls::Error>()
+            {
+                return Some(problem);
+            }
+            wrapped = candidate
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .map(|inner| inner as &(dyn Error + 'static));
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// What is wrong with the certificate and what to do about it.
+fn reason(problem: &CertificateError, endpoint: Endpoint) -> String {
+    let url_key = match endpoint {
+        Endpoint::Token => "api.token_url",
+        _ => "api.base_url",
+    };
+    let renew = "if this machine's clock is right, the server (or the TLS-inspecting proxy in between) must renew it";
+    match problem {
+        CertificateError::UnknownIssuer => "certificate signed by an unknown authority: add the company CA to the system store or set api.ca_file".to_string(),
+        CertificateError::ExpiredContext { not_after, .. } => {
+            format!("certificate expired on {}: {renew}", date(not_after.as_secs()))
+        }
+        CertificateError::Expired => format!("certificate expired: {renew}"),
+        CertificateError::NotValidYetContext { not_before, .. } => format!(
+            "certificate not valid before {}: check this machine's clock",
+            date(not_before.as_secs())
+        ),
+        CertificateError::NotValidYet => {
+            "certificate not valid yet: check this machine's clock".to_string()
+        }
+        // The names come from the server's certificate.
+        CertificateError::NotValidForNameContext { .. } | CertificateError::NotValidForName => {
+            format!(
+                "{}: check the host name in {url_key}",
+                crate::text::escape(&problem.to_string())
+            )
+        }
+        CertificateError::Revoked => "certificate revoked".to_string(),
+        other => format!(
+            "certificate refused ({})",
+            crate::text::escape(&other.to_string())
+        ),
+    }
+}
+
+fn date(unix_secs: u64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(unix_secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose cause is an `io::Error` wrapping an `io::Error` wrapping rustls's, as
+    /// hyper-util, hyper-rustls and tokio-rustls nest the handshake's failure.
+    #[derive(Debug)]
+    struct Connect(std::io::Error);
+
+    impl std::fmt::Display for Connect {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl Error for Connect {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn nested(inner: rustls::Error) -> Connect {
+        let handshake = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
+        Connect(std::io::Error::other(handshake))
+    }
+
+    #[test]
+    fn a_certificate_problem_is_found_inside_the_io_errors_that_wrap_it() {
+        let error = nested(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(
+            refused_certificate(&error),
+            Some(&CertificateError::UnknownIssuer)
+        );
+    }
+
+    #[test]
+    fn other_handshake_failures_are_not_certificate_problems() {
+        let error = nested(rustls::Error::General("handshake cut short".into()));
+        assert_eq!(refused_certificate(&error), None);
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(refused_certificate(&plain), None);
+    }
+
+    #[test]
+    fn each_reason_says_what_to_do() {
+        assert_eq!(
+            reason(&CertificateError::UnknownIssuer, Endpoint::Upload),
+            "certificate signed by an unknown authority: add the company CA to the system store or set api.ca_file"
+        );
+        let expired = CertificateError::ExpiredContext {
+            time: rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(1_800_000_000)),
+            not_after: rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+                1_700_000_000,
+            )),
+        };
+        assert_eq!(
+            reason(&expired, Endpoint::GetTask),
+            "certificate expired on Tue, 14 Nov 2023 22:13:20 GMT: if this machine's clock is right, the server (or the TLS-inspecting proxy in between) must renew it"
+        );
+        assert!(reason(&CertificateError::NotValidForName, Endpoint::Token)
+            .ends_with(": check the host name in api.token_url"));
+        assert!(
+            reason(&CertificateError::NotValidYet, Endpoint::Upload).contains("clock"),
+            "a certificate from the future means a wrong clock"
+        );
+    }
+
+    #[test]
+    fn names_from_the_certificate_are_escaped() {
+        let problem = CertificateError::NotValidForNameContext {
+            expected: rustls::pki_types::ServerName::try_from("go.tallyfy.com").unwrap(),
+            presented: vec!["evil\nINFO forged".into()],
+        };
+        let shown = reason(&problem, Endpoint::Upload);
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.contains("evil\\nINFO forged"), "{shown}");
+    }
+}

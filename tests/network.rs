@@ -1,0 +1,248 @@
+//! Company networks through the real binary: the fake served over TLS with a certificate from
+//! a certificate authority made for the test, trusted through `api.ca_file` or SSL_CERT_FILE,
+//! refused with a clear error and a pause when it is not trusted, and reached through the
+//! proxy HTTPS_PROXY names.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use common::tls::{serve_config_over, Authority, ConnectProxy, TlsFront};
+use common::*;
+use serde_json::Value;
+
+/// The environment and the fake behind TLS with a certificate signed by a new authority.
+async fn behind_tls(env: Env) -> (Env, Authority, TlsFront) {
+    let authority = Authority::new("Example Corp TLS Inspection CA");
+    let front = TlsFront::start(&authority, env.fake.addr()).await;
+    (env, authority, front)
+}
+
+fn unknown_authority(front: &TlsFront) -> String {
+    format!(
+        "cannot trust {}: certificate signed by an unknown authority: add the company CA to the system store or set api.ca_file",
+        front.host()
+    )
+}
+
+async fn attached(env: &Env, daemon: &Daemon, name: &str) {
+    eventually(
+        &format!("{name} is attached"),
+        || filenames(&env.task_field()) == [name],
+        daemon,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_ca_in_api_ca_file_is_trusted_for_the_api_and_the_token_endpoint() {
+    let env = Env::with_client_credentials(CLIENT_SECRET, 604_800).await;
+    let (env, authority, front) = behind_tls(env).await;
+    let ca_file = authority.write(&env, "company-ca.pem");
+    serve_config_over(&env, &front, &format!("  ca_file: {}\n", ca_file.display()));
+
+    let check = env.command(&["check", "--online"]);
+    assert!(check.status.success(), "{}", describe(&check));
+    assert_eq!(
+        check.stdout.matches("target OK").count(),
+        2,
+        "{}",
+        describe(&check)
+    );
+    assert!(
+        check.stdout.contains(&format!(
+            "trust: the system's certificate store and the roots built in, and 1 certificate from {} (api.ca_file)",
+            ca_file.display()
+        )),
+        "{}",
+        describe(&check)
+    );
+
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    drop_file(
+        &env.tasks,
+        "invoice.pdf",
+        b"%PDF-1.4 through the company CA",
+    );
+    attached(&env, &daemon, "invoice.pdf").await;
+    assert!(
+        !env.fake.token_requests().is_empty(),
+        "the token came from token_url over TLS"
+    );
+    assert!(front.connections() > 0, "the requests went over TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_ca_in_ssl_cert_file_is_trusted_and_a_file_that_is_not_there_is_named() {
+    let (env, authority, front) = behind_tls(Env::new().await).await;
+    let bundle = authority.write(&env, "ca-certificates.crt");
+    serve_config_over(&env, &front, "");
+    let misspelt = env.dir.path().join("ca-certificate.crt");
+    let check = run_command_with_env(
+        &["check", "--online"],
+        Some(TOKEN),
+        &env.config,
+        &[("SSL_CERT_FILE", misspelt.as_os_str())],
+    );
+    assert_eq!(check.status.code(), Some(78), "{}", describe(&check));
+    assert!(
+        check.stderr.contains(&format!(
+            "SSL_CERT_FILE names {}, which cannot be read",
+            misspelt.display()
+        )),
+        "{}",
+        describe(&check)
+    );
+    let daemon = env.start_with_env(TOKEN, &[("SSL_CERT_FILE", bundle.as_os_str())]);
+    daemon.wait_for_log("target verified").await;
+    drop_file(&env.tasks, "scan.pdf", b"%PDF-1.4 through SSL_CERT_FILE");
+    attached(&env, &daemon, "scan.pdf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_a_clear_error_and_pauses_requests_instead_of_failing_files() {
+    let (env, _authority, front) = behind_tls(Env::new().await).await;
+    serve_config_over(&env, &front, "");
+    let why = unknown_authority(&front);
+
+    let check = env.command(&["check", "--online"]);
+    assert_eq!(check.status.code(), Some(78), "{}", describe(&check));
+    assert!(check.stdout.contains(&why), "{}", describe(&check));
+
+    let daemon = env.start();
+    daemon.wait_for_log(&why).await;
+    assert!(
+        daemon
+            .log()
+            .lines()
+            .any(|line| line.contains("ERROR") && line.contains(&why)),
+        "logged as an ERROR:\n{}",
+        daemon.log()
+    );
+    for i in 0..5 {
+        drop_file(&env.tasks, &format!("scan-{i}.pdf"), b"%PDF-1.4");
+    }
+    eventually(
+        "status shows why requests wait",
+        || {
+            env.command(&["status"])
+                .stdout
+                .contains(&format!("requests paused: {why}"))
+        },
+        &daemon,
+    )
+    .await;
+    let before = front.connections();
+    // A window to count in, not a synchronisation: probes follow a backoff of about 1, 2, 4 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = front.connections() - before;
+    assert!(during <= 3, "{during} connections in 3 s while paused");
+
+    let status = env.command(&["status", "--json"]);
+    let report: Value = serde_json::from_str(&status.stdout).expect("status --json");
+    assert_eq!(report["api_pause"]["reason"], why.as_str());
+    for folder in report["folders"].as_array().unwrap() {
+        assert_eq!(folder["counts"]["failed"], 0, "{}", status.stdout);
+    }
+    assert!(env.fake.requests().is_empty(), "nothing reached the API");
+}
+
+/// Syncs one file with HTTPS_PROXY naming a CONNECT proxy and NO_PROXY set to `no_proxy`;
+/// returns the hosts the proxy was asked to reach, and what `check` says of the proxy.
+async fn sync_with_a_proxy(no_proxy: &str) -> (Vec<String>, String, TlsFront) {
+    let (env, authority, front) = behind_tls(Env::new().await).await;
+    let ca_file = authority.write(&env, "company-ca.pem");
+    serve_config_over(&env, &front, &format!("  ca_file: {}\n", ca_file.display()));
+    let proxy = ConnectProxy::start().await;
+    let proxy_url = proxy.url();
+    let vars = [
+        ("HTTPS_PROXY", OsStr::new(&proxy_url)),
+        ("NO_PROXY", OsStr::new(no_proxy)),
+    ];
+    let check = run_command_with_env(&["check"], Some(TOKEN), &env.config, &vars);
+    assert!(check.status.success(), "{}", describe(&check));
+    let daemon = env.start_with_env(TOKEN, &vars);
+    daemon.wait_for_log("target verified").await;
+    drop_file(
+        &env.tasks,
+        "report.pdf",
+        b"%PDF-1.4 on a network with a proxy",
+    );
+    attached(&env, &daemon, "report.pdf").await;
+    let shown = check
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("proxy for "))
+        .unwrap_or_default()
+        .to_string();
+    let proxy_line = format!("proxy for 127.0.0.1: {proxy_url}");
+    (
+        proxy.targets(),
+        shown.replace(&proxy_line, "proxy for 127.0.0.1: PROXY"),
+        front,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_company_ca_added_with_a_reload_lets_the_waiting_files_go() {
+    let (env, authority, front) = behind_tls(Env::new().await).await;
+    serve_config_over(&env, &front, "");
+    let daemon = env.start();
+    daemon.wait_for_log(&unknown_authority(&front)).await;
+    for i in 0..3 {
+        drop_file(&env.tasks, &format!("waiting-{i}.pdf"), b"%PDF-1.4");
+    }
+    // A reload is taken once start-up is over, which an unverified target makes last 10 s.
+    daemon.wait_for_log("reporting ready anyway").await;
+    let ca_file = authority.write(&env, "company-ca.pem");
+    serve_config_over(&env, &front, &format!("  ca_file: {}\n", ca_file.display()));
+    daemon.signal(libc::SIGHUP);
+    eventually(
+        "the three files are attached",
+        || env.task_field().len() == 3,
+        &daemon,
+    )
+    .await;
+    daemon.wait_for_log("the API answers again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_through_the_proxy_that_https_proxy_names() {
+    let (targets, shown, front) = sync_with_a_proxy("").await;
+    assert!(!targets.is_empty(), "the proxy saw no CONNECT");
+    assert!(
+        targets.iter().all(|target| *target == front.host()),
+        "{targets:?}"
+    );
+    assert_eq!(shown, "proxy for 127.0.0.1: PROXY");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_in_no_proxy_is_reached_directly() {
+    let (targets, shown, _front) = sync_with_a_proxy("localhost,127.0.0.1").await;
+    assert_eq!(targets, Vec::<String>::new());
+    assert_eq!(shown, "proxy for 127.0.0.1: none");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_that_cannot_be_read_is_a_config_error_naming_the_key() {
+    let env = Env::new().await;
+    std::fs::write(env.dir.path().join("empty.pem"), "").unwrap();
+    for (file, problem) in [
+        ("missing.pem", "cannot read: No such file or directory"),
+        ("empty.pem", "holds no certificate"),
+    ] {
+        env.write_config_with_api(&format!("  ca_file: {file}\n"), "", "");
+        let check = env.command(&["check"]);
+        assert_eq!(check.status.code(), Some(78), "{}", describe(&check));
+        assert!(
+            check
+                .stderr
+                .contains(&format!("api.ca_file \"{file}\": {problem}")),
+            "{}",
+            describe(&check)
+        );
+    }
+}
