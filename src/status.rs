@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
-use crate::store::{FileRecord, FileState, Store, StoreError};
+use crate::store::{FileRecord, FileState, Store, StoreError, UNWRITABLE};
 
 /// Where the daemon saves the request pause in the store.
 pub const PAUSE_KEY: &str = "api-pause";
@@ -24,6 +24,9 @@ pub struct StatusReport {
     pub daemon_running: bool,
     /// Requests paused by an outage, a rate limit or a refused token.
     pub api_pause: Option<Pause>,
+    /// Requests paused because the state directory cannot be written: the write error.
+    #[serde(default)]
+    pub state_dir_unwritable: Option<String>,
     pub folders: Vec<FolderReport>,
     /// Remote assets still to delete.
     pub deletes_pending: Vec<PendingDelete>,
@@ -81,6 +84,20 @@ pub fn build(
     let api_pause = store
         .meta::<Pause>(PAUSE_KEY)?
         .filter(|pause| pause.until_ms > unix_ms() || daemon_running);
+    let state_dir_unwritable = store.unwritable();
+    // What files wait for: a state directory that cannot be written comes first, since it
+    // holds requests even when the API answers.
+    let waiting_for = match (&state_dir_unwritable, &api_pause) {
+        (Some(_), _) => Some(Waiting {
+            reason: UNWRITABLE,
+            until_ms: None,
+        }),
+        (None, Some(pause)) => Some(Waiting {
+            reason: &pause.reason,
+            until_ms: Some(pause.until_ms),
+        }),
+        (None, None) => None,
+    };
     let mut by_folder: BTreeMap<PathBuf, Vec<(PathBuf, FileRecord)>> = BTreeMap::new();
     for record in store.records() {
         let (path, record) = record?;
@@ -97,7 +114,7 @@ pub fn build(
             &folder.path,
             folder.target.to_string(),
             &records,
-            api_pause.as_ref(),
+            waiting_for.as_ref(),
         )?);
     }
     for (folder, records) in by_folder {
@@ -107,7 +124,7 @@ pub fn build(
             &folder,
             target,
             &records,
-            api_pause.as_ref(),
+            waiting_for.as_ref(),
         )?);
     }
     let deletes_pending = store
@@ -122,9 +139,16 @@ pub fn build(
         state_dir: store.path().to_path_buf(),
         daemon_running,
         api_pause,
+        state_dir_unwritable,
         folders,
         deletes_pending,
     })
+}
+
+/// Why unfinished files wait, and until when if that is known.
+struct Waiting<'a> {
+    reason: &'a str,
+    until_ms: Option<u64>,
 }
 
 fn folder_report(
@@ -132,7 +156,7 @@ fn folder_report(
     folder: &Path,
     target: String,
     records: &[(PathBuf, FileRecord)],
-    pause: Option<&Pause>,
+    waiting_for: Option<&Waiting>,
 ) -> Result<FolderReport, StoreError> {
     let held: Option<Held> = store.meta(&guard::held_key(folder))?;
     let paused: Option<String> = store.meta(&guard::paused_key(folder))?;
@@ -145,8 +169,8 @@ fn folder_report(
             .display()
             .to_string();
         let attached = record.attached.as_ref().and_then(|asset| asset.id());
-        let waiting = || match pause {
-            Some(pause) => (format!("waiting: {}", pause.reason), Some(pause.until_ms)),
+        let waiting = || match waiting_for {
+            Some(waiting) => (format!("waiting: {}", waiting.reason), waiting.until_ms),
             None => ("in progress".to_string(), None),
         };
         let gone = held.is_some() && std::fs::symlink_metadata(path).is_err();
@@ -209,6 +233,13 @@ pub fn render(report: &StatusReport) -> String {
         "daemon not running; read from the store"
     };
     let _ = writeln!(out, "state: {} ({source})", report.state_dir.display());
+    if let Some(error) = &report.state_dir_unwritable {
+        let _ = writeln!(
+            out,
+            "paused: {UNWRITABLE} ({}); requests wait until a write succeeds again",
+            crate::text::escaped(error)
+        );
+    }
     if let Some(pause) = &report.api_pause {
         let _ = writeln!(
             out,

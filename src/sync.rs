@@ -107,6 +107,10 @@ impl Syncer {
         };
         match self.reconcile(&subject, &target).await {
             Ok(()) | Err(SyncError::Cancelled) => {}
+            // Said once for all files where it is noticed; the rescan after it ends takes them.
+            Err(SyncError::Store(error)) if self.store.unwritable().is_some() => {
+                debug!(folder = %folder.path.display(), file = %subject.path.display(), %error, "cannot record the file's state; it is tried again once the state directory can be written")
+            }
             Err(error) => {
                 error!(folder = %folder.path.display(), file = %subject.path.display(), %error, "could not sync; will try again when the file changes")
             }
@@ -235,8 +239,13 @@ impl Syncer {
             asset: asset.clone(),
         };
         record.updated = now_unix();
-        self.store.put(path, &record).await?;
+        let recorded = self.store.put(path, &record).await;
+        drop(uploaded.slot);
         METRICS.uploaded(true, meta.size);
+        if let Err(error) = recorded {
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "uploaded, but the asset cannot be recorded: it stays in Tallyfy unattached (an orphan), and the file is uploaded again once the state directory can be written");
+            return Err(error.into());
+        }
         info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
         let now = std::fs::symlink_metadata(path)
             .ok()

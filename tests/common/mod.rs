@@ -264,6 +264,19 @@ impl Daemon {
         dir: &Path,
         vars: &[(&str, &OsStr)],
     ) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"));
+        command.args(args);
+        Daemon::spawn_command(command, token, dir, vars)
+    }
+
+    /// Runs `command` (the binary, or a wrapper that ends by exec'ing it) as the daemon, with
+    /// the test environment and `vars`; its stderr goes to a log file in `dir`.
+    pub fn spawn_command(
+        mut command: Command,
+        token: &str,
+        dir: &Path,
+        vars: &[(&str, &OsStr)],
+    ) -> Daemon {
         let log = dir.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()
@@ -272,8 +285,7 @@ impl Daemon {
                 .as_nanos()
         ));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"))
-            .args(args)
+        let child = command
             .env("TALLYFY_ACCESS_TOKEN", token)
             .env_remove("TALLYFY_CLIENT_SECRET")
             .env_remove("CREDENTIALS_DIRECTORY")
@@ -390,7 +402,17 @@ fn strip_ansi(text: &str) -> String {
 
 /// Polls `condition` every 20 ms until it holds; fails with the daemon's log after `WAIT`.
 pub async fn eventually(what: &str, condition: impl Fn() -> bool, daemon: &Daemon) {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(WAIT, what, condition, daemon).await;
+}
+
+/// `eventually`, for conditions that may take longer than `WAIT`.
+pub async fn eventually_within(
+    within: Duration,
+    what: &str,
+    condition: impl Fn() -> bool,
+    daemon: &Daemon,
+) {
+    let deadline = Instant::now() + within;
     while !condition() {
         if Instant::now() > deadline {
             let state = match daemon.exited() {
