@@ -698,6 +698,47 @@ mod tests {
         assert_eq!(store.records().count(), 64);
     }
 
+    #[test]
+    fn a_full_or_read_only_disk_is_told_apart_from_a_wrong_path_or_mode() {
+        for code in [libc::ENOSPC, libc::EDQUOT, libc::EROFS] {
+            assert!(is_unwritable(&std::io::Error::from_raw_os_error(code)));
+        }
+        for code in [libc::EACCES, libc::ENOENT, libc::ENOTDIR, libc::EIO] {
+            assert!(!is_unwritable(&std::io::Error::from_raw_os_error(code)));
+        }
+        // How sled reports a failed flush: the OS error wrapped in one of the same kind.
+        let wrapped = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            std::io::Error::from_raw_os_error(libc::ENOSPC).to_string(),
+        );
+        assert!(is_unwritable(&wrapped));
+    }
+
+    #[tokio::test]
+    async fn a_probe_after_a_failed_write_reopens_the_store_with_its_records() {
+        let (dir, store) = temp_store();
+        let path = Path::new("/f/a.pdf");
+        store.put(path, &record(FileState::Synced)).await.unwrap();
+        let watching = store.clone();
+        let unwritable = watching.watch_unwritable();
+        let _ = store.write_failed("No space left on device");
+        assert!(unwritable.has_changed().unwrap());
+        assert!(store
+            .unwritable()
+            .unwrap()
+            .contains("No space left on device"));
+        store.probe().await.unwrap();
+        assert_eq!(watching.unwritable(), None);
+        assert!(!dir.path().join(PROBE_FILE).exists());
+        // Every clone sees the reopened database, with what was flushed before.
+        assert_eq!(watching.get(path).unwrap(), Some(record(FileState::Synced)));
+        watching
+            .put(path, &record(FileState::Uploading))
+            .await
+            .unwrap();
+        assert_eq!(store.get(path).unwrap(), Some(record(FileState::Uploading)));
+    }
+
     #[tokio::test]
     async fn records_under_a_folder_exclude_its_siblings_with_a_common_prefix() {
         let (_dir, store) = temp_store();

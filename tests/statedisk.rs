@@ -136,25 +136,6 @@ impl Notifications {
     }
 }
 
-async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url)
-        .await
-        .expect("the metrics endpoint answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
-fn metrics_addr(daemon: &Daemon) -> String {
-    daemon
-        .log()
-        .lines()
-        .find(|line| line.contains("serving metrics"))
-        .and_then(|line| line.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the log names the metrics address")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_once_space_is_freed() {
     let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
@@ -166,7 +147,7 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
     let daemon = start_on_tmpfs(&env, &(TMPFS_SIZE - ROOM).to_string(), &notify.path);
     daemon.wait_for_log("serving metrics at /metrics").await;
     daemon.wait_for_log("target verified").await;
-    let addr = metrics_addr(&daemon);
+    let addr = daemon.metrics_addr();
     for i in 0..FILES {
         drop_file(
             &env.tasks,
@@ -183,13 +164,13 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
         status_text.contains("paused: state directory full (or not writable)"),
         "{status_text}"
     );
-    let (code, health) = get(&format!("http://{addr}/healthz")).await;
+    let (code, health) = http_get(&format!("http://{addr}/healthz")).await;
     assert_eq!(code, 503, "{health}");
     assert!(
         health.contains("paused: state directory full (or not writable)"),
         "{health}"
     );
-    let (_, metrics) = get(&format!("http://{addr}/metrics")).await;
+    let (_, metrics) = http_get(&format!("http://{addr}/metrics")).await;
     for expected in [
         "tallyfy_sync_state_dir_unwritable 1\n",
         "tallyfy_sync_api_paused 1\n",
@@ -262,7 +243,7 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
         "{orphans} orphan uploads; log:\n{}",
         daemon.log()
     );
-    let (code, health) = get(&format!("http://{addr}/healthz")).await;
+    let (code, health) = http_get(&format!("http://{addr}/healthz")).await;
     assert_eq!((code, health.as_str()), (200, "ok\n"));
     eventually(
         "status says every file is synced",

@@ -337,6 +337,17 @@ impl Daemon {
         .await;
     }
 
+    /// The address the daemon's log says it serves metrics at.
+    pub fn metrics_addr(&self) -> String {
+        self.log()
+            .lines()
+            .find(|line| line.contains("serving metrics"))
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the log names the metrics address")
+            .to_string()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child().id()
     }
@@ -433,4 +444,11 @@ pub fn drop_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
     path
+}
+
+/// A GET of `url`: the status and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("the endpoint answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
 }
