@@ -103,6 +103,12 @@ pub async fn run(
     service::notify_stopping("stopping: finishing in-flight work (up to 10 s)");
     pipeline.stop().await;
     drop(api);
+    if let Some(error) = store.unwritable() {
+        // Each state was flushed before the request it guards, or that request never went:
+        // what could not be recorded is found again by the next start's scan.
+        warn!(%error, "stopped; the state directory still cannot be written, so the files that could not be recorded are synced after the next start");
+        return Ok(());
+    }
     store.flush().await?;
     info!("stopped; state saved");
     Ok(())
@@ -119,13 +125,14 @@ async fn open_store(
         Err(StoreError::Unwritable { error, .. }) => error,
         opened => return opened.map(Some),
     };
-    let free = store::free_space(dir).map_or("unknown".to_string(), filter::humansize);
+    let free = store::free_space(dir);
     error!(
         state_dir = %dir.display(),
-        free_bytes = store::free_space(dir),
+        free_bytes = free,
         error = %first,
-        "cannot open the state directory {}: {UNWRITABLE} ({free} free); waiting, and trying again every few seconds (at most {} apart) until it can be written",
+        "cannot open the state directory {}: {UNWRITABLE} ({} free); waiting, and trying again every few seconds (at most {} apart) until it can be written",
         crate::text::path(dir),
+        size(free),
         humantime::format_duration(STORE_PROBE_MAX)
     );
     let waiting = format!("waiting: {UNWRITABLE} ({})", crate::text::path(dir));
@@ -184,13 +191,14 @@ async fn hold_while_unwritable(
         let dir = store.path();
         let since = tokio::time::Instant::now();
         if api.hold(UNWRITABLE) {
-            let free = store::free_space(dir).map_or("unknown".to_string(), filter::humansize);
+            let free = store::free_space(dir);
             error!(
                 state_dir = %dir.display(),
-                free_bytes = store::free_space(dir),
+                free_bytes = free,
                 %error,
-                "cannot write the state directory {}: {UNWRITABLE} ({free} free); pausing all requests so that no upload goes unrecorded, and trying a small write every few seconds (at most {} apart) until it works",
+                "cannot write the state directory {}: {UNWRITABLE} ({} free); pausing all requests so that no upload goes unrecorded, and trying a small write every few seconds (at most {} apart) until it works",
                 crate::text::path(dir),
+                size(free),
                 humantime::format_duration(STORE_PROBE_MAX)
             );
         }
@@ -212,8 +220,13 @@ async fn hold_while_unwritable(
             paused_secs = since.elapsed().as_secs(),
             "the state directory can be written again; resuming requests and retrying the files that could not be recorded"
         );
-        let _ = hints.send(Hint::RescanAll).await;
+        let _ = hints.send(Hint::Resync).await;
     }
+}
+
+/// "1.2 MiB", or "unknown" when it could not be found out.
+fn size(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "unknown".to_string(), filter::humansize)
 }
 
 /// The API client, with a pause saved by an earlier run (or pipeline) carried on.
