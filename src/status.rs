@@ -81,6 +81,26 @@ pub fn build(
     store: &Store,
     daemon_running: bool,
 ) -> Result<StatusReport, StoreError> {
+    match from_store(config, store, daemon_running) {
+        // sled may refuse reads too after a failed write, until it is reopened: the pause is
+        // what matters then, and the files are listed again once it can be written.
+        Err(error) if store.unwritable().is_some() => Ok(StatusReport {
+            state_dir: store.path().to_path_buf(),
+            daemon_running,
+            state_dir_unwritable: store
+                .unwritable()
+                .map(|unwritable| format!("{unwritable}; the files cannot be listed until it can be written again: {error}")),
+            ..StatusReport::default()
+        }),
+        built => built,
+    }
+}
+
+fn from_store(
+    config: &Config,
+    store: &Store,
+    daemon_running: bool,
+) -> Result<StatusReport, StoreError> {
     let api_pause = store
         .meta::<Pause>(PAUSE_KEY)?
         .filter(|pause| pause.until_ms > unix_ms() || daemon_running);

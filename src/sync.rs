@@ -243,7 +243,7 @@ impl Syncer {
         drop(uploaded.slot);
         METRICS.uploaded(true, meta.size);
         if let Err(error) = recorded {
-            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "uploaded, but the asset cannot be recorded: it stays in Tallyfy unattached (an orphan), and the file is uploaded again once the state directory can be written");
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "uploaded, but recording the asset failed: unless the record reached the disk all the same, the asset stays in Tallyfy unattached (an orphan) and the file is uploaded again once the state directory can be written");
             return Err(error.into());
         }
         info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
