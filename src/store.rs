@@ -330,6 +330,11 @@ impl Store {
         self.unwritable.subscribe()
     }
 
+    /// Resolves once the store can be written (at once when no write has failed).
+    pub async fn writable(&self) {
+        let _ = self.watch_unwritable().wait_for(Option::is_none).await;
+    }
+
     /// A write failed: from now on the store counts as unwritable, until `probe` succeeds.
     fn write_failed(&self, error: impl ToString) -> StoreError {
         let error = self.io(error);

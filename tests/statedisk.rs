@@ -15,6 +15,8 @@ use common::*;
 use tokio::net::UnixDatagram;
 
 const FILES: usize = 400;
+/// Synced before the burst and deleted during it.
+const OLD: usize = 5;
 /// The daemon's default `api.concurrency`.
 const CONCURRENCY: usize = 4;
 /// Room for the records of about a hundred files: the disk fills during the burst.
@@ -166,6 +168,18 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
     daemon.wait_for_log("serving metrics at /metrics").await;
     daemon.wait_for_log("target verified").await;
     let addr = daemon.metrics_addr();
+    // Files synced before, deleted while the disk is full: their deletes cannot be recorded
+    // then, so they go once it can be written. Fewer than 10, so that `max_delete` does not
+    // hold them.
+    let old: Vec<PathBuf> = (0..OLD)
+        .map(|i| drop_file(&env.kickoff, &format!("old-{i}.pdf"), b"old"))
+        .collect();
+    eventually(
+        "the old files are attached",
+        || env.kickoff_field().len() == OLD,
+        &daemon,
+    )
+    .await;
     for i in 0..FILES {
         drop_file(
             &env.tasks,
@@ -177,6 +191,9 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
     daemon
         .wait_for_log("cannot write the state directory")
         .await;
+    for path in &old {
+        std::fs::remove_file(path).unwrap();
+    }
     let status_text = status(&env, &daemon);
     assert!(
         status_text.contains("paused: state directory full (or not writable)"),
@@ -247,7 +264,14 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
     let names: HashSet<String> = filenames(&field).into_iter().collect();
     assert_eq!(field.len(), FILES, "each file attached exactly once");
     assert_eq!(names.len(), FILES, "each file attached exactly once");
-    let uploads = env.uploads();
+    eventually_within(
+        RESUME_WAIT,
+        "the old files are deleted",
+        || env.kickoff_field().is_empty(),
+        &daemon,
+    )
+    .await;
+    let uploads = env.uploads() - OLD;
     let orphans = uploads - FILES;
     eprintln!(
         "state disk full during a {FILES}-file burst: {attached_while_full} attached and \
@@ -271,8 +295,12 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
     let (code, health) = http_get(&format!("http://{addr}/healthz")).await;
     assert_eq!((code, health.as_str()), (200, "ok\n"));
     eventually(
-        "status says every file is synced",
-        || status(&env, &daemon).contains(&format!("{FILES} synced, 0 pending")),
+        "status says every file is synced and no delete is pending",
+        || {
+            let text = status(&env, &daemon);
+            text.contains(&format!("{FILES} synced, 0 pending"))
+                && !text.contains("remote deletes pending")
+        },
         &daemon,
     )
     .await;
