@@ -92,34 +92,34 @@ fn inside(daemon: &Daemon, path: &Path) -> PathBuf {
     Path::new(&format!("/proc/{}/root", daemon.pid())).join(path.strip_prefix("/").unwrap())
 }
 
-/// `program`, to be run in the daemon's user and mount namespaces.
-fn in_namespace(daemon: &Daemon, program: impl AsRef<OsStr>) -> Command {
-    let mut command = Command::new("nsenter");
-    command
-        .args([
-            "-t",
-            &daemon.pid().to_string(),
-            "-U",
-            "-m",
-            "--preserve-credentials",
-        ])
-        .arg(program);
-    command
-}
-
-/// `tallyfy-sync status` asked from inside the daemon's namespace, where its socket is.
-fn status(env: &Env, daemon: &Daemon) -> String {
-    let output = in_namespace(daemon, env!("CARGO_BIN_EXE_tallyfy-sync"))
-        .args(["status", "--config"])
-        .arg(&env.config)
+/// Runs `program` with `args` in the daemon's user and mount namespaces, and returns what it
+/// printed; it must succeed.
+fn in_namespace(daemon: &Daemon, program: &OsStr, args: &[&OsStr]) -> String {
+    let pid = daemon.pid().to_string();
+    let output = Command::new("nsenter")
+        .args(["-t", &pid, "-U", "-m", "--preserve-credentials"])
+        .arg(program)
+        .args(args)
         .output()
         .expect("nsenter runs");
     assert!(
         output.status.success(),
-        "status failed: {}",
+        "{} failed: {}",
+        program.to_string_lossy(),
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `tallyfy-sync status` asked from inside the daemon's namespace, where its socket is.
+fn status(env: &Env, daemon: &Daemon) -> String {
+    let program = OsStr::new(env!("CARGO_BIN_EXE_tallyfy-sync"));
+    let args = [
+        "status".as_ref(),
+        "--config".as_ref(),
+        env.config.as_os_str(),
+    ];
+    in_namespace(daemon, program, &args)
 }
 
 /// The daemon's messages to the service manager, read from a socket the test owns.
@@ -377,16 +377,8 @@ async fn a_start_on_a_full_state_disk_waits_and_syncs_once_space_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_on_a_read_only_state_disk_waits_and_syncs_once_it_is_remounted_writable() {
     a_start_waits_until_the_state_disk_is_writable("read-only", |env, daemon| {
-        let output = in_namespace(daemon, "mount")
-            .args(["-o", "remount,rw"])
-            .arg(&env.state)
-            .output()
-            .expect("nsenter runs");
-        assert!(
-            output.status.success(),
-            "remount failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let args = ["-o".as_ref(), "remount,rw".as_ref(), env.state.as_os_str()];
+        in_namespace(daemon, OsStr::new("mount"), &args);
     })
     .await;
 }
