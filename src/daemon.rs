@@ -179,6 +179,8 @@ async fn hold_while_unwritable(
     cancel: CancellationToken,
 ) {
     let mut unwritable = store.watch_unwritable();
+    // A pause an earlier pipeline announced is not announced again after a reload.
+    let mut announced = store.unwritable().is_some();
     loop {
         let error = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -190,7 +192,8 @@ async fn hold_while_unwritable(
         METRICS.store_unwritable(true);
         let dir = store.path();
         let since = tokio::time::Instant::now();
-        if api.hold(UNWRITABLE) {
+        api.hold(UNWRITABLE);
+        if !std::mem::replace(&mut announced, true) {
             let free = store::free_space(dir);
             error!(
                 state_dir = %dir.display(),
@@ -214,6 +217,7 @@ async fn hold_while_unwritable(
             }
         }
         api.release();
+        announced = false;
         METRICS.store_unwritable(false);
         info!(
             state_dir = %dir.display(),

@@ -16,7 +16,7 @@ use crate::filter;
 use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::store::{
-    now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
+    now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError, UNWRITABLE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +240,11 @@ impl Syncer {
         };
         record.updated = now_unix();
         let recorded = self.store.put(path, &record).await;
+        if recorded.is_err() && self.store.unwritable().is_some() {
+            // Held before the slot goes to the next upload: the daemon holds the requests too
+            // (and releases them once it can write), but only when its own task hears of it.
+            self.api.hold(UNWRITABLE);
+        }
         drop(uploaded.slot);
         METRICS.uploaded(true, meta.size);
         if let Err(error) = recorded {
