@@ -13,17 +13,20 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
 use crate::config::{Config, ConfigError, Credentials};
 use crate::field::FieldHandle;
+use crate::metrics::METRICS;
+use crate::retry::Backoff;
 use crate::service::Reloads;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError, UNWRITABLE};
 use crate::sync::Syncer;
-use crate::{control, metrics, queue, service, status, watch};
+use crate::watch::Hint;
+use crate::{control, filter, metrics, queue, service, status, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
 /// which costs a folder listing and no request.
@@ -39,6 +42,10 @@ const FILES_PER_UPLOAD_SLOT: usize = 64;
 const READY_WAIT: Duration = Duration::from_secs(10);
 /// How often the one-line status for `systemctl status` is brought up to date.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How soon, and at most how far apart, a state directory that cannot be written is tried
+/// again: often enough to resume soon after space is freed, at a cost of one small write.
+const STORE_PROBE_FIRST: Duration = Duration::from_secs(1);
+const STORE_PROBE_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -61,7 +68,10 @@ pub async fn run(
         state_dir = %config.state_dir.display(),
         "tallyfy-sync starting"
     );
-    let store = Store::open(&config.state_dir)?;
+    let Some(store) = open_store(&config.state_dir, &cancel).await? else {
+        info!("stopped before the state directory could be opened");
+        return Ok(());
+    };
     let mut api = client(&config, credentials, &store, &cancel)?;
     let mut pipeline = Pipeline::start(config.clone(), store.clone(), api.clone(), &cancel).await;
     announce_ready(&pipeline.status, &cancel).await;
@@ -93,9 +103,134 @@ pub async fn run(
     service::notify_stopping("stopping: finishing in-flight work (up to 10 s)");
     pipeline.stop().await;
     drop(api);
+    if let Some(error) = store.unwritable() {
+        // Each state was flushed before the request it guards, or that request never went:
+        // what could not be recorded is found again by the next start's scan.
+        warn!(%error, "stopped; the state directory still cannot be written, so the files that could not be recorded are synced after the next start");
+        return Ok(());
+    }
     store.flush().await?;
     info!("stopped; state saved");
     Ok(())
+}
+
+/// Opens the store; a full or read-only file system is waited out (probing with backoff up to
+/// `STORE_PROBE_MAX`) rather than reported as a configuration error, so that the service comes
+/// back by itself once the disk has space. `None` when stopped meanwhile.
+async fn open_store(
+    dir: &std::path::Path,
+    cancel: &CancellationToken,
+) -> Result<Option<Store>, StoreError> {
+    let first = match Store::open(dir) {
+        Err(StoreError::Unwritable { error, .. }) => error,
+        opened => return opened.map(Some),
+    };
+    let free = store::free_space(dir);
+    error!(
+        state_dir = %dir.display(),
+        free_bytes = free,
+        error = %first,
+        "cannot open the state directory {}: {UNWRITABLE} ({} free); waiting, and trying again every few seconds (at most {} apart) until it can be written",
+        crate::text::path(dir),
+        size(free),
+        humantime::format_duration(STORE_PROBE_MAX)
+    );
+    let waiting = format!("waiting: {UNWRITABLE} ({})", crate::text::path(dir));
+    service::notify_status(&waiting);
+    // Ready (with the status saying what it waits for) rather than killed by the start
+    // timeout and restarted into the same full disk; the watchdog is fed while it waits.
+    let heartbeat = service::Heartbeat::from_env();
+    let watchdog = cancel.child_token();
+    let _stop_watchdog = watchdog.clone().drop_guard();
+    let mut ready_at = Some(tokio::time::Instant::now() + READY_WAIT);
+    let mut backoff = Backoff::new(STORE_PROBE_FIRST, STORE_PROBE_MAX);
+    loop {
+        let delay = backoff.next_delay();
+        if ready_at.is_some_and(|at| tokio::time::Instant::now() + delay >= at) {
+            ready_at = None;
+            service::notify_ready(&waiting);
+            tokio::spawn(service::run_watchdog(heartbeat.clone(), watchdog.clone()));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = heartbeat.during(tokio::time::sleep(delay)) => {}
+        }
+        match Store::open(dir) {
+            Err(StoreError::Unwritable { error, .. }) => {
+                debug!(state_dir = %dir.display(), %error, "the state directory still cannot be written")
+            }
+            Ok(store) => {
+                info!(state_dir = %dir.display(), "the state directory can be written again; starting");
+                return Ok(Some(store));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// While the store cannot be written, holds every request, so that no upload starts whose
+/// result could not be recorded (only those already on the wire can become orphans); probes
+/// with backoff; once a write succeeds, releases the requests and rescans every folder, so
+/// that the files that could not be recorded meanwhile are tried again.
+async fn hold_while_unwritable(
+    store: Store,
+    api: Arc<Client>,
+    hints: mpsc::Sender<Hint>,
+    cancel: CancellationToken,
+) {
+    let mut unwritable = store.watch_unwritable();
+    // A pause an earlier pipeline announced is not announced again after a reload.
+    let mut announced = store.unwritable().is_some();
+    loop {
+        let error = tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = unwritable.wait_for(Option::is_some) => match changed {
+                Ok(error) => error.clone().unwrap_or_default(),
+                Err(_) => return,
+            },
+        };
+        METRICS.store_unwritable(true);
+        let dir = store.path();
+        let since = tokio::time::Instant::now();
+        api.hold(UNWRITABLE);
+        if !std::mem::replace(&mut announced, true) {
+            let free = store::free_space(dir);
+            error!(
+                state_dir = %dir.display(),
+                free_bytes = free,
+                %error,
+                "cannot write the state directory {}: {UNWRITABLE} ({} free); pausing all requests so that no upload goes unrecorded, and trying a small write every few seconds (at most {} apart) until it works",
+                crate::text::path(dir),
+                size(free),
+                humantime::format_duration(STORE_PROBE_MAX)
+            );
+        }
+        let mut backoff = Backoff::new(STORE_PROBE_FIRST, STORE_PROBE_MAX);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+            match store.probe().await {
+                Ok(()) => break,
+                Err(error) => debug!(%error, "the state directory still cannot be written"),
+            }
+        }
+        api.release();
+        announced = false;
+        METRICS.store_unwritable(false);
+        info!(
+            state_dir = %dir.display(),
+            paused_secs = since.elapsed().as_secs(),
+            "the state directory can be written again; resuming requests and retrying the files that could not be recorded"
+        );
+        let _ = hints.send(Hint::Resync).await;
+    }
+}
+
+/// "1.2 MiB", or "unknown" when it could not be found out.
+fn size(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "unknown".to_string(), filter::humansize)
 }
 
 /// The API client, with a pause saved by an earlier run (or pipeline) carried on.
@@ -210,7 +345,16 @@ impl Pipeline {
         let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
         let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
         let overflow = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
+        // Held before any worker starts, when an earlier pipeline left the store unwritable.
+        if store.unwritable().is_some() {
+            api.hold(UNWRITABLE);
+        }
+        let mut tasks = vec![tokio::spawn(hold_while_unwritable(
+            store.clone(),
+            api.clone(),
+            hint_tx.clone(),
+            cancel.clone(),
+        ))];
         if let Some(addr) = config.metrics_listen {
             let (config, store) = (config.clone(), store.clone());
             let status = Arc::new(move || status::build(&config, &store, true).ok());
@@ -321,7 +465,10 @@ impl Status {
         if invalid > 0 {
             line += &format!("; {} misconfigured (see the log)", count(invalid, "target"));
         }
-        if self.api.is_paused() {
+        if let Some(reason) = self.api.held() {
+            line += &format!("; paused: {reason}");
+        }
+        if self.api.pause().is_some() {
             line += "; requests paused (API unreachable, rate limited, refusing the token, or its certificate not trusted)";
         }
         line

@@ -295,9 +295,22 @@ impl Actor {
         }
     }
 
+    /// Clears a delete's tombstone; while the state directory cannot be written, once it can,
+    /// so that no finished delete stays listed as pending until the next start.
     async fn finish_delete(&self, id: &str) {
-        if let Err(error) = self.store.finish_delete(id).await {
-            error!(asset_id = %id, %error, "cannot record a finished delete");
+        loop {
+            let error = match self.store.finish_delete(id).await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            if self.store.unwritable().is_none() {
+                error!(asset_id = %id, %error, "cannot record a finished delete");
+                return;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.store.writable() => {}
+            }
         }
     }
 

@@ -51,7 +51,14 @@ type Output = Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync>;
 
 /// Installs the process-wide subscriber; call once, before anything logs.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Every sled failure reaches us as an error, logged with the state directory and what
+    // happens next; sled's own lines repeat it without either (and a database closed after a
+    // full disk complains of the flush it no longer needs). RUST_LOG=sled=... shows them.
+    let sled_asked = std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("sled"));
+    if let (false, Ok(quiet)) = (sled_asked, "sled=off".parse()) {
+        filter = filter.add_directive(quiet);
+    }
     let under_journal = stderr_is_journal();
     let text = |colour: bool| -> Output {
         let layer = tracing_subscriber::fmt::layer()

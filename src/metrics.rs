@@ -36,6 +36,8 @@ pub struct Metrics {
     jobs_done: AtomicU64,
     /// Folders paused right now (gone, unreadable, unmounted).
     folders_paused: AtomicI64,
+    /// 1 while the state directory cannot be written (requests are held meanwhile).
+    store_unwritable: AtomicU64,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
 }
 
@@ -52,6 +54,7 @@ pub static METRICS: Metrics = Metrics {
     jobs_queued: AtomicU64::new(0),
     jobs_done: AtomicU64::new(0),
     folders_paused: AtomicI64::new(0),
+    store_unwritable: AtomicU64::new(0),
     requests: Mutex::new(BTreeMap::new()),
 };
 
@@ -110,6 +113,10 @@ impl Metrics {
     pub fn folder_paused(&self, paused: bool) {
         self.folders_paused
             .fetch_add(if paused { 1 } else { -1 }, Relaxed);
+    }
+
+    pub fn store_unwritable(&self, unwritable: bool) {
+        self.store_unwritable.store(u64::from(unwritable), Relaxed);
     }
 
     pub fn progress(&self) -> Progress {
@@ -209,8 +216,14 @@ impl Metrics {
         metric(
             "api_paused",
             "gauge",
-            "1 while requests are paused by an outage, a rate limit or a refused token.",
-            &one(if api.pause().is_some() { 1.0 } else { 0.0 }),
+            "1 while requests are paused by an outage, a rate limit, a refused token or a state directory that cannot be written.",
+            &one(if api.is_paused() { 1.0 } else { 0.0 }),
+        );
+        metric(
+            "state_dir_unwritable",
+            "gauge",
+            "1 while requests are paused because the state directory is full (or not writable).",
+            &one(get(&self.store_unwritable)),
         );
         metric(
             "folders_paused",
@@ -248,9 +261,13 @@ impl Metrics {
         out
     }
 
-    /// Healthy: requests flow and no folder is paused.
-    pub fn healthy(&self, api: &Client) -> bool {
-        api.pause().is_none() && self.folders_paused.load(Relaxed) <= 0
+    /// `None` when healthy (requests flow and no folder is paused), else what is wrong.
+    pub fn degraded(&self, api: &Client) -> Option<String> {
+        if let Some(reason) = api.held() {
+            return Some(format!("paused: {reason}"));
+        }
+        (api.is_paused() || self.folders_paused.load(Relaxed) > 0)
+            .then(|| "requests or folders are paused".to_string())
     }
 }
 
@@ -299,12 +316,13 @@ pub async fn serve(
                                 .flatten();
                             (StatusCode::OK, METRICS.render(report.as_ref(), &api))
                         }
-                        "/healthz" if METRICS.healthy(&api) => (StatusCode::OK, "ok\n".into()),
-                        "/healthz" => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "degraded: requests or folders are paused (see tallyfy-sync status)\n"
-                                .into(),
-                        ),
+                        "/healthz" => match METRICS.degraded(&api) {
+                            None => (StatusCode::OK, "ok\n".into()),
+                            Some(why) => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("degraded: {why} (see tallyfy-sync status)\n"),
+                            ),
+                        },
                         _ => (StatusCode::NOT_FOUND, "not found\n".into()),
                     };
                     Response::builder()

@@ -132,6 +132,7 @@ impl Settle {
                 hint = hints.recv() => match hint {
                     Some(Hint::Path(path)) => self.hint(&path).await,
                     Some(Hint::RescanAll) => self.lost_events().await,
+                    Some(Hint::Resync) => self.rescan_all().await,
                     None => return,
                 },
                 _ = sleep_until(next_scan) => {

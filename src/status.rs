@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
-use crate::store::{FileRecord, FileState, Store, StoreError};
+use crate::store::{FileRecord, FileState, Store, StoreError, UNWRITABLE};
 use crate::text;
 
 /// Where the daemon saves the request pause in the store.
@@ -25,6 +25,9 @@ pub struct StatusReport {
     pub daemon_running: bool,
     /// Requests paused by an outage, a rate limit or a refused token.
     pub api_pause: Option<Pause>,
+    /// Requests paused because the state directory cannot be written: the write error.
+    #[serde(default)]
+    pub state_dir_unwritable: Option<String>,
     pub folders: Vec<FolderReport>,
     /// Remote assets still to delete.
     pub deletes_pending: Vec<PendingDelete>,
@@ -79,9 +82,43 @@ pub fn build(
     store: &Store,
     daemon_running: bool,
 ) -> Result<StatusReport, StoreError> {
+    match from_store(config, store, daemon_running) {
+        // sled may refuse reads too after a failed write, until it is reopened: the pause is
+        // what matters then, and the files are listed again once it can be written.
+        Err(error) if store.unwritable().is_some() => Ok(StatusReport {
+            state_dir: store.path().to_path_buf(),
+            daemon_running,
+            state_dir_unwritable: store
+                .unwritable()
+                .map(|unwritable| format!("{unwritable}; the files cannot be listed until it can be written again: {error}")),
+            ..StatusReport::default()
+        }),
+        built => built,
+    }
+}
+
+fn from_store(
+    config: &Config,
+    store: &Store,
+    daemon_running: bool,
+) -> Result<StatusReport, StoreError> {
     let api_pause = store
         .meta::<Pause>(PAUSE_KEY)?
         .filter(|pause| pause.until_ms > unix_ms() || daemon_running);
+    let state_dir_unwritable = store.unwritable();
+    // What files wait for: a state directory that cannot be written comes first, since it
+    // holds requests even when the API answers.
+    let waiting_for = match (&state_dir_unwritable, &api_pause) {
+        (Some(_), _) => Some(Waiting {
+            reason: UNWRITABLE,
+            until_ms: None,
+        }),
+        (None, Some(pause)) => Some(Waiting {
+            reason: &pause.reason,
+            until_ms: Some(pause.until_ms),
+        }),
+        (None, None) => None,
+    };
     let mut by_folder: BTreeMap<PathBuf, Vec<(PathBuf, FileRecord)>> = BTreeMap::new();
     for record in store.records() {
         let (path, record) = record?;
@@ -98,7 +135,7 @@ pub fn build(
             &folder.path,
             folder.target.to_string(),
             &records,
-            api_pause.as_ref(),
+            waiting_for.as_ref(),
         )?);
     }
     for (folder, records) in by_folder {
@@ -108,7 +145,7 @@ pub fn build(
             &folder,
             target,
             &records,
-            api_pause.as_ref(),
+            waiting_for.as_ref(),
         )?);
     }
     let deletes_pending = store
@@ -123,9 +160,16 @@ pub fn build(
         state_dir: store.path().to_path_buf(),
         daemon_running,
         api_pause,
+        state_dir_unwritable,
         folders,
         deletes_pending,
     })
+}
+
+/// Why unfinished files wait, and until when if that is known.
+struct Waiting<'a> {
+    reason: &'a str,
+    until_ms: Option<u64>,
 }
 
 fn folder_report(
@@ -133,7 +177,7 @@ fn folder_report(
     folder: &Path,
     target: String,
     records: &[(PathBuf, FileRecord)],
-    pause: Option<&Pause>,
+    waiting_for: Option<&Waiting>,
 ) -> Result<FolderReport, StoreError> {
     let held: Option<Held> = store.meta(&guard::held_key(folder))?;
     let paused: Option<String> = store.meta(&guard::paused_key(folder))?;
@@ -146,8 +190,8 @@ fn folder_report(
             .display()
             .to_string();
         let attached = record.attached.as_ref().and_then(|asset| asset.id());
-        let waiting = || match pause {
-            Some(pause) => (format!("waiting: {}", pause.reason), Some(pause.until_ms)),
+        let waiting = || match waiting_for {
+            Some(waiting) => (format!("waiting: {}", waiting.reason), waiting.until_ms),
             None => ("in progress".to_string(), None),
         };
         let gone = held.is_some() && std::fs::symlink_metadata(path).is_err();
@@ -210,6 +254,13 @@ pub fn render(report: &StatusReport) -> String {
         "daemon not running; read from the store"
     };
     let _ = writeln!(out, "state: {} ({source})", text::path(&report.state_dir));
+    if let Some(error) = &report.state_dir_unwritable {
+        let _ = writeln!(
+            out,
+            "paused: {UNWRITABLE} ({}); requests wait until a write succeeds again",
+            text::escaped(error)
+        );
+    }
     if let Some(pause) = &report.api_pause {
         let _ = writeln!(
             out,

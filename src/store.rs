@@ -3,11 +3,13 @@
 //! asset still to delete) and writes each one durably before the side effect it guards.
 //! Owns the on-disk layout: tree `files` (path bytes → `FileRecord` as JSON) and tree
 //! `deletes` (asset id → `DeleteJob` as JSON) and tree `meta` (name → JSON: the API pause
-//! schedule, each folder's device, held deletes).
+//! schedule, each folder's device, held deletes). A write that fails (a full or read-only
+//! disk) marks the store unwritable until `probe` finds it can write again, reopening the
+//! database, since sled refuses every write after one I/O error.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -22,12 +24,21 @@ const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// sled's default cache is 1 GiB; the records are small and read mostly at start-up.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Why requests pause while the store cannot be written, as logs, `status` and systemd say it.
+pub const UNWRITABLE: &str = "state directory full (or not writable)";
+/// What `probe` writes: a few bytes beside the database, then a record in it.
+const PROBE_FILE: &str = "write-probe";
+const PROBE_KEY: &str = "write-probe";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state directory {path} is in use by another running tallyfy-sync (only one process may open it; stop the daemon or use another state_dir)")]
     Locked { path: PathBuf },
     #[error("cannot open state directory {path}: {error}")]
     Open { path: PathBuf, error: String },
+    /// A full or read-only file system: a passing condition, unlike a wrong path or mode.
+    #[error("cannot write state directory {path} (the file system is full or read-only): {error}")]
+    Unwritable { path: PathBuf, error: String },
     #[error("state store at {path}: {error}")]
     Io { path: PathBuf, error: String },
     #[error("state store at {path} holds an unreadable record for {key}: {error}")]
@@ -149,10 +160,20 @@ pub struct DeleteJob {
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
+    /// The open database; `probe` swaps in a fresh one after a failed write. `None` only when
+    /// closing the failed one succeeded and opening its successor did not (yet).
+    db: Arc<RwLock<Option<Arc<Db>>>>,
+    /// The last write failure, until `probe` succeeds.
+    unwritable: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// A temporary store is never reopened: its file goes with its last handle.
+    temporary: bool,
+}
+
+struct Db {
     files: sled::Tree,
     deletes: sled::Tree,
     meta: sled::Tree,
-    flusher: Arc<Flusher>,
+    flusher: Flusher,
 }
 
 type FlushRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -204,29 +225,75 @@ fn spawn_flusher(db: sled::Db) -> std::io::Result<Flusher> {
     })
 }
 
-impl Store {
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+/// Opens the sled database in `dir`, creating both if need be.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let open_error = |error: &dyn std::fmt::Display| {
+        let error = error.to_string();
+        let path = dir.to_path_buf();
+        StoreError::Open { path, error }
+    };
+    std::fs::create_dir_all(dir).map_err(|error| match is_unwritable(&error) {
+        true => StoreError::Unwritable {
+            path: dir.to_path_buf(),
+            error: error.to_string(),
+        },
+        false => open_error(&error),
+    })?;
+    sled::Config::new()
+        .path(dir.join("store"))
+        .cache_capacity(CACHE_BYTES)
+        // Durability comes from explicit flushes after each state change, not a timer.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|error| match error {
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked {
+                    path: dir.to_path_buf(),
+                }
+            }
+            sled::Error::Io(ref io) if is_unwritable(io) => StoreError::Unwritable {
+                path: dir.to_path_buf(),
+                error: io.to_string(),
+            },
+            other => open_error(&other),
+        })
+}
+
+/// A full disk, an exceeded quota or a read-only file system, as opposed to a wrong path or
+/// permissions. sled sometimes wraps the OS error in one of its own with the same kind.
+fn is_unwritable(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    matches!(
+        error.kind(),
+        StorageFull | ReadOnlyFilesystem | QuotaExceeded
+    ) || matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS)
+    )
+}
+
+impl Db {
+    fn new(dir: &Path, db: sled::Db) -> Result<Db, StoreError> {
         let open_error = |error: String| StoreError::Open {
             path: dir.to_path_buf(),
             error,
         };
-        std::fs::create_dir_all(dir).map_err(|error| open_error(error.to_string()))?;
-        let path = dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            // Durability comes from explicit flushes after each state change, not a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: dir.to_path_buf(),
-                    }
-                }
-                other => open_error(other.to_string()),
-            })?;
-        Store::with_db(dir, db)
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|error| open_error(error.to_string()))
+        };
+        Ok(Db {
+            files: tree("files")?,
+            deletes: tree("deletes")?,
+            meta: tree("meta")?,
+            flusher: spawn_flusher(db.clone()).map_err(|error| open_error(error.to_string()))?,
+        })
+    }
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store::with_db(dir, Db::new(dir, open_db(dir)?)?, false))
     }
 
     /// A store that holds nothing, in a temporary file removed with its last handle: what a
@@ -240,29 +307,91 @@ impl Store {
                 path: dir.to_path_buf(),
                 error: format!("cannot make an empty temporary store: {error}"),
             })?;
-        Store::with_db(dir, db)
+        Ok(Store::with_db(dir, Db::new(dir, db)?, true))
     }
 
-    fn with_db(dir: &Path, db: sled::Db) -> Result<Store, StoreError> {
-        let open_error = |error: String| StoreError::Open {
+    fn with_db(dir: &Path, db: Db, temporary: bool) -> Store {
+        Store {
             path: dir.to_path_buf(),
-            error,
-        };
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|error| open_error(error.to_string()))
-        };
-        let files = tree("files")?;
-        let deletes = tree("deletes")?;
-        let meta = tree("meta")?;
-        let flusher = spawn_flusher(db.clone()).map_err(|error| open_error(error.to_string()))?;
-        Ok(Store {
-            path: dir.to_path_buf(),
-            files,
-            deletes,
-            meta,
-            flusher: Arc::new(flusher),
-        })
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+            unwritable: Arc::new(tokio::sync::watch::channel(None).0),
+            temporary,
+        }
+    }
+
+    /// The open database, or why there is none.
+    fn db(&self) -> Result<Arc<Db>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .ok_or_else(|| self.io("the store is closed until its directory can be written again"))
+    }
+
+    /// Why writes fail, while they do (a full or read-only disk, until `probe` succeeds).
+    pub fn unwritable(&self) -> Option<String> {
+        self.unwritable.borrow().clone()
+    }
+
+    /// Sees every change of `unwritable`.
+    pub fn watch_unwritable(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.unwritable.subscribe()
+    }
+
+    /// Resolves once the store can be written (at once when no write has failed).
+    pub async fn writable(&self) {
+        let _ = self.watch_unwritable().wait_for(Option::is_none).await;
+    }
+
+    /// A write failed: from now on the store counts as unwritable, until `probe` succeeds.
+    fn write_failed(&self, error: impl ToString) -> StoreError {
+        let error = self.io(error);
+        self.unwritable.send_if_modified(|current| {
+            let first = current.is_none();
+            if first {
+                *current = Some(error.to_string());
+            }
+            first
+        });
+        error
+    }
+
+    /// Whether the store can be written again, proven by writing: first a few bytes beside the
+    /// database (so a still-full disk costs no reopen), then, when an earlier write failed, a
+    /// fresh database in place of the failed one (sled refuses every write after an I/O
+    /// error), then a record flushed into it. Clears `unwritable` on success.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let file = self.path.join(PROBE_FILE);
+        let written = std::fs::File::create(&file)
+            .and_then(|mut probe| {
+                std::io::Write::write_all(&mut probe, &unix_nanos().to_le_bytes())?;
+                probe.sync_all()
+            })
+            .map_err(|error| self.io(format!("cannot write {}: {error}", file.display())));
+        let _ = std::fs::remove_file(&file);
+        written?;
+        if self.unwritable().is_some() && !self.temporary {
+            self.reopen()?;
+        }
+        let db = self.db()?;
+        db.meta
+            .insert(PROBE_KEY, &unix_nanos().to_le_bytes())
+            .map_err(|error| self.io(error))?;
+        drop(db);
+        self.flush().await?;
+        self.unwritable.send_replace(None);
+        Ok(())
+    }
+
+    /// Closes the database and opens it again from what was flushed.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut current = self.db.write().unwrap_or_else(|poison| poison.into_inner());
+        // Closing releases sled's lock on the directory once no one else holds the old
+        // database; a reader still at it makes the open fail as locked, and the next probe
+        // tries again.
+        *current = None;
+        *current = Some(Arc::new(Db::new(&self.path, open_db(&self.path)?)?));
+        Ok(())
     }
 
     /// Whether `dir` holds a store (`open` would create one).
@@ -295,7 +424,7 @@ impl Store {
 
     pub fn get(&self, path: &Path) -> Result<Option<FileRecord>, StoreError> {
         let key = path.as_os_str().as_bytes();
-        match self.files.get(key).map_err(|error| self.io(error))? {
+        match self.db()?.files.get(key).map_err(|error| self.io(error))? {
             Some(bytes) => Ok(Some(self.decode(key, &bytes)?)),
             None => Ok(None),
         }
@@ -303,9 +432,10 @@ impl Store {
 
     /// Records a file's new state and makes it durable before returning.
     pub async fn put(&self, path: &Path, record: &FileRecord) -> Result<(), StoreError> {
-        self.files
+        self.db()?
+            .files
             .insert(path.as_os_str().as_bytes(), encode(record))
-            .map_err(|error| self.io(error))?;
+            .map_err(|error| self.write_failed(error))?;
         self.flush().await
     }
 
@@ -337,7 +467,8 @@ impl Store {
             .iter()
             .filter_map(|job| Some((job.asset.id()?, encode(job))))
             .collect();
-        (&self.files, &self.deletes)
+        let db = self.db()?;
+        (&db.files, &db.deletes)
             .transaction(|(files, tombstones)| {
                 match &value {
                     Some(value) => files.insert(key, value.as_slice())?,
@@ -348,13 +479,14 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|error: TransactionError<()>| self.io(format!("{error:?}")))?;
+            .map_err(|error: TransactionError<()>| self.write_failed(format!("{error:?}")))?;
+        drop(db);
         self.flush().await
     }
 
     /// A named value of the daemon's own (not a file's), if set.
     pub fn meta<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StoreError> {
-        match self.meta.get(name).map_err(|error| self.io(error))? {
+        match self.db()?.meta.get(name).map_err(|error| self.io(error))? {
             Some(bytes) => Ok(Some(self.decode(name.as_bytes(), &bytes)?)),
             None => Ok(None),
         }
@@ -366,23 +498,27 @@ impl Store {
         name: &str,
         value: Option<&T>,
     ) -> Result<(), StoreError> {
+        let db = self.db()?;
         match value {
-            Some(value) => self.meta.insert(name, encode(value)),
-            None => self.meta.remove(name),
+            Some(value) => db.meta.insert(name, encode(value)),
+            None => db.meta.remove(name),
         }
-        .map_err(|error| self.io(error))?;
+        .map_err(|error| self.write_failed(error))?;
+        drop(db);
         self.flush().await
     }
 
     pub async fn finish_delete(&self, asset_id: &str) -> Result<(), StoreError> {
-        self.deletes
+        self.db()?
+            .deletes
             .remove(asset_id.as_bytes())
-            .map_err(|error| self.io(error))?;
+            .map_err(|error| self.write_failed(error))?;
         self.flush().await
     }
 
     pub fn pending_deletes(&self) -> Result<Vec<DeleteJob>, StoreError> {
-        self.deletes
+        self.db()?
+            .deletes
             .iter()
             .map(|item| {
                 let (key, value) = item.map_err(|error| self.io(error))?;
@@ -400,11 +536,17 @@ impl Store {
         if prefix.last() != Some(&b'/') {
             prefix.push(b'/');
         }
-        self.files.scan_prefix(prefix).map(move |item| {
-            let (key, value) = item.map_err(|error| self.io(error))?;
-            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&key));
-            Ok((path, self.decode(&key, &value)?))
-        })
+        let (scan, closed) = match self.db() {
+            Ok(db) => (Some(db.files.scan_prefix(prefix)), None),
+            Err(error) => (None, Some(Err(error))),
+        };
+        closed
+            .into_iter()
+            .chain(scan.into_iter().flatten().map(move |item| {
+                let (key, value) = item.map_err(|error| self.io(error))?;
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(&key));
+                Ok((path, self.decode(&key, &value)?))
+            }))
     }
 
     /// Every record, in path order.
@@ -415,16 +557,19 @@ impl Store {
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, answer) = tokio::sync::oneshot::channel();
+        // Only the sender is kept, not the database, so that `probe` can close it meanwhile.
         let requests = self
+            .db()?
             .flusher
             .requests
-            .as_ref()
+            .clone()
             .ok_or_else(|| self.io("the flush thread has stopped"))?;
         requests
             .send(done)
             .map_err(|_| self.io("the flush thread has stopped"))?;
+        drop(requests);
         match answer.await {
-            Ok(result) => result.map_err(|error| self.io(error)),
+            Ok(result) => result.map_err(|error| self.write_failed(error)),
             Err(_) => Err(self.io("the flush thread has stopped")),
         }
     }
@@ -433,6 +578,27 @@ impl Store {
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs to JSON cannot fail: no maps with non-string keys.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `dir` (or its nearest
+/// existing parent), for messages about a full disk.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let existing = dir.ancestors().find(|path| path.exists())?;
+    let path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid C string and `stat` is a properly sized out-buffer.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 pub fn now_unix() -> u64 {
@@ -543,6 +709,47 @@ mod tests {
             .await
             .expect("no flush deadlock");
         assert_eq!(store.records().count(), 64);
+    }
+
+    #[test]
+    fn a_full_or_read_only_disk_is_told_apart_from_a_wrong_path_or_mode() {
+        for code in [libc::ENOSPC, libc::EDQUOT, libc::EROFS] {
+            assert!(is_unwritable(&std::io::Error::from_raw_os_error(code)));
+        }
+        for code in [libc::EACCES, libc::ENOENT, libc::ENOTDIR, libc::EIO] {
+            assert!(!is_unwritable(&std::io::Error::from_raw_os_error(code)));
+        }
+        // How sled reports a failed flush: the OS error wrapped in one of the same kind.
+        let wrapped = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            std::io::Error::from_raw_os_error(libc::ENOSPC).to_string(),
+        );
+        assert!(is_unwritable(&wrapped));
+    }
+
+    #[tokio::test]
+    async fn a_probe_after_a_failed_write_reopens_the_store_with_its_records() {
+        let (dir, store) = temp_store();
+        let path = Path::new("/f/a.pdf");
+        store.put(path, &record(FileState::Synced)).await.unwrap();
+        let watching = store.clone();
+        let unwritable = watching.watch_unwritable();
+        let _ = store.write_failed("No space left on device");
+        assert!(unwritable.has_changed().unwrap());
+        assert!(store
+            .unwritable()
+            .unwrap()
+            .contains("No space left on device"));
+        store.probe().await.unwrap();
+        assert_eq!(watching.unwritable(), None);
+        assert!(!dir.path().join(PROBE_FILE).exists());
+        // Every clone sees the reopened database, with what was flushed before.
+        assert_eq!(watching.get(path).unwrap(), Some(record(FileState::Synced)));
+        watching
+            .put(path, &record(FileState::Uploading))
+            .await
+            .unwrap();
+        assert_eq!(store.get(path).unwrap(), Some(record(FileState::Uploading)));
     }
 
     #[tokio::test]

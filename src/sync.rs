@@ -16,7 +16,7 @@ use crate::filter;
 use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::store::{
-    now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
+    now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError, UNWRITABLE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,10 @@ impl Syncer {
         };
         match self.reconcile(&subject, &target).await {
             Ok(()) | Err(SyncError::Cancelled) => {}
+            // Said once for all files where it is noticed; the rescan after it ends takes them.
+            Err(SyncError::Store(error)) if self.store.unwritable().is_some() => {
+                debug!(folder = %folder.path.display(), file = %subject.path.display(), %error, "cannot record the file's state; it is tried again once the state directory can be written")
+            }
             Err(error) => {
                 error!(folder = %folder.path.display(), file = %subject.path.display(), %error, "could not sync; will try again when the file changes")
             }
@@ -235,8 +239,18 @@ impl Syncer {
             asset: asset.clone(),
         };
         record.updated = now_unix();
-        self.store.put(path, &record).await?;
+        let recorded = self.store.put(path, &record).await;
+        if recorded.is_err() && self.store.unwritable().is_some() {
+            // Held before the slot goes to the next upload: the daemon holds the requests too
+            // (and releases them once it can write), but only when its own task hears of it.
+            self.api.hold(UNWRITABLE);
+        }
+        drop(uploaded.slot);
         METRICS.uploaded(true, meta.size);
+        if let Err(error) = recorded {
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "uploaded, but recording the asset failed: unless the record reached the disk all the same, the asset stays in Tallyfy unattached (an orphan) and the file is uploaded again once the state directory can be written");
+            return Err(error.into());
+        }
         info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
         renamed(subject, &record, &file_name, &asset);
         let now = std::fs::symlink_metadata(path)

@@ -22,6 +22,9 @@ pub enum Hint {
     Path(PathBuf),
     /// Events were lost: compare every folder with the store.
     RescanAll,
+    /// Files the store could not record meanwhile must be found again: compare every folder
+    /// with the store.
+    Resync,
 }
 
 /// Keeps the watches alive; dropping it stops them.

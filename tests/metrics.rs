@@ -4,34 +4,19 @@ mod common;
 
 use common::*;
 
-async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url)
-        .await
-        .expect("the metrics endpoint answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_uploads_requests_and_files_and_healthz_says_ok() {
     let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
     let daemon = env.start();
     daemon.wait_for_log("serving metrics at /metrics").await;
-    let addr = daemon
-        .log()
-        .lines()
-        .find(|line| line.contains("serving metrics"))
-        .and_then(|line| line.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the log names the metrics address")
-        .to_string();
+    let addr = daemon.metrics_addr();
     drop_file(&env.tasks, "a.pdf", b"aaaa");
     drop_file(&env.tasks, "b.pdf", b"bb");
     eventually("both attached", || env.task_field().len() == 2, &daemon).await;
     // The counters move just after the field does.
     let deadline = std::time::Instant::now() + WAIT;
     let (status, text) = loop {
-        let (status, text) = get(&format!("http://{addr}/metrics")).await;
+        let (status, text) = http_get(&format!("http://{addr}/metrics")).await;
         if text.contains("tallyfy_sync_files_synced_total 2\n")
             || std::time::Instant::now() > deadline
         {
@@ -56,6 +41,6 @@ async fn metrics_count_uploads_requests_and_files_and_healthz_says_ok() {
             "/metrics lacks {expected:?}:\n{text}"
         );
     }
-    let (status, text) = get(&format!("http://{addr}/healthz")).await;
+    let (status, text) = http_get(&format!("http://{addr}/healthz")).await;
     assert_eq!((status, text.as_str()), (200, "ok\n"));
 }

@@ -1,7 +1,9 @@
 //! The one door every request passes through: a circuit breaker shared by all workers.
-//! Receives the outcome of each request; when the API is down, rate-limiting us, refusing
-//! the token, or showing a certificate we do not trust, it closes, lets a single probe through after a backoff, and reopens on success.
-//! So an outage costs one request per backoff step, not one per file.
+//! Receives the outcome of each request; when the API is down, rate-limiting us, refusing the
+//! token, or showing a certificate we do not trust, it closes, lets a single probe through after
+//! a backoff, and reopens on success. So an outage costs one request per backoff step, not one
+//! per file. A cause outside the API (the state directory cannot be written) can hold it closed
+//! too, probes included, until whoever found that cause releases it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -56,6 +58,8 @@ struct State {
     closed_until: Option<Instant>,
     probing: bool,
     backoff: Backoff,
+    /// Why a cause outside the API holds every request back, while it does.
+    held: Option<String>,
 }
 
 pub struct Gate {
@@ -70,6 +74,7 @@ impl Gate {
                 closed_until: None,
                 probing: false,
                 backoff,
+                held: None,
             }),
             changed: Notify::new(),
         }
@@ -91,6 +96,7 @@ impl Gate {
             let wait_until = {
                 let mut state = self.lock();
                 match state.closed_until {
+                    _ if state.held.is_some() => None,
                     None => return Some(Pass::Normal),
                     Some(until) if !state.probing && Instant::now() >= until => {
                         state.probing = true;
@@ -169,7 +175,25 @@ impl Gate {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.lock().closed_until.is_some()
+        let state = self.lock();
+        state.closed_until.is_some() || state.held.is_some()
+    }
+
+    /// Holds every request, probes included, for a cause the API cannot end (the state
+    /// directory cannot be written); true when it was not held already.
+    pub fn hold(&self, reason: &str) -> bool {
+        self.lock().held.replace(reason.to_string()).is_none()
+    }
+
+    /// Ends a `hold`; an API pause still in force carries on. True when it was held.
+    pub fn release(&self) -> bool {
+        let released = self.lock().held.take().is_some();
+        self.changed.notify_waiters();
+        released
+    }
+
+    pub fn held(&self) -> Option<String> {
+        self.lock().held.clone()
     }
 }
 
@@ -256,6 +280,27 @@ mod tests {
             next >= Duration::from_secs(90),
             "the schedule continued from 60 s, not from 1 s: {next:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_hold_stops_requests_and_probes_until_released() {
+        let gate = std::sync::Arc::new(gate());
+        let cancel = CancellationToken::new();
+        gate.report(Pass::Normal, Outcome::Outage);
+        assert!(gate.hold("state directory full"));
+        assert!(!gate.hold("state directory full"), "held once");
+        assert!(gate.is_closed());
+        let waiting = tokio::time::timeout(Duration::from_millis(150), gate.enter(&cancel)).await;
+        assert!(waiting.is_err(), "a request or probe went through a hold");
+        assert_eq!(gate.held().as_deref(), Some("state directory full"));
+        let entering = {
+            let (gate, cancel) = (gate.clone(), cancel.clone());
+            tokio::spawn(async move { gate.enter(&cancel).await })
+        };
+        assert!(gate.release());
+        // Released, the outage's own probe goes first.
+        assert_eq!(entering.await.unwrap(), Some(Pass::Probe));
+        assert_eq!(gate.held(), None);
     }
 
     #[tokio::test]

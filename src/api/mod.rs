@@ -4,7 +4,7 @@
 //! Owns the headers every request needs, the token source (a static token, or OAuth client
 //! credentials renewed as they expire), the trust in servers' certificates, and the `Gate`
 //! that pauses all requests during an outage, a rate limit, a refused token or an untrusted
-//! certificate.
+//! certificate, or while a caller holds them (a full state disk).
 
 mod auth;
 mod error;
@@ -52,11 +52,15 @@ pub enum UploadTarget {
     },
 }
 
-#[derive(Debug, Clone)]
-pub struct Uploaded {
+#[derive(Debug)]
+pub struct Uploaded<'a> {
     pub asset: Asset,
     /// blake3 of exactly the bytes sent.
     pub hash: String,
+    /// The upload's slot of `api.concurrency`, for the caller to hold until the asset is
+    /// recorded: so at most that many uploads are ever sent but not recorded, which bounds the
+    /// orphans a crash or a full state disk can leave.
+    pub slot: tokio::sync::SemaphorePermit<'a>,
 }
 
 #[derive(Debug, Clone)]
@@ -412,10 +416,26 @@ impl Client {
         }
     }
 
-    /// Whether requests are currently paused by an outage, a rate limit, a refused token or an
-    /// untrusted certificate.
+    /// Whether requests are currently paused by an outage, a rate limit, a refused token, an
+    /// untrusted certificate or a `hold`.
     pub fn is_paused(&self) -> bool {
         self.gate.is_closed()
+    }
+
+    /// Pauses every request, probes included, for a cause outside the API (`reason` says
+    /// which) until `release`; true when they were not held already.
+    pub fn hold(&self, reason: &str) -> bool {
+        self.gate.hold(reason)
+    }
+
+    /// Lets requests go again after a `hold` (an API pause in force carries on).
+    pub fn release(&self) -> bool {
+        self.gate.release()
+    }
+
+    /// Why requests are held, while they are.
+    pub fn held(&self) -> Option<String> {
+        self.gate.held()
     }
 
     /// Uploads an opened file of `size` bytes, streamed from disk, and returns the asset and
@@ -427,7 +447,7 @@ impl Client {
         file_name: &str,
         size: u64,
         target: &UploadTarget,
-    ) -> Result<Uploaded, ApiError> {
+    ) -> Result<Uploaded<'_>, ApiError> {
         let mut fields: Vec<(&str, &str)> = Vec::with_capacity(6);
         match target {
             UploadTarget::Task {
@@ -456,7 +476,7 @@ impl Client {
                 detail,
             })?;
         // Taken once the body is ready, so a slot is only ever held by a request on the wire.
-        let _slot = tokio::select! {
+        let slot = tokio::select! {
             _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
             slot = self.uploads.acquire() => slot.map_err(|_| ApiError::Cancelled)?,
         };
@@ -485,6 +505,7 @@ impl Client {
         Ok(Uploaded {
             asset: Asset(data),
             hash: tracker.hash(),
+            slot,
         })
     }
 

@@ -277,6 +277,19 @@ impl Daemon {
         dir: &Path,
         vars: &[(&str, &OsStr)],
     ) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"));
+        command.args(args);
+        Daemon::spawn_command(command, token, dir, vars)
+    }
+
+    /// Runs `command` (the binary, or a wrapper that ends by exec'ing it) as the daemon, with
+    /// the test environment and `vars`; its stderr goes to a log file in `dir`.
+    pub fn spawn_command(
+        mut command: Command,
+        token: &str,
+        dir: &Path,
+        vars: &[(&str, &OsStr)],
+    ) -> Daemon {
         let log = dir.join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now()
@@ -285,8 +298,7 @@ impl Daemon {
                 .as_nanos()
         ));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tallyfy-sync"))
-            .args(args)
+        let child = command
             .env("TALLYFY_ACCESS_TOKEN", token)
             .env_remove("TALLYFY_CLIENT_SECRET")
             .env_remove("CREDENTIALS_DIRECTORY")
@@ -336,6 +348,17 @@ impl Daemon {
             self,
         )
         .await;
+    }
+
+    /// The address the daemon's log says it serves metrics at.
+    pub fn metrics_addr(&self) -> String {
+        self.log()
+            .lines()
+            .find(|line| line.contains("serving metrics"))
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the log names the metrics address")
+            .to_string()
     }
 
     pub fn pid(&self) -> u32 {
@@ -403,7 +426,17 @@ fn strip_ansi(text: &str) -> String {
 
 /// Polls `condition` every 20 ms until it holds; fails with the daemon's log after `WAIT`.
 pub async fn eventually(what: &str, condition: impl Fn() -> bool, daemon: &Daemon) {
-    let deadline = Instant::now() + WAIT;
+    eventually_within(WAIT, what, condition, daemon).await;
+}
+
+/// `eventually`, for conditions that may take longer than `WAIT`.
+pub async fn eventually_within(
+    within: Duration,
+    what: &str,
+    condition: impl Fn() -> bool,
+    daemon: &Daemon,
+) {
+    let deadline = Instant::now() + within;
     while !condition() {
         if Instant::now() > deadline {
             let state = match daemon.exited() {
@@ -424,4 +457,11 @@ pub fn drop_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
     path
+}
+
+/// A GET of `url`: the status and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("the endpoint answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
 }
