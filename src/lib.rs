@@ -15,6 +15,7 @@ pub mod fake;
 pub mod field;
 pub mod filter;
 pub mod guard;
+pub mod launch;
 pub mod logging;
 pub mod metrics;
 pub mod plan;

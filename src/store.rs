@@ -2,8 +2,9 @@
 //! Receives state changes from `sync` (one record per local file, one tombstone per remote
 //! asset still to delete) and writes each one durably before the side effect it guards.
 //! Owns the on-disk layout: tree `files` (path bytes → `FileRecord` as JSON) and tree
-//! `deletes` (asset id → `DeleteJob` as JSON) and tree `meta` (name → JSON: the API pause
-//! schedule, each folder's device, held deletes).
+//! `deletes` (asset id → `DeleteJob` as JSON), tree `meta` (name → JSON: the API pause
+//! schedule, each folder's device, held deletes) and tree `launches` (folder, NUL, content
+//! hash → `ContentClaim`: which file of a launch folder launched that content).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,32 @@ pub enum FileState {
     Rejected { reason: String },
     /// The API refused it for good; looked at again when the file changes.
     Failed { error: String },
+    /// Launch folders: uploaded, and the process may be being started. After a crash the
+    /// process is looked up by `name` and `summary` (or the asset) before it is started again.
+    Launching {
+        asset: Asset,
+        name: String,
+        summary: String,
+    },
+    /// Launch folders: the process this file started. A process is a record: whatever then
+    /// happens to the file starts or deletes nothing.
+    Launched { run: RunRef },
+    /// Launch folders: the same content as `of`, which launched (or is launching) `run`.
+    Duplicate { of: PathBuf, run: Option<RunRef> },
+}
+
+/// A process as the store remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// Who launched a content in a launch folder: the file, and its process once recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentClaim {
+    pub path: PathBuf,
+    pub run: Option<RunRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +150,11 @@ impl FileRecord {
         self.meta == *meta
             && matches!(
                 self.state,
-                FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. }
+                FileState::Synced
+                    | FileState::Rejected { .. }
+                    | FileState::Failed { .. }
+                    | FileState::Launched { .. }
+                    | FileState::Duplicate { .. }
             )
     }
 }
@@ -144,6 +175,7 @@ pub struct Store {
     files: sled::Tree,
     deletes: sled::Tree,
     meta: sled::Tree,
+    launches: sled::Tree,
     flusher: Arc<Flusher>,
 }
 
@@ -247,12 +279,14 @@ impl Store {
         let files = tree("files")?;
         let deletes = tree("deletes")?;
         let meta = tree("meta")?;
+        let launches = tree("launches")?;
         let flusher = spawn_flusher(db.clone()).map_err(|error| open_error(error.to_string()))?;
         Ok(Store {
             path: dir.to_path_buf(),
             files,
             deletes,
             meta,
+            launches,
             flusher: Arc::new(flusher),
         })
     }
@@ -344,6 +378,97 @@ impl Store {
         self.flush().await
     }
 
+    /// Who launched `hash` in `folder`, if anyone has or is about to.
+    pub fn content_claim(
+        &self,
+        folder: &Path,
+        hash: &str,
+    ) -> Result<Option<ContentClaim>, StoreError> {
+        let key = claim_key(folder, hash);
+        match self.launches.get(&key).map_err(|error| self.io(error))? {
+            Some(bytes) => Ok(Some(self.decode(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Claims `hash` in `folder` for `path`, atomically, so two copies settling together
+    /// cannot both launch: `None` when `path` holds the claim now, else the claim of the file
+    /// that was first (or of `path` itself, when it launched that content before). Made
+    /// durable with the next flush, which comes before any launch.
+    pub fn claim_content(
+        &self,
+        folder: &Path,
+        hash: &str,
+        path: &Path,
+    ) -> Result<Option<ContentClaim>, StoreError> {
+        let key = claim_key(folder, hash);
+        let ours = ContentClaim {
+            path: path.to_path_buf(),
+            run: None,
+        };
+        loop {
+            let current = self.launches.get(&key).map_err(|error| self.io(error))?;
+            if let Some(bytes) = &current {
+                let claim: ContentClaim = self.decode(&key, bytes)?;
+                return Ok((claim != ours).then_some(claim));
+            }
+            let swapped = self
+                .launches
+                .compare_and_swap(&key, None::<&[u8]>, Some(encode(&ours)))
+                .map_err(|error| self.io(error))?;
+            if swapped.is_ok() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Lets go of a claim `path` holds on content it did not launch.
+    pub async fn release_content(
+        &self,
+        folder: &Path,
+        hash: &str,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let key = claim_key(folder, hash);
+        if let Some(claim) = self.content_claim(folder, hash)? {
+            if claim.path == path && claim.run.is_none() {
+                self.launches.remove(&key).map_err(|error| self.io(error))?;
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a launched file (`record`) and, for a folder that dedupes, its process as the
+    /// one its content started (`content`: folder and hash), in one atomic, durable step.
+    pub async fn put_launched(
+        &self,
+        path: &Path,
+        record: &FileRecord,
+        content: Option<(&Path, &str)>,
+        run: &RunRef,
+    ) -> Result<(), StoreError> {
+        let key = path.as_os_str().as_bytes();
+        let value = encode(record);
+        let claim = content.map(|(folder, hash)| {
+            let claim = ContentClaim {
+                path: path.to_path_buf(),
+                run: Some(run.clone()),
+            };
+            (claim_key(folder, hash), encode(&claim))
+        });
+        (&self.files, &self.launches)
+            .transaction(|(files, launches)| {
+                files.insert(key, value.as_slice())?;
+                if let Some((key, claim)) = &claim {
+                    launches.insert(key.as_slice(), claim.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error: TransactionError<()>| self.io(format!("{error:?}")))?;
+        self.flush().await
+    }
+
     /// A named value of the daemon's own (not a file's), if set.
     pub fn meta<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StoreError> {
         match self.meta.get(name).map_err(|error| self.io(error))? {
@@ -425,6 +550,13 @@ impl Store {
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs to JSON cannot fail: no maps with non-string keys.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn claim_key(folder: &Path, hash: &str) -> Vec<u8> {
+    let mut key = folder.as_os_str().as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(hash.as_bytes());
+    key
 }
 
 pub fn now_unix() -> u64 {
@@ -512,6 +644,32 @@ mod tests {
         assert_eq!(store.pending_deletes().unwrap(), vec![job]);
         store.finish_delete("a1").await.unwrap();
         assert!(store.pending_deletes().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn content_is_claimed_by_the_first_file_and_kept_once_launched() {
+        let (_dir, store) = temp_store();
+        let (folder, first, copy) = (Path::new("/f"), Path::new("/f/a.pdf"), Path::new("/f/b.pdf"));
+        assert_eq!(store.claim_content(folder, "h1", first).unwrap(), None);
+        assert_eq!(store.claim_content(folder, "h1", first).unwrap(), None);
+        let held = store.claim_content(folder, "h1", copy).unwrap().unwrap();
+        assert_eq!(held.path, first);
+        store.release_content(folder, "h1", copy).await.unwrap();
+        assert!(store.content_claim(folder, "h1").unwrap().is_some());
+        let run = RunRef {
+            id: "r1".into(),
+            name: "Invoice a".into(),
+        };
+        let launched = record(FileState::Launched { run: run.clone() });
+        store
+            .put_launched(first, &launched, Some((folder, "h1")), &run)
+            .await
+            .unwrap();
+        store.release_content(folder, "h1", first).await.unwrap();
+        let claim = store.claim_content(folder, "h1", first).unwrap().unwrap();
+        assert_eq!(claim.run, Some(run));
+        assert_eq!(store.get(first).unwrap(), Some(launched));
+        assert_eq!(store.claim_content(Path::new("/g"), "h1", copy).unwrap(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
