@@ -76,7 +76,12 @@ impl Syncer {
                 .await;
         }
         match &record {
-            Some(record) if matches!(record.state, FileState::Launched { .. }) => {
+            // Where launched files leave the inbox, another version at the same path is a new
+            // file that arrived before the old one's removal was seen.
+            Some(record)
+                if matches!(record.state, FileState::Launched { .. })
+                    && (launch.after == After::Keep || record.meta == meta) =>
+            {
                 return self.after_launch(subject, launch, record.clone(), meta).await;
             }
             Some(record) if record.settles(&meta) => return Ok(()),
@@ -98,6 +103,8 @@ impl Syncer {
             }
         };
         let mut next = subject.record(meta, FileState::Uploading, record.as_ref());
+        // Only this version's content counts: what an earlier one at this path sent does not.
+        next.hash = None;
         if launch.dedupe == Dedupe::Content {
             let hash = sync::hash_file(path).await.map_err(|error| SyncError::Read {
                 path: path.to_path_buf(),
