@@ -867,10 +867,10 @@ fn folder(
     .collect();
     let target = match (task, kickoff, launch) {
         _ if given.len() > 1 => {
+            let found = if given.len() == 2 { "both" } else { "all three" };
             let problem = format!(
-                "{}: needs exactly one of task, kickoff or launch (found {})",
-                s.path,
-                given.join(" and ")
+                "{}: needs exactly one of task, kickoff or launch (found {found})",
+                s.path
             );
             s.problems.add(problem);
             None
@@ -1753,7 +1753,7 @@ folders:
                 "folders[0].path \"{dir}/missing\": no such directory",
                 "folders[0].task.capture_id: required",
                 "folders[1].path \"{dir}/file.txt\": not a directory",
-                "folders[1]: needs exactly one of task or kickoff (found neither)",
+                "folders[1]: needs exactly one of task, kickoff or launch (found neither)",
             ]
         );
     }
@@ -1815,7 +1815,7 @@ folders:
             problems,
             [
                 "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit)",
-                "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, max_delete, watch, poll, ignore)",
+                "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, dedupe, recursive, delete_remote, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
                 "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
             ]
@@ -2004,15 +2004,83 @@ folders:
         let fx = Fixture::new();
         assert_eq!(
             fx.problems(&yaml("", "    kickoff: {checklist_id: T, field_id: F}\n")),
-            ["folders[0]: needs exactly one of task or kickoff (found both)"]
+            ["folders[0]: needs exactly one of task, kickoff or launch (found both)"]
         );
         assert_eq!(
             fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n"),
-            ["folders[0]: needs exactly one of task or kickoff (found neither)"]
+            ["folders[0]: needs exactly one of task, kickoff or launch (found neither)"]
         );
         assert_eq!(
             fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    kickoff: TPL\n"),
             ["folders[0].kickoff \"TPL\": expected a mapping, found a string"]
+        );
+    }
+
+    #[test]
+    fn a_launch_folder_parses_with_its_defaults_and_every_key() {
+        let fx = Fixture::new();
+        let config = fx.parse(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    launch: {checklist_id: T, field_id: F}\n  - path: {dir}/out\n    dedupe: none\n    launch:\n      checklist_id: T\n      field_id: F\n      name: \"Invoice {stem} {{x}}\"\n      fields: {V: \"{parent}\", N: 42}\n      after: move\n      move_to: done\n",
+        );
+        let [plain, full] = &config.folders[..] else {
+            panic!("{:?}", config.folders);
+        };
+        let Target::Launch(plain) = &plain.target else {
+            panic!("{plain:?}")
+        };
+        assert_eq!(plain.name.to_string(), "{stem}");
+        assert!(plain.fields.is_empty());
+        assert_eq!(plain.after, After::Keep);
+        assert_eq!(plain.dedupe, Dedupe::Content);
+        let Target::Launch(full) = &full.target else {
+            panic!("{full:?}")
+        };
+        assert_eq!(full.dedupe, Dedupe::None);
+        assert_eq!(
+            full.after,
+            After::Move {
+                to: fx.root.canonicalize().unwrap().join("done")
+            }
+        );
+        let rendered = full.name.render(|placeholder| match placeholder {
+            Placeholder::Stem => "2041".into(),
+            _ => "?".into(),
+        });
+        assert_eq!(rendered, "Invoice 2041 {x}");
+        assert_eq!(full.name.literal_len(), "Invoice  {x}".len());
+        let fields: Vec<(String, String)> = full
+            .fields
+            .iter()
+            .map(|(id, value)| (id.clone(), value.to_string()))
+            .collect();
+        assert_eq!(fields, [("V".into(), "{parent}".into()), ("N".into(), "42".into())]);
+    }
+
+    #[test]
+    fn launch_problems_name_their_key() {
+        let fx = Fixture::new();
+        let problems = fx.problems(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    launch:\n      checklist_id: T\n      field_id: F\n      name: \"{nope}\"\n      fields: {F: x, V: \"}\"}\n      after: later\n  - path: {dir}/out\n    dedupe: sometimes\n    kickoff: {checklist_id: T, field_id: F}\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "folders[0].launch.name \"{nope}\": unknown placeholder {nope} (expected one of {filename}, {stem}, {ext}, {parent}, {relpath}, {date}, {mtime})",
+                "folders[0].launch.fields.V \"}\": a } without its { (write }} for a brace)",
+                "folders[0].launch.after \"later\": expected keep, delete or move",
+                "folders[0].launch.fields.F: is the file field (field_id) itself; it gets the file",
+                "folders[1].dedupe \"sometimes\": expected content or none",
+            ]
+        );
+        let problems = fx.problems(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    dedupe: none\n    kickoff: {checklist_id: T, field_id: F}\n  - path: {dir}/out\n    launch: {checklist_id: T, field_id: F, after: move, move_to: out}\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "folders[0].dedupe: only applies to launch folders",
+                "folders[1].launch.move_to \"{dir}/out\": is the watched folder itself",
+            ]
         );
     }
 
