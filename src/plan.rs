@@ -18,8 +18,8 @@ use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Target};
 use crate::field::{self, FieldError};
 use crate::filter::humansize;
 use crate::guard;
-use crate::settle;
 use crate::launch;
+use crate::settle;
 use crate::store::{Asset, FileMeta, FileRecord, FileState, Store, StoreError};
 use crate::sync::{self, Next};
 

@@ -581,10 +581,11 @@ impl Client {
                 ("per_page", &RUNS_PER_PAGE.to_string()),
             ]);
             let answer = self.send(Endpoint::ListRuns, request).await?;
-            let json: Value = serde_json::from_slice(&answer).map_err(|error| ApiError::Decode {
-                endpoint: Endpoint::ListRuns,
-                detail: format!("not JSON ({error})"),
-            })?;
+            let json: Value =
+                serde_json::from_slice(&answer).map_err(|error| ApiError::Decode {
+                    endpoint: Endpoint::ListRuns,
+                    detail: format!("not JSON ({error})"),
+                })?;
             let items = json.get("data").and_then(Value::as_array);
             let Some(items) = items else {
                 return Err(ApiError::Decode {
