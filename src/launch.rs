@@ -117,13 +117,13 @@ impl Syncer {
                     path: path.to_path_buf(),
                     error,
                 })?;
-            if let Some(claim) = self
+            let claim = self
                 .store
-                .claim_content(&subject.folder.path, &hash, path)?
-            {
+                .claim_content(&subject.folder.path, &hash, path)?;
+            next.hash = Some(hash);
+            if let Some(claim) = claim {
                 return self.duplicate(subject, next, claim.path, claim.run).await;
             }
-            next.hash = Some(hash);
         }
         let claimed = next.hash.clone();
         let Some((mut record, uploaded)) = self.send(subject, target, meta, next).await? else {

@@ -204,7 +204,13 @@ fn folder_report(
             }
             FileState::Duplicate { of, run } => {
                 counts.duplicates += 1;
-                run_id = run.as_ref().map(|run| run.id.clone());
+                // The original may have been launching when this copy came; it may be done now.
+                let claimed = match (run, &record.hash) {
+                    (None, Some(hash)) => store.content_claim(folder, hash)?.and_then(|c| c.run),
+                    _ => None,
+                };
+                let run = run.as_ref().or(claimed.as_ref());
+                run_id = run.map(|run| run.id.clone());
                 let of = crate::text::path(of.strip_prefix(folder).unwrap_or(of));
                 let detail = match run {
                     Some(run) => format!(
