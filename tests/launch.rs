@@ -296,7 +296,12 @@ async fn sigkill_during_a_burst_against_a_slow_server_starts_one_process_per_fil
     const PER_ROUND: usize = 5;
     let mut rng = Rng::from_env();
     let launching = Launching::new("name: \"Scan {stem}\"", "").await;
-    // Slow launches make kills land between sending a launch and recording its answer.
+    // Launches whose answer is lost, and slow ones, so that kills land between sending a
+    // launch and recording its answer, and during the lookups that follow.
+    launching
+        .env
+        .fake
+        .inject(Fault::once("POST", "/runs", FaultKind::DropAfterAct).times(4));
     launching.env.fake.inject(
         Fault::once(
             "POST",
