@@ -501,8 +501,21 @@ async fn after_move_takes_launched_files_out_of_the_inbox_and_never_launches_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_says_which_process_each_file_would_launch() {
-    let launching = Launching::new("name: \"Invoice {stem}\"", "").await;
+async fn check_and_dry_run_say_which_process_each_file_would_launch() {
+    let launching = Launching::new("name: \"Invoice {stem}\"\nafter: delete", "").await;
+    let check = launching.env.command(&["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+    for needle in [
+        "process name \"Invoice {stem}\"",
+        "launched files are deleted",
+        "known content launches nothing",
+    ] {
+        assert!(
+            check.stdout.contains(needle),
+            "{needle:?}: {}",
+            describe(&check)
+        );
+    }
     drop_file(&launching.inbox, "2041.pdf", b"invoice 2041");
     let plan = launching.env.command(&["run", "--dry-run"]);
     assert_eq!(plan.status.code(), Some(0), "{}", describe(&plan));
