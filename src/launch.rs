@@ -39,7 +39,7 @@ impl Syncer {
         let record = self.store.get(path)?;
         // The content is uploaded and the intent recorded: the launch is finished even if the
         // file has gone meanwhile.
-        if let Some(mut record) = record.clone() {
+        if let Some(record) = record.clone() {
             if let FileState::Launching {
                 asset,
                 name,
@@ -53,10 +53,7 @@ impl Syncer {
                             .await
                     }
                     // The config changed under the interrupted launch; the upload stays with it.
-                    Err(problem) => {
-                        record.state = FileState::Uploading;
-                        self.fail(subject, record, problem).await
-                    }
+                    Err(problem) => self.cannot_launch(subject, record, problem).await,
                 };
             }
         }
@@ -104,7 +101,7 @@ impl Syncer {
             Ok(intent) => intent,
             Err(problem) => {
                 let failed = subject.record(meta, FileState::Uploading, record.as_ref());
-                return self.fail(subject, failed, problem).await;
+                return self.cannot_launch(subject, failed, problem).await;
             }
         };
         let mut next = subject.record(meta, FileState::Uploading, record.as_ref());
@@ -270,6 +267,20 @@ impl Syncer {
             }
         }
         Ok(())
+    }
+
+    /// What the file would launch does not fit the template: failed until the file or the
+    /// config changes.
+    async fn cannot_launch(
+        &self,
+        subject: &Subject<'_>,
+        mut record: FileRecord,
+        problem: String,
+    ) -> Result<(), SyncError> {
+        error!(folder = %subject.folder.path.display(), file = %subject.path.display(), error = %problem, "cannot start a process for this file; not retried until the file or the config changes");
+        record.state = FileState::Failed { error: problem };
+        record.updated = now_unix();
+        Ok(self.store.put(subject.path, &record).await?)
     }
 
     async fn duplicate(

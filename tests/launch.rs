@@ -537,3 +537,29 @@ async fn check_and_dry_run_say_which_process_each_file_would_launch() {
         "a dry run writes nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_outgrows_its_field_once_filled_fails_that_file_only() {
+    let launching = Launching::new("fields:\n  ko-vendor: \"{stem}\"", "").await;
+    let daemon = launching.running().await;
+    let long = "x".repeat(205);
+    drop_file(&launching.inbox, &format!("{long}.pdf"), b"long");
+    daemon
+        .wait_for_log("cannot start a process for this file")
+        .await;
+    drop_file(&launching.inbox, "short.pdf", b"short");
+    launching.wait_runs(1, &daemon).await;
+    assert_eq!(launching.run_names(), ["short"]);
+    assert_eq!(
+        launching.env.uploads(),
+        1,
+        "nothing sent for the file that cannot launch"
+    );
+    let line = launching.status_line(&long);
+    assert!(line.contains("failed"), "{line}");
+    assert!(
+        line.contains("would get 205 bytes from launch.fields.ko-vendor; it takes at most 200"),
+        "{line}"
+    );
+    daemon.stop().await;
+}
