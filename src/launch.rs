@@ -482,8 +482,12 @@ fn move_into(folder: &Path, path: &Path, to: &Path) -> std::io::Result<PathBuf> 
         match std::fs::rename(path, &candidate) {
             Ok(()) => return Ok(candidate),
             Err(error) if error.raw_os_error() == Some(libc::EXDEV) => {
-                // Another filesystem: copy, then remove the original.
-                std::fs::copy(path, &candidate)?;
+                // Another filesystem: copy under a hidden name, so a crash never leaves a
+                // partial copy under the real one, then put it in place and remove the original.
+                let name = candidate.file_name().unwrap_or_default().to_string_lossy();
+                let partial = candidate.with_file_name(format!(".{name}.part"));
+                std::fs::copy(path, &partial)?;
+                std::fs::rename(&partial, &candidate)?;
                 std::fs::remove_file(path)?;
                 return Ok(candidate);
             }
@@ -498,4 +502,33 @@ fn move_into(folder: &Path, path: &Path, to: &Path) -> std::io::Result<PathBuf> 
             wanted.display()
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_file_keeps_its_subfolder_and_a_taken_name_gets_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let (folder, to) = (dir.path().join("in"), dir.path().join("done"));
+        std::fs::create_dir_all(folder.join("acme")).unwrap();
+        let file = folder.join("acme/2041.pdf");
+        std::fs::write(&file, "first").unwrap();
+        assert_eq!(
+            move_into(&folder, &file, &to).unwrap(),
+            to.join("acme/2041.pdf")
+        );
+        std::fs::write(&file, "second").unwrap();
+        assert_eq!(
+            move_into(&folder, &file, &to).unwrap(),
+            to.join("acme/2041 (2).pdf")
+        );
+        assert!(!file.exists());
+        assert_eq!(std::fs::read(to.join("acme/2041.pdf")).unwrap(), b"first");
+        assert_eq!(
+            std::fs::read(to.join("acme/2041 (2).pdf")).unwrap(),
+            b"second"
+        );
+    }
 }
