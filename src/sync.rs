@@ -1,5 +1,6 @@
 //! Brings one path in line with its remote field: upload → attach → record; delete; replace.
-//! Receives settled `Job`s from the queue; emits API calls, field requests and store records.
+//! Receives settled `Job`s from the queue (those of launch folders go on to `launch`); emits
+//! API calls, field requests and store records.
 //! Owns the per-file decisions: what is new, changed, unchanged, rejected or gone, and the
 //! order of durable writes that lets a restart resume from the last state recorded.
 
