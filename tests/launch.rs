@@ -329,7 +329,8 @@ async fn sigkill_during_a_burst_against_a_slow_server_starts_one_process_per_fil
         daemon.wait_exit().await;
     }
     launching.env.fake.clear_faults();
-    let daemon = launching.env.start();
+    // Running, so that `status` asks it rather than opening the store it is about to open.
+    let daemon = launching.running().await;
     launching.wait_runs(dropped, &daemon).await;
     eventually(
         "every file is recorded as launched",
