@@ -1,8 +1,10 @@
 //! The fake Tallyfy API as a process of its own, for tests that run the daemon outside the
 //! Rust test harness (tests/systemd/run.sh). Receives an organization id and a token; seeds
-//! the demo's task and template; prints one line `base_url=... run_id=... task_id=...
-//! capture_id=... checklist_id=... field_id=...`, then a JSON line with the file names in the
-//! task field and the kick-off field each time they change. Runs until killed.
+//! the demo's task and templates; prints one line `base_url=... run_id=... task_id=...
+//! capture_id=... checklist_id=... field_id=... approval_id=... approval_file_id=...
+//! approval_source_id=...`, then a JSON line with the file names in the task field and the
+//! kick-off field and the names of the processes launched, each time they change. Runs until
+//! killed.
 //!
 //!     cargo run --example fake-tallyfy -- ORG TOKEN
 
@@ -26,13 +28,16 @@ async fn main() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "base_url={} run_id={} task_id={} capture_id={} checklist_id={} field_id={}",
+        "base_url={} run_id={} task_id={} capture_id={} checklist_id={} field_id={} approval_id={} approval_file_id={} approval_source_id={}",
         fake.base_url(),
         ids.run_id,
         ids.task_id,
         ids.capture_id,
         ids.checklist_id,
-        ids.field_id
+        ids.field_id,
+        ids.approval_id,
+        ids.approval_file_id,
+        ids.approval_source_id
     )?;
     out.flush()?;
     let names = |list: Vec<Value>| -> Vec<Value> {
@@ -45,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         let now = json!({
             "task": names(fake.task_field(&ids.run_id, &ids.task_id, &ids.capture_id)),
             "kickoff": names(fake.kickoff_field(&ids.checklist_id, &ids.field_id)),
+            "runs": fake.runs().iter().map(|run| run["name"].clone()).collect::<Vec<Value>>(),
         });
         if now != shown {
             writeln!(out, "{now}")?;

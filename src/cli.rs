@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiError};
-use crate::config::{Auth, Config, ConfigError, Credentials};
+use crate::config::{After, Auth, Config, ConfigError, Credentials, Dedupe, Target};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
@@ -253,20 +253,37 @@ fn describe(config: &Config) -> String {
     );
     out.push_str(&network(config));
     for folder in &config.folders {
-        let mut options = vec![
-            if folder.recursive {
-                "recursive"
-            } else {
-                "not recursive"
+        let mut options = vec![if folder.recursive {
+            "recursive"
+        } else {
+            "not recursive"
+        }
+        .to_string()];
+        match &folder.target {
+            Target::Launch(launch) => {
+                options.push(format!(
+                    "process name \"{}\"",
+                    crate::text::escaped(&launch.name.to_string())
+                ));
+                for (id, value) in &launch.fields {
+                    let value = value.to_string();
+                    options.push(format!("{id} \"{}\"", crate::text::escaped(&value)));
+                }
+                options.push(match &launch.after {
+                    After::Keep => "launched files stay".to_string(),
+                    After::Delete => "launched files are deleted".to_string(),
+                    After::Move { to } => {
+                        format!("launched files move to {}", crate::text::path(to))
+                    }
+                });
+                options.push(match launch.dedupe {
+                    Dedupe::Content => "known content launches nothing".to_string(),
+                    Dedupe::None => "every copy launches".to_string(),
+                });
             }
-            .to_string(),
-            if folder.delete_remote {
-                "local deletes propagate"
-            } else {
-                "local deletes stay local"
-            }
-            .to_string(),
-        ];
+            _ if folder.delete_remote => options.push("local deletes propagate".to_string()),
+            _ => options.push("local deletes stay local".to_string()),
+        }
         if !folder.ignore.is_empty() {
             options.push(format!(
                 "ignoring {}",

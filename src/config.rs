@@ -142,6 +142,20 @@ pub struct Folder {
     pub max_delete_percent: u8,
 }
 
+impl Folder {
+    /// Whether `path` lies in the directory a launch folder moves its launched files to, when
+    /// that is inside the folder: those files are done and never taken again.
+    pub fn excludes(&self, path: &Path) -> bool {
+        match &self.target {
+            Target::Launch(Launch {
+                after: After::Move { to },
+                ..
+            }) => to.starts_with(&self.path) && path.starts_with(to),
+            _ => false,
+        }
+    }
+}
+
 /// Below this many synced files a folder's deletes are never held: a share of a handful of
 /// files says little.
 pub const MAX_DELETE_MIN_FILES: usize = 10;
@@ -162,6 +176,165 @@ pub enum Target {
         checklist_id: String,
         field_id: String,
     },
+    /// Every new file starts a process of a template, with the file in a kick-off field.
+    Launch(Launch),
+}
+
+/// `folders[].launch`: one process per file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Launch {
+    /// The template (blueprint) launched.
+    pub checklist_id: String,
+    /// The kick-off file field that gets the file.
+    pub field_id: String,
+    /// The process name (`name`, default `{stem}`).
+    pub name: Template,
+    /// Other kick-off fields by id, filled from the file's path (`fields`), in config order.
+    pub fields: Vec<(String, Template)>,
+    pub after: After,
+    pub dedupe: Dedupe,
+}
+
+/// What happens to a file once its process is started and recorded (`launch.after`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum After {
+    Keep,
+    Delete,
+    /// Moved into `to` (`launch.move_to`, default FOLDER/processed), keeping its path
+    /// relative to the folder.
+    Move {
+        to: PathBuf,
+    },
+}
+
+/// Whether the same content dropped again starts another process (`dedupe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dedupe {
+    /// Content already launched from this folder launches nothing (the default).
+    Content,
+    None,
+}
+
+/// A value with placeholders (`{stem}`), parsed once: `{{` and `}}` stand for braces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Template {
+    pieces: Vec<Piece>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Piece {
+    Text(String),
+    Value(Placeholder),
+}
+
+/// What a placeholder stands for; the launch stage supplies the values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Placeholder {
+    /// The file name with its extension.
+    Filename,
+    /// The file name without its last extension.
+    Stem,
+    /// The last extension, without the dot (empty when there is none).
+    Ext,
+    /// The name of the directory the file is in (the folder's own name at its top level).
+    Parent,
+    /// The path relative to the folder.
+    Relpath,
+    /// Today's local date, YYYY-MM-DD.
+    Date,
+    /// The file's modification time, local, YYYY-MM-DD HH:MM.
+    Mtime,
+}
+
+impl Placeholder {
+    const ALL: [(&'static str, Placeholder); 7] = [
+        ("filename", Placeholder::Filename),
+        ("stem", Placeholder::Stem),
+        ("ext", Placeholder::Ext),
+        ("parent", Placeholder::Parent),
+        ("relpath", Placeholder::Relpath),
+        ("date", Placeholder::Date),
+        ("mtime", Placeholder::Mtime),
+    ];
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(['{', '}']) {
+            literal.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            if let Some(after) = tail.strip_prefix("{{").or_else(|| tail.strip_prefix("}}")) {
+                literal.push_str(&tail[..1]);
+                rest = after;
+                continue;
+            }
+            if tail.starts_with('}') {
+                return Err("a } without its { (write }} for a brace)".into());
+            }
+            let Some(end) = tail.find('}') else {
+                return Err("a { without its } (write {{ for a brace)".into());
+            };
+            let name = &tail[1..end];
+            let Some((_, placeholder)) = Placeholder::ALL.iter().find(|(known, _)| *known == name)
+            else {
+                let known: Vec<String> = Placeholder::ALL
+                    .iter()
+                    .map(|(known, _)| format!("{{{known}}}"))
+                    .collect();
+                return Err(format!(
+                    "unknown placeholder {{{name}}} (expected one of {})",
+                    known.join(", ")
+                ));
+            };
+            if !literal.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut literal)));
+            }
+            pieces.push(Piece::Value(*placeholder));
+            rest = &tail[end + 1..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            pieces.push(Piece::Text(literal));
+        }
+        Ok(Template { pieces })
+    }
+
+    /// The text with each placeholder replaced by `value` of it.
+    pub fn render(&self, value: impl Fn(Placeholder) -> String) -> String {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Text(text) => text.clone(),
+                Piece::Value(placeholder) => value(*placeholder),
+            })
+            .collect()
+    }
+
+    /// The bytes the template adds whatever the file: a lower bound of every rendering.
+    pub fn literal_len(&self) -> usize {
+        self.render(|_| String::new()).len()
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => f.write_str(&text.replace('{', "{{").replace('}', "}}"))?,
+                Piece::Value(placeholder) => {
+                    let name = Placeholder::ALL
+                        .iter()
+                        .find(|(_, known)| known == placeholder)
+                        .map_or("", |(name, _)| name);
+                    write!(f, "{{{name}}}")?
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Target {
@@ -178,6 +351,14 @@ impl Target {
                 checklist_id,
                 field_id,
             } => format!("kickoff:{checklist_id}/{field_id}"),
+            // Folders launching the same template with different names or fields are verified
+            // and served apart, so the rest of the launch settings is part of the key.
+            Target::Launch(launch) => format!(
+                "launch:{}/{}/{}",
+                launch.checklist_id,
+                launch.field_id,
+                &blake3::hash(format!("{launch:?}").as_bytes()).to_hex()[..12]
+            ),
         }
     }
 }
@@ -195,6 +376,11 @@ impl fmt::Display for Target {
                 checklist_id,
                 field_id,
             } => write!(f, "kick-off field {field_id} of template {checklist_id}"),
+            Target::Launch(launch) => write!(
+                f,
+                "a process of template {} per file, in kick-off field {}",
+                launch.checklist_id, launch.field_id
+            ),
         }
     }
 }
@@ -691,20 +877,64 @@ fn folder(
     let kickoff = s
         .get("kickoff", mapping)
         .map(|map| map.map(|map| kickoff_target(s.child("kickoff", map))));
-    let exactly_one = |found: &str| {
-        let problem = format!(
-            "{}: needs exactly one of task or kickoff (found {found})",
-            s.path
-        );
-        s.problems.add(problem);
-        None
-    };
-    let target = match (task, kickoff) {
-        (Ok(Some(target)), Ok(None)) | (Ok(None), Ok(Some(target))) => target,
-        (Ok(None), Ok(None)) => exactly_one("neither"),
-        (Ok(Some(_)), Ok(Some(_))) => exactly_one("both"),
+    let folder_path = path.as_ref().map(|(_, canonical)| canonical.as_path());
+    let launch = s
+        .get("launch", mapping)
+        .map(|map| map.map(|map| launch_target(s.child("launch", map), base, folder_path)));
+    let dedupe = s.get("dedupe", dedupe);
+    let given: Vec<&str> = [
+        ("task", matches!(task, Ok(Some(_)))),
+        ("kickoff", matches!(kickoff, Ok(Some(_)))),
+        ("launch", matches!(launch, Ok(Some(_)))),
+    ]
+    .into_iter()
+    .filter(|(_, found)| *found)
+    .map(|(name, _)| name)
+    .collect();
+    let target = match (task, kickoff, launch) {
+        _ if given.len() > 1 => {
+            let found = if given.len() == 2 {
+                "both"
+            } else {
+                "all three"
+            };
+            let problem = format!(
+                "{}: needs exactly one of task, kickoff or launch (found {found})",
+                s.path
+            );
+            s.problems.add(problem);
+            None
+        }
+        (Ok(Some(target)), _, _) | (_, Ok(Some(target)), _) => target,
+        (_, _, Ok(Some(launch))) => launch.map(|mut launch| {
+            match dedupe {
+                Ok(Some(folder_level)) if launch.dedupe_given => {
+                    let problem = format!(
+                        "{}: dedupe is set both here and in launch; keep one",
+                        s.at("dedupe")
+                    );
+                    s.problems.add(problem);
+                    launch.launch.dedupe = folder_level;
+                }
+                Ok(Some(folder_level)) => launch.launch.dedupe = folder_level,
+                _ => {}
+            }
+            Target::Launch(launch.launch)
+        }),
+        (Ok(None), Ok(None), Ok(None)) => {
+            let problem = format!(
+                "{}: needs exactly one of task, kickoff or launch (found neither)",
+                s.path
+            );
+            s.problems.add(problem);
+            None
+        }
         _ => None,
     };
+    if matches!(dedupe, Ok(Some(_))) && !matches!(target, Some(Target::Launch(_)) | None) {
+        let problem = format!("{}: only applies to launch folders", s.at("dedupe"));
+        s.problems.add(problem);
+    }
     let recursive = s.opt("recursive", boolean).unwrap_or(false);
     let delete_remote = s.opt("delete_remote", boolean).unwrap_or(true);
     let max_delete_percent = s.opt("max_delete", percentage).unwrap_or(max_delete);
@@ -791,6 +1021,98 @@ fn kickoff_target(mut s: Section<'_>) -> Option<Target> {
     Some(Target::Kickoff {
         checklist_id: checklist_id?,
         field_id: field_id?,
+    })
+}
+
+/// A launch as parsed, with whether it set `dedupe` itself (it may also be set on the folder).
+struct ParsedLaunch {
+    launch: Launch,
+    dedupe_given: bool,
+}
+
+fn launch_target(mut s: Section<'_>, base: &Path, folder: Option<&Path>) -> Option<ParsedLaunch> {
+    let checklist_id = s.req("checklist_id", id);
+    let field_id = s.req("field_id", id);
+    let name = s.opt("name", template);
+    let fields = s.get("fields", mapping).ok().flatten().map(|map| {
+        let fields_key = s.at("fields");
+        map.iter()
+            .filter_map(|(key, value)| {
+                let shown = scalar(key).unwrap_or_else(|| format!("<{}>", kind(key)));
+                let field = s
+                    .problems
+                    .check(&format!("{fields_key}.{shown}"), key, id)?;
+                let value = s
+                    .problems
+                    .check(&format!("{fields_key}.{field}"), value, template)?;
+                Some((field, value))
+            })
+            .collect::<Vec<_>>()
+    });
+    let after = s.get("after", |value| match value.as_str() {
+        Some("keep") => Ok("keep"),
+        Some("delete") => Ok("delete"),
+        Some("move") => Ok("move"),
+        _ => invalid("expected keep, delete or move"),
+    });
+    let move_to = s.get("move_to", |value| {
+        path_in(base)(value).map(|to| resolved(&to))
+    });
+    let dedupe = s.get("dedupe", dedupe);
+    let after = match (after, move_to) {
+        (Err(()), _) | (_, Err(())) => None,
+        (Ok(Some("move")), Ok(to)) => match (to, folder) {
+            (Some(to), Some(folder)) if to == folder => {
+                let problem = format!(
+                    "{} {:?}: is the watched folder itself",
+                    s.at("move_to"),
+                    to.display()
+                );
+                s.problems.add(problem);
+                None
+            }
+            (Some(to), _) => Some(After::Move { to }),
+            (None, Some(folder)) => Some(After::Move {
+                to: folder.join("processed"),
+            }),
+            (None, None) => None,
+        },
+        (Ok(after), Ok(Some(_))) => {
+            let problem = format!(
+                "{}: only applies with after: move (after is {})",
+                s.at("move_to"),
+                after.unwrap_or("keep")
+            );
+            s.problems.add(problem);
+            None
+        }
+        (Ok(Some("delete")), Ok(None)) => Some(After::Delete),
+        (Ok(_), Ok(None)) => Some(After::Keep),
+    };
+    if let Some((field, _)) = fields
+        .iter()
+        .flatten()
+        .find(|(field, _)| Some(field) == field_id.as_ref())
+    {
+        let problem = format!(
+            "{}.{field}: is the file field (field_id) itself; it gets the file",
+            s.at("fields")
+        );
+        s.problems.add(problem);
+    }
+    s.finish();
+    Some(ParsedLaunch {
+        launch: Launch {
+            checklist_id: checklist_id?,
+            field_id: field_id?,
+            name: name.unwrap_or_else(|| Template {
+                pieces: vec![Piece::Value(Placeholder::Stem)],
+            }),
+            fields: fields.unwrap_or_default(),
+            after: after?,
+            dedupe: dedupe.ok()?.unwrap_or(Dedupe::Content),
+        },
+        dedupe_given: matches!(dedupe, Ok(Some(_))),
     })
 }
 
@@ -1188,6 +1510,49 @@ fn directory(value: &Value, base: &Path) -> Result<(String, PathBuf), Bad> {
     }
 }
 
+/// `path` with the symbolic links of the part that exists resolved, so that it compares with
+/// the canonical folder paths; a directory not made yet is created when first needed.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        if let Ok(real) = fs::canonicalize(existing) {
+            return missing
+                .iter()
+                .rev()
+                .fold(real, |path, part| path.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// A text with placeholders; numbers and booleans count as their text.
+fn template(value: &Value) -> Result<Template, Bad> {
+    let text = match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        _ => return Err(Bad::Type("a text")),
+    };
+    Template::parse(&text).or_else(invalid)
+}
+
+fn dedupe(value: &Value) -> Result<Dedupe, Bad> {
+    match value.as_str() {
+        Some("content") => Ok(Dedupe::Content),
+        Some("none") => Ok(Dedupe::None),
+        Some(_) => invalid("expected content or none"),
+        None => Err(Bad::Type("content or none")),
+    }
+}
+
 fn log_format(value: &Value) -> Result<LogFormat, Bad> {
     match value {
         Value::String(name) => LogFormat::parse(name)
@@ -1462,7 +1827,7 @@ folders:
                 "folders[0].path \"{dir}/missing\": no such directory",
                 "folders[0].task.capture_id: required",
                 "folders[1].path \"{dir}/file.txt\": not a directory",
-                "folders[1]: needs exactly one of task or kickoff (found neither)",
+                "folders[1]: needs exactly one of task, kickoff or launch (found neither)",
             ]
         );
     }
@@ -1524,7 +1889,7 @@ folders:
             problems,
             [
                 "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit, ca_file)",
-                "folders[0].recursve: unknown key (expected one of path, task, kickoff, recursive, delete_remote, max_delete, watch, poll, ignore)",
+                "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, dedupe, recursive, delete_remote, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
                 "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
             ]
@@ -1776,15 +2141,86 @@ folders:
         let fx = Fixture::new();
         assert_eq!(
             fx.problems(&yaml("", "    kickoff: {checklist_id: T, field_id: F}\n")),
-            ["folders[0]: needs exactly one of task or kickoff (found both)"]
+            ["folders[0]: needs exactly one of task, kickoff or launch (found both)"]
         );
         assert_eq!(
             fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n"),
-            ["folders[0]: needs exactly one of task or kickoff (found neither)"]
+            ["folders[0]: needs exactly one of task, kickoff or launch (found neither)"]
         );
         assert_eq!(
             fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    kickoff: TPL\n"),
             ["folders[0].kickoff \"TPL\": expected a mapping, found a string"]
+        );
+    }
+
+    #[test]
+    fn a_launch_folder_parses_with_its_defaults_and_every_key() {
+        let fx = Fixture::new();
+        let config = fx.parse(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    launch: {checklist_id: T, field_id: F}\n  - path: {dir}/out\n    dedupe: none\n    launch:\n      checklist_id: T\n      field_id: F\n      name: \"Invoice {stem} {{x}}\"\n      fields: {V: \"{parent}\", N: 42}\n      after: move\n      move_to: done\n",
+        );
+        let [plain, full] = &config.folders[..] else {
+            panic!("{:?}", config.folders);
+        };
+        let Target::Launch(plain) = &plain.target else {
+            panic!("{plain:?}")
+        };
+        assert_eq!(plain.name.to_string(), "{stem}");
+        assert!(plain.fields.is_empty());
+        assert_eq!(plain.after, After::Keep);
+        assert_eq!(plain.dedupe, Dedupe::Content);
+        let Target::Launch(full) = &full.target else {
+            panic!("{full:?}")
+        };
+        assert_eq!(full.dedupe, Dedupe::None);
+        assert_eq!(
+            full.after,
+            After::Move {
+                to: fx.root.canonicalize().unwrap().join("done")
+            }
+        );
+        let rendered = full.name.render(|placeholder| match placeholder {
+            Placeholder::Stem => "2041".into(),
+            _ => "?".into(),
+        });
+        assert_eq!(rendered, "Invoice 2041 {x}");
+        assert_eq!(full.name.literal_len(), "Invoice  {x}".len());
+        let fields: Vec<(String, String)> = full
+            .fields
+            .iter()
+            .map(|(id, value)| (id.clone(), value.to_string()))
+            .collect();
+        assert_eq!(
+            fields,
+            [("V".into(), "{parent}".into()), ("N".into(), "42".into())]
+        );
+    }
+
+    #[test]
+    fn launch_problems_name_their_key() {
+        let fx = Fixture::new();
+        let problems = fx.problems(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    launch:\n      checklist_id: T\n      field_id: F\n      name: \"{nope}\"\n      fields: {F: x, V: \"}\"}\n      after: later\n  - path: {dir}/out\n    dedupe: sometimes\n    kickoff: {checklist_id: T, field_id: F}\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "folders[0].launch.name \"{nope}\": unknown placeholder {nope} (expected one of {filename}, {stem}, {ext}, {parent}, {relpath}, {date}, {mtime})",
+                "folders[0].launch.fields.V \"}\": a } without its { (write }} for a brace)",
+                "folders[0].launch.after \"later\": expected keep, delete or move",
+                "folders[0].launch.fields.F: is the file field (field_id) itself; it gets the file",
+                "folders[1].dedupe \"sometimes\": expected content or none",
+            ]
+        );
+        let problems = fx.problems(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    dedupe: none\n    kickoff: {checklist_id: T, field_id: F}\n  - path: {dir}/out\n    launch: {checklist_id: T, field_id: F, after: move, move_to: out}\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "folders[0].dedupe: only applies to launch folders",
+                "folders[1].launch.move_to \"{dir}/out\": is the watched folder itself",
+            ]
         );
     }
 

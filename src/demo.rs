@@ -34,6 +34,7 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken, reloads: Reloads) -> a
     let credentials = Credentials::resolve(&config.api, &|_| None)?;
     let invoices = dir.join("invoices");
     let contracts = dir.join("contracts");
+    let new_invoices = dir.join("new-invoices");
     println!(
         "tallyfy-sync demo: a local Tallyfy stand-in is listening on {}",
         fake.base_url()
@@ -50,6 +51,11 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken, reloads: Reloads) -> a
         ids.checklist_id
     );
     println!(
+        "  {}/ → one \"Invoice approval\" process per file (template {:?})",
+        text::path(&new_invoices),
+        ids.approval_id
+    );
+    println!(
         "  config: {} (a real config file; the daemon reads it like any other)\n",
         text::path(&config_path)
     );
@@ -60,16 +66,17 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken, reloads: Reloads) -> a
         ids: &ids,
         cancel: &cancel,
     };
-    if let Err(error) = tour.run(&invoices, &contracts).await {
+    if let Err(error) = tour.run(&invoices, &contracts, &new_invoices).await {
         if !cancel.is_cancelled() {
             eprintln!("demo: {error:#}");
         }
     }
     if !cancel.is_cancelled() {
         println!(
-            "\nYour turn: drop files into {}/ or {}/, change or delete them,",
+            "\nYour turn: drop files into {}/, {}/ or {}/, change or delete them,",
             text::path(&invoices),
-            text::path(&contracts)
+            text::path(&contracts),
+            text::path(&new_invoices)
         );
         println!("and watch the log. Ctrl-C stops the demo.");
     }
@@ -92,7 +99,7 @@ fn prepare(dir: &Path) -> anyhow::Result<()> {
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
     }
-    for sub in ["invoices", "contracts"] {
+    for sub in ["invoices", "contracts", "new-invoices"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
@@ -109,13 +116,17 @@ fn write_config(dir: &Path, fake: &FakeTallyfy, ids: &DemoIds) -> anyhow::Result
          settle: 1s\n\
          folders:\n\
          \x20 - path: invoices\n    task:\n      run_id: {run}\n      task_id: {task}\n      capture_id: {capture}\n\
-         \x20 - path: contracts\n    kickoff:\n      checklist_id: {checklist}\n      field_id: {field}\n",
+         \x20 - path: contracts\n    kickoff:\n      checklist_id: {checklist}\n      field_id: {field}\n\
+         \x20 - path: new-invoices\n    launch:\n      checklist_id: {approval}\n      field_id: {approval_file}\n      name: \"Invoice {{stem}}\"\n      fields:\n        {approval_source}: \"scanned into {{relpath}}\"\n",
         base = fake.base_url(),
         run = ids.run_id,
         task = ids.task_id,
         capture = ids.capture_id,
         checklist = ids.checklist_id,
         field = ids.field_id,
+        approval = ids.approval_id,
+        approval_file = ids.approval_file_id,
+        approval_source = ids.approval_source_id,
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml)?;
@@ -129,7 +140,12 @@ struct Tour<'a> {
 }
 
 impl Tour<'_> {
-    async fn run(&self, invoices: &Path, contracts: &Path) -> anyhow::Result<()> {
+    async fn run(
+        &self,
+        invoices: &Path,
+        contracts: &Path,
+        new_invoices: &Path,
+    ) -> anyhow::Result<()> {
         let invoice = invoices.join("Invoice 2041.pdf");
         self.say(&format!("1. Dropping {:?} into invoices/", name(&invoice)));
         std::fs::write(&invoice, sample_pdf("Invoice 2041, first draft"))?;
@@ -175,7 +191,44 @@ impl Tour<'_> {
         self.until("the contract is gone", || self.kickoff_field().is_empty())
             .await?;
         self.show();
+
+        let scan = new_invoices.join("2042.pdf");
+        self.say(&format!(
+            "6. Dropping {:?} into new-invoices/: it starts an \"Invoice approval\" process",
+            name(&scan)
+        ));
+        std::fs::write(&scan, sample_pdf("Invoice 2042"))?;
+        self.until("the process is started", || !self.fake.runs().is_empty())
+            .await?;
+        self.show_runs();
+
+        let copy = new_invoices.join("2042 (resent).pdf");
+        self.say(&format!(
+            "7. Dropping {:?}, the same scan again: it starts nothing, and the log names the process it already started",
+            name(&copy)
+        ));
+        std::fs::copy(&scan, &copy)?;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        self.show_runs();
         Ok(())
+    }
+
+    fn show_runs(&self) {
+        for run in self.fake.runs() {
+            let text = |key: &str| run.get(key).and_then(Value::as_str).unwrap_or_default();
+            let files = run
+                .get("prerun")
+                .and_then(|prerun| prerun.get(&self.ids.approval_file_id))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            println!(
+                "   Tallyfy now shows process {:?} [run {}] with {}",
+                text("name"),
+                text("id"),
+                names(&files)
+            );
+        }
     }
 
     fn task_field(&self) -> Vec<Value> {

@@ -44,7 +44,27 @@ pub enum FieldError {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub upload: UploadTarget,
+    /// For a launch target, what launching needs to know of the template.
+    pub launch: Option<LaunchForm>,
 }
+
+/// A verified launch target's template.
+#[derive(Debug, Clone)]
+pub struct LaunchForm {
+    pub title: String,
+    /// For each kick-off text field filled from the path: its label and most bytes.
+    pub limits: HashMap<String, (String, usize)>,
+}
+
+/// Longest process name the API takes, in characters.
+pub const MAX_RUN_NAME: usize = 550;
+/// Kick-off field types a text from the path can fill, with the most bytes each takes.
+const FILLABLE: [(&str, Option<usize>); 4] = [
+    ("text", Some(200)),
+    ("textarea", Some(30_000)),
+    ("date", None),
+    ("radio", None),
+];
 
 #[derive(Debug, Clone)]
 enum Readiness {
@@ -394,6 +414,12 @@ impl Actor {
                     checklist: None,
                 })
             }
+            // A launched file's asset lives in its process, in no field this actor writes: only
+            // deletes of uploads that could not be launched come here.
+            Target::Launch(_) => Ok(Snapshot {
+                list: Vec::new(),
+                checklist: None,
+            }),
             Target::Kickoff {
                 checklist_id,
                 field_id,
@@ -451,7 +477,7 @@ impl Actor {
                     .await?;
                 Ok(kickoff_value(&answer.prerun, field_id))
             }
-            (Target::Kickoff { .. }, None) => Ok(None),
+            (Target::Kickoff { .. } | Target::Launch(_), _) => Ok(None),
         }
     }
 }
@@ -513,69 +539,158 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
                     step_id,
                     checklist_id,
                 },
+                launch: None,
             })
         }
         Target::Kickoff {
             checklist_id,
             field_id,
         } => {
-            let checklist = api
-                .with_retries(|| api.get_checklist(checklist_id))
-                .await
-                .map_err(|error| unreachable_target(error, &format!("template {checklist_id}")))?;
-            let text = |field: &Value, key: &str| {
-                field
-                    .get(key)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let Some(field) = checklist
+            let checklist = read_template(api, checklist_id).await?;
+            file_field(&checklist.prerun, checklist_id, field_id)?;
+            Ok(Resolved {
+                upload: UploadTarget::Kickoff {
+                    checklist_id: checklist_id.clone(),
+                },
+                launch: None,
+            })
+        }
+        Target::Launch(launch) => {
+            let checklist_id = &launch.checklist_id;
+            let checklist = read_template(api, checklist_id).await?;
+            file_field(&checklist.prerun, checklist_id, &launch.field_id)?;
+            let mut limits = HashMap::new();
+            for (id, value) in &launch.fields {
+                let field = kickoff_field(&checklist.prerun, checklist_id, id)?;
+                let (label, field_type) = (text(field, "label"), text(field, "field_type"));
+                let Some((_, limit)) = FILLABLE.iter().find(|(kind, _)| *kind == field_type) else {
+                    return Err(FieldError::Invalid(format!(
+                        "kick-off field {id} ({label:?}) of template {checklist_id} is a {field_type} field; only text, textarea, date and radio fields can be filled from launch.fields"
+                    )));
+                };
+                if let Some(limit) = *limit {
+                    if value.literal_len() > limit {
+                        return Err(FieldError::Invalid(format!(
+                            "launch.fields.{id} is longer than kick-off field {id} ({label:?}) takes: {} bytes, at most {limit}",
+                            value.literal_len()
+                        )));
+                    }
+                    limits.insert(id.clone(), (label, limit));
+                }
+            }
+            if launch.name.literal_len() > MAX_RUN_NAME {
+                return Err(FieldError::Invalid(format!(
+                    "launch.name is longer than a process name may be ({MAX_RUN_NAME} characters)"
+                )));
+            }
+            let given =
+                |id: &str| *id == launch.field_id || launch.fields.iter().any(|(f, _)| f == id);
+            let missing: Vec<String> = checklist
                 .prerun
                 .iter()
-                .find(|field| asset_id(field).as_deref() == Some(field_id))
-            else {
-                if let Some(by_alias) = checklist
-                    .prerun
-                    .iter()
-                    .find(|field| text(field, "alias") == *field_id)
-                {
-                    return Err(FieldError::Invalid(format!(
-                        "{field_id} is the alias of a kick-off field of template {checklist_id}; use its id {}",
-                        asset_id(by_alias).unwrap_or_default()
-                    )));
-                }
-                let known: Vec<String> = checklist
-                    .prerun
-                    .iter()
-                    .map(|f| {
+                .filter(|field| is_required(field))
+                .filter_map(|field| {
+                    let id = asset_id(field)?;
+                    (!given(&id)).then(|| {
                         format!(
-                            "{} ({:?}, {})",
-                            asset_id(f).unwrap_or_default(),
-                            text(f, "label"),
-                            text(f, "field_type")
+                            "{id} ({:?}, {})",
+                            text(field, "label"),
+                            text(field, "field_type")
                         )
                     })
-                    .collect();
+                })
+                .collect();
+            if !missing.is_empty() {
                 return Err(FieldError::Invalid(format!(
-                    "template {checklist_id} has no kick-off field with id {field_id}; its kick-off fields are: {}",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                )));
-            };
-            let field_type = text(field, "field_type");
-            if field_type != "file" {
-                return Err(FieldError::Invalid(format!(
-                    "kick-off field {field_id} ({:?}) of template {checklist_id} is a {field_type} field, not a file field",
-                    text(field, "label")
+                    "template {checklist_id} requires kick-off fields the launch gives no value: {}; add them under launch.fields",
+                    missing.join(", ")
                 )));
             }
             Ok(Resolved {
                 upload: UploadTarget::Kickoff {
                     checklist_id: checklist_id.clone(),
                 },
+                launch: Some(LaunchForm {
+                    title: checklist.title,
+                    limits,
+                }),
             })
         }
     }
+}
+
+async fn read_template(api: &Client, checklist_id: &str) -> Result<api::Checklist, FieldError> {
+    api.with_retries(|| api.get_checklist(checklist_id))
+        .await
+        .map_err(|error| unreachable_target(error, &format!("template {checklist_id}")))
+}
+
+/// A string member of a kick-off field ("" when absent).
+fn text(field: &Value, key: &str) -> String {
+    field
+        .get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The API has sent `required` as a boolean, a number and a string.
+fn is_required(field: &Value) -> bool {
+    match field.get("required") {
+        Some(Value::Bool(required)) => *required,
+        Some(Value::Number(number)) => number.as_u64().is_some_and(|n| n != 0),
+        Some(Value::String(text)) => matches!(text.as_str(), "1" | "true"),
+        _ => false,
+    }
+}
+
+/// The kick-off field `field_id` of a template; if there is none, an error naming the fields
+/// there are (or the field whose alias it is).
+fn kickoff_field<'a>(
+    prerun: &'a [Value],
+    checklist_id: &str,
+    field_id: &str,
+) -> Result<&'a Value, FieldError> {
+    if let Some(field) = prerun
+        .iter()
+        .find(|field| asset_id(field).as_deref() == Some(field_id))
+    {
+        return Ok(field);
+    }
+    if let Some(by_alias) = prerun.iter().find(|field| text(field, "alias") == field_id) {
+        return Err(FieldError::Invalid(format!(
+            "{field_id} is the alias of a kick-off field of template {checklist_id}; use its id {}",
+            asset_id(by_alias).unwrap_or_default()
+        )));
+    }
+    let known: Vec<String> = prerun
+        .iter()
+        .map(|f| {
+            format!(
+                "{} ({:?}, {})",
+                asset_id(f).unwrap_or_default(),
+                text(f, "label"),
+                text(f, "field_type")
+            )
+        })
+        .collect();
+    Err(FieldError::Invalid(format!(
+        "template {checklist_id} has no kick-off field with id {field_id}; its kick-off fields are: {}",
+        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+    )))
+}
+
+/// Like `kickoff_field`, and it must take files.
+fn file_field(prerun: &[Value], checklist_id: &str, field_id: &str) -> Result<(), FieldError> {
+    let field = kickoff_field(prerun, checklist_id, field_id)?;
+    let field_type = text(field, "field_type");
+    if field_type != "file" {
+        return Err(FieldError::Invalid(format!(
+            "kick-off field {field_id} ({:?}) of template {checklist_id} is a {field_type} field, not a file field",
+            text(field, "label")
+        )));
+    }
+    Ok(())
 }
 
 /// A target the API says is missing or forbidden is a config mistake, not a passing failure.

@@ -1,7 +1,8 @@
 //! tallyfy-sync: keeps local hot folders in sync with file fields in Tallyfy.
 //!
 //! The pipeline, one module per stage: `watch` (notify hints) → `settle` (quiet files, folder
-//! scans) → `queue` (one job per path) → `sync` (upload → attach → record; delete; replace),
+//! scans) → `queue` (one job per path) → `sync` (upload → attach → record; delete; replace;
+//! in launch folders `launch`: upload → start a process → record),
 //! with `field` serialising every write to one remote field, `api` talking HTTP through a
 //! shared circuit breaker, and `store` (sled) remembering it all across restarts.
 
@@ -15,6 +16,7 @@ pub mod fake;
 pub mod field;
 pub mod filter;
 pub mod guard;
+pub mod launch;
 pub mod logging;
 pub mod metrics;
 pub mod plan;

@@ -27,6 +27,8 @@ pub struct Metrics {
     uploads_failed: AtomicU64,
     deletes_ok: AtomicU64,
     deletes_failed: AtomicU64,
+    launches_ok: AtomicU64,
+    launches_failed: AtomicU64,
     bytes_uploaded: AtomicU64,
     retry_waits: AtomicU64,
     retry_wait_ms: AtomicU64,
@@ -47,6 +49,8 @@ pub static METRICS: Metrics = Metrics {
     uploads_failed: AtomicU64::new(0),
     deletes_ok: AtomicU64::new(0),
     deletes_failed: AtomicU64::new(0),
+    launches_ok: AtomicU64::new(0),
+    launches_failed: AtomicU64::new(0),
     bytes_uploaded: AtomicU64::new(0),
     retry_waits: AtomicU64::new(0),
     retry_wait_ms: AtomicU64::new(0),
@@ -87,6 +91,16 @@ impl Metrics {
             self.last_success_ms.store(crate::api::unix_ms(), Relaxed);
         } else {
             self.deletes_failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A process started from a file (or a launch refused for good).
+    pub fn launched(&self, ok: bool) {
+        if ok {
+            self.launches_ok.fetch_add(1, Relaxed);
+            self.last_success_ms.store(crate::api::unix_ms(), Relaxed);
+        } else {
+            self.launches_failed.fetch_add(1, Relaxed);
         }
     }
 
@@ -162,6 +176,12 @@ impl Metrics {
             "counter",
             "Remote deletes by result.",
             &by_result(&self.deletes_ok, &self.deletes_failed),
+        );
+        metric(
+            "launches_total",
+            "counter",
+            "Processes started from files (launch folders), by result.",
+            &by_result(&self.launches_ok, &self.launches_failed),
         );
         metric(
             "uploaded_bytes_total",

@@ -14,12 +14,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{stored_name, ApiError, Client};
-use crate::config::{Config, Credentials, Folder};
+use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Target};
 use crate::field::{self, FieldError};
 use crate::filter::humansize;
 use crate::guard;
+use crate::launch;
 use crate::settle;
-use crate::store::{Asset, FileMeta, FileRecord, Store, StoreError};
+use crate::store::{Asset, FileMeta, FileRecord, FileState, Store, StoreError};
 use crate::sync::{self, Next};
 use crate::text;
 
@@ -288,6 +289,24 @@ pub enum Action {
     Keep { path: PathBuf, assets: Vec<String> },
     /// A remote delete recorded before a stop and not confirmed: sent again.
     PendingDelete { path: PathBuf, asset: String },
+    /// Launch folders: a new file, uploaded to start process `name` of template `template`.
+    Launch {
+        path: PathBuf,
+        size: u64,
+        name: String,
+        template: String,
+    },
+    /// Launch folders: a launch a stop interrupted; its process is looked up, then started
+    /// if it is not there.
+    Resume { path: PathBuf, name: String },
+    /// Launch folders: content that `of` launched already (as process `run`, if recorded).
+    Duplicate {
+        path: PathBuf,
+        of: PathBuf,
+        run: Option<String>,
+    },
+    /// Launch folders: a launched file still in the inbox, deleted or moved away (`after`).
+    Clear { path: PathBuf, how: String },
 }
 
 impl Action {
@@ -301,7 +320,11 @@ impl Action {
             | Action::Delete { path, .. }
             | Action::Hold { path, .. }
             | Action::Keep { path, .. }
-            | Action::PendingDelete { path, .. } => path,
+            | Action::PendingDelete { path, .. }
+            | Action::Launch { path, .. }
+            | Action::Resume { path, .. }
+            | Action::Duplicate { path, .. }
+            | Action::Clear { path, .. } => path,
         }
     }
 }
@@ -320,6 +343,8 @@ pub struct Summary {
     pub keep: usize,
     pub pending_deletes: usize,
     pub paused_folders: usize,
+    pub launch: usize,
+    pub duplicate: usize,
 }
 
 impl Summary {
@@ -340,6 +365,14 @@ impl Summary {
             Action::Hold { .. } => self.hold += 1,
             Action::Keep { .. } => self.keep += 1,
             Action::PendingDelete { .. } => self.pending_deletes += 1,
+            Action::Launch { size, .. } => {
+                self.launch += 1;
+                self.upload += 1;
+                self.upload_bytes += size;
+            }
+            Action::Resume { .. } => self.launch += 1,
+            Action::Duplicate { .. } => self.duplicate += 1,
+            Action::Clear { .. } => {}
         }
     }
 }
@@ -420,6 +453,12 @@ fn plan_folder(folder: &Folder, store: &Store) -> Result<FolderPlan, StoreError>
             continue;
         }
         let meta = FileMeta::of(&metadata);
+        if let Target::Launch(launch) = &folder.target {
+            if let Some(action) = launch_action(folder, launch, store, path, meta)? {
+                planned.actions.push(action);
+            }
+            continue;
+        }
         let action = match sync::next(store.get(&path)?, meta) {
             Next::Nothing => continue,
             Next::Attach { record, asset } => {
@@ -474,6 +513,53 @@ fn plan_folder(folder: &Folder, store: &Store) -> Result<FolderPlan, StoreError>
         });
     }
     Ok(planned)
+}
+
+/// What `run` would do about a changed or new file of a launch folder, by the launch stage's
+/// rules: a launched file is only taken out of the inbox, known content launches nothing.
+fn launch_action(
+    folder: &Folder,
+    launch: &Launch,
+    store: &Store,
+    path: PathBuf,
+    meta: FileMeta,
+) -> Result<Option<Action>, StoreError> {
+    let record = store.get(&path)?;
+    match record.map(|record| record.state) {
+        Some(FileState::Launching { name, .. }) => return Ok(Some(Action::Resume { path, name })),
+        Some(FileState::Launched { .. }) => {
+            let how = match &launch.after {
+                After::Keep => return Ok(None),
+                After::Delete => "deleted".to_string(),
+                After::Move { to } => format!("moved to {}", crate::text::path(to)),
+            };
+            return Ok(Some(Action::Clear { path, how }));
+        }
+        _ => {}
+    }
+    if launch.dedupe == Dedupe::Content {
+        if let Ok(hash) = sync::content_hash(&path) {
+            if let Some(claim) = store.content_claim(&folder.path, &hash)? {
+                if claim.path != path || claim.run.is_some() {
+                    let run = claim.run.map(|run| run.name);
+                    return Ok(Some(Action::Duplicate {
+                        path,
+                        of: claim.path,
+                        run,
+                    }));
+                }
+            }
+        }
+    }
+    let name = launch
+        .name
+        .render(|placeholder| launch::placeholder_value(folder, &path, &meta, placeholder));
+    Ok(Some(Action::Launch {
+        path,
+        size: meta.size,
+        name,
+        template: launch.checklist_id.clone(),
+    }))
 }
 
 fn attached_id(record: Option<&FileRecord>) -> Option<String> {
@@ -622,6 +708,46 @@ fn line(action: &Action, root: &Path) -> String {
                 name(path)
             ),
         ),
+        Action::Launch {
+            path,
+            size,
+            name: process,
+            template,
+        } => (
+            "launch",
+            format!(
+                "{} ({}): would launch '{}' from template {template}",
+                name(path),
+                humansize(*size),
+                crate::text::escaped(process)
+            ),
+        ),
+        Action::Resume {
+            path,
+            name: process,
+        } => (
+            "resume",
+            format!(
+                "{}: the launch of '{}' was interrupted by a stop; its process is looked up, and launched only if it is not there",
+                name(path),
+                crate::text::escaped(process)
+            ),
+        ),
+        Action::Duplicate { path, of, run } => (
+            "duplicate",
+            format!(
+                "{}: same content as {}{}; would launch nothing",
+                name(path),
+                name(of),
+                run.as_ref()
+                    .map(|run| format!(", which started process '{}'", crate::text::escaped(run)))
+                    .unwrap_or_default()
+            ),
+        ),
+        Action::Clear { path, how } => (
+            "clear",
+            format!("{}: its process was started; would be {how}", name(path)),
+        ),
     };
     format!("  {verb:<9} {what}\n")
 }
@@ -638,6 +764,12 @@ fn summary(summary: &Summary) -> String {
         summary.skip,
         summary.hold
     );
+    if summary.launch > 0 {
+        let _ = write!(line, "; launch {} processes", summary.launch);
+    }
+    if summary.duplicate > 0 {
+        let _ = write!(line, "; duplicates {}", summary.duplicate);
+    }
     if summary.pending_deletes > 0 {
         let _ = write!(line, "; pending deletes {}", summary.pending_deletes);
     }

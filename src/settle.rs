@@ -17,11 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, Folder};
+use crate::config::{After, Config, Folder, Target};
 use crate::guard::Guard;
 use crate::metrics::METRICS;
 use crate::service::Heartbeat;
-use crate::store::{FileMeta, FileState, Store};
+use crate::store::{FileMeta, FileRecord, FileState, Store};
 use crate::watch::{self, Hint, Watch};
 
 /// A path for the sync stage to bring in line with the store.
@@ -191,7 +191,9 @@ impl Settle {
             self.rescan(index).await;
             return;
         }
-        if !folder.recursive && path.parent() != Some(folder.path.as_path()) {
+        if (!folder.recursive && path.parent() != Some(folder.path.as_path()))
+            || folder.excludes(path)
+        {
             return;
         }
         match std::fs::symlink_metadata(path) {
@@ -409,14 +411,17 @@ pub fn scan(folder: &Folder, dir: &Path, store: &Store) -> Result<Scan, String> 
     let unreadable = |error: std::io::Error| format!("cannot read {}: {error}", dir.display());
     let device = std::fs::metadata(dir).map_err(unreadable)?.dev();
     let mut on_disk = Vec::new();
-    walk(dir, folder.recursive, &mut on_disk).map_err(unreadable)?;
+    walk(folder, dir, &mut on_disk).map_err(unreadable)?;
     let mut scan = Scan {
         device,
         ..Scan::default()
     };
     let mut seen = HashSet::with_capacity(on_disk.len());
     for (path, meta) in on_disk {
-        let settled = matches!(store.get(&path), Ok(Some(record)) if record.settles(&meta));
+        let settled = matches!(
+            store.get(&path),
+            Ok(Some(record)) if record.settles(&meta) && !leaves_after_launch(folder, &record)
+        );
         if !settled {
             scan.changed.push((path.clone(), meta));
         }
@@ -437,9 +442,17 @@ pub fn scan(folder: &Folder, dir: &Path, store: &Store) -> Result<Scan, String> 
     Ok(scan)
 }
 
+/// A launched file still in a folder that deletes or moves launched files: a stop came
+/// between its launch and its removal, which the sync stage does now.
+fn leaves_after_launch(folder: &Folder, record: &FileRecord) -> bool {
+    matches!(record.state, FileState::Launched { .. })
+        && matches!(&folder.target, Target::Launch(launch) if launch.after != After::Keep)
+}
+
 /// Lists files (anything but directories) under `dir`, never following symbolic links and never
-/// entering hidden directories. An unreadable subdirectory is skipped; an unreadable root is an error.
-fn walk(dir: &Path, recursive: bool, out: &mut Vec<(PathBuf, FileMeta)>) -> std::io::Result<()> {
+/// entering hidden directories or where a launch folder moves its launched files. An unreadable
+/// subdirectory is skipped; an unreadable root is an error.
+fn walk(folder: &Folder, dir: &Path, out: &mut Vec<(PathBuf, FileMeta)>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let Ok(metadata) = entry.path().symlink_metadata() else {
@@ -448,8 +461,8 @@ fn walk(dir: &Path, recursive: bool, out: &mut Vec<(PathBuf, FileMeta)>) -> std:
         let path = entry.path();
         if metadata.is_dir() {
             let hidden = entry.file_name().as_encoded_bytes().first() == Some(&b'.');
-            if recursive && !hidden {
-                if let Err(error) = walk(&path, true, out) {
+            if folder.recursive && !hidden && !folder.excludes(&path) {
+                if let Err(error) = walk(folder, &path, out) {
                     debug!(dir = %path.display(), %error, "skipping unreadable directory");
                 }
             }

@@ -40,6 +40,11 @@ pub struct Counts {
     pub held: usize,
     pub rejected: usize,
     pub failed: usize,
+    /// Launch folders: files that started a process, and copies of content that already had.
+    #[serde(default)]
+    pub launched: usize,
+    #[serde(default)]
+    pub duplicates: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,9 +64,13 @@ pub struct FolderReport {
 pub struct FileReport {
     /// Relative to the folder.
     pub name: String,
-    /// synced, pending, held, rejected or failed.
+    /// synced, pending, held, rejected or failed; in launch folders also launching, launched
+    /// or duplicate.
     pub state: String,
     pub asset_id: Option<String>,
+    /// The process the file started (or, for a duplicate, the one its content started).
+    #[serde(default)]
+    pub run_id: Option<String>,
     /// Uploads of this version so far.
     pub attempts: u32,
     /// What happened or what it waits for.
@@ -195,6 +204,7 @@ fn folder_report(
             None => ("in progress".to_string(), None),
         };
         let gone = held.is_some() && std::fs::symlink_metadata(path).is_err();
+        let mut run_id = None;
         let (state, asset_id, detail, next_attempt_ms) = match &record.state {
             FileState::Synced if gone => {
                 counts.held += 1;
@@ -225,11 +235,43 @@ fn folder_report(
                 let detail = format!("{error}; retried when the file or the config changes, or after `tallyfy-sync retry`");
                 ("failed", attached, detail, None)
             }
+            FileState::Launching { asset, name, .. } => {
+                counts.pending += 1;
+                let (why, next) = waiting();
+                let detail = format!("starting process '{}'; {why}", crate::text::escaped(name));
+                ("launching", asset.id(), detail, next)
+            }
+            FileState::Launched { run } => {
+                counts.launched += 1;
+                run_id = Some(run.id.clone());
+                let detail = format!("started process '{}'", crate::text::escaped(&run.name));
+                ("launched", None, detail, None)
+            }
+            FileState::Duplicate { of, run } => {
+                counts.duplicates += 1;
+                // The original may have been launching when this copy came; it may be done now.
+                let claimed = match (run, &record.hash) {
+                    (None, Some(hash)) => store.content_claim(folder, hash)?.and_then(|c| c.run),
+                    _ => None,
+                };
+                let run = run.as_ref().or(claimed.as_ref());
+                run_id = run.map(|run| run.id.clone());
+                let of = crate::text::path(of.strip_prefix(folder).unwrap_or(of));
+                let detail = match run {
+                    Some(run) => format!(
+                        "same content as {of}, which already started process '{}'; nothing launched",
+                        crate::text::escaped(&run.name)
+                    ),
+                    None => format!("same content as {of}, which is starting a process; nothing launched"),
+                };
+                ("duplicate", None, detail, None)
+            }
         };
         files.push(FileReport {
             name,
             state: state.to_string(),
             asset_id,
+            run_id,
             attempts: record.attempts,
             detail,
             next_attempt_ms,
@@ -282,6 +324,13 @@ pub fn render(report: &StatusReport) -> String {
             c.rejected,
             c.failed
         );
+        if c.launched + c.duplicates > 0 {
+            let _ = writeln!(
+                out,
+                "  {} launched, {} duplicates",
+                c.launched, c.duplicates
+            );
+        }
         if let Some(paused) = &folder.paused {
             let _ = writeln!(out, "  PAUSED: {}", text::escaped(paused));
         }
@@ -298,6 +347,9 @@ pub fn render(report: &StatusReport) -> String {
             let mut line = format!("  {:<9} {}", file.state, text::escaped(&file.name));
             if let Some(asset) = &file.asset_id {
                 let _ = write!(line, "  asset {asset}");
+            }
+            if let Some(run) = &file.run_id {
+                let _ = write!(line, "  run {run}");
             }
             if !file.detail.is_empty() {
                 let _ = write!(line, "  {}", text::escaped(&file.detail));

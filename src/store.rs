@@ -2,10 +2,11 @@
 //! Receives state changes from `sync` (one record per local file, one tombstone per remote
 //! asset still to delete) and writes each one durably before the side effect it guards.
 //! Owns the on-disk layout: tree `files` (path bytes → `FileRecord` as JSON) and tree
-//! `deletes` (asset id → `DeleteJob` as JSON) and tree `meta` (name → JSON: the API pause
-//! schedule, each folder's device, held deletes). A write that fails (a full or read-only
-//! disk) marks the store unwritable until `probe` finds it can write again, reopening the
-//! database, since sled refuses every write after one I/O error.
+//! `deletes` (asset id → `DeleteJob` as JSON), tree `meta` (name → JSON: the API pause
+//! schedule, each folder's device, held deletes) and tree `launches` (folder, NUL, content
+//! hash → `ContentClaim`: which file of a launch folder launched that content). A write that
+//! fails (a full or read-only disk) marks the store unwritable until `probe` finds it can write
+//! again, reopening the database, since sled refuses every write after one I/O error.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,32 @@ pub enum FileState {
     Rejected { reason: String },
     /// The API refused it for good; looked at again when the file changes.
     Failed { error: String },
+    /// Launch folders: uploaded, and the process may be being started. After a crash the
+    /// process is looked up by `name` and `summary` (or the asset) before it is started again.
+    Launching {
+        asset: Asset,
+        name: String,
+        summary: String,
+    },
+    /// Launch folders: the process this file started. A process is a record: whatever then
+    /// happens to the file starts or deletes nothing.
+    Launched { run: RunRef },
+    /// Launch folders: the same content as `of`, which launched (or is launching) `run`.
+    Duplicate { of: PathBuf, run: Option<RunRef> },
+}
+
+/// A process as the store remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// Who launched a content in a launch folder: the file, and its process once recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentClaim {
+    pub path: PathBuf,
+    pub run: Option<RunRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,7 +169,11 @@ impl FileRecord {
         self.meta == *meta
             && matches!(
                 self.state,
-                FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. }
+                FileState::Synced
+                    | FileState::Rejected { .. }
+                    | FileState::Failed { .. }
+                    | FileState::Launched { .. }
+                    | FileState::Duplicate { .. }
             )
     }
 }
@@ -173,6 +204,7 @@ struct Db {
     files: sled::Tree,
     deletes: sled::Tree,
     meta: sled::Tree,
+    launches: sled::Tree,
     flusher: Flusher,
 }
 
@@ -286,6 +318,7 @@ impl Db {
             files: tree("files")?,
             deletes: tree("deletes")?,
             meta: tree("meta")?,
+            launches: tree("launches")?,
             flusher: spawn_flusher(db.clone()).map_err(|error| open_error(error.to_string()))?,
         })
     }
@@ -484,6 +517,108 @@ impl Store {
         self.flush().await
     }
 
+    /// Who launched `hash` in `folder`, if anyone has or is about to.
+    pub fn content_claim(
+        &self,
+        folder: &Path,
+        hash: &str,
+    ) -> Result<Option<ContentClaim>, StoreError> {
+        let key = claim_key(folder, hash);
+        match self
+            .db()?
+            .launches
+            .get(&key)
+            .map_err(|error| self.io(error))?
+        {
+            Some(bytes) => Ok(Some(self.decode(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Claims `hash` in `folder` for `path`, atomically, so two copies settling together
+    /// cannot both launch: `None` when `path` holds the claim now, else the claim of the file
+    /// that was first (or of `path` itself, when it launched that content before). Made
+    /// durable with the next flush, which comes before any launch.
+    pub fn claim_content(
+        &self,
+        folder: &Path,
+        hash: &str,
+        path: &Path,
+    ) -> Result<Option<ContentClaim>, StoreError> {
+        let key = claim_key(folder, hash);
+        let ours = ContentClaim {
+            path: path.to_path_buf(),
+            run: None,
+        };
+        let db = self.db()?;
+        loop {
+            let current = db.launches.get(&key).map_err(|error| self.io(error))?;
+            if let Some(bytes) = &current {
+                let claim: ContentClaim = self.decode(&key, bytes)?;
+                return Ok((claim != ours).then_some(claim));
+            }
+            let swapped = db
+                .launches
+                .compare_and_swap(&key, None::<&[u8]>, Some(encode(&ours)))
+                .map_err(|error| self.write_failed(error))?;
+            if swapped.is_ok() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Lets go of a claim `path` holds on content it did not launch.
+    pub async fn release_content(
+        &self,
+        folder: &Path,
+        hash: &str,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let key = claim_key(folder, hash);
+        if let Some(claim) = self.content_claim(folder, hash)? {
+            if claim.path == path && claim.run.is_none() {
+                self.db()?
+                    .launches
+                    .remove(&key)
+                    .map_err(|error| self.write_failed(error))?;
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a launched file (`record`) and, for a folder that dedupes, its process as the
+    /// one its content started (`content`: folder and hash), in one atomic, durable step.
+    pub async fn put_launched(
+        &self,
+        path: &Path,
+        record: &FileRecord,
+        content: Option<(&Path, &str)>,
+        run: &RunRef,
+    ) -> Result<(), StoreError> {
+        let key = path.as_os_str().as_bytes();
+        let value = encode(record);
+        let claim = content.map(|(folder, hash)| {
+            let claim = ContentClaim {
+                path: path.to_path_buf(),
+                run: Some(run.clone()),
+            };
+            (claim_key(folder, hash), encode(&claim))
+        });
+        let db = self.db()?;
+        (&db.files, &db.launches)
+            .transaction(|(files, launches)| {
+                files.insert(key, value.as_slice())?;
+                if let Some((key, claim)) = &claim {
+                    launches.insert(key.as_slice(), claim.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error: TransactionError<()>| self.write_failed(format!("{error:?}")))?;
+        drop(db);
+        self.flush().await
+    }
+
     /// A named value of the daemon's own (not a file's), if set.
     pub fn meta<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, StoreError> {
         match self.db()?.meta.get(name).map_err(|error| self.io(error))? {
@@ -601,6 +736,13 @@ pub fn free_space(dir: &Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+fn claim_key(folder: &Path, hash: &str) -> Vec<u8> {
+    let mut key = folder.as_os_str().as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(hash.as_bytes());
+    key
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -686,6 +828,39 @@ mod tests {
         assert_eq!(store.pending_deletes().unwrap(), vec![job]);
         store.finish_delete("a1").await.unwrap();
         assert!(store.pending_deletes().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn content_is_claimed_by_the_first_file_and_kept_once_launched() {
+        let (_dir, store) = temp_store();
+        let (folder, first, copy) = (
+            Path::new("/f"),
+            Path::new("/f/a.pdf"),
+            Path::new("/f/b.pdf"),
+        );
+        assert_eq!(store.claim_content(folder, "h1", first).unwrap(), None);
+        assert_eq!(store.claim_content(folder, "h1", first).unwrap(), None);
+        let held = store.claim_content(folder, "h1", copy).unwrap().unwrap();
+        assert_eq!(held.path, first);
+        store.release_content(folder, "h1", copy).await.unwrap();
+        assert!(store.content_claim(folder, "h1").unwrap().is_some());
+        let run = RunRef {
+            id: "r1".into(),
+            name: "Invoice a".into(),
+        };
+        let launched = record(FileState::Launched { run: run.clone() });
+        store
+            .put_launched(first, &launched, Some((folder, "h1")), &run)
+            .await
+            .unwrap();
+        store.release_content(folder, "h1", first).await.unwrap();
+        let claim = store.claim_content(folder, "h1", first).unwrap().unwrap();
+        assert_eq!(claim.run, Some(run));
+        assert_eq!(store.get(first).unwrap(), Some(launched));
+        assert_eq!(
+            store.claim_content(Path::new("/g"), "h1", copy).unwrap(),
+            None
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

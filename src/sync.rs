@@ -1,5 +1,6 @@
 //! Brings one path in line with its remote field: upload → attach → record; delete; replace.
-//! Receives settled `Job`s from the queue; emits API calls, field requests and store records.
+//! Receives settled `Job`s from the queue (those of launch folders go on to `launch`); emits
+//! API calls, field requests and store records.
 //! Owns the per-file decisions: what is new, changed, unchanged, rejected or gone, and the
 //! order of durable writes that lets a restart resume from the last state recorded.
 
@@ -9,8 +10,8 @@ use std::sync::Arc;
 
 use tracing::{debug, error, info, warn};
 
-use crate::api::{stored_name, ApiError, Client};
-use crate::config::{Config, Folder};
+use crate::api::{stored_name, ApiError, Client, Uploaded};
+use crate::config::{Config, Folder, Target};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
@@ -34,21 +35,21 @@ pub enum SyncError {
 
 pub struct Syncer {
     config: Arc<Config>,
-    store: Store,
-    api: Arc<Client>,
+    pub(crate) store: Store,
+    pub(crate) api: Arc<Client>,
     /// One handle per folder, in config order (folders with the same target share an actor).
     fields: Vec<FieldHandle>,
 }
 
 /// A file as it is being handled, for logs and records.
-struct Subject<'a> {
-    folder: &'a Folder,
-    field: &'a FieldHandle,
-    path: &'a Path,
+pub(crate) struct Subject<'a> {
+    pub folder: &'a Folder,
+    pub field: &'a FieldHandle,
+    pub path: &'a Path,
 }
 
 impl Subject<'_> {
-    fn record(
+    pub(crate) fn record(
         &self,
         meta: FileMeta,
         state: FileState,
@@ -68,7 +69,7 @@ impl Subject<'_> {
         }
     }
 
-    fn delete_job(&self, asset: Asset) -> DeleteJob {
+    pub(crate) fn delete_job(&self, asset: Asset) -> DeleteJob {
         DeleteJob {
             folder: self.folder.path.clone(),
             target: self.folder.target.key(),
@@ -105,7 +106,11 @@ impl Syncer {
             field,
             path: &job.path,
         };
-        match self.reconcile(&subject, &target).await {
+        let outcome = match &folder.target {
+            Target::Launch(launch) => self.launch(&subject, launch, &target).await,
+            _ => self.reconcile(&subject, &target).await,
+        };
+        match outcome {
             Ok(()) | Err(SyncError::Cancelled) => {}
             // Said once for all files where it is noticed; the rescan after it ends takes them.
             Err(SyncError::Store(error)) if self.store.unwritable().is_some() => {
@@ -155,7 +160,7 @@ impl Syncer {
         }
     }
 
-    async fn reject(
+    pub(crate) async fn reject(
         &self,
         subject: &Subject<'_>,
         meta: FileMeta,
@@ -180,16 +185,53 @@ impl Syncer {
         meta: FileMeta,
         previous: Option<FileRecord>,
     ) -> Result<(), SyncError> {
+        let record = subject.record(meta, FileState::Uploading, previous.as_ref());
+        let Some((mut record, uploaded)) = self.send(subject, target, meta, record).await? else {
+            return Ok(());
+        };
         let path = subject.path;
-        let mut record = subject.record(meta, FileState::Uploading, previous.as_ref());
+        let asset = uploaded.asset;
+        let id = asset.id().unwrap_or_default();
+        record.hash = Some(uploaded.hash);
+        record.state = FileState::Uploaded {
+            asset: asset.clone(),
+        };
+        record.updated = now_unix();
+        if let Err(error) = self.record_sent(path, &record, Some(uploaded.slot)).await {
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "uploaded, but recording the asset failed: unless the record reached the disk all the same, the asset stays in Tallyfy unattached (an orphan) and the file is uploaded again once the state directory can be written");
+            return Err(error.into());
+        }
+        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
+        renamed(subject, &record, &file_name(path), &asset);
+        if !unchanged(path, &meta) {
+            // Sent complete, but it is already out of date: drop that asset, upload again later.
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "file changed during the upload; discarding that copy");
+            record.state = FileState::Uploading;
+            let job = subject.delete_job(asset);
+            self.store
+                .put_with_deletes(path, &record, std::slice::from_ref(&job))
+                .await?;
+            return self.remote_delete(subject, job).await;
+        }
+        self.attach(subject, record, asset).await
+    }
+
+    /// Uploads the settled version `meta` of the file, with `record` (its next state) made
+    /// `Uploading` durably first. `None` when it was not sent and that is dealt with: recorded
+    /// as failed, or left for the file's next change.
+    pub(crate) async fn send(
+        &self,
+        subject: &Subject<'_>,
+        target: &Resolved,
+        meta: FileMeta,
+        mut record: FileRecord,
+    ) -> Result<Option<(FileRecord, Uploaded<'_>)>, SyncError> {
+        let path = subject.path;
+        record.state = FileState::Uploading;
         record.attempts += 1;
         // A crash from here on sends the file again: the store never claims an upload it did not see.
         self.store.put(path, &record).await?;
-        let file_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let file_name = file_name(path);
         info!(
             folder = %subject.folder.path.display(),
             file = %subject.path.display(),
@@ -210,63 +252,48 @@ impl Syncer {
                     .await
             })
             .await;
-        let uploaded = match uploaded {
-            Ok(uploaded) => uploaded,
-            Err(ApiError::Cancelled) => return Err(SyncError::Cancelled),
+        match uploaded {
+            Ok(uploaded) => {
+                METRICS.uploaded(true, meta.size);
+                Ok(Some((record, uploaded)))
+            }
+            Err(ApiError::Cancelled) => Err(SyncError::Cancelled),
             Err(ApiError::File { detail, .. }) => {
-                let now = std::fs::symlink_metadata(path)
-                    .ok()
-                    .map(|m| FileMeta::of(&m));
-                if now == Some(meta) {
+                if unchanged(path, &meta) {
                     // Unreadable as it stands (permissions, I/O error): wait for it to change.
-                    return self
-                        .fail(subject, record, format!("cannot read the file: {detail}"))
-                        .await;
+                    self.fail(subject, record, format!("cannot read the file: {detail}"))
+                        .await?;
+                    return Ok(None);
                 }
                 // It changed or vanished under us; its next event brings it back here once settled.
                 warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %detail, "file changed while being uploaded; will upload it once it settles");
-                return Ok(());
+                Ok(None)
             }
             Err(error) => {
                 METRICS.uploaded(false, 0);
-                return self.fail(subject, record, error.to_string()).await;
+                self.fail(subject, record, error.to_string()).await?;
+                Ok(None)
             }
-        };
-        let asset = uploaded.asset;
-        let id = asset.id().unwrap_or_default();
-        record.hash = Some(uploaded.hash);
-        record.state = FileState::Uploaded {
-            asset: asset.clone(),
-        };
-        record.updated = now_unix();
-        let recorded = self.store.put(path, &record).await;
+        }
+    }
+
+    /// Records what an upload led to while its slot is still held, so at most `api.concurrency`
+    /// uploads are ever sent but not recorded (the orphans a crash or a full state disk can
+    /// leave). A store that cannot be written holds every request before the slot goes to the
+    /// next upload: the daemon holds them too (and releases them once it can write), but only
+    /// when its own task hears of it.
+    pub(crate) async fn record_sent(
+        &self,
+        path: &Path,
+        record: &FileRecord,
+        slot: Option<tokio::sync::SemaphorePermit<'_>>,
+    ) -> Result<(), StoreError> {
+        let recorded = self.store.put(path, record).await;
         if recorded.is_err() && self.store.unwritable().is_some() {
-            // Held before the slot goes to the next upload: the daemon holds the requests too
-            // (and releases them once it can write), but only when its own task hears of it.
             self.api.hold(UNWRITABLE);
         }
-        drop(uploaded.slot);
-        METRICS.uploaded(true, meta.size);
-        if let Err(error) = recorded {
-            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "uploaded, but recording the asset failed: unless the record reached the disk all the same, the asset stays in Tallyfy unattached (an orphan) and the file is uploaded again once the state directory can be written");
-            return Err(error.into());
-        }
-        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "uploaded");
-        renamed(subject, &record, &file_name, &asset);
-        let now = std::fs::symlink_metadata(path)
-            .ok()
-            .map(|m| FileMeta::of(&m));
-        if now != Some(meta) {
-            // Sent complete, but it is already out of date: drop that asset, upload again later.
-            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "file changed during the upload; discarding that copy");
-            record.state = FileState::Uploading;
-            let job = subject.delete_job(asset);
-            self.store
-                .put_with_deletes(path, &record, std::slice::from_ref(&job))
-                .await?;
-            return self.remote_delete(subject, job).await;
-        }
-        self.attach(subject, record, asset).await
+        drop(slot);
+        recorded
     }
 
     async fn attach(
@@ -316,7 +343,7 @@ impl Syncer {
         Ok(())
     }
 
-    async fn fail(
+    pub(crate) async fn fail(
         &self,
         subject: &Subject<'_>,
         mut record: FileRecord,
@@ -361,7 +388,11 @@ impl Syncer {
         Ok(())
     }
 
-    async fn remote_delete(&self, subject: &Subject<'_>, job: DeleteJob) -> Result<(), SyncError> {
+    pub(crate) async fn remote_delete(
+        &self,
+        subject: &Subject<'_>,
+        job: DeleteJob,
+    ) -> Result<(), SyncError> {
         match subject.field.delete(job).await {
             Err(FieldError::Cancelled) => Err(SyncError::Cancelled),
             // The actor logs a failed delete; the file's own state is settled either way.
@@ -374,6 +405,14 @@ impl Syncer {
 /// name (what the upload answered, else what PHP makes of it): people look for it by that name.
 /// WARN, not INFO: the file is synced, but someone may want to rename it, and a control character
 /// in a file name is worth a look.
+/// The file's name as a string: names that are not UTF-8 are rejected before any upload.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn renamed(subject: &Subject<'_>, record: &FileRecord, local: &str, asset: &Asset) {
     let stored = asset.filename().unwrap_or_else(|| stored_name(local));
     let known = record.attached.as_ref().and_then(Asset::filename);
@@ -454,6 +493,15 @@ pub fn remote_assets(record: &FileRecord) -> Vec<Asset> {
     assets
 }
 
+/// Whether the file on disk is still the version `meta` describes.
+pub(crate) fn unchanged(path: &Path, meta: &FileMeta) -> bool {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| FileMeta::of(&m))
+        .as_ref()
+        == Some(meta)
+}
+
 /// Opens the file without following a link, and checks it is still the version that settled.
 fn open_unchanged(path: &Path, meta: &FileMeta) -> Result<tokio::fs::File, String> {
     let file = std::fs::OpenOptions::new()
@@ -468,7 +516,7 @@ fn open_unchanged(path: &Path, meta: &FileMeta) -> Result<tokio::fs::File, Strin
     Ok(tokio::fs::File::from_std(file))
 }
 
-async fn hash_file(path: &Path) -> std::io::Result<String> {
+pub(crate) async fn hash_file(path: &Path) -> std::io::Result<String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || content_hash(&path))
         .await

@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use tallyfy_sync::fake::{Fault, FaultKind};
@@ -17,37 +17,9 @@ const REWRITTEN_FROM: usize = 10;
 /// The daemon's default `api.concurrency`: at most this many uploads are in flight at a kill.
 const CONCURRENCY: usize = 4;
 
-/// A small deterministic generator, seeded from the clock and printed so that a failing run
-/// can be replayed with `CHAOS_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_during_a_burst_loses_and_duplicates_nothing() {
-    let seed = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("CHAOS_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env();
     let env = Env::new().await;
     // Slow answers make it likely that kills land while requests are in flight, on both sides
     // of the server acting.

@@ -171,7 +171,7 @@ async fn check_names_every_problem_of_a_bad_config_with_its_key_path() {
         "api.base_url \"http://example.com/api\": must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)".to_string(),
         "api.concurrency 0: must be between 1 and 64".to_string(),
         "settle \"soon\": not a duration (use e.g. 500ms, 2s, 5m)".to_string(),
-        "folders[0]: needs exactly one of task or kickoff (found both)".to_string(),
+        "folders[0]: needs exactly one of task, kickoff or launch (found both)".to_string(),
         format!("folders[1].path {missing:?}: no such directory"),
         format!("folders[2].path {nested:?}: overlaps folders[0].path {tasks:?}"),
     ];
@@ -502,7 +502,13 @@ async fn the_demo_tours_its_folders_and_stops_cleanly_on_sigint() {
     let (stdout, stderr) = (read(&out), read(&err));
     let both = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("Invoice 2041.pdf"), "{both}");
-    for needle in ["uploaded", "attached", "deleted from Tallyfy"] {
+    for needle in [
+        "uploaded",
+        "attached",
+        "deleted from Tallyfy",
+        "started process 'Invoice 2042'",
+        "which already started process 'Invoice 2042'; launching nothing",
+    ] {
         assert!(stderr.contains(needle), "stderr lacks {needle:?}\n{both}");
     }
     assert!(!stderr.contains("gave up waiting"), "{both}");

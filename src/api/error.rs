@@ -13,6 +13,8 @@ pub enum Endpoint {
     GetChecklist,
     PutChecklist,
     DeleteFile,
+    LaunchRun,
+    ListRuns,
     /// The OAuth token endpoint (`api.token_url`).
     Token,
 }
@@ -27,6 +29,8 @@ impl Endpoint {
             Endpoint::GetChecklist => "get_checklist",
             Endpoint::PutChecklist => "put_checklist",
             Endpoint::DeleteFile => "delete_file",
+            Endpoint::LaunchRun => "launch_run",
+            Endpoint::ListRuns => "list_runs",
             Endpoint::Token => "token",
         }
     }
@@ -41,6 +45,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::GetChecklist => "read template (GET /checklists/…)",
             Endpoint::PutChecklist => "update template (PUT /checklists/…)",
             Endpoint::DeleteFile => "delete file (DELETE /file/…)",
+            Endpoint::LaunchRun => "launch process (POST /runs)",
+            Endpoint::ListRuns => "list processes (GET /runs)",
             Endpoint::Token => "get an access token (POST api.token_url)",
         })
     }

@@ -88,6 +88,21 @@ pub struct Checklist {
     pub prerun: Vec<Value>,
 }
 
+/// A process (run), as launched or listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub name: String,
+    pub summary: String,
+    /// The kick-off values by field id, when the answer carries them (`null` otherwise).
+    pub prerun: Value,
+}
+
+/// Runs asked for per page when searching: the most the API gives.
+const RUNS_PER_PAGE: u32 = 100;
+/// Pages followed at most in one search, so a server that never says "last page" cannot loop us.
+const MAX_RUN_PAGES: u32 = 1000;
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -580,6 +595,76 @@ impl Client {
             other => other.map(|_| ()),
         }
     }
+}
+
+impl Client {
+    /// Starts one process of a template. Not idempotent: every call starts another.
+    pub async fn launch_run(
+        &self,
+        checklist_id: &str,
+        name: &str,
+        summary: &str,
+        prerun: &serde_json::Map<String, Value>,
+    ) -> Result<Run, ApiError> {
+        let request = self.request(Method::POST, "runs").json(&json!({
+            "checklist_id": checklist_id,
+            "name": name,
+            "summary": summary,
+            "prerun": prerun,
+        }));
+        let answer = self.send(Endpoint::LaunchRun, request).await?;
+        parse_run(Endpoint::LaunchRun, &data(Endpoint::LaunchRun, &answer)?)
+    }
+
+    /// Every process of a template whose name matches the search `q`, of any status, all
+    /// pages followed.
+    pub async fn find_runs(&self, checklist_id: &str, q: &str) -> Result<Vec<Run>, ApiError> {
+        let mut runs = Vec::new();
+        for page in 1..=MAX_RUN_PAGES {
+            let request = self.request(Method::GET, "runs").query(&[
+                ("checklist_id", checklist_id),
+                ("q", q),
+                ("page", &page.to_string()),
+                ("per_page", &RUNS_PER_PAGE.to_string()),
+            ]);
+            let answer = self.send(Endpoint::ListRuns, request).await?;
+            let json: Value =
+                serde_json::from_slice(&answer).map_err(|error| ApiError::Decode {
+                    endpoint: Endpoint::ListRuns,
+                    detail: format!("not JSON ({error})"),
+                })?;
+            let items = json.get("data").and_then(Value::as_array);
+            let Some(items) = items else {
+                return Err(ApiError::Decode {
+                    endpoint: Endpoint::ListRuns,
+                    detail: "no `data` list".into(),
+                });
+            };
+            for item in items {
+                runs.push(parse_run(Endpoint::ListRuns, item)?);
+            }
+            let pagination = &json["meta"]["pagination"];
+            let number = |key: &str| pagination.get(key).and_then(Value::as_u64);
+            match (number("current_page"), number("total_pages")) {
+                (Some(current), Some(total)) if current < total && !items.is_empty() => {}
+                _ => break,
+            }
+        }
+        Ok(runs)
+    }
+}
+
+fn parse_run(endpoint: Endpoint, data: &Value) -> Result<Run, ApiError> {
+    let id = text(data, "id").ok_or_else(|| ApiError::Decode {
+        endpoint,
+        detail: "the process has no id".into(),
+    })?;
+    Ok(Run {
+        id,
+        name: text(data, "name").unwrap_or_default(),
+        summary: text(data, "summary").unwrap_or_default(),
+        prerun: data.get("prerun").cloned().unwrap_or(Value::Null),
+    })
 }
 
 /// `Retry-After` of an answer, as a delay.

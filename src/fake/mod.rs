@@ -1,8 +1,8 @@
 //! In-process fake of the Tallyfy API for integration tests, benchmarks and the `demo` command.
 //! Receives HTTP/1.1 requests on 127.0.0.1 plus set-up calls from the test (tasks, checklists,
-//! hand-made assets, faults, an OAuth client); emits responses that follow the API contract
-//! strictly. Owns the server task and the shared in-memory world (tasks, checklists, assets,
-//! issued tokens, request log).
+//! hand-made assets, required kick-off fields, faults, an OAuth client); emits responses that
+//! follow the API contract strictly. Owns the server task and the shared in-memory world
+//! (tasks, checklists, assets, launched runs, issued tokens, request log).
 
 mod multipart;
 mod oauth;
@@ -171,6 +171,11 @@ pub struct DemoIds {
     pub checklist_id: String,
     pub field_id: String,
     pub text_field_id: String,
+    /// The "Invoice approval" template launched once per file, its kick-off file field and
+    /// its required text field "Received from".
+    pub approval_id: String,
+    pub approval_file_id: String,
+    pub approval_source_id: String,
 }
 
 impl FakeTallyfy {
@@ -340,8 +345,22 @@ impl FakeTallyfy {
             .collect()
     }
 
-    /// Creates one active run task with a file field (plus a text field) and one template
-    /// with a file kick-off field plus a text kick-off field, for the demo; returns their ids.
+    /// Marks a kick-off field of a checklist required (or not): a launch without a value for
+    /// it is refused with 422 "<label> is required".
+    pub fn set_required(&self, checklist_id: &str, field_id: &str, required: bool) {
+        self.shared
+            .lock()
+            .set_required(checklist_id, field_id, required);
+    }
+
+    /// Every process launched, in launch order, as `GET /runs/{id}` shows it.
+    pub fn runs(&self) -> Vec<Value> {
+        self.shared.lock().runs()
+    }
+
+    /// Creates one active run task with a file field (plus a text field), one template with a
+    /// file kick-off field plus a text kick-off field, and an "Invoice approval" template to
+    /// launch (a file field and a required text field), for the demo; returns their ids.
     pub fn seed_demo(&self) -> DemoIds {
         self.shared.lock().seed_demo()
     }

@@ -30,6 +30,8 @@ enum Route<'a> {
     Asset(&'a str),
     Task { run_id: &'a str, task_id: &'a str },
     Checklist(&'a str),
+    Runs,
+    Run(&'a str),
 }
 
 impl Route<'_> {
@@ -37,7 +39,8 @@ impl Route<'_> {
         match self {
             Route::Upload => &[Method::POST],
             Route::File(_) | Route::Asset(_) => &[Method::GET, Method::DELETE],
-            Route::FileDownload(_) => &[Method::GET],
+            Route::FileDownload(_) | Route::Run(_) => &[Method::GET],
+            Route::Runs => &[Method::GET, Method::POST],
             Route::Task { .. } | Route::Checklist(_) => &[Method::GET, Method::PUT],
         }
     }
@@ -62,6 +65,8 @@ fn match_route(path: &str) -> Option<(&str, Route<'_>)> {
         ["assets", asset] => Route::Asset(asset),
         ["runs", run_id, "tasks", task_id] => Route::Task { run_id, task_id },
         ["checklists", checklist] => Route::Checklist(checklist),
+        ["runs"] => Route::Runs,
+        ["runs", run_id] => Route::Run(run_id),
         _ => return None,
     };
     Some((org, route))
@@ -112,6 +117,8 @@ pub(crate) fn dispatch(shared: &Shared, parts: &Parts, body: RequestBody) -> Res
     let RequestBody::Complete(body) = body else {
         return too_large();
     };
+    // A launch answers 201 Created, as the real service does.
+    let mut return_created = false;
     let outcome = match (route, &parts.method) {
         (Route::Task { run_id, task_id }, &Method::GET) => {
             let with_form_fields = query_has(parts.uri.query(), "with", "form_fields");
@@ -154,8 +161,17 @@ pub(crate) fn dispatch(shared: &Shared, parts: &Parts, body: RequestBody) -> Res
             .asset_json(asset)
             .map(|asset| json!({"data": [asset]})),
         (Route::Upload, _) => return upload(shared, parts, &body),
+        (Route::Runs, &Method::GET) => shared.lock().list_runs(path, parts.uri.query()),
+        (Route::Runs, _) => json_input(parts, &body)
+            .and_then(|input| shared.lock().launch_run(&input))
+            .map(|run| {
+                return_created = true;
+                data(run)
+            }),
+        (Route::Run(id), _) => shared.lock().run_json(id).map(data),
     };
     match outcome {
+        Ok(value) if return_created => json_response(StatusCode::CREATED, &value),
         Ok(value) => json_response(StatusCode::OK, &value),
         Err(error) => api_error_response(error),
     }

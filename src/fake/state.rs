@@ -10,6 +10,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+mod runs;
+
 use crate::fake::oauth::OAuth;
 use crate::fake::{
     AssetSubject, DemoIds, FakeChecklist, FakeField, FakeTask, Fault, FaultKind, RequestRecord,
@@ -82,6 +84,7 @@ pub(crate) struct State {
     pub requests: Vec<RequestRecord>,
     pub faults: Vec<Fault>,
     pub oauth: OAuth,
+    runs: runs::Runs,
     next_id: u64,
     seed: u64,
 }
@@ -100,6 +103,7 @@ impl State {
             requests: Vec::new(),
             faults: Vec::new(),
             oauth: OAuth::new(mix(seed)),
+            runs: runs::Runs::default(),
             next_id: 0,
             seed,
         }
@@ -290,6 +294,9 @@ impl State {
             checklist_id: self.new_id(),
             field_id: self.new_id(),
             text_field_id: self.new_id(),
+            approval_id: self.new_id(),
+            approval_file_id: self.new_id(),
+            approval_source_id: self.new_id(),
         };
         let run_template = self.new_id();
         let step_id = self.new_id();
@@ -334,6 +341,26 @@ impl State {
                 },
             ],
         });
+        self.add_checklist(FakeChecklist {
+            id: ids.approval_id.clone(),
+            title: "Invoice approval".to_string(),
+            prerun: vec![
+                FakeField {
+                    id: ids.approval_file_id.clone(),
+                    label: "Invoice".to_string(),
+                    field_type: "file".to_string(),
+                    value: json!([]),
+                },
+                FakeField {
+                    id: ids.approval_source_id.clone(),
+                    label: "Received from".to_string(),
+                    field_type: "text".to_string(),
+                    value: Value::Null,
+                },
+            ],
+        });
+        self.set_required(&ids.approval_id, &ids.approval_file_id, true);
+        self.set_required(&ids.approval_id, &ids.approval_source_id, true);
         ids
     }
 
@@ -504,7 +531,7 @@ impl State {
 
     pub fn checklist_json(&self, checklist_id: &str) -> Result<Value, ApiError> {
         let checklist = self.checklist(checklist_id)?;
-        Ok(render_checklist(checklist))
+        Ok(render_checklist(checklist, &self.runs))
     }
 
     pub fn update_checklist(
@@ -586,7 +613,7 @@ impl State {
         if let Some(prerun) = new_prerun {
             checklist.prerun = prerun;
         }
-        Ok(render_checklist(checklist))
+        Ok(render_checklist(checklist, &self.runs))
     }
 
     /// Deletes the asset and takes it out of every field that lists it.
@@ -646,7 +673,7 @@ impl State {
     // ----- helpers -----
 
     fn run_exists(&self, run_id: &str) -> bool {
-        self.tasks.keys().any(|(run, _)| run == run_id)
+        self.tasks.keys().any(|(run, _)| run == run_id) || self.runs.exists(run_id)
     }
 
     fn task(&self, run_id: &str, task_id: &str) -> Result<&FakeTask, ApiError> {
@@ -783,7 +810,7 @@ fn render_task(task: &FakeTask, with_form_fields: bool) -> Value {
     object
 }
 
-fn render_checklist(checklist: &FakeChecklist) -> Value {
+fn render_checklist(checklist: &FakeChecklist, runs: &runs::Runs) -> Value {
     let prerun: Vec<Value> = checklist
         .prerun
         .iter()
@@ -795,7 +822,7 @@ fn render_checklist(checklist: &FakeChecklist) -> Value {
                 "label": field.label,
                 "field_type": field.field_type,
                 "value": field.value,
-                "required": false,
+                "required": runs.is_required(&checklist.id, &field.id),
             })
         })
         .collect();

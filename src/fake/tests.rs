@@ -1268,3 +1268,123 @@ async fn faults_hit_the_token_endpoint_too() {
     let second = ask_token(&fake, &grant(CLIENT_ID, CLIENT_SECRET)).await;
     assert_eq!(second.status, StatusCode::OK);
 }
+
+// ----- processes (runs) -----
+
+async fn launch(api: &Api, body: &Value) -> Response {
+    send(api.headers(api.client.post(api.url("/runs"))).json(body)).await
+}
+
+#[tokio::test]
+async fn a_launch_starts_a_run_with_its_file_and_drops_keys_that_are_not_field_ids() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    let asset = api.upload_to_kickoff("scan.pdf", b"%PDF").await.json()["data"].clone();
+    let answer = launch(
+        &api,
+        &json!({
+            "checklist_id": CHECKLIST,
+            "name": "Invoice 2041",
+            "summary": "from /srv/scans/2041.pdf",
+            "prerun": {KO_FILE: [asset], KO_TEXT: "Globex", "Label of ko_text": "dropped"},
+        }),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.json());
+    let run = answer.json()["data"].clone();
+    assert_eq!(run["name"], "Invoice 2041");
+    assert_eq!(run["status"], "active");
+    assert_eq!(run["checklist_id"], CHECKLIST);
+    assert_eq!(run["summary"], "from /srv/scans/2041.pdf");
+    assert_eq!(run["prerun"][KO_TEXT], "Globex");
+    assert_eq!(
+        ids(run["prerun"][KO_FILE].as_array().unwrap()),
+        [asset["id"].as_str().unwrap()]
+    );
+    assert_eq!(run["prerun"].as_object().unwrap().len(), 2, "{run}");
+    let id = run["id"].as_str().unwrap();
+    let read = send(api.get(&format!("/runs/{id}"))).await;
+    assert_eq!(read.json()["data"], run);
+    assert_eq!(
+        send(api.get("/runs/nope")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(fake.runs(), [run]);
+}
+
+#[tokio::test]
+async fn a_required_kick_off_field_without_a_value_refuses_the_launch_naming_its_label() {
+    let fake = fake().await;
+    fake.set_required(CHECKLIST, KO_FILE, true);
+    let api = Api::new(&fake);
+    let answer = launch(
+        &api,
+        &json!({"checklist_id": CHECKLIST, "prerun": {"ko-file-alias": []}}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.json()["message"], "Label of ko_file is required");
+    let checklist = send(api.get(&format!("/checklists/{CHECKLIST}")))
+        .await
+        .json();
+    assert_eq!(checklist["data"]["prerun"][1]["required"], true);
+    let too_long = launch(
+        &api,
+        &json!({"checklist_id": CHECKLIST, "prerun": {KO_TEXT: "x".repeat(201)}}),
+    )
+    .await;
+    assert_eq!(too_long.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(fake.runs().is_empty());
+}
+
+#[tokio::test]
+async fn runs_are_listed_by_template_and_name_page_by_page() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    for n in 0..12 {
+        let name = if n % 2 == 0 {
+            format!("Invoice {n}")
+        } else {
+            format!("Other {n}")
+        };
+        let answer = launch(&api, &json!({"checklist_id": CHECKLIST, "name": name})).await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+    }
+    let page = |query: &str| {
+        let api = &api;
+        let query = query.to_string();
+        async move { send(api.get(&format!("/runs?{query}"))).await.json() }
+    };
+    let first = page(&format!("checklist_id={CHECKLIST}&q=invoice&per_page=4")).await;
+    let pagination = &first["meta"]["pagination"];
+    assert_eq!(pagination["total"], 6);
+    assert_eq!(pagination["count"], 4);
+    assert_eq!(pagination["total_pages"], 2);
+    assert_eq!(pagination["current_page"], 1);
+    assert!(pagination["links"]["next"]
+        .as_str()
+        .unwrap()
+        .contains("page=2"));
+    let last = page(&format!(
+        "checklist_id={CHECKLIST}&q=invoice&per_page=4&page=2"
+    ))
+    .await;
+    assert_eq!(last["data"].as_array().unwrap().len(), 2);
+    assert_eq!(last["meta"]["pagination"]["links"], json!([]));
+    let default = page("").await;
+    assert_eq!(
+        default["data"].as_array().unwrap().len(),
+        10,
+        "10 per page by default"
+    );
+    assert_eq!(
+        page("checklist_id=other").await["meta"]["pagination"]["total"],
+        0
+    );
+    assert_eq!(
+        page("status=complete").await["meta"]["pagination"]["total"],
+        0
+    );
+    let too_many = send(api.get("/runs?per_page=101")).await;
+    assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -452,6 +452,38 @@ pub async fn eventually_within(
     }
 }
 
+/// A small deterministic generator for tests that act at random moments, seeded from the
+/// clock and printed so that a failing run can be replayed with `CHAOS_SEED`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env() -> Rng {
+        let seed = std::env::var("CHAOS_SEED")
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("CHAOS_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// Writes a file atomically enough for the tests (one write call).
 pub fn drop_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let path = dir.join(name);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # tallyfy-sync under a real systemd: boots a minimal Debian bookworm container with
 # systemd-nspawn, installs the binary, unit and sysusers file, and checks Type=notify readiness,
-# syncing into the fake API on the host, the journal (fields, no colour, no second timestamp),
+# syncing into the fake API on the host, a launch folder that moves launched files to
+# processed/ (writable through a ReadWritePaths= drop-in), the journal (fields, no colour, no
+# second timestamp),
 # the watchdog, reload, a clean stop, exit 78 without restarts on a broken config, and the
 # unit's hardening (systemd-analyze security and verify).
 # Needs root, systemd-nspawn and debootstrap; says "SKIPPED: why" and exits 0 where a container
@@ -40,6 +42,7 @@ token=token-$RANDOM$RANDOM
 unit=tallyfy-sync.service
 invoices=/srv/tallyfy/invoices
 contracts=/srv/tallyfy/contracts
+new_invoices=/srv/tallyfy/new-invoices
 nspawn_pid=
 fake_pid=
 cgroups=()
@@ -160,10 +163,20 @@ folders:
     kickoff:
       checklist_id: $(field checklist_id)
       field_id: $(field field_id)
+  - path: $new_invoices
+    launch:
+      checklist_id: $(field approval_id)
+      field_id: $(field approval_file_id)
+      name: "Invoice {stem}"
+      fields:
+        $(field approval_source_id): "{parent}"
+      after: move
 EOF
 printf 'folders: not a list\n' >"$stage/broken.yaml"
 # A short watchdog, so that the test sees systemd accept the pings.
 printf '[Service]\nWatchdogSec=4s\n' >"$stage/watchdog.conf"
+# What README says a launch folder with after: move needs under the hardened unit.
+printf '[Service]\nReadWritePaths=%s\n' "$new_invoices" >"$stage/launch.conf"
 
 step "boot"
 nspawn=(systemd-nspawn --quiet --boot --register=no --ephemeral --directory="$root"
@@ -211,9 +224,11 @@ inside sh -c 'install -d /usr/share/man/man1 && install -m 0644 /stage/man1/*.1 
 inside systemd-sysusers
 inside id tallyfy-sync
 inside install -d -m 0755 /etc/tallyfy-sync /srv/tallyfy $invoices $contracts
+inside install -d -m 0775 -g tallyfy-sync $new_invoices
 inside install -m 0640 -g tallyfy-sync /stage/config.yaml /etc/tallyfy-sync/config.yaml
 inside install -m 0600 /stage/token /etc/tallyfy-sync/token
 inside install -D -m 0644 /stage/watchdog.conf /run/systemd/system/$unit.d/watchdog.conf
+inside install -D -m 0644 /stage/launch.conf /run/systemd/system/$unit.d/launch.conf
 inside systemctl daemon-reload
 
 check "systemd-analyze verify"
@@ -240,7 +255,7 @@ echo "$state"
     fail "unexpected state after start: $state"
 status_text=$(show StatusText)
 echo "StatusText=$status_text"
-[ "$status_text" = "watching 2 folders" ] || fail "unexpected status text"
+[ "$status_text" = "watching 3 folders" ] || fail "unexpected status text"
 # Active only after READY=1, which comes after both targets are verified.
 active_at=$(show ActiveEnterTimestampMonotonic)
 # journalctl -o export: one entry per paragraph, one FIELD=value per line.
@@ -254,19 +269,32 @@ entries_at() {
           if (hit) print at }'
 }
 verified=$(entries_at "target verified")
-[ "$(wc -w <<<"$verified")" = 2 ] || fail "expected two 'target verified' entries, got: $verified"
+[ "$(wc -w <<<"$verified")" = 3 ] || fail "expected three 'target verified' entries, got: $verified"
 for at in $verified; do
     [ "$at" -lt "$active_at" ] || fail "a target was verified at $at, after the unit became active at $active_at"
 done
-echo "both targets verified before the unit became active"
+echo "every target verified before the unit became active"
 main_pid=$(show MainPID)
 
 check "sync"
 inside sh -c "printf '%%PDF-1.4 scan' > $invoices/scan-0001.pdf"
 inside sh -c "printf 'contract' > '$contracts/signed contract.txt'"
-attached() { tail -1 "$work/fake.out" | grep -q '"kickoff":\["signed contract.txt"\],"task":\["scan-0001.pdf"\]'; }
+attached() {
+    tail -1 "$work/fake.out" | grep -q '"kickoff":\["signed contract.txt"\]' &&
+        tail -1 "$work/fake.out" | grep -q '"task":\["scan-0001.pdf"\]'
+}
 wait_until 30 attached || fail "the files were not attached; fake says: $(tail -1 "$work/fake.out")"
 tail -1 "$work/fake.out"
+
+check "launch, after: move"
+inside sh -c "printf '%%PDF-1.4 invoice' > $new_invoices/2041.pdf"
+launched() { tail -1 "$work/fake.out" | grep -q '"runs":\["Invoice 2041"\]'; }
+wait_until 30 launched || fail "no process was launched; fake says: $(tail -1 "$work/fake.out")"
+moved() { inside test -f $new_invoices/processed/2041.pdf && ! inside test -e $new_invoices/2041.pdf; }
+wait_until 30 moved || fail "the launched file was not moved to $new_invoices/processed/"
+run_id=$(inside journalctl -u $unit -o export FILE=$new_invoices/2041.pdf | sed -n 's/^RUN_ID=//p' | head -1)
+[ -n "$run_id" ] || fail "no RUN_ID field for $new_invoices/2041.pdf"
+echo "launched run $run_id; the file is in processed/"
 
 check "status"
 # Asked over the control socket: the daemon holds the store, so this proves the socket works.
