@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
 use crate::config::{Config, ConfigError, Credentials};
-use crate::field::FieldHandle;
+use crate::field::{FieldHandle, Removals};
 use crate::service::Reloads;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
@@ -179,6 +179,27 @@ impl Pipeline {
         parent: &CancellationToken,
     ) -> Pipeline {
         let cancel = parent.child_token();
+        let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
+        // A file the field actor found deleted in Tallyfy and wants uploaded again.
+        let (recheck_tx, mut recheck_rx) = mpsc::unbounded_channel::<PathBuf>();
+        let mut tasks = Vec::new();
+        {
+            let (hints, cancel) = (hint_tx.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let path = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        path = recheck_rx.recv() => match path {
+                            Some(path) => path,
+                            None => return,
+                        },
+                    };
+                    if hints.send(watch::Hint::Path(path)).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
         // Folders mapped to the same field share one actor, so their PUTs cannot race either.
         let mut actors: HashMap<String, FieldHandle> = HashMap::new();
         let mut actor_tasks = Vec::new();
@@ -186,17 +207,28 @@ impl Pipeline {
             .folders
             .iter()
             .map(|folder| {
-                info!(folder = %folder.path.display(), target = %folder.target, recursive = folder.recursive, delete_remote = folder.delete_remote, "watching folder");
+                info!(folder = %folder.path.display(), target = %folder.target, recursive = folder.recursive, delete_remote = folder.delete_remote, remote_removed = %folder.remote_removed, "watching folder");
                 actors
                     .entry(folder.target.key())
                     .or_insert_with(|| {
-                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), cancel.clone());
+                        let removals = Removals {
+                            folders: config
+                                .folders
+                                .iter()
+                                .filter(|other| other.target.key() == folder.target.key())
+                                .map(|other| (other.path.clone(), other.remote_removed))
+                                .collect(),
+                            every: config.rescan_interval,
+                            recheck: recheck_tx.clone(),
+                        };
+                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), removals, cancel.clone());
                         actor_tasks.push(task);
                         handle
                     })
                     .clone()
             })
             .collect();
+        drop(recheck_tx);
 
         resume_deletes(&store, &actors).await;
         retry_after_config_change(&config, &store).await;
@@ -207,10 +239,8 @@ impl Pipeline {
             api.clone(),
             fields,
         ));
-        let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
         let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
         let overflow = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
         if let Some(addr) = config.metrics_listen {
             let (config, store) = (config.clone(), store.clone());
             let status = Arc::new(move || status::build(&config, &store, true).ok());

@@ -36,6 +36,9 @@ pub struct Counts {
     pub held: usize,
     pub rejected: usize,
     pub failed: usize,
+    /// Synced files someone removed from the field in Tallyfy (`remote_removed: leave`).
+    #[serde(default)]
+    pub removed: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +58,7 @@ pub struct FolderReport {
 pub struct FileReport {
     /// Relative to the folder.
     pub name: String,
-    /// synced, pending, held, rejected or failed.
+    /// synced, pending, held, removed, rejected or failed.
     pub state: String,
     pub asset_id: Option<String>,
     /// Uploads of this version so far.
@@ -160,6 +163,12 @@ fn folder_report(
                 counts.synced += 1;
                 ("synced", attached, String::new(), None)
             }
+            FileState::Removed => {
+                counts.removed += 1;
+                let detail =
+                    "removed in Tallyfy; not uploaded again unless the file changes".to_string();
+                ("removed", attached, detail, None)
+            }
             FileState::Uploading => {
                 counts.pending += 1;
                 let (why, next) = waiting();
@@ -230,6 +239,9 @@ pub fn render(report: &StatusReport) -> String {
             c.rejected,
             c.failed
         );
+        if c.removed > 0 {
+            let _ = writeln!(out, "  {} removed in Tallyfy", c.removed);
+        }
         if let Some(paused) = &folder.paused {
             let _ = writeln!(out, "  PAUSED: {paused}");
         }

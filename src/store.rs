@@ -72,6 +72,11 @@ impl Asset {
     pub fn id(&self) -> Option<String> {
         asset_id(&self.0)
     }
+
+    /// The file name Tallyfy stored, as the upload answered it.
+    pub fn filename(&self) -> Option<String> {
+        self.0.get("filename").and_then(|name| name.as_str()).map(str::to_owned)
+    }
 }
 
 /// The id of an asset object as found in a field's value.
@@ -93,6 +98,9 @@ pub enum FileState {
     Uploaded { asset: Asset },
     /// `attached` holds this version.
     Synced,
+    /// Synced, then someone removed `attached` from the field in Tallyfy, and the folder says
+    /// `remote_removed: leave`: not uploaded again until the local file changes.
+    Removed,
     /// Not eligible (extension, size, name...); looked at again only when the file changes.
     Rejected { reason: String },
     /// The API refused it for good; looked at again when the file changes.
@@ -123,7 +131,10 @@ impl FileRecord {
         self.meta == *meta
             && matches!(
                 self.state,
-                FileState::Synced | FileState::Rejected { .. } | FileState::Failed { .. }
+                FileState::Synced
+                    | FileState::Removed
+                    | FileState::Rejected { .. }
+                    | FileState::Failed { .. }
             )
     }
 }

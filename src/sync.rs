@@ -1,22 +1,26 @@
 //! Brings one path in line with its remote field: upload → attach → record; delete; replace.
 //! Receives settled `Job`s from the queue; emits API calls, field requests and store records.
 //! Owns the per-file decisions: what is new, changed, unchanged, rejected or gone, and the
-//! order of durable writes that lets a restart resume from the last state recorded.
+//! order of durable writes that lets a restart resume from the last state recorded. A file
+//! with no record is first matched against its field: a copy already there with the same
+//! content is adopted (recorded, not uploaded), so a lost store never doubles a field.
 
+use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tracing::{debug, error, info, warn};
 
-use crate::api::{ApiError, Client};
+use crate::api::multipart::stored_name;
+use crate::api::{ApiError, Client, Hashing};
 use crate::config::{Config, Folder};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::store::{
-    now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
+    asset_id, now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,8 @@ pub struct Syncer {
     api: Arc<Client>,
     /// One handle per folder, in config order (folders with the same target share an actor).
     fields: Vec<FieldHandle>,
+    /// Assets being compared for adoption right now, so two local files never adopt one asset.
+    adopting: Mutex<HashSet<String>>,
 }
 
 /// A file as it is being handled, for logs and records.
@@ -90,6 +96,7 @@ impl Syncer {
             store,
             api,
             fields,
+            adopting: Mutex::new(HashSet::new()),
         }
     }
 
@@ -147,8 +154,150 @@ impl Syncer {
                 }
                 self.upload(subject, target, meta, Some(record)).await
             }
+            Next::Upload { previous: None } => {
+                if self.adopt(subject, meta).await? {
+                    return Ok(());
+                }
+                self.upload(subject, target, meta, None).await
+            }
             Next::Upload { previous } => self.upload(subject, target, meta, previous).await,
         }
+    }
+
+    /// For a file with no record: looks in its field for assets of the same stored name that
+    /// no record claims, downloads each (hashing, writing nothing) and, on the first with the
+    /// same content, records the file as synced with it. `false`: nothing matched, upload it.
+    async fn adopt(&self, subject: &Subject<'_>, meta: FileMeta) -> Result<bool, SyncError> {
+        let path = subject.path;
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            return Ok(false);
+        };
+        let stored = stored_name(name);
+        let list = match subject.field.read().await {
+            Ok(list) => list,
+            Err(FieldError::Cancelled) => return Err(SyncError::Cancelled),
+            Err(error) => {
+                warn!(folder = %subject.folder.path.display(), file = %path.display(), %error, "cannot read the field to look for a copy already there; uploading");
+                return Ok(false);
+            }
+        };
+        let same_name: Vec<serde_json::Value> = list
+            .into_iter()
+            .filter(|asset| {
+                asset.get("filename").and_then(|name| name.as_str()) == Some(stored.as_str())
+            })
+            .collect();
+        if same_name.is_empty() {
+            return Ok(false);
+        }
+        let claimed = self.claimed(&subject.folder.target.key())?;
+        let mut local: Option<String> = None;
+        for candidate in same_name {
+            let Some(id) = asset_id(&candidate) else {
+                continue;
+            };
+            if claimed.contains(&id) || !self.claim(&id) {
+                continue;
+            }
+            let adopted = self
+                .compare(subject, meta, &id, &mut local)
+                .await
+                .map(|same| same.then_some(candidate));
+            let outcome = match adopted {
+                Ok(Some(asset)) => {
+                    let record = FileRecord {
+                        hash: local.clone(),
+                        attached: Some(Asset(asset)),
+                        ..subject.record(meta, FileState::Synced, None)
+                    };
+                    let put = self.store.put(path, &record).await;
+                    if put.is_ok() {
+                        METRICS.adopted();
+                        info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "already in its field in Tallyfy with the same content; recorded as synced without uploading");
+                    }
+                    put.map(|()| true).map_err(SyncError::from)
+                }
+                Ok(None) => {
+                    info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "the field holds a file of the same name with other content; it stays, and this one is uploaded beside it");
+                    Ok(false)
+                }
+                Err(error) => Err(error),
+            };
+            self.release(&id);
+            match outcome {
+                Ok(false) => continue,
+                Ok(true) => return Ok(true),
+                Err(SyncError::Read { .. }) => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether asset `id` holds the same bytes as the file; `local` caches the file's hash.
+    async fn compare(
+        &self,
+        subject: &Subject<'_>,
+        meta: FileMeta,
+        id: &str,
+        local: &mut Option<String>,
+    ) -> Result<bool, SyncError> {
+        if local.is_none() {
+            let read = |error| SyncError::Read {
+                path: subject.path.to_path_buf(),
+                error,
+            };
+            let hash = hash_file(subject.path).await.map_err(read)?;
+            // Hashed while it changed: compare nothing; its next event brings it back.
+            let now = std::fs::symlink_metadata(subject.path).map_err(read)?;
+            if FileMeta::of(&now) != meta {
+                return Err(read(std::io::Error::other("changed while being read")));
+            }
+            *local = Some(hash);
+        }
+        let sink = Mutex::new(Hashing::default());
+        match self
+            .api
+            .with_retries(|| self.api.download(id, &sink))
+            .await
+        {
+            Ok(_) => {
+                let remote = sink.lock().unwrap_or_else(|p| p.into_inner()).hex();
+                Ok(local.as_deref() == Some(remote.as_str()))
+            }
+            Err(ApiError::Cancelled) => Err(SyncError::Cancelled),
+            Err(error) => {
+                warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "cannot download a file of the same name to compare it; treating it as other content");
+                Ok(false)
+            }
+        }
+    }
+
+    /// The asset ids the store's records for `target` hold (attached, or uploaded and not yet
+    /// attached): assets another file already accounts for.
+    fn claimed(&self, target: &str) -> Result<HashSet<String>, StoreError> {
+        let mut claimed = HashSet::new();
+        for record in self.store.records() {
+            let (_, record) = record?;
+            if record.target == target {
+                claimed.extend(remote_assets(&record).iter().filter_map(Asset::id));
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn claim(&self, id: &str) -> bool {
+        self.adopting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+    }
+
+    fn release(&self, id: &str) {
+        self.adopting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     async fn reject(
@@ -404,7 +553,9 @@ pub fn next(record: Option<FileRecord>, meta: FileMeta) -> Next {
         // Uploading: interrupted, nothing was recorded, so it is sent again below.
     }
     match (&record.state, record.hash.clone()) {
-        (FileState::Synced, Some(hash)) => Next::CompareContent { record, hash },
+        (FileState::Synced | FileState::Removed, Some(hash)) => {
+            Next::CompareContent { record, hash }
+        }
         _ => Next::Upload {
             previous: Some(record),
         },

@@ -13,6 +13,8 @@ pub enum Endpoint {
     GetChecklist,
     PutChecklist,
     DeleteFile,
+    GetAsset,
+    Download,
     /// The OAuth token endpoint (`api.token_url`).
     Token,
 }
@@ -27,6 +29,8 @@ impl Endpoint {
             Endpoint::GetChecklist => "get_checklist",
             Endpoint::PutChecklist => "put_checklist",
             Endpoint::DeleteFile => "delete_file",
+            Endpoint::GetAsset => "get_asset",
+            Endpoint::Download => "download",
             Endpoint::Token => "token",
         }
     }
@@ -41,6 +45,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::GetChecklist => "read template (GET /checklists/…)",
             Endpoint::PutChecklist => "update template (PUT /checklists/…)",
             Endpoint::DeleteFile => "delete file (DELETE /file/…)",
+            Endpoint::GetAsset => "read asset (GET /assets/…)",
+            Endpoint::Download => "download (GET /file/…/dl)",
             Endpoint::Token => "get an access token (POST api.token_url)",
         })
     }
@@ -72,6 +78,9 @@ pub enum ApiError {
     },
     #[error("reading {path} during upload: {detail}")]
     File { path: PathBuf, detail: String },
+    /// What a download was written to failed (a full disk, say): not the API's doing.
+    #[error("download of asset {asset}: {detail}")]
+    Sink { asset: String, detail: String },
     #[error("shutting down")]
     Cancelled,
 }
