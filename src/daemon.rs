@@ -61,7 +61,16 @@ pub async fn run(
         state_dir = %config.state_dir.display(),
         "tallyfy-sync starting"
     );
-    let store = Store::open(&config.state_dir)?;
+    let (store, rebuilt) = Store::open_or_rebuild(&config.state_dir).await?;
+    if let Some(rebuilt) = rebuilt {
+        error!(
+            state_dir = %config.state_dir.display(),
+            moved_to = %rebuilt.moved_to.display(),
+            error = %rebuilt.error,
+            "the state store was damaged and could not be opened; moved it aside to {} (kept for inspection) and started a new one. Lost with it: remote deletes still pending (those files stay in Tallyfy), \"removed in Tallyfy\" marks (those files are uploaded again) and held deletes. Rebuilding by matching every file against its field: files already there with the same content are adopted, not uploaded again",
+            rebuilt.moved_to.display()
+        );
+    }
     let mut api = client(&config, credentials, &store, &cancel)?;
     let mut pipeline = Pipeline::start(config.clone(), store.clone(), api.clone(), &cancel).await;
     announce_ready(&pipeline.status, &cancel).await;

@@ -183,7 +183,10 @@ impl Metrics {
             "Synced files found removed from their field in Tallyfy, by what remote_removed did.",
             &[
                 ("{action=\"left\"}".to_string(), get(&self.removals_left)),
-                ("{action=\"restored\"}".to_string(), get(&self.removals_restored)),
+                (
+                    "{action=\"restored\"}".to_string(),
+                    get(&self.removals_restored),
+                ),
             ],
         );
         metric(

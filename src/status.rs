@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
-use crate::store::{FileRecord, FileState, Store, StoreError};
+use crate::store::{FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY};
 
 /// Where the daemon saves the request pause in the store.
 pub const PAUSE_KEY: &str = "api-pause";
@@ -27,6 +27,9 @@ pub struct StatusReport {
     pub folders: Vec<FolderReport>,
     /// Remote assets still to delete.
     pub deletes_pending: Vec<PendingDelete>,
+    /// When the store was found damaged and rebuilt from the fields, if it was.
+    #[serde(default)]
+    pub store_rebuilt: Option<Rebuilt>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -127,6 +130,7 @@ pub fn build(
         api_pause,
         folders,
         deletes_pending,
+        store_rebuilt: store.meta(REBUILT_KEY)?,
     })
 }
 
@@ -218,6 +222,16 @@ pub fn render(report: &StatusReport) -> String {
         "daemon not running; read from the store"
     };
     let _ = writeln!(out, "state: {} ({source})", report.state_dir.display());
+    if let Some(rebuilt) = &report.store_rebuilt {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(rebuilt.at);
+        let _ = writeln!(
+            out,
+            "store rebuilt at {}: the old one was damaged ({}) and is kept in {}; files were matched against their fields and adopted where Tallyfy already held them",
+            humantime::format_rfc3339_seconds(at),
+            rebuilt.error,
+            rebuilt.moved_to.display()
+        );
+    }
     if let Some(pause) = &report.api_pause {
         let _ = writeln!(
             out,

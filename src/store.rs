@@ -28,6 +28,9 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("cannot open state directory {path}: {error}")]
     Open { path: PathBuf, error: String },
+    /// sled found its files damaged (a disk that lost recently written data, say).
+    #[error("the state store in {path} is damaged and cannot be opened: {error}")]
+    Damaged { path: PathBuf, error: String },
     #[error("state store at {path}: {error}")]
     Io { path: PathBuf, error: String },
     #[error("state store at {path} holds an unreadable record for {key}: {error}")]
@@ -36,6 +39,20 @@ pub enum StoreError {
         key: String,
         error: String,
     },
+}
+
+/// Where the daemon notes, in the new store, that it replaced a damaged one.
+pub const REBUILT_KEY: &str = "store-rebuilt";
+
+/// A damaged store moved aside and replaced by an empty one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rebuilt {
+    /// Unix seconds.
+    pub at: u64,
+    /// Where the damaged store was kept for inspection.
+    pub moved_to: PathBuf,
+    /// What sled said.
+    pub error: String,
 }
 
 /// What identifies one version of a file on disk without reading it.
@@ -75,7 +92,10 @@ impl Asset {
 
     /// The file name Tallyfy stored, as the upload answered it.
     pub fn filename(&self) -> Option<String> {
-        self.0.get("filename").and_then(|name| name.as_str()).map(str::to_owned)
+        self.0
+            .get("filename")
+            .and_then(|name| name.as_str())
+            .map(str::to_owned)
     }
 }
 
@@ -215,21 +235,80 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(|error| open_error(error.to_string()))?;
         let path = dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            // Durability comes from explicit flushes after each state change, not a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: dir.to_path_buf(),
-                    }
-                }
-                other => open_error(other.to_string()),
-            })?;
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(&path)
+                .cache_capacity(CACHE_BYTES)
+                // Durability comes from explicit flushes after each state change, not a timer.
+                .flush_every_ms(None)
+                .open()
+        });
+        let damaged = |error: String| StoreError::Damaged {
+            path: dir.to_path_buf(),
+            error,
+        };
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(io))) if io.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Locked {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Ok(Err(sled::Error::Io(io)))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                return Err(damaged(io.to_string()))
+            }
+            Ok(Err(error @ sled::Error::Io(_))) => return Err(open_error(error.to_string())),
+            Ok(Err(sled::Error::Corruption { at, .. })) => {
+                return Err(damaged(match at {
+                    Some(at) => format!("corrupted data at {at:?}"),
+                    None => "corrupted data (the log ends before what its snapshot records)".into(),
+                }))
+            }
+            Ok(Err(other)) => return Err(damaged(other.to_string())),
+            // sled panics on some damage it does not expect; that is damage all the same.
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|why| why.to_string()))
+                    .unwrap_or_else(|| "sled panicked while reading it".into());
+                return Err(damaged(why));
+            }
+        };
         Store::with_db(dir, db)
+    }
+
+    /// Like `open`, but a damaged store is moved aside (`store.corrupt-<timestamp>`, kept for
+    /// inspection) and replaced by an empty one, which notes the rebuild under `REBUILT_KEY`.
+    /// A locked or unusable directory stays an error: only damage is repaired.
+    pub async fn open_or_rebuild(dir: &Path) -> Result<(Store, Option<Rebuilt>), StoreError> {
+        let error = match Store::open(dir) {
+            Ok(store) => return Ok((store, None)),
+            Err(StoreError::Damaged { error, .. }) => error,
+            Err(other) => return Err(other),
+        };
+        let at = now_unix();
+        let moved_to = dir.join(format!("store.corrupt-{}", timestamp(at)));
+        std::fs::rename(dir.join("store"), &moved_to).map_err(|rename| StoreError::Damaged {
+            path: dir.to_path_buf(),
+            error: format!(
+                "{error}; and it cannot be moved aside to {}: {rename}",
+                moved_to.display()
+            ),
+        })?;
+        let store = Store::open(dir)?;
+        let rebuilt = Rebuilt {
+            at,
+            moved_to,
+            error,
+        };
+        store.set_meta(REBUILT_KEY, Some(&rebuilt)).await?;
+        Ok((store, Some(rebuilt)))
     }
 
     /// A store that holds nothing, in a temporary file removed with its last handle: what a
@@ -438,6 +517,14 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// `2026-01-02T030405Z` for Unix seconds `at` (UTC): sorts by time, no `:` in file names.
+fn timestamp(at: u64) -> String {
+    let time = UNIX_EPOCH + std::time::Duration::from_secs(at);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace(':', "")
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -502,6 +589,12 @@ mod tests {
         assert!(error
             .to_string()
             .contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn timestamps_are_utc_and_sort_by_time() {
+        assert_eq!(timestamp(0), "1970-01-01T000000Z");
+        assert_eq!(timestamp(1_764_100_000), "2025-11-25T194640Z");
     }
 
     #[tokio::test]

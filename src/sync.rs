@@ -154,20 +154,21 @@ impl Syncer {
                 }
                 self.upload(subject, target, meta, Some(record)).await
             }
-            Next::Upload { previous: None } => {
-                if self.adopt(subject, meta).await? {
-                    return Ok(());
-                }
-                self.upload(subject, target, meta, None).await
-            }
             Next::Upload { previous } => self.upload(subject, target, meta, previous).await,
         }
     }
 
-    /// For a file with no record: looks in its field for assets of the same stored name that
-    /// no record claims, downloads each (hashing, writing nothing) and, on the first with the
-    /// same content, records the file as synced with it. `false`: nothing matched, upload it.
-    async fn adopt(&self, subject: &Subject<'_>, meta: FileMeta) -> Result<bool, SyncError> {
+    /// Before any upload: looks in the field for assets of the same stored name that no record
+    /// claims, downloads each (hashing, writing nothing) and, on the first with the same
+    /// content, records the file as synced with it. `false`: nothing matched, upload it.
+    /// This is what keeps a lost or partly lost store (records missing, or older than the
+    /// field) from putting a second copy of a file into its field.
+    async fn adopt(
+        &self,
+        subject: &Subject<'_>,
+        meta: FileMeta,
+        previous: Option<&FileRecord>,
+    ) -> Result<bool, SyncError> {
         let path = subject.path;
         let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
             return Ok(false);
@@ -181,10 +182,18 @@ impl Syncer {
                 return Ok(false);
             }
         };
+        let own: HashSet<String> = previous
+            .map(remote_assets)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Asset::id)
+            .collect();
+        // A changed file's own earlier version has its name too: that one is never a match.
         let same_name: Vec<serde_json::Value> = list
             .into_iter()
             .filter(|asset| {
                 asset.get("filename").and_then(|name| name.as_str()) == Some(stored.as_str())
+                    && asset_id(asset).is_some_and(|id| !own.contains(&id))
             })
             .collect();
         if same_name.is_empty() {
@@ -208,25 +217,36 @@ impl Syncer {
                     let record = FileRecord {
                         hash: local.clone(),
                         attached: Some(Asset(asset)),
-                        ..subject.record(meta, FileState::Synced, None)
+                        ..subject.record(meta, FileState::Synced, previous)
                     };
-                    let put = self.store.put(path, &record).await;
+                    // What the record held before is an earlier version of ours: replaced.
+                    let replaced: Vec<DeleteJob> = previous
+                        .map(remote_assets)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|old| subject.delete_job(old))
+                        .collect();
+                    let put = self.store.put_with_deletes(path, &record, &replaced).await;
                     if put.is_ok() {
                         METRICS.adopted();
                         info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "already in its field in Tallyfy with the same content; recorded as synced without uploading");
                     }
-                    put.map(|()| true).map_err(SyncError::from)
+                    self.release(&id);
+                    put?;
+                    for job in replaced {
+                        self.remote_delete(subject, job).await?;
+                    }
+                    return Ok(true);
                 }
                 Ok(None) => {
                     info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "the field holds a file of the same name with other content; it stays, and this one is uploaded beside it");
-                    Ok(false)
+                    Ok(())
                 }
                 Err(error) => Err(error),
             };
             self.release(&id);
             match outcome {
-                Ok(false) => continue,
-                Ok(true) => return Ok(true),
+                Ok(()) => continue,
                 Err(SyncError::Read { .. }) => return Ok(false),
                 Err(error) => return Err(error),
             }
@@ -256,11 +276,7 @@ impl Syncer {
             *local = Some(hash);
         }
         let sink = Mutex::new(Hashing::default());
-        match self
-            .api
-            .with_retries(|| self.api.download(id, &sink))
-            .await
-        {
+        match self.api.with_retries(|| self.api.download(id, &sink)).await {
             Ok(_) => {
                 let remote = sink.lock().unwrap_or_else(|p| p.into_inner()).hex();
                 Ok(local.as_deref() == Some(remote.as_str()))
@@ -325,6 +341,9 @@ impl Syncer {
         meta: FileMeta,
         previous: Option<FileRecord>,
     ) -> Result<(), SyncError> {
+        if self.adopt(subject, meta, previous.as_ref()).await? {
+            return Ok(());
+        }
         let path = subject.path;
         let mut record = subject.record(meta, FileState::Uploading, previous.as_ref());
         record.attempts += 1;

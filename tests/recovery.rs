@@ -43,13 +43,26 @@ async fn a_deleted_state_directory_costs_no_upload_and_leaves_the_field_unchange
     let daemon = env.start();
     eventually(
         "all 8 files are adopted",
-        || daemon.log().matches("recorded as synced without uploading").count() == 8,
+        || {
+            daemon
+                .log()
+                .matches("recorded as synced without uploading")
+                .count()
+                == 8
+        },
         &daemon,
     )
     .await;
     assert_eq!(env.uploads(), uploads, "no upload after losing the store");
-    assert_eq!(sorted(ids(&env.task_field())), before, "the field is unchanged");
-    assert!(env.requests("DELETE", "/file").is_empty(), "nothing deleted");
+    assert_eq!(
+        sorted(ids(&env.task_field())),
+        before,
+        "the field is unchanged"
+    );
+    assert!(
+        env.requests("DELETE", "/file").is_empty(),
+        "nothing deleted"
+    );
     assert_eq!(env.requests("PUT", "/runs/").len(), puts, "no PUT");
     let status = env.command(&["status"]);
     assert_eq!(status.status.code(), Some(0), "{}", describe(&status));
@@ -82,7 +95,10 @@ async fn a_hand_attached_file_of_the_same_name_with_other_content_stays_and_the_
     )
     .await;
     let field = env.task_field();
-    assert_eq!(field[0]["id"], by_hand["id"], "the hand-attached file stays");
+    assert_eq!(
+        field[0]["id"], by_hand["id"],
+        "the hand-attached file stays"
+    );
     let local = env.fake.asset(field[1]["id"].as_str().unwrap()).unwrap();
     assert_eq!(local.content.as_ref(), b"%PDF the local version");
     assert_eq!(env.uploads(), 1);
@@ -118,5 +134,104 @@ async fn a_file_attached_by_hand_before_the_daemon_ran_is_adopted_not_uploaded()
     assert_eq!(env.uploads(), 0);
     assert_eq!(ids(&env.kickoff_field()), ids(&[by_hand]));
     assert!(env.requests("PUT", "/checklists/").is_empty());
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+/// How far sled's newest snapshot says its log is durable (`snap.<lsn in hex>`).
+fn snapshot_lsn(env: &Env) -> u64 {
+    std::fs::read_dir(env.state.join("store"))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+        })
+        .max()
+        .expect("sled wrote a snapshot when it opened the store")
+}
+
+/// What a disk that lost the last `bytes` written to `path` leaves.
+fn cut(path: &std::path::Path, bytes: u64) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len.saturating_sub(bytes))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_damaged_by_a_kill_is_moved_aside_and_rebuilt_by_adopting() {
+    let (env, daemon) = Env::running().await;
+    sync_files(&env, &daemon, 8).await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+    let daemon = env.start();
+    daemon.wait_for_log("initial scan done").await;
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit().await;
+    // sled's log file is mostly unwritten space: the last 4 KiB of what it wrote end where its
+    // snapshot (written at the last start) says the log is durable.
+    let db = env.state.join("store/db");
+    let written = snapshot_lsn(&env);
+    cut(&db, std::fs::metadata(&db).unwrap().len() - written + 4096);
+    let before = sorted(ids(&env.task_field()));
+    let uploads = env.uploads();
+
+    let daemon = env.start();
+    daemon.wait_for_log("moved it aside").await;
+    eventually(
+        "all 8 files are adopted",
+        || {
+            daemon
+                .log()
+                .matches("recorded as synced without uploading")
+                .count()
+                == 8
+        },
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), uploads, "nothing uploaded again");
+    assert_eq!(sorted(ids(&env.task_field())), before);
+    let kept: Vec<String> = std::fs::read_dir(&env.state)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("store.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged store is kept: {kept:?}");
+    let status = env.command(&["status"]);
+    assert!(
+        status.stdout.contains("store rebuilt at") && status.stdout.contains(&kept[0]),
+        "{}",
+        describe(&status)
+    );
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_log_lost_after_a_clean_stop_leaves_no_duplicate_in_the_field() {
+    let (env, daemon) = Env::running().await;
+    sync_files(&env, &daemon, 20).await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+    let db = env.state.join("store/db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    cut(&db, len / 2);
+    let before = sorted(ids(&env.task_field()));
+    let uploads = env.uploads();
+
+    let daemon = env.start();
+    daemon.wait_for_log("initial scan done").await;
+    eventually(
+        "every file has a record again",
+        || {
+            let status = env.command(&["status", "--json"]);
+            serde_json::from_str::<serde_json::Value>(&status.stdout)
+                .is_ok_and(|report| report["folders"][0]["counts"]["synced"] == 20)
+        },
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), uploads, "nothing uploaded again");
+    assert_eq!(sorted(ids(&env.task_field())), before, "no duplicate");
     assert_eq!(daemon.stop().await.code(), Some(0));
 }

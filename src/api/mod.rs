@@ -628,21 +628,27 @@ impl Client {
             .request(Method::GET, &format!("file/{asset_id}/dl"))
             .header("Accept", "application/octet-stream")
             .timeout(
-                self.timeout + Duration::from_secs(MAX_DOWNLOAD_BYTES / SLOWEST_UPLOAD_BYTES_PER_SEC),
+                self.timeout
+                    + Duration::from_secs(MAX_DOWNLOAD_BYTES / SLOWEST_UPLOAD_BYTES_PER_SEC),
             );
-        self.exchange(Endpoint::Download, request, || None, |mut response| async move {
-            let mut size = 0u64;
-            while let Some(chunk) = response.chunk().await.map_err(Body::Transport)? {
-                size += chunk.len() as u64;
-                sink(&mut |sink| sink.write(&chunk)).map_err(|error| {
-                    Body::Local(ApiError::Sink {
-                        asset: asset_id.to_string(),
-                        detail: error.to_string(),
-                    })
-                })?;
-            }
-            Ok(size)
-        })
+        self.exchange(
+            Endpoint::Download,
+            request,
+            || None,
+            |mut response| async move {
+                let mut size = 0u64;
+                while let Some(chunk) = response.chunk().await.map_err(Body::Transport)? {
+                    size += chunk.len() as u64;
+                    sink(&mut |sink| sink.write(&chunk)).map_err(|error| {
+                        Body::Local(ApiError::Sink {
+                            asset: asset_id.to_string(),
+                            detail: error.to_string(),
+                        })
+                    })?;
+                }
+                Ok(size)
+            },
+        )
         .await
     }
 }
