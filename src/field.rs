@@ -196,13 +196,13 @@ impl Actor {
     async fn run(self, mut inbox: mpsc::Receiver<Request>, readiness: watch::Sender<Readiness>) {
         let verified = tokio::select! {
             _ = self.cancel.cancelled() => return,
-            verified = verify(&self.target, &self.api) => verified,
+            verified = inspect(&self.target, &self.api) => verified,
         };
         match verified {
-            Ok(resolved) => {
+            Ok((resolved, list)) => {
                 info!(target = %self.target, "target verified");
                 readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
-                self.check_removals().await;
+                self.notice_removals(&list).await;
             }
             Err(FieldError::Cancelled) => return,
             Err(error) => {
@@ -613,6 +613,11 @@ impl Actor {
 /// Checks with GETs only that `target` exists, can take files, and says where uploads go:
 /// what the daemon does before it sends a field anything, and what `check --online` does.
 pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldError> {
+    inspect(target, api).await.map(|(resolved, _)| resolved)
+}
+
+/// `verify`, also returning the field's value as the same GET showed it.
+async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>), FieldError> {
     match target {
         Target::Task {
             run_id,
@@ -660,14 +665,18 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
                 .clone()
                 .or(task.checklist_id)
                 .ok_or_else(|| missing("checklist_id"))?;
-            Ok(Resolved {
-                upload: UploadTarget::Task {
-                    run_id: run_id.clone(),
-                    capture_id: capture_id.clone(),
-                    step_id,
-                    checklist_id,
+            let list = api::into_list(field.value.clone());
+            Ok((
+                Resolved {
+                    upload: UploadTarget::Task {
+                        run_id: run_id.clone(),
+                        capture_id: capture_id.clone(),
+                        step_id,
+                        checklist_id,
+                    },
                 },
-            })
+                list,
+            ))
         }
         Target::Kickoff {
             checklist_id,
@@ -723,11 +732,15 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
                     text(field, "label")
                 )));
             }
-            Ok(Resolved {
-                upload: UploadTarget::Kickoff {
-                    checklist_id: checklist_id.clone(),
+            let list = api::into_list(field.get("value").cloned().unwrap_or(Value::Null));
+            Ok((
+                Resolved {
+                    upload: UploadTarget::Kickoff {
+                        checklist_id: checklist_id.clone(),
+                    },
                 },
-            })
+                list,
+            ))
         }
     }
 }
