@@ -14,7 +14,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{daemon, demo, plan, service, status};
+use crate::{daemon, demo, plan, service, status, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -80,6 +80,20 @@ pub enum Command {
     Retry {
         /// A file or folder; all failed files when left out.
         path: Option<PathBuf>,
+    },
+    /// Check that Tallyfy holds what the folders hold (all of them, or those at or under
+    /// PATH): per file in sync, changed locally, removed from the field or deleted in Tallyfy,
+    /// and the field's files no local file accounts for. Sends only GETs, writes nothing, and
+    /// works while the daemon runs. Exit 0 when everything agrees, 1 when anything differs.
+    Verify {
+        /// A file or folder; every configured folder when left out.
+        path: Option<PathBuf>,
+        /// Also download each file that looks in sync and compare its bytes.
+        #[arg(long)]
+        download: bool,
+        /// Print the report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Let the deletes that max_delete held back in FOLDER go to Tallyfy.
     ReleaseDeletes {
@@ -152,6 +166,15 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::ReleaseDeletes { folder } => {
             let config = Config::load(&cli.config)?;
             print_done(control(&config, Request::ReleaseDeletes { folder })?)?;
+        }
+        Command::Verify {
+            path,
+            download,
+            json,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+            verify::run(&config, credentials, path.as_deref(), download, json)?;
         }
         Command::Demo { dir } => {
             let cancel = CancellationToken::new();
@@ -287,6 +310,11 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             })
             .or(match cause.downcast_ref::<ControlError>() {
                 Some(ControlError::Store(store)) => Some(store),
+                _ => None,
+            })
+            .or(match cause.downcast_ref::<verify::VerifyError>() {
+                Some(verify::VerifyError::Store(store)) => Some(store),
+                Some(verify::VerifyError::Control(ControlError::Store(store))) => Some(store),
                 _ => None,
             });
         cause.is::<ConfigError>()

@@ -179,9 +179,46 @@ impl FieldHandle {
 }
 
 /// The field's value as read, with what a write needs to send back unchanged.
-struct Snapshot {
-    list: Vec<Value>,
+pub struct Snapshot {
+    pub list: Vec<Value>,
     checklist: Option<api::Checklist>,
+}
+
+/// Reads a field's value (one GET), as the actor does before each write and as `verify` and
+/// `restore` do.
+pub async fn read(target: &Target, api: &Client) -> Result<Snapshot, ApiError> {
+    match target {
+        Target::Task {
+            run_id,
+            task_id,
+            capture_id,
+            ..
+        } => {
+            let mut task = api.get_task(run_id, task_id).await?;
+            let value = task
+                .fields
+                .into_iter()
+                .find(|field| field.id == *capture_id)
+                .map(|field| field.value)
+                .or_else(|| task.taskdata.as_mut()?.remove(capture_id))
+                .unwrap_or(Value::Null);
+            Ok(Snapshot {
+                list: api::into_list(value),
+                checklist: None,
+            })
+        }
+        Target::Kickoff {
+            checklist_id,
+            field_id,
+        } => {
+            let checklist = api.get_checklist(checklist_id).await?;
+            let list = kickoff_value(&checklist.prerun, field_id).unwrap_or_default();
+            Ok(Snapshot {
+                list,
+                checklist: Some(checklist),
+            })
+        }
+    }
 }
 
 struct Actor {
@@ -528,38 +565,7 @@ impl Actor {
     }
 
     async fn read(&self) -> Result<Snapshot, ApiError> {
-        match &self.target {
-            Target::Task {
-                run_id,
-                task_id,
-                capture_id,
-                ..
-            } => {
-                let mut task = self.api.get_task(run_id, task_id).await?;
-                let value = task
-                    .fields
-                    .into_iter()
-                    .find(|field| field.id == *capture_id)
-                    .map(|field| field.value)
-                    .or_else(|| task.taskdata.as_mut()?.remove(capture_id))
-                    .unwrap_or(Value::Null);
-                Ok(Snapshot {
-                    list: api::into_list(value),
-                    checklist: None,
-                })
-            }
-            Target::Kickoff {
-                checklist_id,
-                field_id,
-            } => {
-                let checklist = self.api.get_checklist(checklist_id).await?;
-                let list = kickoff_value(&checklist.prerun, field_id).unwrap_or_default();
-                Ok(Snapshot {
-                    list,
-                    checklist: Some(checklist),
-                })
-            }
-        }
+        read(&self.target, &self.api).await
     }
 
     async fn write(

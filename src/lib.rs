@@ -26,4 +26,5 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod verify;
 pub mod watch;

@@ -438,7 +438,11 @@ pub fn scan(folder: &Folder, dir: &Path, store: &Store) -> Result<Scan, String> 
 
 /// Lists files (anything but directories) under `dir`, never following symbolic links and never
 /// entering hidden directories. An unreadable subdirectory is skipped; an unreadable root is an error.
-fn walk(dir: &Path, recursive: bool, out: &mut Vec<(PathBuf, FileMeta)>) -> std::io::Result<()> {
+pub fn walk(
+    dir: &Path,
+    recursive: bool,
+    out: &mut Vec<(PathBuf, FileMeta)>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let Ok(metadata) = entry.path().symlink_metadata() else {
