@@ -14,7 +14,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{daemon, demo, plan, service, status, verify};
+use crate::{daemon, demo, plan, restore, service, status, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -95,6 +95,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download the files of FOLDER's field into DIR (default: FOLDER itself) that are not
+    /// already there with the same content, under safe names, never overwriting a file (a
+    /// taken name becomes `name (2).pdf`), and record them as synced so the daemon sends
+    /// nothing for them. Exit 0 when every file came, 1 otherwise.
+    Restore {
+        /// A configured folder.
+        folder: PathBuf,
+        /// Where the files go instead of FOLDER (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
     /// Let the deletes that max_delete held back in FOLDER go to Tallyfy.
     ReleaseDeletes {
         /// A configured folder.
@@ -166,6 +177,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::ReleaseDeletes { folder } => {
             let config = Config::load(&cli.config)?;
             print_done(control(&config, Request::ReleaseDeletes { folder })?)?;
+        }
+        Command::Restore { folder, to } => {
+            let config = Config::load(&cli.config)?;
+            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+            restore::run(&config, credentials, &folder, to.as_deref())?;
         }
         Command::Verify {
             path,
@@ -310,6 +326,11 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             })
             .or(match cause.downcast_ref::<ControlError>() {
                 Some(ControlError::Store(store)) => Some(store),
+                _ => None,
+            })
+            .or(match cause.downcast_ref::<restore::RestoreError>() {
+                Some(restore::RestoreError::Store(store)) => Some(store),
+                Some(restore::RestoreError::Control(ControlError::Store(store))) => Some(store),
                 _ => None,
             })
             .or(match cause.downcast_ref::<verify::VerifyError>() {

@@ -199,7 +199,8 @@ pub async fn act(
     }
 }
 
-fn configured_folder(config: &Config, folder: &Path) -> Result<PathBuf, ControlError> {
+/// The configured folder `folder` names (as written, or through a link), or an error listing them.
+pub fn configured_folder(config: &Config, folder: &Path) -> Result<PathBuf, ControlError> {
     let wanted = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
     config
         .folders

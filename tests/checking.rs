@@ -117,3 +117,129 @@ async fn verify_exits_78_on_a_bad_config() {
     let verified = env.command(&["verify"]);
     assert_eq!(verified.status.code(), Some(78), "{}", describe(&verified));
 }
+
+fn hand_asset(env: &Env, name: &str, content: &[u8]) -> Value {
+    env.fake.add_asset(
+        name,
+        content,
+        AssetSubject::Task {
+            run_id: RUN.into(),
+            task_id: TASK.into(),
+            capture_id: CAPTURE.into(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_writes_safe_names_inside_dir_and_never_overwrites_other_content() {
+    let env = Env::new().await;
+    let quoted = "Vertrag „Müller\" 'final'.pdf";
+    let field = vec![
+        hand_asset(&env, quoted, b"%PDF contract"),
+        hand_asset(&env, "../../escape.pdf", b"%PDF escape"),
+        hand_asset(&env, "report.pdf", b"%PDF report from Tallyfy"),
+    ];
+    env.fake.set_task_field(RUN, TASK, CAPTURE, json!(field));
+    let dir = env.dir.path().join("a/b/restored");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("report.pdf"), b"local report, other content").unwrap();
+    let tasks = env.tasks.to_str().unwrap();
+
+    let restored = env.command(&["restore", tasks, "--to", dir.to_str().unwrap()]);
+    assert_eq!(restored.status.code(), Some(0), "{}", describe(&restored));
+    assert_eq!(std::fs::read(dir.join(quoted)).unwrap(), b"%PDF contract");
+    assert_eq!(
+        std::fs::read(dir.join("escape.pdf")).unwrap(),
+        b"%PDF escape"
+    );
+    assert!(!env.dir.path().join("a/escape.pdf").exists());
+    assert!(!env.dir.path().join("escape.pdf").exists());
+    assert_eq!(
+        std::fs::read(dir.join("report.pdf")).unwrap(),
+        b"local report, other content",
+        "an existing file is never overwritten"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("report (2).pdf")).unwrap(),
+        b"%PDF report from Tallyfy"
+    );
+    assert!(
+        restored.stderr.contains("restoring it under a safe name"),
+        "{}",
+        describe(&restored)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "no temporary file left: {names:?}");
+
+    let again = env.command(&["restore", tasks, "--to", dir.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    assert_eq!(
+        again.stdout.matches("already there").count(),
+        3,
+        "{}",
+        describe(&again)
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_restored_into_their_folder_are_recorded_so_the_daemon_sends_nothing() {
+    let env = Env::new().await;
+    let field = vec![
+        hand_asset(&env, "a.pdf", b"%PDF a"),
+        hand_asset(&env, "b.pdf", b"%PDF b"),
+    ];
+    env.fake.set_task_field(RUN, TASK, CAPTURE, json!(field));
+    let restored = env.command(&["restore", env.tasks.to_str().unwrap()]);
+    assert_eq!(restored.status.code(), Some(0), "{}", describe(&restored));
+    assert_eq!(std::fs::read(env.tasks.join("a.pdf")).unwrap(), b"%PDF a");
+    let downloads = env.requests("GET", "/dl").len();
+
+    let daemon = env.start();
+    daemon
+        .wait_for_log("0 new or changed files to check and upload, 0 gone")
+        .await;
+    let verified = env.command(&["verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
+    assert_eq!(env.uploads(), 0);
+    assert!(env.requests("PUT", "").is_empty());
+    assert_eq!(
+        env.requests("GET", "/dl").len(),
+        downloads,
+        "nothing downloaded to adopt"
+    );
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_names_each_file_it_could_not_get_and_exits_1() {
+    let env = Env::new().await;
+    let field = vec![
+        hand_asset(&env, "a.pdf", b"%PDF a"),
+        json!({"id": "0000000000000000000000000000dead", "filename": "lost.pdf"}),
+    ];
+    env.fake.set_task_field(RUN, TASK, CAPTURE, json!(field));
+    let dir = env.dir.path().join("out");
+    let restored = env.command(&[
+        "restore",
+        env.tasks.to_str().unwrap(),
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
+    assert!(
+        restored.stdout.contains("FAILED") && restored.stdout.contains("lost.pdf"),
+        "{}",
+        describe(&restored)
+    );
+    assert_eq!(std::fs::read(dir.join("a.pdf")).unwrap(), b"%PDF a");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+}
