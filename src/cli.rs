@@ -329,12 +329,10 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 _ => None,
             })
             .or(match cause.downcast_ref::<restore::RestoreError>() {
-                Some(restore::RestoreError::Store(store)) => Some(store),
                 Some(restore::RestoreError::Control(ControlError::Store(store))) => Some(store),
                 _ => None,
             })
             .or(match cause.downcast_ref::<verify::VerifyError>() {
-                Some(verify::VerifyError::Store(store)) => Some(store),
                 Some(verify::VerifyError::Control(ControlError::Store(store))) => Some(store),
                 _ => None,
             });

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::api::{ApiError, Client, Sink};
@@ -28,8 +27,6 @@ const NAME_MAX: usize = 255;
 pub enum RestoreError {
     #[error(transparent)]
     Control(#[from] ControlError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("cannot set up the HTTP client: {0}")]
     Client(#[from] ApiError),
     #[error("cannot read the field of {folder}: {error}")]
@@ -72,9 +69,7 @@ pub fn run(
         .build()
         .map_err(|error| ControlError::Refused(error.to_string()))?;
     runtime.block_on(async {
-        let cancel = CancellationToken::new();
-        let _stop_renewals = cancel.clone().drop_guard();
-        let api = Client::new(&config.api, credentials, cancel)?.give_up_after(plan::ATTEMPTS);
+        let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
         let list = api
             .with_retries(|| field::read(&folder.target, &api))
             .await
@@ -88,7 +83,7 @@ pub fn run(
         let records = dir == folder.path
             && control::ask(config, &Request::Status).await?.is_none();
         let store = if records {
-            Some(Store::open(&config.state_dir)?)
+            Some(Store::open(&config.state_dir).map_err(ControlError::from)?)
         } else {
             None
         };
@@ -111,7 +106,9 @@ pub fn run(
                     };
                     println!("{words:<14} {}  asset {}", text::path(path), text::escaped(&id));
                     if let Some(store) = &store {
-                        record(store, folder, path, asset).await?;
+                        record(store, folder, path, asset)
+                            .await
+                            .map_err(ControlError::from)?;
                     }
                 }
                 Err(error) => {

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Client, Hashing};
 use crate::config::{Config, Credentials, Folder};
@@ -19,7 +18,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::field;
 use crate::plan;
 use crate::settle;
-use crate::store::{asset_id, FileMeta, FileRecord, FileState, StoreError};
+use crate::store::{asset_id, FileMeta, FileRecord, FileState};
 use crate::sync::{self, content_hash};
 use crate::text;
 
@@ -29,8 +28,6 @@ pub enum VerifyError {
     NotConfigured { path: PathBuf, known: String },
     #[error(transparent)]
     Control(#[from] ControlError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("cannot set up the HTTP client: {0}")]
     Client(#[from] ApiError),
     #[error("{differ} of {total} checked files or folders differ from Tallyfy (see above)")]
@@ -124,9 +121,7 @@ pub fn run(
         .map_err(|error| ControlError::Refused(error.to_string()))?;
     let report = runtime.block_on(async {
         let records = records(config, &scopes).await?;
-        let cancel = CancellationToken::new();
-        let _stop_renewals = cancel.clone().drop_guard();
-        let api = Client::new(&config.api, credentials, cancel)?.give_up_after(plan::ATTEMPTS);
+        let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
         let progress = Progress::new(download);
         let mut folders = Vec::new();
         for ((folder, scope), records) in scopes.iter().zip(records) {
@@ -223,7 +218,7 @@ async fn records(
                     ))
                     .into())
                 }
-                None => store = Some(plan::open_store(config)?),
+                None => store = Some(plan::open_store(config).map_err(ControlError::from)?),
             }
         }
         if let Some(store) = &store {

@@ -24,6 +24,29 @@ async fn sync_files(env: &Env, daemon: &Daemon, count: usize) {
     .await;
 }
 
+/// Waits until `count` files were adopted, then checks that nothing was uploaded since
+/// `uploads` and that the field still holds exactly the assets `before`.
+async fn all_adopted(env: &Env, daemon: &Daemon, count: usize, uploads: usize, before: &[String]) {
+    eventually(
+        &format!("all {count} files are adopted"),
+        || {
+            daemon
+                .log()
+                .matches("recorded as synced without uploading")
+                .count()
+                == count
+        },
+        daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), uploads, "nothing uploaded again");
+    assert_eq!(
+        sorted(ids(&env.task_field())),
+        before,
+        "the field is unchanged"
+    );
+}
+
 fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids.sort();
     ids
@@ -41,24 +64,7 @@ async fn a_deleted_state_directory_costs_no_upload_and_leaves_the_field_unchange
     std::fs::remove_dir_all(&env.state).unwrap();
 
     let daemon = env.start();
-    eventually(
-        "all 8 files are adopted",
-        || {
-            daemon
-                .log()
-                .matches("recorded as synced without uploading")
-                .count()
-                == 8
-        },
-        &daemon,
-    )
-    .await;
-    assert_eq!(env.uploads(), uploads, "no upload after losing the store");
-    assert_eq!(
-        sorted(ids(&env.task_field())),
-        before,
-        "the field is unchanged"
-    );
+    all_adopted(&env, &daemon, 8, uploads, &before).await;
     assert!(
         env.requests("DELETE", "/file").is_empty(),
         "nothing deleted"
@@ -179,20 +185,7 @@ async fn a_store_damaged_by_a_kill_is_moved_aside_and_rebuilt_by_adopting() {
 
     let daemon = env.start();
     daemon.wait_for_log("moved it aside").await;
-    eventually(
-        "all 8 files are adopted",
-        || {
-            daemon
-                .log()
-                .matches("recorded as synced without uploading")
-                .count()
-                == 8
-        },
-        &daemon,
-    )
-    .await;
-    assert_eq!(env.uploads(), uploads, "nothing uploaded again");
-    assert_eq!(sorted(ids(&env.task_field())), before);
+    all_adopted(&env, &daemon, 8, uploads, &before).await;
     let kept: Vec<String> = std::fs::read_dir(&env.state)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
