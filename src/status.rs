@@ -228,8 +228,8 @@ pub fn render(report: &StatusReport) -> String {
             out,
             "store rebuilt at {}: the old one was damaged ({}) and is kept in {}; files were matched against their fields and adopted where Tallyfy already held them",
             humantime::format_rfc3339_seconds(at),
-            rebuilt.error,
-            rebuilt.moved_to.display()
+            crate::text::escaped(&rebuilt.error),
+            crate::text::path(&rebuilt.moved_to)
         );
     }
     if let Some(pause) = &report.api_pause {
