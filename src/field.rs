@@ -106,6 +106,7 @@ impl FieldHandle {
             api,
             store,
             removals,
+            seen: std::sync::Mutex::new(None),
             cancel,
         };
         let task = tokio::spawn(actor.run(inbox, ready_tx));
@@ -226,6 +227,8 @@ struct Actor {
     api: Arc<Client>,
     store: Store,
     removals: Removals,
+    /// The asset ids the field held when last read or written.
+    seen: std::sync::Mutex<Option<HashSet<String>>>,
     cancel: CancellationToken,
 }
 
@@ -239,7 +242,7 @@ impl Actor {
             Ok((resolved, list)) => {
                 info!(target = %self.target, "target verified");
                 readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
-                self.notice_removals(&list).await;
+                self.notice_removals(&list, true).await;
             }
             Err(FieldError::Cancelled) => return,
             Err(error) => {
@@ -389,7 +392,7 @@ impl Actor {
             }
         }
         if let Some(list) = list {
-            self.notice_removals(&list).await;
+            self.notice_removals(&list, false).await;
         }
     }
 
@@ -397,7 +400,7 @@ impl Actor {
     async fn check_removals(&self) {
         let api = &self.api;
         match api.with_retries(|| self.read()).await {
-            Ok(snapshot) => self.notice_removals(&snapshot.list).await,
+            Ok(snapshot) => self.notice_removals(&snapshot.list, true).await,
             Err(ApiError::Cancelled) => {}
             Err(error) => {
                 warn!(target = %self.target, %error, "cannot read the field to look for files removed in Tallyfy; trying again later")
@@ -406,9 +409,19 @@ impl Actor {
     }
 
     /// Synced files whose asset `list` no longer holds were removed in Tallyfy: mark them
-    /// (`remote_removed: leave`) or put them back (`restore`).
-    async fn notice_removals(&self, list: &[Value]) {
+    /// (`remote_removed: leave`) or put them back (`restore`). Unless `thorough`, the store is
+    /// only searched when an asset seen in the field before has left it since, so that a
+    /// burst of new files into a big folder costs no pass over its records per batch.
+    async fn notice_removals(&self, list: &[Value], thorough: bool) {
         let listed: HashSet<String> = list.iter().filter_map(asset_id).collect();
+        let previous = std::mem::replace(
+            &mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()),
+            Some(listed.clone()),
+        );
+        let shrank = previous.is_none_or(|previous| !previous.is_subset(&listed));
+        if !thorough && !shrank {
+            return;
+        }
         let key = self.target.key();
         let mut restore = Vec::new();
         for (folder, policy) in &self.removals.folders {
