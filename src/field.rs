@@ -450,11 +450,15 @@ impl Actor {
                     restore.push((path, record, asset));
                     continue;
                 }
-                warn!(folder = %folder.display(), file = %path.display(), asset_id = %id, "removed from its field in Tallyfy; leaving it so (remote_removed: leave): not uploaded again unless the local file changes");
                 record.state = FileState::Removed;
                 record.updated = now_unix();
-                if let Err(error) = self.store.put(&path, &record).await {
-                    error!(file = %path.display(), %error, "cannot record a file removed in Tallyfy");
+                match self.store.put(&path, &record).await {
+                    Ok(()) => {
+                        warn!(folder = %folder.display(), file = %path.display(), asset_id = %id, "removed from its field in Tallyfy; leaving it so (remote_removed: leave): not uploaded again unless the local file changes")
+                    }
+                    Err(error) => {
+                        error!(file = %path.display(), %error, "cannot record a file removed in Tallyfy")
+                    }
                 }
             }
         }

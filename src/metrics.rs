@@ -265,6 +265,7 @@ impl Metrics {
                     ("synced", c.synced),
                     ("pending", c.pending),
                     ("held", c.held),
+                    ("removed", c.removed),
                     ("rejected", c.rejected),
                     ("failed", c.failed),
                 ] {

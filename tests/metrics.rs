@@ -17,14 +17,7 @@ async fn metrics_count_uploads_requests_and_files_and_healthz_says_ok() {
     let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
     let daemon = env.start();
     daemon.wait_for_log("serving metrics at /metrics").await;
-    let addr = daemon
-        .log()
-        .lines()
-        .find(|line| line.contains("serving metrics"))
-        .and_then(|line| line.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the log names the metrics address")
-        .to_string();
+    let addr = daemon.metrics_addr();
     drop_file(&env.tasks, "a.pdf", b"aaaa");
     drop_file(&env.tasks, "b.pdf", b"bb");
     eventually("both attached", || env.task_field().len() == 2, &daemon).await;

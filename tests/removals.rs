@@ -22,10 +22,23 @@ async fn synced(env: &Env, daemon: &Daemon, name: &str, content: &[u8]) -> Strin
     asset["id"].as_str().unwrap().to_string()
 }
 
+/// The daemon's /metrics text, at the address its log names.
+async fn metrics(daemon: &Daemon) -> String {
+    let addr = daemon.metrics_addr();
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("the metrics endpoint answers")
+        .text()
+        .await
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_removed_in_tallyfy_is_left_removed_shown_by_status_and_sent_again_only_once_it_changes(
 ) {
-    let (env, daemon) = Env::running().await;
+    let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("serving metrics at /metrics").await;
     let removed = synced(&env, &daemon, "a.pdf", b"%PDF a").await;
     env.fake.detach_asset(&removed);
     // Attaching another file reads the field, which is when the daemon notices.
@@ -50,6 +63,20 @@ async fn a_file_removed_in_tallyfy_is_left_removed_shown_by_status_and_sent_agai
         .to_string();
     assert!(line.contains("removed in Tallyfy"), "{}", describe(&status));
     assert_eq!(filenames(&env.task_field()), vec!["b.pdf"]);
+    let metrics = metrics(&daemon).await;
+    for expected in [
+        "tallyfy_sync_remote_removals_total{action=\"left\"} 1\n",
+        "tallyfy_sync_remote_removals_total{action=\"restored\"} 0\n",
+        &format!(
+            "tallyfy_sync_files{{folder=\"{}\",state=\"removed\"}} 1\n",
+            env.tasks.display()
+        ),
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "/metrics lacks {expected:?}:\n{metrics}"
+        );
+    }
 
     // Rewritten with the same bytes: still nothing to send.
     drop_file(&env.tasks, "a.pdf", b"%PDF a");

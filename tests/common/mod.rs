@@ -325,6 +325,17 @@ impl Daemon {
         .await;
     }
 
+    /// The address the daemon serves /metrics at, as its log names it.
+    pub fn metrics_addr(&self) -> String {
+        self.log()
+            .lines()
+            .find(|line| line.contains("serving metrics"))
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the log names the metrics address")
+            .to_string()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child().id()
     }
