@@ -414,10 +414,11 @@ impl Actor {
     /// burst of new files into a big folder costs no pass over its records per batch.
     async fn notice_removals(&self, list: &[Value], thorough: bool) {
         let listed: HashSet<String> = list.iter().filter_map(asset_id).collect();
-        let previous = std::mem::replace(
-            &mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()),
-            Some(listed.clone()),
-        );
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(listed.clone());
         let shrank = previous.is_none_or(|previous| !previous.is_subset(&listed));
         if !thorough && !shrank {
             return;
