@@ -626,7 +626,6 @@ impl Client {
         })?;
         let request = self
             .request(Method::GET, &format!("file/{asset_id}/dl"))
-            .header("Accept", "application/octet-stream")
             .timeout(
                 self.timeout
                     + Duration::from_secs(MAX_DOWNLOAD_BYTES / SLOWEST_UPLOAD_BYTES_PER_SEC),
