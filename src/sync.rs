@@ -290,9 +290,14 @@ impl Syncer {
     }
 
     /// The asset ids the store's records for `target` hold (attached, or uploaded and not yet
-    /// attached): assets another file already accounts for.
+    /// attached), and those waiting to be deleted: assets that are not free to adopt.
     fn claimed(&self, target: &str) -> Result<HashSet<String>, StoreError> {
-        let mut claimed = HashSet::new();
+        let mut claimed: HashSet<String> = self
+            .store
+            .pending_deletes()?
+            .iter()
+            .filter_map(|job| job.asset.id())
+            .collect();
         for record in self.store.records() {
             let (_, record) = record?;
             if record.target == target {
