@@ -15,7 +15,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{daemon, demo, plan, service, status, text};
+use crate::{daemon, demo, plan, restore, service, status, text, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -83,6 +83,31 @@ pub enum Command {
     Retry {
         /// A file or folder; all failed files when left out.
         path: Option<PathBuf>,
+    },
+    /// Check that Tallyfy holds what the folders hold (all of them, or those at or under
+    /// PATH): per file in sync, changed locally, removed from the field or deleted in Tallyfy,
+    /// and the field's files no local file accounts for. Sends only GETs, writes nothing, and
+    /// works while the daemon runs. Exit 0 when everything agrees, 1 when anything differs.
+    Verify {
+        /// A file or folder; every configured folder when left out.
+        path: Option<PathBuf>,
+        /// Also download each file that looks in sync and compare its bytes.
+        #[arg(long)]
+        download: bool,
+        /// Print the report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the files of FOLDER's field into DIR (default: FOLDER itself) that are not
+    /// already there with the same content, under safe names, never overwriting a file (a
+    /// taken name becomes `name (2).pdf`), and record them as synced so the daemon sends
+    /// nothing for them. Exit 0 when every file came, 1 otherwise.
+    Restore {
+        /// A configured folder.
+        folder: PathBuf,
+        /// Where the files go instead of FOLDER (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
     },
     /// Let the deletes that max_delete held back in FOLDER go to Tallyfy.
     ReleaseDeletes {
@@ -155,6 +180,20 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::ReleaseDeletes { folder } => {
             let config = Config::load(&cli.config)?;
             print_done(control(&config, Request::ReleaseDeletes { folder })?)?;
+        }
+        Command::Restore { folder, to } => {
+            let config = Config::load(&cli.config)?;
+            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+            restore::run(&config, credentials, &folder, to.as_deref())?;
+        }
+        Command::Verify {
+            path,
+            download,
+            json,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+            verify::run(&config, credentials, path.as_deref(), download, json)?;
         }
         Command::Demo { dir } => {
             let cancel = CancellationToken::new();
@@ -342,6 +381,14 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             })
             .or(match cause.downcast_ref::<ControlError>() {
                 Some(ControlError::Store(store)) => Some(store),
+                _ => None,
+            })
+            .or(match cause.downcast_ref::<restore::RestoreError>() {
+                Some(restore::RestoreError::Control(ControlError::Store(store))) => Some(store),
+                _ => None,
+            })
+            .or(match cause.downcast_ref::<verify::VerifyError>() {
+                Some(verify::VerifyError::Control(ControlError::Store(store))) => Some(store),
                 _ => None,
             });
         // A certificate store that cannot be used (SSL_CERT_FILE) does not mend itself either.

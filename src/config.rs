@@ -132,6 +132,8 @@ pub struct Folder {
     pub target: Target,
     pub recursive: bool,
     pub delete_remote: bool,
+    /// What happens to a synced file someone removed from the field in Tallyfy.
+    pub remote_removed: RemoteRemoved,
     /// The patterns as written, for messages.
     pub ignore: Vec<String>,
     /// `ignore` compiled; match it against the file name, not the whole path.
@@ -153,6 +155,26 @@ impl Folder {
             }) => to.starts_with(&self.path) && path.starts_with(to),
             _ => false,
         }
+    }
+}
+
+/// `remote_removed`: what to do when a synced file's asset leaves the field in Tallyfy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RemoteRemoved {
+    /// Warn, show it in `status`, and upload it again only when the local file changes.
+    #[default]
+    Leave,
+    /// Put it back (the same asset if it still exists, else upload it again): the folder
+    /// stays the source of truth.
+    Restore,
+}
+
+impl std::fmt::Display for RemoteRemoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteRemoved::Leave => "leave",
+            RemoteRemoved::Restore => "restore",
+        })
     }
 }
 
@@ -937,6 +959,13 @@ fn folder(
     }
     let recursive = s.opt("recursive", boolean).unwrap_or(false);
     let delete_remote = s.opt("delete_remote", boolean).unwrap_or(true);
+    let remote_removed = s
+        .opt("remote_removed", |value| match value.as_str() {
+            Some("leave") => Ok(RemoteRemoved::Leave),
+            Some("restore") => Ok(RemoteRemoved::Restore),
+            _ => invalid("expected leave or restore"),
+        })
+        .unwrap_or_default();
     let max_delete_percent = s.opt("max_delete", percentage).unwrap_or(max_delete);
     let watch = watch_mode(&mut s);
     let ignore_key = s.at("ignore");
@@ -967,6 +996,7 @@ fn folder(
         target: target?,
         recursive,
         delete_remote,
+        remote_removed,
         ignore: globs.iter().map(|glob| glob.glob().to_string()).collect(),
         ignore_set: ignore_set?,
         watch: watch?,
@@ -1889,7 +1919,7 @@ folders:
             problems,
             [
                 "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit, ca_file)",
-                "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, dedupe, recursive, delete_remote, max_delete, watch, poll, ignore)",
+                "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, dedupe, recursive, delete_remote, remote_removed, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
                 "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
             ]

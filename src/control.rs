@@ -1,4 +1,4 @@
-//! The control socket: how `status`, `retry` and `release-deletes` reach a running daemon.
+//! The control socket: how `status`, `retry`, `release-deletes` and `verify` reach a running daemon.
 //! sled admits one process, so the CLI cannot read the store while the daemon holds it; it
 //! sends one JSON request line over `{state_dir}/control.sock` (mode 0600) and reads one JSON
 //! answer line. Owns the socket, the protocol, and the actions that work with or without a
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::guard;
 use crate::status::{self, StatusReport};
-use crate::store::{FileState, Store, StoreError};
+use crate::store::{FileRecord, FileState, Store, StoreError};
 use crate::watch::Hint;
 
 /// Requests longer than this are refused: the protocol has no use for them.
@@ -51,12 +51,17 @@ pub enum Request {
     ReleaseDeletes {
         folder: PathBuf,
     },
+    /// The records of the files in `folder`, for `verify`.
+    Records {
+        folder: PathBuf,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "kebab-case")]
 pub enum Answer {
     Status(StatusReport),
+    Records { records: Vec<(PathBuf, FileRecord)> },
     Done { message: String },
     Refused { message: String },
 }
@@ -122,7 +127,7 @@ async fn answer(
             message: format!("unreadable request: {error}"),
         },
         Ok(request) => {
-            let changes_store = !matches!(request, Request::Status);
+            let changes_store = !matches!(request, Request::Status | Request::Records { .. });
             match act(request, config, store, true).await {
                 Ok(answer) => {
                     // The daemon acts on what changed in the store at its next scan; make it
@@ -167,6 +172,16 @@ pub async fn act(
             info!(files = count, "retry requested");
             Ok(Answer::Done { message })
         }
+        Request::Records { folder } => Ok(Answer::Records {
+            records: store
+                .records_under(&folder)
+                .filter(|record| {
+                    record
+                        .as_ref()
+                        .map_or(true, |(_, record)| record.folder == folder)
+                })
+                .collect::<Result<_, _>>()?,
+        }),
         Request::ReleaseDeletes { folder } => {
             let folder = configured_folder(config, &folder)?;
             guard::release(store, &folder).await?;
@@ -184,7 +199,8 @@ pub async fn act(
     }
 }
 
-fn configured_folder(config: &Config, folder: &Path) -> Result<PathBuf, ControlError> {
+/// The configured folder `folder` names (as written, or through a link), or an error listing them.
+pub fn configured_folder(config: &Config, folder: &Path) -> Result<PathBuf, ControlError> {
     let wanted = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
     config
         .folders

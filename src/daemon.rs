@@ -17,13 +17,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
 use crate::config::{Config, ConfigError, Credentials};
-use crate::field::FieldHandle;
+use crate::field::{FieldHandle, Removals};
 use crate::metrics::METRICS;
 use crate::retry::Backoff;
 use crate::service::Reloads;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
-use crate::store::{self, Store, StoreError, UNWRITABLE};
+use crate::store::{self, Rebuilt, Store, StoreError, UNWRITABLE};
 use crate::sync::Syncer;
 use crate::watch::Hint;
 use crate::{control, filter, metrics, queue, service, status, watch};
@@ -68,10 +68,19 @@ pub async fn run(
         state_dir = %config.state_dir.display(),
         "tallyfy-sync starting"
     );
-    let Some(store) = open_store(&config.state_dir, &cancel).await? else {
+    let Some((store, rebuilt)) = open_store(&config.state_dir, &cancel).await? else {
         info!("stopped before the state directory could be opened");
         return Ok(());
     };
+    if let Some(rebuilt) = rebuilt {
+        error!(
+            state_dir = %config.state_dir.display(),
+            moved_to = %rebuilt.moved_to.display(),
+            error = %rebuilt.error,
+            "the state store was damaged and could not be opened; moved it aside to {} (kept for inspection) and started a new one. Lost with it: remote deletes still pending (those files stay in Tallyfy), \"removed in Tallyfy\" marks (those files are uploaded again) and held deletes. Rebuilding by matching every file against its field: files already there with the same content are adopted, not uploaded again",
+            crate::text::path(&rebuilt.moved_to)
+        );
+    }
     let mut api = client(&config, credentials, &store, &cancel)?;
     let mut pipeline = Pipeline::start(config.clone(), store.clone(), api.clone(), &cancel).await;
     announce_ready(&pipeline.status, &cancel).await;
@@ -120,8 +129,8 @@ pub async fn run(
 async fn open_store(
     dir: &std::path::Path,
     cancel: &CancellationToken,
-) -> Result<Option<Store>, StoreError> {
-    let first = match Store::open(dir) {
+) -> Result<Option<(Store, Option<Rebuilt>)>, StoreError> {
+    let first = match Store::open_or_rebuild(dir).await {
         Err(StoreError::Unwritable { error, .. }) => error,
         opened => return opened.map(Some),
     };
@@ -155,7 +164,7 @@ async fn open_store(
             _ = cancel.cancelled() => return Ok(None),
             _ = heartbeat.during(tokio::time::sleep(delay)) => {}
         }
-        match Store::open(dir) {
+        match Store::open_or_rebuild(dir).await {
             Err(StoreError::Unwritable { error, .. }) => {
                 debug!(state_dir = %dir.display(), %error, "the state directory still cannot be written")
             }
@@ -314,6 +323,27 @@ impl Pipeline {
         parent: &CancellationToken,
     ) -> Pipeline {
         let cancel = parent.child_token();
+        let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
+        // A file the field actor found deleted in Tallyfy and wants uploaded again.
+        let (recheck_tx, mut recheck_rx) = mpsc::unbounded_channel::<PathBuf>();
+        let mut tasks = Vec::new();
+        {
+            let (hints, cancel) = (hint_tx.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let path = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        path = recheck_rx.recv() => match path {
+                            Some(path) => path,
+                            None => return,
+                        },
+                    };
+                    if hints.send(watch::Hint::Path(path)).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
         // Folders mapped to the same field share one actor, so their PUTs cannot race either.
         let mut actors: HashMap<String, FieldHandle> = HashMap::new();
         let mut actor_tasks = Vec::new();
@@ -321,17 +351,28 @@ impl Pipeline {
             .folders
             .iter()
             .map(|folder| {
-                info!(folder = %folder.path.display(), target = %folder.target, recursive = folder.recursive, delete_remote = folder.delete_remote, "watching folder");
+                info!(folder = %folder.path.display(), target = %folder.target, recursive = folder.recursive, delete_remote = folder.delete_remote, remote_removed = %folder.remote_removed, "watching folder");
                 actors
                     .entry(folder.target.key())
                     .or_insert_with(|| {
-                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), cancel.clone());
+                        let removals = Removals {
+                            folders: config
+                                .folders
+                                .iter()
+                                .filter(|other| other.target.key() == folder.target.key())
+                                .map(|other| (other.path.clone(), other.remote_removed))
+                                .collect(),
+                            every: config.rescan_interval,
+                            recheck: recheck_tx.clone(),
+                        };
+                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), removals, cancel.clone());
                         actor_tasks.push(task);
                         handle
                     })
                     .clone()
             })
             .collect();
+        drop(recheck_tx);
 
         resume_deletes(&store, &actors).await;
         retry_after_config_change(&config, &store).await;
@@ -342,19 +383,18 @@ impl Pipeline {
             api.clone(),
             fields,
         ));
-        let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
         let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
         let overflow = Arc::new(AtomicBool::new(false));
         // Held before any worker starts, when an earlier pipeline left the store unwritable.
         if store.unwritable().is_some() {
             api.hold(UNWRITABLE);
         }
-        let mut tasks = vec![tokio::spawn(hold_while_unwritable(
+        tasks.push(tokio::spawn(hold_while_unwritable(
             store.clone(),
             api.clone(),
             hint_tx.clone(),
             cancel.clone(),
-        ))];
+        )));
         if let Some(addr) = config.metrics_listen {
             let (config, store) = (config.clone(), store.clone());
             let status = Arc::new(move || status::build(&config, &store, true).ok());

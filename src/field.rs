@@ -2,10 +2,14 @@
 //! Verifies the target at start, then receives attach and delete requests from the sync
 //! workers and applies each batch with one read and at most one write of the field, so a burst
 //! of files costs a few PUTs and two PUTs to one field never race (no lost update).
-//! Owns the rule that assets attached by anyone else stay in the field.
+//! Owns the rule that assets attached by anyone else stay in the field, and notices synced
+//! files someone removed from the field in Tallyfy (each time it reads the field, and once per
+//! `rescan_interval`), leaving or restoring them as their folder's `remote_removed` says.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -13,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ApiError, Client, UploadTarget};
-use crate::config::Target;
+use crate::config::{RemoteRemoved, Target};
 use crate::metrics::METRICS;
-use crate::store::{asset_id, Asset, DeleteJob, Store};
+use crate::store::{asset_id, now_unix, Asset, DeleteJob, FileState, Store};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
 const MAX_BATCH: usize = 500;
@@ -83,6 +87,20 @@ enum Request {
         job: DeleteJob,
         reply: Option<oneshot::Sender<Result<(), FieldError>>>,
     },
+    /// The field's value as it is now.
+    Read {
+        reply: oneshot::Sender<Result<Vec<Value>, FieldError>>,
+    },
+}
+
+/// How the actor watches for files removed from the field in Tallyfy.
+pub struct Removals {
+    /// Each folder mapped to this field, with its `remote_removed`.
+    pub folders: Vec<(PathBuf, RemoteRemoved)>,
+    /// How often the field is read for this when nothing else reads it.
+    pub every: Duration,
+    /// Files to look at again now: one that must be uploaded again.
+    pub recheck: mpsc::UnboundedSender<PathBuf>,
 }
 
 /// The sync workers' handle on a field actor.
@@ -98,6 +116,7 @@ impl FieldHandle {
         target: Target,
         api: Arc<Client>,
         store: Store,
+        removals: Removals,
         cancel: CancellationToken,
     ) -> (FieldHandle, tokio::task::JoinHandle<()>) {
         let (requests, inbox) = mpsc::channel(MAX_BATCH);
@@ -106,6 +125,8 @@ impl FieldHandle {
             target,
             api,
             store,
+            removals,
+            seen: std::sync::Mutex::new(None),
             cancel,
         };
         let task = tokio::spawn(actor.run(inbox, ready_tx));
@@ -159,6 +180,16 @@ impl FieldHandle {
         answer.await.unwrap_or(Err(FieldError::Cancelled))
     }
 
+    /// The field's value as it is now (requests that arrive together share one read).
+    pub async fn read(&self) -> Result<Vec<Value>, FieldError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Read { reply })
+            .await
+            .map_err(|_| FieldError::Cancelled)?;
+        answer.await.unwrap_or(Err(FieldError::Cancelled))
+    }
+
     /// Queues a delete nobody waits for (tombstones left from before a restart).
     pub async fn delete_later(&self, job: DeleteJob) {
         let _ = self
@@ -169,15 +200,61 @@ impl FieldHandle {
 }
 
 /// The field's value as read, with what a write needs to send back unchanged.
-struct Snapshot {
-    list: Vec<Value>,
+pub struct Snapshot {
+    pub list: Vec<Value>,
     checklist: Option<api::Checklist>,
+}
+
+/// Reads a field's value (one GET), as the actor does before each write and as `verify` and
+/// `restore` do.
+pub async fn read(target: &Target, api: &Client) -> Result<Snapshot, ApiError> {
+    match target {
+        Target::Task {
+            run_id,
+            task_id,
+            capture_id,
+            ..
+        } => {
+            let mut task = api.get_task(run_id, task_id).await?;
+            let value = task
+                .fields
+                .into_iter()
+                .find(|field| field.id == *capture_id)
+                .map(|field| field.value)
+                .or_else(|| task.taskdata.as_mut()?.remove(capture_id))
+                .unwrap_or(Value::Null);
+            Ok(Snapshot {
+                list: api::into_list(value),
+                checklist: None,
+            })
+        }
+        // A launched file's asset lives in its process, in no field this actor writes: only
+        // deletes of uploads that could not be launched come here.
+        Target::Launch(_) => Ok(Snapshot {
+            list: Vec::new(),
+            checklist: None,
+        }),
+        Target::Kickoff {
+            checklist_id,
+            field_id,
+        } => {
+            let checklist = api.get_checklist(checklist_id).await?;
+            let list = kickoff_value(&checklist.prerun, field_id).unwrap_or_default();
+            Ok(Snapshot {
+                list,
+                checklist: Some(checklist),
+            })
+        }
+    }
 }
 
 struct Actor {
     target: Target,
     api: Arc<Client>,
     store: Store,
+    removals: Removals,
+    /// The asset ids the field held when last read or written.
+    seen: std::sync::Mutex<Option<HashSet<String>>>,
     cancel: CancellationToken,
 }
 
@@ -185,12 +262,13 @@ impl Actor {
     async fn run(self, mut inbox: mpsc::Receiver<Request>, readiness: watch::Sender<Readiness>) {
         let verified = tokio::select! {
             _ = self.cancel.cancelled() => return,
-            verified = verify(&self.target, &self.api) => verified,
+            verified = inspect(&self.target, &self.api) => verified,
         };
         match verified {
-            Ok(resolved) => {
+            Ok((resolved, list)) => {
                 info!(target = %self.target, "target verified");
                 readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
+                self.notice_removals(&list, true).await;
             }
             Err(FieldError::Cancelled) => return,
             Err(error) => {
@@ -198,9 +276,20 @@ impl Actor {
                 readiness.send_replace(Readiness::Invalid(error.to_string()));
             }
         }
+        let mut check = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.removals.every,
+            self.removals.every,
+        );
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 _ = self.cancel.cancelled() => return,
+                _ = check.tick() => {
+                    if matches!(&*readiness.borrow(), Readiness::Ready(_)) {
+                        self.check_removals().await;
+                    }
+                    continue;
+                }
                 request = inbox.recv() => match request {
                     Some(request) => request,
                     None => return,
@@ -260,10 +349,14 @@ impl Actor {
                 Request::Attach {
                     asset, replaces, ..
                 } => Some((asset.clone(), replaces.clone())),
-                Request::Delete { .. } => None,
+                Request::Delete { .. } | Request::Read { .. } => None,
             })
             .collect();
         let outcome = api.with_retries(|| self.update(&attach, &removed)).await;
+        let list = match &outcome {
+            Ok(Some(list)) => Some(list.clone()),
+            _ => None,
+        };
         // The ids the field lists now, looked up once per file rather than by scanning.
         let outcome = match outcome {
             Err(ApiError::Cancelled) => return,
@@ -311,6 +404,141 @@ impl Actor {
                         let _ = reply.send(result);
                     }
                 }
+                Request::Read { reply } => {
+                    let result = match (&list, &outcome) {
+                        (Some(list), _) => Ok(list.clone()),
+                        (None, Err(error)) => Err(FieldError::Refused(error.clone())),
+                        (None, Ok(_)) => Err(FieldError::Invalid(format!(
+                            "the API did not show the field of {}",
+                            self.target
+                        ))),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        if let Some(list) = list {
+            self.notice_removals(&list, false).await;
+        }
+    }
+
+    /// Reads the field only to compare it with the store.
+    async fn check_removals(&self) {
+        let api = &self.api;
+        match api.with_retries(|| self.read()).await {
+            Ok(snapshot) => self.notice_removals(&snapshot.list, true).await,
+            Err(ApiError::Cancelled) => {}
+            Err(error) => {
+                warn!(target = %self.target, %error, "cannot read the field to look for files removed in Tallyfy; trying again later")
+            }
+        }
+    }
+
+    /// Synced files whose asset `list` no longer holds were removed in Tallyfy: mark them
+    /// (`remote_removed: leave`) or put them back (`restore`). Unless `thorough`, the store is
+    /// only searched when an asset seen in the field before has left it since, so that a
+    /// burst of new files into a big folder costs no pass over its records per batch.
+    async fn notice_removals(&self, list: &[Value], thorough: bool) {
+        let listed: HashSet<String> = list.iter().filter_map(asset_id).collect();
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(listed.clone());
+        let shrank = previous.is_none_or(|previous| !previous.is_subset(&listed));
+        if !thorough && !shrank {
+            return;
+        }
+        let key = self.target.key();
+        let mut restore = Vec::new();
+        for (folder, policy) in &self.removals.folders {
+            let gone: Vec<_> = self
+                .store
+                .records_under(folder)
+                .filter_map(Result::ok)
+                .filter(|(_, record)| {
+                    record.target == key
+                        && record.folder == *folder
+                        && record.state == FileState::Synced
+                        && record
+                            .attached
+                            .as_ref()
+                            .and_then(Asset::id)
+                            .is_some_and(|id| !listed.contains(&id))
+                })
+                .collect();
+            for (path, mut record) in gone {
+                let Some(asset) = record.attached.clone() else {
+                    continue;
+                };
+                let id = asset.id().unwrap_or_default();
+                METRICS.remote_removed(*policy);
+                if *policy == RemoteRemoved::Restore {
+                    restore.push((path, record, asset));
+                    continue;
+                }
+                record.state = FileState::Removed;
+                record.updated = now_unix();
+                match self.store.put(&path, &record).await {
+                    Ok(()) => {
+                        warn!(folder = %folder.display(), file = %path.display(), asset_id = %id, "removed from its field in Tallyfy; leaving it so (remote_removed: leave): not uploaded again unless the local file changes")
+                    }
+                    Err(error) => {
+                        error!(file = %path.display(), %error, "cannot record a file removed in Tallyfy")
+                    }
+                }
+            }
+        }
+        if !restore.is_empty() {
+            self.restore(restore).await;
+        }
+    }
+
+    /// Attaches removed assets again when they still exist; files whose asset is gone for good
+    /// are uploaded again.
+    async fn restore(&self, removed: Vec<(PathBuf, crate::store::FileRecord, Asset)>) {
+        let api = &self.api;
+        let mut attach = Vec::new();
+        for (path, mut record, asset) in removed {
+            let id = asset.id().unwrap_or_default();
+            match api.with_retries(|| api.get_asset(&id)).await {
+                Ok(Some(_)) => {
+                    info!(folder = %record.folder.display(), file = %path.display(), asset_id = %id, "removed from its field in Tallyfy; attaching it again (remote_removed: restore)");
+                    attach.push((asset, None));
+                }
+                Ok(None) => {
+                    info!(folder = %record.folder.display(), file = %path.display(), asset_id = %id, "deleted in Tallyfy; uploading it again (remote_removed: restore)");
+                    // Nothing left to replace or delete: the next upload goes in as new.
+                    record.attached = None;
+                    record.state = FileState::Uploading;
+                    record.attempts = 0;
+                    record.updated = now_unix();
+                    match self.store.put(&path, &record).await {
+                        Ok(()) => {
+                            let _ = self.removals.recheck.send(path);
+                        }
+                        Err(error) => {
+                            error!(file = %path.display(), %error, "cannot record a file to upload again")
+                        }
+                    }
+                }
+                Err(ApiError::Cancelled) => return,
+                Err(error) => {
+                    warn!(file = %path.display(), asset_id = %id, %error, "cannot ask whether a file removed in Tallyfy still exists; trying again at the next check")
+                }
+            }
+        }
+        if attach.is_empty() {
+            return;
+        }
+        let nothing_removed = HashSet::new();
+        match api
+            .with_retries(|| self.update(&attach, &nothing_removed))
+            .await
+        {
+            Ok(_) | Err(ApiError::Cancelled) => {}
+            Err(error) => {
+                error!(target = %self.target, %error, "cannot attach the removed files again; trying again at the next check")
             }
         }
     }
@@ -394,44 +622,7 @@ impl Actor {
     }
 
     async fn read(&self) -> Result<Snapshot, ApiError> {
-        match &self.target {
-            Target::Task {
-                run_id,
-                task_id,
-                capture_id,
-                ..
-            } => {
-                let mut task = self.api.get_task(run_id, task_id).await?;
-                let value = task
-                    .fields
-                    .into_iter()
-                    .find(|field| field.id == *capture_id)
-                    .map(|field| field.value)
-                    .or_else(|| task.taskdata.as_mut()?.remove(capture_id))
-                    .unwrap_or(Value::Null);
-                Ok(Snapshot {
-                    list: api::into_list(value),
-                    checklist: None,
-                })
-            }
-            // A launched file's asset lives in its process, in no field this actor writes: only
-            // deletes of uploads that could not be launched come here.
-            Target::Launch(_) => Ok(Snapshot {
-                list: Vec::new(),
-                checklist: None,
-            }),
-            Target::Kickoff {
-                checklist_id,
-                field_id,
-            } => {
-                let checklist = self.api.get_checklist(checklist_id).await?;
-                let list = kickoff_value(&checklist.prerun, field_id).unwrap_or_default();
-                Ok(Snapshot {
-                    list,
-                    checklist: Some(checklist),
-                })
-            }
-        }
+        read(&self.target, &self.api).await
     }
 
     async fn write(
@@ -485,6 +676,11 @@ impl Actor {
 /// Checks with GETs only that `target` exists, can take files, and says where uploads go:
 /// what the daemon does before it sends a field anything, and what `check --online` does.
 pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldError> {
+    inspect(target, api).await.map(|(resolved, _)| resolved)
+}
+
+/// `verify`, also returning the field's value as the same GET showed it.
+async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>), FieldError> {
     match target {
         Target::Task {
             run_id,
@@ -532,28 +728,36 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
                 .clone()
                 .or(task.checklist_id)
                 .ok_or_else(|| missing("checklist_id"))?;
-            Ok(Resolved {
-                upload: UploadTarget::Task {
-                    run_id: run_id.clone(),
-                    capture_id: capture_id.clone(),
-                    step_id,
-                    checklist_id,
+            let list = api::into_list(field.value.clone());
+            Ok((
+                Resolved {
+                    upload: UploadTarget::Task {
+                        run_id: run_id.clone(),
+                        capture_id: capture_id.clone(),
+                        step_id,
+                        checklist_id,
+                    },
+                    launch: None,
                 },
-                launch: None,
-            })
+                list,
+            ))
         }
         Target::Kickoff {
             checklist_id,
             field_id,
         } => {
             let checklist = read_template(api, checklist_id).await?;
-            file_field(&checklist.prerun, checklist_id, field_id)?;
-            Ok(Resolved {
-                upload: UploadTarget::Kickoff {
-                    checklist_id: checklist_id.clone(),
+            let field = file_field(&checklist.prerun, checklist_id, field_id)?;
+            let list = api::into_list(field.get("value").cloned().unwrap_or(Value::Null));
+            Ok((
+                Resolved {
+                    upload: UploadTarget::Kickoff {
+                        checklist_id: checklist_id.clone(),
+                    },
+                    launch: None,
                 },
-                launch: None,
-            })
+                list,
+            ))
         }
         Target::Launch(launch) => {
             let checklist_id = &launch.checklist_id;
@@ -606,15 +810,19 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
                     missing.join(", ")
                 )));
             }
-            Ok(Resolved {
-                upload: UploadTarget::Kickoff {
-                    checklist_id: checklist_id.clone(),
+            Ok((
+                Resolved {
+                    upload: UploadTarget::Kickoff {
+                        checklist_id: checklist_id.clone(),
+                    },
+                    launch: Some(LaunchForm {
+                        title: checklist.title,
+                        limits,
+                    }),
                 },
-                launch: Some(LaunchForm {
-                    title: checklist.title,
-                    limits,
-                }),
-            })
+                // A launch folder's files go to processes it starts, into no field it keeps.
+                Vec::new(),
+            ))
         }
     }
 }
@@ -681,7 +889,11 @@ fn kickoff_field<'a>(
 }
 
 /// Like `kickoff_field`, and it must take files.
-fn file_field(prerun: &[Value], checklist_id: &str, field_id: &str) -> Result<(), FieldError> {
+fn file_field<'a>(
+    prerun: &'a [Value],
+    checklist_id: &str,
+    field_id: &str,
+) -> Result<&'a Value, FieldError> {
     let field = kickoff_field(prerun, checklist_id, field_id)?;
     let field_type = text(field, "field_type");
     if field_type != "file" {
@@ -690,7 +902,7 @@ fn file_field(prerun: &[Value], checklist_id: &str, field_id: &str) -> Result<()
             text(field, "label")
         )));
     }
-    Ok(())
+    Ok(field)
 }
 
 /// A target the API says is missing or forbidden is a config mistake, not a passing failure.
@@ -712,12 +924,19 @@ fn kickoff_value(prerun: &[Value], field_id: &str) -> Option<Vec<Value>> {
 /// Answers every request of a batch for a target that failed verification.
 fn refuse_all(batch: Vec<Request>, why: &str) {
     for request in batch {
-        let reply = match request {
-            Request::Attach { reply, .. } => Some(reply),
-            Request::Delete { reply, .. } => reply,
-        };
-        if let Some(reply) = reply {
-            let _ = reply.send(Err(FieldError::Invalid(why.to_string())));
+        let why = || FieldError::Invalid(why.to_string());
+        match request {
+            Request::Attach { reply, .. } => {
+                let _ = reply.send(Err(why()));
+            }
+            Request::Delete { reply, .. } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(why()));
+                }
+            }
+            Request::Read { reply } => {
+                let _ = reply.send(Err(why()));
+            }
         }
     }
 }

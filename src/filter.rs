@@ -155,6 +155,7 @@ pub(crate) mod tests {
             },
             recursive: false,
             delete_remote: true,
+            remote_removed: crate::config::RemoteRemoved::Leave,
             ignore: ignore.iter().map(|s| s.to_string()).collect(),
             ignore_set: builder.build().unwrap(),
             watch: crate::config::WatchMode::Auto,

@@ -40,6 +40,11 @@ pub struct Metrics {
     folders_paused: AtomicI64,
     /// 1 while the state directory cannot be written (requests are held meanwhile).
     store_unwritable: AtomicU64,
+    /// Synced files found removed from their field in Tallyfy, by what was done about it.
+    removals_left: AtomicU64,
+    removals_restored: AtomicU64,
+    /// Files found already in their field with the same content, recorded without an upload.
+    adopted: AtomicU64,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
 }
 
@@ -59,6 +64,9 @@ pub static METRICS: Metrics = Metrics {
     jobs_done: AtomicU64::new(0),
     folders_paused: AtomicI64::new(0),
     store_unwritable: AtomicU64::new(0),
+    removals_left: AtomicU64::new(0),
+    removals_restored: AtomicU64::new(0),
+    adopted: AtomicU64::new(0),
     requests: Mutex::new(BTreeMap::new()),
 };
 
@@ -114,6 +122,19 @@ impl Metrics {
     pub fn request(&self, endpoint: &'static str, status: u16) {
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *requests.entry((endpoint, status)).or_default() += 1;
+    }
+
+    pub fn remote_removed(&self, policy: crate::config::RemoteRemoved) {
+        match policy {
+            crate::config::RemoteRemoved::Leave => &self.removals_left,
+            crate::config::RemoteRemoved::Restore => &self.removals_restored,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn adopted(&self) {
+        self.adopted.fetch_add(1, Relaxed);
+        self.last_success_ms.store(crate::api::unix_ms(), Relaxed);
     }
 
     pub fn job_queued(&self) {
@@ -182,6 +203,24 @@ impl Metrics {
             "counter",
             "Processes started from files (launch folders), by result.",
             &by_result(&self.launches_ok, &self.launches_failed),
+        );
+        metric(
+            "remote_removals_total",
+            "counter",
+            "Synced files found removed from their field in Tallyfy, by what remote_removed did.",
+            &[
+                ("{action=\"left\"}".to_string(), get(&self.removals_left)),
+                (
+                    "{action=\"restored\"}".to_string(),
+                    get(&self.removals_restored),
+                ),
+            ],
+        );
+        metric(
+            "adopted_total",
+            "counter",
+            "Files found in their field with the same content and recorded without an upload.",
+            &one(get(&self.adopted)),
         );
         metric(
             "uploaded_bytes_total",
@@ -259,6 +298,7 @@ impl Metrics {
                     ("synced", c.synced),
                     ("pending", c.pending),
                     ("held", c.held),
+                    ("removed", c.removed),
                     ("rejected", c.rejected),
                     ("failed", c.failed),
                 ] {

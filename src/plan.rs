@@ -80,9 +80,7 @@ pub async fn verify_targets(
     config: &Config,
     credentials: Credentials,
 ) -> Result<Vec<TargetCheck>, ApiError> {
-    let cancel = CancellationToken::new();
-    let _stop_renewals = cancel.clone().drop_guard();
-    let api = Client::new(&config.api, credentials, cancel)?.give_up_after(ATTEMPTS);
+    let (api, _stop_renewals) = client(&config.api, credentials)?;
     let deadline = Instant::now() + DEADLINE;
     let mut verdicts: HashMap<String, Verdict> = HashMap::new();
     // Once the API is down or refuses the token, asking about more targets only adds waiting.
@@ -121,6 +119,18 @@ pub async fn verify_targets(
         });
     }
     Ok(checks)
+}
+
+/// A client for a command that must answer soon: `ATTEMPTS` tries per request. Token renewals
+/// run until the guard is dropped.
+pub fn client(
+    config: &crate::config::ApiConfig,
+    credentials: Credentials,
+) -> Result<(Client, tokio_util::sync::DropGuard), ApiError> {
+    let cancel = CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
+    let api = Client::new(config, credentials, cancel)?.give_up_after(ATTEMPTS);
+    Ok((api, guard))
 }
 
 /// The verdict on one verification, and whether the API is in no state to be asked more.

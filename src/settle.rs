@@ -452,7 +452,11 @@ fn leaves_after_launch(folder: &Folder, record: &FileRecord) -> bool {
 /// Lists files (anything but directories) under `dir`, never following symbolic links and never
 /// entering hidden directories or where a launch folder moves its launched files. An unreadable
 /// subdirectory is skipped; an unreadable root is an error.
-fn walk(folder: &Folder, dir: &Path, out: &mut Vec<(PathBuf, FileMeta)>) -> std::io::Result<()> {
+pub fn walk(
+    folder: &Folder,
+    dir: &Path,
+    out: &mut Vec<(PathBuf, FileMeta)>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let Ok(metadata) = entry.path().symlink_metadata() else {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
-use crate::store::{FileRecord, FileState, Store, StoreError, UNWRITABLE};
+use crate::store::{FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE};
 use crate::text;
 
 /// Where the daemon saves the request pause in the store.
@@ -31,6 +31,9 @@ pub struct StatusReport {
     pub folders: Vec<FolderReport>,
     /// Remote assets still to delete.
     pub deletes_pending: Vec<PendingDelete>,
+    /// When the store was found damaged and rebuilt from the fields, if it was.
+    #[serde(default)]
+    pub store_rebuilt: Option<Rebuilt>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,6 +48,9 @@ pub struct Counts {
     pub launched: usize,
     #[serde(default)]
     pub duplicates: usize,
+    /// Synced files someone removed from the field in Tallyfy (`remote_removed: leave`).
+    #[serde(default)]
+    pub removed: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,8 +70,8 @@ pub struct FolderReport {
 pub struct FileReport {
     /// Relative to the folder.
     pub name: String,
-    /// synced, pending, held, rejected or failed; in launch folders also launching, launched
-    /// or duplicate.
+    /// synced, pending, held, removed, rejected or failed; in launch folders also launching,
+    /// launched or duplicate.
     pub state: String,
     pub asset_id: Option<String>,
     /// The process the file started (or, for a duplicate, the one its content started).
@@ -172,6 +178,7 @@ fn from_store(
         state_dir_unwritable,
         folders,
         deletes_pending,
+        store_rebuilt: store.meta(REBUILT_KEY)?,
     })
 }
 
@@ -214,6 +221,12 @@ fn folder_report(
             FileState::Synced => {
                 counts.synced += 1;
                 ("synced", attached, String::new(), None)
+            }
+            FileState::Removed => {
+                counts.removed += 1;
+                let detail =
+                    "removed in Tallyfy; not uploaded again unless the file changes".to_string();
+                ("removed", attached, detail, None)
             }
             FileState::Uploading => {
                 counts.pending += 1;
@@ -303,6 +316,16 @@ pub fn render(report: &StatusReport) -> String {
             text::escaped(error)
         );
     }
+    if let Some(rebuilt) = &report.store_rebuilt {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(rebuilt.at);
+        let _ = writeln!(
+            out,
+            "store rebuilt at {}: the old one was damaged ({}) and is kept in {}; files were matched against their fields and adopted where Tallyfy already held them",
+            humantime::format_rfc3339_seconds(at),
+            text::escaped(&rebuilt.error),
+            text::path(&rebuilt.moved_to)
+        );
+    }
     if let Some(pause) = &report.api_pause {
         let _ = writeln!(
             out,
@@ -330,6 +353,9 @@ pub fn render(report: &StatusReport) -> String {
                 "  {} launched, {} duplicates",
                 c.launched, c.duplicates
             );
+        }
+        if c.removed > 0 {
+            let _ = writeln!(out, "  {} removed in Tallyfy", c.removed);
         }
         if let Some(paused) = &folder.paused {
             let _ = writeln!(out, "  PAUSED: {}", text::escaped(paused));

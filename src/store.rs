@@ -40,6 +40,9 @@ pub enum StoreError {
     /// A full or read-only file system: a passing condition, unlike a wrong path or mode.
     #[error("cannot write state directory {path} (the file system is full or read-only): {error}")]
     Unwritable { path: PathBuf, error: String },
+    /// sled found its files damaged (a disk that lost recently written data, say).
+    #[error("the state store in {path} is damaged and cannot be opened: {error}")]
+    Damaged { path: PathBuf, error: String },
     #[error("state store at {path}: {error}")]
     Io { path: PathBuf, error: String },
     #[error("state store at {path} holds an unreadable record for {key}: {error}")]
@@ -48,6 +51,20 @@ pub enum StoreError {
         key: String,
         error: String,
     },
+}
+
+/// Where the daemon notes, in the new store, that it replaced a damaged one.
+pub const REBUILT_KEY: &str = "store-rebuilt";
+
+/// A damaged store moved aside and replaced by an empty one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rebuilt {
+    /// Unix seconds.
+    pub at: u64,
+    /// Where the damaged store was kept for inspection.
+    pub moved_to: PathBuf,
+    /// What sled said.
+    pub error: String,
 }
 
 /// What identifies one version of a file on disk without reading it.
@@ -113,6 +130,9 @@ pub enum FileState {
     Uploaded { asset: Asset },
     /// `attached` holds this version.
     Synced,
+    /// Synced, then someone removed `attached` from the field in Tallyfy, and the folder says
+    /// `remote_removed: leave`: not uploaded again until the local file changes.
+    Removed,
     /// Not eligible (extension, size, name...); looked at again only when the file changes.
     Rejected { reason: String },
     /// The API refused it for good; looked at again when the file changes.
@@ -170,6 +190,7 @@ impl FileRecord {
             && matches!(
                 self.state,
                 FileState::Synced
+                    | FileState::Removed
                     | FileState::Rejected { .. }
                     | FileState::Failed { .. }
                     | FileState::Launched { .. }
@@ -264,31 +285,58 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         let path = dir.to_path_buf();
         StoreError::Open { path, error }
     };
+    let unwritable = |error: &std::io::Error| StoreError::Unwritable {
+        path: dir.to_path_buf(),
+        error: error.to_string(),
+    };
+    let damaged = |error: String| StoreError::Damaged {
+        path: dir.to_path_buf(),
+        error,
+    };
     std::fs::create_dir_all(dir).map_err(|error| match is_unwritable(&error) {
-        true => StoreError::Unwritable {
-            path: dir.to_path_buf(),
-            error: error.to_string(),
-        },
+        true => unwritable(&error),
         false => open_error(&error),
     })?;
-    sled::Config::new()
-        .path(dir.join("store"))
-        .cache_capacity(CACHE_BYTES)
-        // Durability comes from explicit flushes after each state change, not a timer.
-        .flush_every_ms(None)
-        .open()
-        .map_err(|error| match error {
-            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Locked {
-                    path: dir.to_path_buf(),
-                }
-            }
-            sled::Error::Io(ref io) if is_unwritable(io) => StoreError::Unwritable {
+    let opened = std::panic::catch_unwind(|| {
+        sled::Config::new()
+            .path(dir.join("store"))
+            .cache_capacity(CACHE_BYTES)
+            // Durability comes from explicit flushes after each state change, not a timer.
+            .flush_every_ms(None)
+            .open()
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(io))) if io.to_string().contains("could not acquire lock") => {
+            Err(StoreError::Locked {
                 path: dir.to_path_buf(),
-                error: io.to_string(),
-            },
-            other => open_error(&other),
-        })
+            })
+        }
+        Ok(Err(sled::Error::Io(io))) if is_unwritable(&io) => Err(unwritable(&io)),
+        Ok(Err(sled::Error::Io(io)))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            Err(damaged(io.to_string()))
+        }
+        Ok(Err(error @ sled::Error::Io(_))) => Err(open_error(&error)),
+        Ok(Err(sled::Error::Corruption { at, .. })) => Err(damaged(match at {
+            Some(at) => format!("corrupted data at {at:?}"),
+            None => "corrupted data (the log ends before what its snapshot records)".into(),
+        })),
+        Ok(Err(other)) => Err(damaged(other.to_string())),
+        // sled panics on some damage it does not expect; that is damage all the same.
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|why| why.to_string()))
+                .unwrap_or_else(|| "sled panicked while reading it".into());
+            Err(damaged(why))
+        }
+    }
 }
 
 /// A full disk, an exceeded quota or a read-only file system, as opposed to a wrong path or
@@ -327,6 +375,34 @@ impl Db {
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store::with_db(dir, Db::new(dir, open_db(dir)?)?, false))
+    }
+
+    /// Like `open`, but a damaged store is moved aside (`store.corrupt-<timestamp>`, kept for
+    /// inspection) and replaced by an empty one, which notes the rebuild under `REBUILT_KEY`.
+    /// A locked or unusable directory stays an error: only damage is repaired.
+    pub async fn open_or_rebuild(dir: &Path) -> Result<(Store, Option<Rebuilt>), StoreError> {
+        let error = match Store::open(dir) {
+            Ok(store) => return Ok((store, None)),
+            Err(StoreError::Damaged { error, .. }) => error,
+            Err(other) => return Err(other),
+        };
+        let at = now_unix();
+        let moved_to = dir.join(format!("store.corrupt-{}", timestamp(at)));
+        std::fs::rename(dir.join("store"), &moved_to).map_err(|rename| StoreError::Damaged {
+            path: dir.to_path_buf(),
+            error: format!(
+                "{error}; and it cannot be moved aside to {}: {rename}",
+                moved_to.display()
+            ),
+        })?;
+        let store = Store::open(dir)?;
+        let rebuilt = Rebuilt {
+            at,
+            moved_to,
+            error,
+        };
+        store.set_meta(REBUILT_KEY, Some(&rebuilt)).await?;
+        Ok((store, Some(rebuilt)))
     }
 
     /// A store that holds nothing, in a temporary file removed with its last handle: what a
@@ -743,6 +819,14 @@ fn claim_key(folder: &Path, hash: &str) -> Vec<u8> {
     key
 }
 
+/// `2026-01-02T030405Z` for Unix seconds `at` (UTC): sorts by time, no `:` in file names.
+fn timestamp(at: u64) -> String {
+    let time = UNIX_EPOCH + std::time::Duration::from_secs(at);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace(':', "")
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -807,6 +891,12 @@ mod tests {
         assert!(error
             .to_string()
             .contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn timestamps_are_utc_and_sort_by_time() {
+        assert_eq!(timestamp(0), "1970-01-01T000000Z");
+        assert_eq!(timestamp(1_764_100_000), "2025-11-25T194640Z");
     }
 
     #[tokio::test]

@@ -2,22 +2,26 @@
 //! Receives settled `Job`s from the queue (those of launch folders go on to `launch`); emits
 //! API calls, field requests and store records.
 //! Owns the per-file decisions: what is new, changed, unchanged, rejected or gone, and the
-//! order of durable writes that lets a restart resume from the last state recorded.
+//! order of durable writes that lets a restart resume from the last state recorded. A file
+//! with no record is first matched against its field: a copy already there with the same
+//! content is adopted (recorded, not uploaded), so a lost store never doubles a field.
 
+use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tracing::{debug, error, info, warn};
 
-use crate::api::{stored_name, ApiError, Client, Uploaded};
+use crate::api::{stored_name, ApiError, Client, Hashing, Uploaded};
 use crate::config::{Config, Folder, Target};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::store::{
-    now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError, UNWRITABLE,
+    asset_id, now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
+    UNWRITABLE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,8 @@ pub struct Syncer {
     pub(crate) api: Arc<Client>,
     /// One handle per folder, in config order (folders with the same target share an actor).
     fields: Vec<FieldHandle>,
+    /// Assets being compared for adoption right now, so two local files never adopt one asset.
+    adopting: Mutex<HashSet<String>>,
 }
 
 /// A file as it is being handled, for logs and records.
@@ -91,6 +97,7 @@ impl Syncer {
             store,
             api,
             fields,
+            adopting: Mutex::new(HashSet::new()),
         }
     }
 
@@ -160,6 +167,169 @@ impl Syncer {
         }
     }
 
+    /// Before any upload: looks in the field for assets of the same stored name that no record
+    /// claims, downloads each (hashing, writing nothing) and, on the first with the same
+    /// content, records the file as synced with it. `false`: nothing matched, upload it.
+    /// This is what keeps a lost or partly lost store (records missing, or older than the
+    /// field) from putting a second copy of a file into its field.
+    async fn adopt(
+        &self,
+        subject: &Subject<'_>,
+        meta: FileMeta,
+        previous: Option<&FileRecord>,
+    ) -> Result<bool, SyncError> {
+        let path = subject.path;
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            return Ok(false);
+        };
+        let stored = stored_name(name);
+        let list = match subject.field.read().await {
+            Ok(list) => list,
+            Err(FieldError::Cancelled) => return Err(SyncError::Cancelled),
+            Err(error) => {
+                warn!(folder = %subject.folder.path.display(), file = %path.display(), %error, "cannot read the field to look for a copy already there; uploading");
+                return Ok(false);
+            }
+        };
+        let own: HashSet<String> = previous
+            .map(remote_assets)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Asset::id)
+            .collect();
+        // A changed file's own earlier version has its name too: that one is never a match.
+        let same_name: Vec<serde_json::Value> = list
+            .into_iter()
+            .filter(|asset| {
+                asset.get("filename").and_then(|name| name.as_str()) == Some(stored.as_str())
+                    && asset_id(asset).is_some_and(|id| !own.contains(&id))
+            })
+            .collect();
+        if same_name.is_empty() {
+            return Ok(false);
+        }
+        let claimed = self.claimed(&subject.folder.target.key())?;
+        let mut local: Option<String> = None;
+        for candidate in same_name {
+            let Some(id) = asset_id(&candidate) else {
+                continue;
+            };
+            if claimed.contains(&id) || !self.claim_adoption(&id) {
+                continue;
+            }
+            let adopted = self
+                .compare(subject, meta, &id, &mut local)
+                .await
+                .map(|same| same.then_some(candidate));
+            let outcome = match adopted {
+                Ok(Some(asset)) => {
+                    let record = FileRecord {
+                        hash: local.clone(),
+                        attached: Some(Asset(asset)),
+                        ..subject.record(meta, FileState::Synced, previous)
+                    };
+                    // What the record held before is an earlier version of ours: replaced.
+                    let replaced: Vec<DeleteJob> = previous
+                        .map(remote_assets)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|old| subject.delete_job(old))
+                        .collect();
+                    let put = self.store.put_with_deletes(path, &record, &replaced).await;
+                    if put.is_ok() {
+                        METRICS.adopted();
+                        info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "already in its field in Tallyfy with the same content; recorded as synced without uploading");
+                    }
+                    self.release_adoption(&id);
+                    put?;
+                    for job in replaced {
+                        self.remote_delete(subject, job).await?;
+                    }
+                    return Ok(true);
+                }
+                Ok(None) => {
+                    info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "the field holds a file of the same name with other content; it stays, and this one is uploaded beside it");
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
+            self.release_adoption(&id);
+            match outcome {
+                Ok(()) => continue,
+                Err(SyncError::Read { .. }) => return Ok(false),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether asset `id` holds the same bytes as the file; `local` caches the file's hash.
+    async fn compare(
+        &self,
+        subject: &Subject<'_>,
+        meta: FileMeta,
+        id: &str,
+        local: &mut Option<String>,
+    ) -> Result<bool, SyncError> {
+        if local.is_none() {
+            let read = |error| SyncError::Read {
+                path: subject.path.to_path_buf(),
+                error,
+            };
+            let hash = hash_file(subject.path).await.map_err(read)?;
+            // Hashed while it changed: compare nothing; its next event brings it back.
+            let now = std::fs::symlink_metadata(subject.path).map_err(read)?;
+            if FileMeta::of(&now) != meta {
+                return Err(read(std::io::Error::other("changed while being read")));
+            }
+            *local = Some(hash);
+        }
+        let sink = Mutex::new(Hashing::default());
+        match self.api.with_retries(|| self.api.download(id, &sink)).await {
+            Ok(_) => {
+                let remote = sink.lock().unwrap_or_else(|p| p.into_inner()).hex();
+                Ok(local.as_deref() == Some(remote.as_str()))
+            }
+            Err(ApiError::Cancelled) => Err(SyncError::Cancelled),
+            Err(error) => {
+                warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, %error, "cannot download a file of the same name to compare it; treating it as other content");
+                Ok(false)
+            }
+        }
+    }
+
+    /// The asset ids the store's records for `target` hold (attached, or uploaded and not yet
+    /// attached), and those waiting to be deleted: assets that are not free to adopt.
+    fn claimed(&self, target: &str) -> Result<HashSet<String>, StoreError> {
+        let mut claimed: HashSet<String> = self
+            .store
+            .pending_deletes()?
+            .iter()
+            .filter_map(|job| job.asset.id())
+            .collect();
+        for record in self.store.records() {
+            let (_, record) = record?;
+            if record.target == target {
+                claimed.extend(remote_assets(&record).iter().filter_map(Asset::id));
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn claim_adoption(&self, id: &str) -> bool {
+        self.adopting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+    }
+
+    fn release_adoption(&self, id: &str) {
+        self.adopting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
     pub(crate) async fn reject(
         &self,
         subject: &Subject<'_>,
@@ -185,6 +355,9 @@ impl Syncer {
         meta: FileMeta,
         previous: Option<FileRecord>,
     ) -> Result<(), SyncError> {
+        if self.adopt(subject, meta, previous.as_ref()).await? {
+            return Ok(());
+        }
         let record = subject.record(meta, FileState::Uploading, previous.as_ref());
         let Some((mut record, uploaded)) = self.send(subject, target, meta, record).await? else {
             return Ok(());
@@ -476,7 +649,9 @@ pub fn next(record: Option<FileRecord>, meta: FileMeta) -> Next {
         // Uploading: interrupted, nothing was recorded, so it is sent again below.
     }
     match (&record.state, record.hash.clone()) {
-        (FileState::Synced, Some(hash)) => Next::CompareContent { record, hash },
+        (FileState::Synced | FileState::Removed, Some(hash)) => {
+            Next::CompareContent { record, hash }
+        }
         _ => Next::Upload {
             previous: Some(record),
         },

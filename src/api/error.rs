@@ -15,6 +15,8 @@ pub enum Endpoint {
     DeleteFile,
     LaunchRun,
     ListRuns,
+    GetAsset,
+    Download,
     /// The OAuth token endpoint (`api.token_url`).
     Token,
 }
@@ -31,6 +33,8 @@ impl Endpoint {
             Endpoint::DeleteFile => "delete_file",
             Endpoint::LaunchRun => "launch_run",
             Endpoint::ListRuns => "list_runs",
+            Endpoint::GetAsset => "get_asset",
+            Endpoint::Download => "download",
             Endpoint::Token => "token",
         }
     }
@@ -47,6 +51,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::DeleteFile => "delete file (DELETE /file/…)",
             Endpoint::LaunchRun => "launch process (POST /runs)",
             Endpoint::ListRuns => "list processes (GET /runs)",
+            Endpoint::GetAsset => "read asset (GET /assets/…)",
+            Endpoint::Download => "download (GET /file/…/dl)",
             Endpoint::Token => "get an access token (POST api.token_url)",
         })
     }
@@ -90,6 +96,9 @@ pub enum ApiError {
     Setup { detail: String },
     #[error("reading {path} during upload: {detail}")]
     File { path: PathBuf, detail: String },
+    /// What a download was written to failed (a full disk, say): not the API's doing.
+    #[error("download of asset {asset}: {detail}")]
+    Sink { asset: String, detail: String },
     #[error("shutting down")]
     Cancelled,
 }

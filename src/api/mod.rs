@@ -10,7 +10,7 @@ mod auth;
 mod error;
 mod gate;
 mod limit;
-mod multipart;
+pub mod multipart;
 mod network;
 
 use std::path::Path;
@@ -37,6 +37,40 @@ use crate::store::Asset;
 /// Uploads get extra time beyond `api.timeout` at this floor rate, so a large file on a slow
 /// link is not cut off while it is still moving.
 const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 256 * 1024;
+/// Tallyfy takes files up to 100 MB, so no download is larger; it gets the time such a file
+/// needs at the floor rate above.
+const MAX_DOWNLOAD_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Where a download's bytes go, chunk by chunk: a hasher, a file.
+pub trait Sink: Send {
+    /// Forgets what was written so far: the download starts again from the first byte.
+    fn restart(&mut self) -> std::io::Result<()>;
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
+}
+
+/// A sink that only hashes (blake3, as the store records content), for comparing without
+/// writing anything to disk.
+#[derive(Default)]
+pub struct Hashing(blake3::Hasher);
+
+impl Hashing {
+    /// The hash of what was written (hex).
+    pub fn hex(&self) -> String {
+        self.0.finalize().to_hex().to_string()
+    }
+}
+
+impl Sink for Hashing {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.0.reset();
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.0.update(chunk);
+        Ok(())
+    }
+}
 
 /// Where an upload goes: the fields the file endpoint needs for a task field or a kick-off field.
 #[derive(Debug, Clone)]
@@ -230,6 +264,25 @@ impl Client {
         request: RequestBuilder,
         local_failure: impl Fn() -> Option<ApiError>,
     ) -> Result<bytes::Bytes, ApiError> {
+        self.exchange(endpoint, request, local_failure, |response| async move {
+            response.bytes().await.map_err(Body::Transport)
+        })
+        .await
+    }
+
+    /// Sends one request through the gate, with the current token, and hands the response of
+    /// a 2xx answer to `read`; the body of any other answer becomes the error's message.
+    async fn exchange<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        request: RequestBuilder,
+        local_failure: impl Fn() -> Option<ApiError>,
+        read: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnOnce(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Body>>,
+    {
         if let Some(pace) = &self.pace {
             if !pace.acquire(&self.cancel).await {
                 return Err(ApiError::Cancelled);
@@ -253,43 +306,48 @@ impl Client {
                 return Err(error);
             }
         };
-        let answer = match request.bearer_auth(bearer.expose()).send().await {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = retry_after(&response);
-                match response.bytes().await {
-                    Ok(body) => Ok((status, retry_after, body)),
-                    Err(error) => Err(error),
-                }
+        let transport = |pass: Pass, error: reqwest::Error| {
+            METRICS.request(endpoint.label(), 0);
+            if let Some(local) = local_failure() {
+                self.report(pass, Outcome::Inconclusive, None);
+                return local;
             }
-            Err(error) => Err(error),
+            let error = network::failed(endpoint, &error);
+            let outcome = if error.is_untrusted() {
+                Outcome::Untrusted
+            } else {
+                Outcome::Outage
+            };
+            self.report(pass, outcome, Some(&error));
+            error
         };
-        METRICS.request(
-            endpoint.label(),
-            answer.as_ref().map_or(0, |(status, ..)| status.as_u16()),
-        );
-        let (status, retry_after, body) = match answer {
-            Ok(answer) => answer,
-            Err(error) => {
-                if let Some(local) = local_failure() {
-                    self.report(pass, Outcome::Inconclusive, None);
-                    return Err(local);
-                }
-                let error = network::failed(endpoint, &error);
-                let outcome = if error.is_untrusted() {
-                    Outcome::Untrusted
-                } else {
-                    Outcome::Outage
-                };
-                self.report(pass, outcome, Some(&error));
-                return Err(error);
-            }
+        let response = match request.bearer_auth(bearer.expose()).send().await {
+            Ok(response) => response,
+            Err(error) => return Err(transport(pass, error)),
         };
+        let status = response.status();
+        let retry_after = retry_after(&response);
         if status.is_success() {
-            self.tokens.accepted(&bearer);
-            self.report(pass, Outcome::Answered, None);
-            return Ok(body);
+            return match read(response).await {
+                Ok(value) => {
+                    METRICS.request(endpoint.label(), status.as_u16());
+                    self.tokens.accepted(&bearer);
+                    self.report(pass, Outcome::Answered, None);
+                    Ok(value)
+                }
+                Err(Body::Transport(error)) => Err(transport(pass, error)),
+                Err(Body::Local(error)) => {
+                    METRICS.request(endpoint.label(), status.as_u16());
+                    self.report(pass, Outcome::Inconclusive, None);
+                    Err(error)
+                }
+            };
         }
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) => return Err(transport(pass, error)),
+        };
+        METRICS.request(endpoint.label(), status.as_u16());
         let error = ApiError::Status {
             endpoint,
             status: status.as_u16(),
@@ -595,6 +653,71 @@ impl Client {
             other => other.map(|_| ()),
         }
     }
+
+    /// An asset's metadata (`id`, `filename`, ...); `None` when the API says it is gone or not
+    /// ours (404 or 403).
+    pub async fn get_asset(&self, asset_id: &str) -> Result<Option<Value>, ApiError> {
+        let request = self.request(Method::GET, &format!("assets/{asset_id}"));
+        match self.send(Endpoint::GetAsset, request).await {
+            Ok(answer) => {
+                let data = data(Endpoint::GetAsset, &answer)?;
+                Ok(into_list(data).into_iter().next())
+            }
+            Err(ApiError::Status {
+                status: 403 | 404, ..
+            }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Streams an asset's content into `sink`, chunk by chunk, and returns its size. Each
+    /// attempt starts the sink again (`Sink::restart`), so `with_retries` can repeat it; the
+    /// sink sits behind a lock only so that repeated attempts can share it.
+    pub async fn download(
+        &self,
+        asset_id: &str,
+        sink: &std::sync::Mutex<impl Sink>,
+    ) -> Result<u64, ApiError> {
+        let sink = |use_it: &mut dyn FnMut(&mut dyn Sink) -> std::io::Result<()>| {
+            let mut sink = sink.lock().unwrap_or_else(|poison| poison.into_inner());
+            use_it(&mut *sink)
+        };
+        sink(&mut |sink| sink.restart()).map_err(|error| ApiError::Sink {
+            asset: asset_id.to_string(),
+            detail: error.to_string(),
+        })?;
+        let request = self
+            .request(Method::GET, &format!("file/{asset_id}/dl"))
+            .timeout(
+                self.timeout
+                    + Duration::from_secs(MAX_DOWNLOAD_BYTES / SLOWEST_UPLOAD_BYTES_PER_SEC),
+            );
+        self.exchange(
+            Endpoint::Download,
+            request,
+            || None,
+            |mut response| async move {
+                let mut size = 0u64;
+                while let Some(chunk) = response.chunk().await.map_err(Body::Transport)? {
+                    size += chunk.len() as u64;
+                    sink(&mut |sink| sink.write(&chunk)).map_err(|error| {
+                        Body::Local(ApiError::Sink {
+                            asset: asset_id.to_string(),
+                            detail: error.to_string(),
+                        })
+                    })?;
+                }
+                Ok(size)
+            },
+        )
+        .await
+    }
+}
+
+/// Why reading a 2xx answer's body failed: the connection (an outage), or where the body went.
+pub(crate) enum Body {
+    Transport(reqwest::Error),
+    Local(ApiError),
 }
 
 impl Client {

@@ -285,6 +285,25 @@ impl FakeTallyfy {
             .set_kickoff_field(checklist_id, field_id, value);
     }
 
+    /// Takes an asset out of every field that lists it, as a person removing the file in the
+    /// web app would; the asset itself stays (its metadata and download still answer).
+    pub fn detach_asset(&self, asset_id: &str) {
+        self.shared.lock().detach_asset(asset_id);
+    }
+
+    /// Deletes an asset behind the client's back: gone from every field, and its metadata and
+    /// download answer 404. `false` when there was no such asset.
+    pub fn delete_asset(&self, asset_id: &str) -> bool {
+        self.shared.lock().delete_asset(asset_id).is_ok()
+    }
+
+    /// Changes what an asset's download serves, as storage that lost or altered the file would.
+    pub fn set_asset_content(&self, asset_id: &str, content: &[u8]) {
+        self.shared
+            .lock()
+            .set_asset_content(asset_id, Bytes::copy_from_slice(content));
+    }
+
     pub fn set_task_status(&self, run_id: &str, task_id: &str, status: &str) {
         self.shared.lock().set_task_status(run_id, task_id, status);
     }

@@ -621,6 +621,18 @@ impl State {
         if self.assets.remove(asset_id).is_none() {
             return Err(not_found_asset());
         }
+        self.detach_asset(asset_id);
+        Ok(())
+    }
+
+    pub fn set_asset_content(&mut self, asset_id: &str, content: Bytes) {
+        if let Some(record) = self.assets.get_mut(asset_id) {
+            record.stored.content = content;
+        }
+    }
+
+    /// Takes the asset out of every field that lists it; the asset stays.
+    pub fn detach_asset(&mut self, asset_id: &str) {
         let fields = self
             .tasks
             .values_mut()
@@ -635,7 +647,6 @@ impl State {
                 list.retain(|item| item.get("id").and_then(Value::as_str) != Some(asset_id));
             }
         }
-        Ok(())
     }
 
     /// `DELETE /assets/{id}` only archives: the record, the file and its place in fields stay.

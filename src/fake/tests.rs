@@ -908,6 +908,35 @@ async fn asset_metadata_and_download_return_the_stored_file() {
     assert!(disposition.starts_with("attachment; filename=\"Résumé.pdf\"".as_bytes()));
 }
 
+#[tokio::test]
+async fn assets_changed_or_detached_behind_the_clients_back_show_in_downloads_and_fields() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    let asset = api.upload_to_task("a.pdf", b"%PDF a").await.json()["data"].clone();
+    let id = asset["id"].as_str().expect("id").to_string();
+    fake.set_task_field(RUN, TASK, CAPTURE, json!([asset]));
+    assert_eq!(fake.task_field(RUN, TASK, CAPTURE).len(), 1);
+    fake.set_asset_content(&id, b"%PDF changed");
+    let download = send(api.get(&format!("/file/{id}/dl"))).await;
+    assert_eq!(&download.body[..], b"%PDF changed");
+
+    fake.detach_asset(&id);
+    assert!(fake.task_field(RUN, TASK, CAPTURE).is_empty());
+    let metadata = send(api.get(&format!("/assets/{id}"))).await;
+    assert_eq!(
+        metadata.status,
+        StatusCode::OK,
+        "a detached asset still exists"
+    );
+
+    assert!(fake.delete_asset(&id));
+    assert!(!fake.delete_asset(&id));
+    let metadata = send(api.get(&format!("/assets/{id}"))).await;
+    assert_eq!(metadata.status, StatusCode::NOT_FOUND);
+    let download = send(api.get(&format!("/file/{id}/dl"))).await;
+    assert_eq!(download.status, StatusCode::NOT_FOUND);
+}
+
 // ----- faults -----
 
 #[tokio::test]

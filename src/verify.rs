@@ -1,0 +1,509 @@
+//! `tallyfy-sync verify [PATH] [--download] [--json]`: does Tallyfy hold what the folders hold?
+//! Receives the config, each folder's records (from the running daemon over the control socket,
+//! or from the store when none runs) and each field's value (one GET per field); emits one
+//! verdict per file, the field's files no local file accounts for, and a summary per folder.
+//! Sends only GETs and writes nothing; `--download` also compares the bytes Tallyfy serves.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::api::{ApiError, Client, Hashing};
+use crate::config::{Config, Credentials, Folder};
+use crate::control::{self, Answer, ControlError, Request};
+use crate::field;
+use crate::plan;
+use crate::settle;
+use crate::store::{asset_id, FileMeta, FileRecord, FileState};
+use crate::sync::{self, content_hash};
+use crate::text;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{path} is not in any configured folder (configured: {known})")]
+    NotConfigured { path: PathBuf, known: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(#[from] ApiError),
+    #[error("{differ} of {total} checked files or folders differ from Tallyfy (see above)")]
+    Differs { differ: usize, total: usize },
+}
+
+/// What a file, or a file in the field, looks like from both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The field holds the file's asset, and the file is the version that was sent.
+    InSync,
+    /// New or changed since it was last sent: the daemon has not synced it yet.
+    ChangedLocally,
+    /// Gone from the folder; the field still holds it until the daemon deletes it.
+    DeletedLocally,
+    /// Its asset exists, but someone took it out of the field.
+    RemovedInTallyfy,
+    /// Its asset is gone (metadata 404).
+    DeletedInTallyfy,
+    /// With `--download`: the bytes Tallyfy serves are not the file's.
+    ContentDiffers,
+    /// In the field, but no local file accounts for it.
+    AttachedByHand,
+    /// Not synced by design (extension, size, hidden, ignored...): nothing to compare.
+    Skipped,
+    /// Could not be compared (unreadable file, failed download).
+    Unchecked,
+}
+
+impl Verdict {
+    fn agrees(self) -> bool {
+        matches!(self, Verdict::InSync | Verdict::Skipped)
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Verdict::InSync => "in sync",
+            Verdict::ChangedLocally => "changed locally (not yet synced)",
+            Verdict::DeletedLocally => "deleted locally (not yet synced)",
+            Verdict::RemovedInTallyfy => "removed from the field in Tallyfy",
+            Verdict::DeletedInTallyfy => "deleted in Tallyfy",
+            Verdict::ContentDiffers => "content in Tallyfy differs",
+            Verdict::AttachedByHand => "in the field only (attached by hand)",
+            Verdict::Skipped => "skipped",
+            Verdict::Unchecked => "not checked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileCheck {
+    /// Relative to the folder; for a file only in the field, its name there.
+    pub name: String,
+    pub verdict: Verdict,
+    pub asset_id: Option<String>,
+    /// Why, where there is more to say.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderCheck {
+    pub folder: PathBuf,
+    pub target: String,
+    /// Why the folder could not be compared at all (the field could not be read...).
+    pub problem: Option<String>,
+    pub files: Vec<FileCheck>,
+    pub in_sync: usize,
+    pub differ: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub folders: Vec<FolderCheck>,
+    pub in_sync: usize,
+    pub differ: usize,
+}
+
+/// Runs the check; `Ok` only when everything agrees (the report is printed either way).
+pub fn run(
+    config: &Config,
+    credentials: Credentials,
+    path: Option<&Path>,
+    download: bool,
+    json: bool,
+) -> Result<(), VerifyError> {
+    let scopes = scopes(config, path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| ControlError::Refused(error.to_string()))?;
+    let report = runtime.block_on(async {
+        let records = records(config, &scopes).await?;
+        let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
+        let progress = Progress::new(download);
+        let mut folders = Vec::new();
+        for ((folder, scope), records) in scopes.iter().zip(records) {
+            folders.push(check(&api, folder, scope, records, download, &progress).await);
+        }
+        progress.done();
+        Ok::<_, VerifyError>(Report {
+            in_sync: folders.iter().map(|folder| folder.in_sync).sum(),
+            differ: folders.iter().map(|folder| folder.differ).sum(),
+            folders,
+        })
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(&report));
+    }
+    if report.differ > 0 {
+        return Err(VerifyError::Differs {
+            differ: report.differ,
+            total: report.differ + report.in_sync,
+        });
+    }
+    Ok(())
+}
+
+/// The folders to check, each with the directory within it that is in scope.
+fn scopes<'a>(
+    config: &'a Config,
+    path: Option<&Path>,
+) -> Result<Vec<(&'a Folder, PathBuf)>, VerifyError> {
+    let Some(path) = path else {
+        return Ok(config
+            .folders
+            .iter()
+            .map(|folder| (folder, folder.path.clone()))
+            .collect());
+    };
+    let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let scopes: Vec<(&Folder, PathBuf)> = config
+        .folders
+        .iter()
+        .filter_map(|folder| {
+            if folder.path.starts_with(&wanted) {
+                Some((folder, folder.path.clone()))
+            } else if wanted.starts_with(&folder.path) {
+                Some((folder, wanted.clone()))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if scopes.is_empty() {
+        return Err(VerifyError::NotConfigured {
+            path: path.to_path_buf(),
+            known: config
+                .folders
+                .iter()
+                .map(|folder| folder.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(scopes)
+}
+
+/// Each folder's records: from the running daemon, or from the store (which the daemon, when
+/// it runs, holds locked).
+async fn records(
+    config: &Config,
+    scopes: &[(&Folder, PathBuf)],
+) -> Result<Vec<Vec<(PathBuf, FileRecord)>>, VerifyError> {
+    let mut all = Vec::with_capacity(scopes.len());
+    let mut store = None;
+    for (folder, _) in scopes {
+        let request = Request::Records {
+            folder: folder.path.clone(),
+        };
+        if store.is_none() {
+            match control::ask(config, &request).await? {
+                Some(Answer::Records { records }) => {
+                    all.push(records);
+                    continue;
+                }
+                Some(Answer::Refused { message }) => {
+                    return Err(ControlError::Refused(message).into())
+                }
+                Some(other) => {
+                    return Err(ControlError::Refused(format!(
+                        "unexpected answer from the daemon: {other:?}"
+                    ))
+                    .into())
+                }
+                None => store = Some(plan::open_store(config).map_err(ControlError::from)?),
+            }
+        }
+        if let Some(store) = &store {
+            match control::act(request, config, store, false).await? {
+                Answer::Records { records } => all.push(records),
+                _ => all.push(Vec::new()),
+            }
+        }
+    }
+    Ok(all)
+}
+
+async fn check(
+    api: &Client,
+    folder: &Folder,
+    scope: &Path,
+    records: Vec<(PathBuf, FileRecord)>,
+    download: bool,
+    progress: &Progress,
+) -> FolderCheck {
+    let mut report = FolderCheck {
+        folder: folder.path.clone(),
+        target: folder.target.to_string(),
+        problem: None,
+        files: Vec::new(),
+        in_sync: 0,
+        differ: 0,
+    };
+    let list = match api.with_retries(|| field::read(&folder.target, api)).await {
+        Ok(snapshot) => snapshot.list,
+        Err(error) => {
+            report.problem = Some(format!("cannot read the field: {error}"));
+            report.differ = 1;
+            return report;
+        }
+    };
+    let in_field: HashMap<String, &serde_json::Value> = list
+        .iter()
+        .filter_map(|asset| Some((asset_id(asset)?, asset)))
+        .collect();
+    let mut on_disk = Vec::new();
+    let listed = match std::fs::symlink_metadata(scope) {
+        Ok(metadata) if !metadata.is_dir() => {
+            on_disk.push((scope.to_path_buf(), FileMeta::of(&metadata)));
+            Ok(())
+        }
+        // A file deleted locally: its record says what it was.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && scope != folder.path => {
+            Ok(())
+        }
+        _ => settle::walk(folder, scope, &mut on_disk),
+    };
+    if let Err(error) = listed {
+        report.problem = Some(format!("cannot read {}: {error}", scope.display()));
+        report.differ = 1;
+        return report;
+    }
+    if !folder.recursive && scope != folder.path {
+        on_disk.retain(|(path, _)| path.parent() == Some(folder.path.as_path()));
+    }
+    on_disk.sort_by(|a, b| a.0.cmp(&b.0));
+    let records: HashMap<PathBuf, FileRecord> = records.into_iter().collect();
+    let claimed: HashSet<String> = records
+        .values()
+        .flat_map(sync::remote_assets)
+        .filter_map(|asset| asset.id())
+        .collect();
+    let name = |path: &Path| {
+        path.strip_prefix(&folder.path)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    };
+    let mut seen = HashSet::new();
+    let mut to_download = Vec::new();
+    for (path, meta) in &on_disk {
+        seen.insert(path.clone());
+        let record = records.get(path);
+        let (verdict, asset, detail) = judge(api, folder, path, *meta, record, &in_field).await;
+        if verdict == Verdict::InSync && download {
+            to_download.push(report.files.len());
+        }
+        report.files.push(FileCheck {
+            name: name(path),
+            verdict,
+            asset_id: asset,
+            detail,
+        });
+    }
+    for (path, record) in &records {
+        if seen.contains(path) || !path.starts_with(scope) {
+            continue;
+        }
+        if !record.attached.as_ref().is_some_and(|asset| {
+            asset
+                .id()
+                .is_some_and(|id| in_field.contains_key(id.as_str()))
+        }) {
+            continue; // gone on both sides: nothing left to differ
+        }
+        report.files.push(FileCheck {
+            name: name(path),
+            verdict: Verdict::DeletedLocally,
+            asset_id: record.attached.as_ref().and_then(|asset| asset.id()),
+            detail: None,
+        });
+    }
+    for index in to_download {
+        let file = &mut report.files[index];
+        let path = folder.path.join(&file.name);
+        let Some(id) = file.asset_id.clone() else {
+            continue;
+        };
+        progress.show(&file.name);
+        let expected = records
+            .get(&path)
+            .filter(|record| {
+                std::fs::symlink_metadata(&path)
+                    .is_ok_and(|metadata| FileMeta::of(&metadata) == record.meta)
+            })
+            .and_then(|record| record.hash.clone())
+            .or_else(|| content_hash(&path).ok());
+        let sink = Mutex::new(Hashing::default());
+        match api.with_retries(|| api.download(&id, &sink)).await {
+            Ok(_) => {
+                let remote = sink.lock().unwrap_or_else(|p| p.into_inner()).hex();
+                if expected.as_deref() != Some(remote.as_str()) {
+                    file.verdict = Verdict::ContentDiffers;
+                    file.detail = Some(format!("blake3 in Tallyfy {remote}"));
+                }
+            }
+            Err(error) => {
+                file.verdict = Verdict::Unchecked;
+                file.detail = Some(format!("cannot download it: {error}"));
+            }
+        }
+    }
+    // Files attached by hand only count when the whole folder is in scope.
+    if scope == folder.path {
+        for asset in &list {
+            let Some(id) = asset_id(asset) else { continue };
+            if claimed.contains(&id) {
+                continue;
+            }
+            report.files.push(FileCheck {
+                name: asset
+                    .get("filename")
+                    .and_then(|name| name.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                verdict: Verdict::AttachedByHand,
+                asset_id: Some(id),
+                detail: None,
+            });
+        }
+    }
+    for file in &report.files {
+        if file.verdict.agrees() {
+            report.in_sync += usize::from(file.verdict == Verdict::InSync);
+        } else {
+            report.differ += 1;
+        }
+    }
+    report
+}
+
+/// One local file's verdict, by its record and the field; asks the API only about an asset
+/// missing from the field.
+async fn judge(
+    api: &Client,
+    folder: &Folder,
+    path: &Path,
+    meta: FileMeta,
+    record: Option<&FileRecord>,
+    in_field: &HashMap<String, &serde_json::Value>,
+) -> (Verdict, Option<String>, Option<String>) {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if let Err(rejection) = sync::eligible(folder, path, &metadata) {
+            return (Verdict::Skipped, None, Some(rejection.to_string()));
+        }
+    }
+    let synced =
+        record.filter(|record| matches!(record.state, FileState::Synced | FileState::Removed));
+    let Some(record) = synced else {
+        let detail = record.map(|record| match &record.state {
+            FileState::Failed { error } => format!("failed: {error}"),
+            FileState::Uploading | FileState::Uploaded { .. } => "being uploaded".to_string(),
+            _ => String::new(),
+        });
+        return (
+            Verdict::ChangedLocally,
+            None,
+            detail.filter(|detail| !detail.is_empty()),
+        );
+    };
+    let Some(id) = record.attached.as_ref().and_then(|asset| asset.id()) else {
+        return (Verdict::ChangedLocally, None, None);
+    };
+    if !in_field.contains_key(&id) {
+        let verdict = match api.with_retries(|| api.get_asset(&id)).await {
+            Ok(Some(_)) => Verdict::RemovedInTallyfy,
+            Ok(None) => Verdict::DeletedInTallyfy,
+            Err(error) => {
+                let detail = format!("cannot ask the API about the asset: {error}");
+                return (Verdict::Unchecked, Some(id), Some(detail));
+            }
+        };
+        return (verdict, Some(id), None);
+    }
+    if record.meta != meta {
+        // Touched or rewritten: only different bytes make it a change.
+        let same = content_hash(path)
+            .ok()
+            .is_some_and(|hash| record.hash.as_deref() == Some(hash.as_str()));
+        if !same {
+            return (Verdict::ChangedLocally, Some(id), None);
+        }
+    }
+    (Verdict::InSync, Some(id), None)
+}
+
+/// The downloads, counted on stderr while it is a terminal.
+struct Progress {
+    on: bool,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    fn new(download: bool) -> Progress {
+        Progress {
+            on: download && std::io::stderr().is_terminal(),
+            done: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn show(&self, name: &str) {
+        if !self.on {
+            return;
+        }
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut stderr = std::io::stderr();
+        let _ = write!(
+            stderr,
+            "\r\x1b[Kdownloading {done}: {}",
+            text::escaped(name)
+        );
+        let _ = stderr.flush();
+    }
+
+    fn done(&self) {
+        if self.on && self.done.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+    }
+}
+
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    for folder in &report.folders {
+        let _ = writeln!(out, "{} → {}", text::path(&folder.folder), folder.target);
+        if let Some(problem) = &folder.problem {
+            let _ = writeln!(out, "  NOT CHECKED: {}", text::escaped(problem));
+        }
+        for file in &folder.files {
+            let mut line = format!(
+                "  {:<34} {}",
+                file.verdict.words(),
+                text::escaped(&file.name)
+            );
+            if let Some(id) = &file.asset_id {
+                let _ = write!(line, "  asset {}", text::escaped(id));
+            }
+            if let Some(detail) = &file.detail {
+                let _ = write!(line, "  ({})", text::escaped(detail));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(
+            out,
+            "  {}: {} in sync, {} differ\n",
+            if folder.differ == 0 { "OK" } else { "DIFFERS" },
+            folder.in_sync,
+            folder.differ
+        );
+    }
+    let _ = writeln!(out, "{} in sync, {} differ", report.in_sync, report.differ);
+    out
+}
