@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::api::{ApiError, Client, Pause, PauseHook};
 use crate::config::{Config, ConfigError, Credentials};
 use crate::field::FieldHandle;
+use crate::route::Router;
 use crate::service::Reloads;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
@@ -168,6 +169,8 @@ struct Pipeline {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     queue: tokio::task::JoinHandle<()>,
     actors: Vec<tokio::task::JoinHandle<()>>,
+    /// Starts the actors of the tasks route folders send files to.
+    router: Arc<Router>,
     heartbeat: service::Heartbeat,
 }
 
@@ -198,19 +201,31 @@ impl Pipeline {
             })
             .collect();
 
-        resume_deletes(&store, &actors).await;
+        let router = Arc::new(Router::new(
+            config.clone(),
+            api.clone(),
+            store.clone(),
+            cancel.clone(),
+        ));
+        resume_deletes(&store, &actors, &router).await;
         retry_after_config_change(&config, &store).await;
 
+        let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
+        let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(router.clone().run(
+            fields.clone(),
+            hint_tx.clone(),
+            cancel.clone(),
+        )));
         let syncer = Arc::new(Syncer::new(
             config.clone(),
             store.clone(),
             api.clone(),
             fields,
+            router.clone(),
         ));
-        let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
-        let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
-        let overflow = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
         if let Some(addr) = config.metrics_listen {
             let (config, store) = (config.clone(), store.clone());
             let status = Arc::new(move || status::build(&config, &store, true).ok());
@@ -247,6 +262,7 @@ impl Pipeline {
             tasks,
             queue,
             actors: actor_tasks,
+            router,
             heartbeat,
         }
     }
@@ -272,7 +288,7 @@ impl Pipeline {
         if let Err(error) = self.queue.await {
             error!(%error, "the work queue stopped unexpectedly");
         }
-        for task in self.actors {
+        for task in self.actors.into_iter().chain(self.router.take_actor_tasks()) {
             task.abort();
             let _ = task.await;
         }
@@ -401,7 +417,7 @@ async fn retry_after_config_change(config: &Config, store: &Store) {
 }
 
 /// Deletes recorded before a stop but not confirmed: send them again (404 counts as done).
-async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>) {
+async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>, router: &Router) {
     let jobs = match store.pending_deletes() {
         Ok(jobs) => jobs,
         Err(error) => {
@@ -410,7 +426,12 @@ async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>) {
         }
     };
     for job in jobs {
-        match actors.get(&job.target) {
+        // A route folder's files were in the tasks of their processes.
+        let actor = actors
+            .get(&job.target)
+            .cloned()
+            .or_else(|| router.actor_for_delete(&job));
+        match actor {
             Some(actor) => actor.delete_later(job).await,
             None => warn!(
                 file = %job.path.display(),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod plan;
 pub mod queue;
 pub mod retry;
+pub mod route;
 pub mod service;
 pub mod settle;
 pub mod status;

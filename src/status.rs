@@ -41,6 +41,9 @@ pub struct Counts {
     pub launched: usize,
     #[serde(default)]
     pub duplicates: usize,
+    /// Route folders: files waiting for their process.
+    #[serde(default)]
+    pub waiting: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +205,10 @@ fn folder_report(
                 let detail = format!("started process '{}'", crate::text::escaped(&run.name));
                 ("launched", None, detail, None)
             }
+            FileState::Waiting { reason } => {
+                counts.waiting += 1;
+                ("waiting", attached, reason.clone(), None)
+            }
             FileState::Duplicate { of, run } => {
                 counts.duplicates += 1;
                 run_id = run.as_ref().map(|run| run.id.clone());
@@ -272,6 +279,9 @@ pub fn render(report: &StatusReport) -> String {
                 "  {} launched, {} duplicates",
                 c.launched, c.duplicates
             );
+        }
+        if c.waiting > 0 {
+            let _ = writeln!(out, "  {} waiting for their process", c.waiting);
         }
         if let Some(paused) = &folder.paused {
             let _ = writeln!(out, "  PAUSED: {paused}");

@@ -14,6 +14,7 @@ use crate::config::{Config, Folder, Target};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
+use crate::route::Router;
 use crate::settle::Job;
 use crate::store::{
     now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
@@ -37,7 +38,8 @@ pub struct Syncer {
     pub(crate) store: Store,
     pub(crate) api: Arc<Client>,
     /// One handle per folder, in config order (folders with the same target share an actor).
-    fields: Vec<FieldHandle>,
+    pub(crate) fields: Vec<FieldHandle>,
+    pub(crate) router: Arc<Router>,
 }
 
 /// A file as it is being handled, for logs and records.
@@ -45,9 +47,26 @@ pub(crate) struct Subject<'a> {
     pub folder: &'a Folder,
     pub field: &'a FieldHandle,
     pub path: &'a Path,
+    /// The key of the target its records and deletes name: the folder's, or for a route
+    /// folder the task the file goes to.
+    pub key: String,
 }
 
-impl Subject<'_> {
+impl<'a> Subject<'a> {
+    pub(crate) fn new(folder: &'a Folder, field: &'a FieldHandle, path: &'a Path) -> Subject<'a> {
+        Subject {
+            folder,
+            field,
+            path,
+            key: folder.target.key(),
+        }
+    }
+
+    pub(crate) fn bound_to(mut self, key: String) -> Subject<'a> {
+        self.key = key;
+        self
+    }
+
     pub(crate) fn record(
         &self,
         meta: FileMeta,
@@ -56,7 +75,7 @@ impl Subject<'_> {
     ) -> FileRecord {
         FileRecord {
             folder: self.folder.path.clone(),
-            target: self.folder.target.key(),
+            target: self.key.clone(),
             meta,
             hash: previous.and_then(|record| record.hash.clone()),
             attached: previous.and_then(|record| record.attached.clone()),
@@ -71,7 +90,7 @@ impl Subject<'_> {
     pub(crate) fn delete_job(&self, asset: Asset) -> DeleteJob {
         DeleteJob {
             folder: self.folder.path.clone(),
-            target: self.folder.target.key(),
+            target: self.key.clone(),
             path: self.path.to_path_buf(),
             asset,
         }
@@ -84,12 +103,14 @@ impl Syncer {
         store: Store,
         api: Arc<Client>,
         fields: Vec<FieldHandle>,
+        router: Arc<Router>,
     ) -> Syncer {
         Syncer {
             config,
             store,
             api,
             fields,
+            router,
         }
     }
 
@@ -100,13 +121,10 @@ impl Syncer {
         let Some(target) = field.ready().await else {
             return;
         };
-        let subject = Subject {
-            folder,
-            field,
-            path: &job.path,
-        };
+        let subject = Subject::new(folder, field, &job.path);
         let outcome = match &folder.target {
             Target::Launch(launch) => self.launch(&subject, launch, &target).await,
+            Target::Route(route) => self.route(job.folder, folder, route, &job.path).await,
             _ => self.reconcile(&subject, &target).await,
         };
         match outcome {
@@ -117,7 +135,7 @@ impl Syncer {
         }
     }
 
-    async fn reconcile(&self, subject: &Subject<'_>, target: &Resolved) -> Result<(), SyncError> {
+    pub(crate) async fn reconcile(&self, subject: &Subject<'_>, target: &Resolved) -> Result<(), SyncError> {
         let path = subject.path;
         let record = self.store.get(path)?;
         let metadata = match std::fs::symlink_metadata(path) {

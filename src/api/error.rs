@@ -15,6 +15,8 @@ pub enum Endpoint {
     DeleteFile,
     LaunchRun,
     ListRuns,
+    GetRun,
+    ListTasks,
     /// The OAuth token endpoint (`api.token_url`).
     Token,
 }
@@ -31,6 +33,8 @@ impl Endpoint {
             Endpoint::DeleteFile => "delete_file",
             Endpoint::LaunchRun => "launch_run",
             Endpoint::ListRuns => "list_runs",
+            Endpoint::GetRun => "get_run",
+            Endpoint::ListTasks => "list_tasks",
             Endpoint::Token => "token",
         }
     }
@@ -47,6 +51,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::DeleteFile => "delete file (DELETE /file/…)",
             Endpoint::LaunchRun => "launch process (POST /runs)",
             Endpoint::ListRuns => "list processes (GET /runs)",
+            Endpoint::GetRun => "read process (GET /runs/…)",
+            Endpoint::ListTasks => "list a process's tasks (GET /runs/…/tasks)",
             Endpoint::Token => "get an access token (POST api.token_url)",
         })
     }
