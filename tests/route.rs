@@ -1,0 +1,275 @@
+//! Route folders through the real binary: each subfolder stands for one active process of a
+//! template, and its files go to the file field of that process's task. Unknown and ambiguous
+//! names and files in the root wait with their reason; a process that appears takes its files;
+//! one that completes fails them; `create_folders` keeps a subfolder per process.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+use tallyfy_sync::fake::{FakeChecklist, FakeStep};
+
+const ONBOARDING: &str = "tpl-onboarding";
+const WELCOME_STEP: &str = "step-welcome";
+const DOCS_STEP: &str = "step-docs";
+const DOCS: &str = "cap-docs";
+const NOTES: &str = "cap-notes";
+
+/// A "Client onboarding" template (a step with a text field, a step with the file field
+/// `DOCS`), processes for Acme Corp and Beta LLC and two named Twin Co, and a route folder.
+struct Routing {
+    env: Env,
+    root: PathBuf,
+    acme: String,
+    beta: String,
+    twins: [String; 2],
+}
+
+impl Routing {
+    async fn new(route_extra: &str) -> Routing {
+        let env = Env::new().await;
+        env.fake.add_checklist(FakeChecklist {
+            id: ONBOARDING.into(),
+            title: "Client onboarding".into(),
+            prerun: Vec::new(),
+        });
+        env.fake.add_steps(
+            ONBOARDING,
+            vec![
+                FakeStep {
+                    id: WELCOME_STEP.into(),
+                    title: "Welcome call".into(),
+                    fields: vec![field(NOTES, "Call notes", "text", Value::Null)],
+                },
+                FakeStep {
+                    id: DOCS_STEP.into(),
+                    title: "Collect documents".into(),
+                    fields: vec![field(DOCS, "Documents", "file", Value::Null)],
+                },
+            ],
+        );
+        let acme = env.fake.start_run(ONBOARDING, "Acme Corp");
+        let beta = env.fake.start_run(ONBOARDING, "Beta LLC");
+        let twins = [
+            env.fake.start_run(ONBOARDING, "Twin Co"),
+            env.fake.start_run(ONBOARDING, "Twin Co"),
+        ];
+        let root = env.dir.path().join("onboarding");
+        std::fs::create_dir(&root).unwrap();
+        let routing = Routing {
+            root: root.canonicalize().unwrap(),
+            env,
+            acme,
+            beta,
+            twins,
+        };
+        routing.configure(route_extra);
+        routing
+    }
+
+    fn configure(&self, route_extra: &str) {
+        let extra: String = route_extra
+            .lines()
+            .map(|line| format!("      {line}\n"))
+            .collect();
+        let yaml = format!(
+            "api:\n  base_url: {base}\n  org_id: {ORG}\n  timeout: 10s\n\
+             state_dir: {state}\nsettle: {SETTLE}\n\
+             folders:\n\
+             \x20 - path: {root}\n    route:\n      checklist_id: {ONBOARDING}\n      capture_id: {DOCS}\n{extra}",
+            base = self.env.fake.base_url(),
+            state = self.env.state.display(),
+            root = self.root.display(),
+        );
+        self.env.write_raw_config(&yaml);
+    }
+
+    async fn running(&self) -> Daemon {
+        let daemon = self.env.start();
+        daemon.wait_for_log("target verified").await;
+        daemon.wait_for_log("running; initial scan started").await;
+        daemon
+    }
+
+    /// The process's task that holds `DOCS`.
+    fn docs_task(&self, run_id: &str) -> String {
+        self.env
+            .fake
+            .run_tasks(run_id)
+            .into_iter()
+            .find(|task| task.step_id == DOCS_STEP)
+            .map(|task| task.task_id)
+            .expect("the process has a documents task")
+    }
+
+    /// Names of the files in a process's documents field.
+    fn docs(&self, run_id: &str) -> Vec<String> {
+        let task = self.docs_task(run_id);
+        filenames(&self.env.fake.task_field(run_id, &task, DOCS))
+    }
+
+    fn subfolder(&self, name: &str) -> PathBuf {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn status(&self) -> String {
+        let output = self.env.command(&["status"]);
+        assert!(output.status.success(), "{}", describe(&output));
+        output.stdout
+    }
+
+    /// The status line of a file, by its path relative to the folder.
+    fn status_line(&self, name: &str) -> Option<String> {
+        self.status()
+            .lines()
+            .find(|line| line.contains(name))
+            .map(str::to_string)
+    }
+
+    fn run_lists(&self) -> usize {
+        self.env
+            .fake
+            .requests()
+            .iter()
+            .filter(|request| request.method == "GET" && request.path.ends_with("/runs"))
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_in_a_process_subfolder_go_to_that_process_task_with_its_step_and_template() {
+    let routing = Routing::new("by: name").await;
+    let daemon = routing.running().await;
+    let acme = routing.subfolder("Acme Corp");
+    let beta = routing.subfolder("Beta LLC");
+    drop_file(&acme, "contract.pdf", b"acme contract");
+    drop_file(&acme, "id.pdf", b"acme id");
+    std::fs::create_dir(acme.join("scans")).unwrap();
+    drop_file(&acme.join("scans"), "page1.pdf", b"acme page");
+    drop_file(&beta, "contract.pdf", b"beta contract");
+
+    eventually(
+        "each file is in its process's documents field",
+        || routing.docs(&routing.acme).len() == 3 && routing.docs(&routing.beta).len() == 1,
+        &daemon,
+    )
+    .await;
+    let mut acme_docs = routing.docs(&routing.acme);
+    acme_docs.sort();
+    assert_eq!(acme_docs, ["contract.pdf", "id.pdf", "page1.pdf"]);
+    assert_eq!(routing.docs(&routing.beta), ["contract.pdf"]);
+    for twin in &routing.twins {
+        assert!(routing.docs(twin).is_empty());
+    }
+    // The upload named the task's step and template (the fake refuses the attach otherwise).
+    let uploads: Vec<_> = routing.env.fake.assets();
+    assert!(uploads
+        .iter()
+        .all(|asset| asset.fields.get("step_id").map(String::as_str) == Some(DOCS_STEP)
+            && asset.fields.get("checklist_id").map(String::as_str) == Some(ONBOARDING)));
+    assert!(
+        routing.run_lists() <= 2,
+        "the processes were listed {} times for 4 files",
+        routing.run_lists()
+    );
+
+    // Replaced and deleted as in a task folder.
+    std::fs::write(acme.join("contract.pdf"), b"acme contract v2").unwrap();
+    std::fs::remove_file(acme.join("id.pdf")).unwrap();
+    eventually(
+        "the new version replaces the old and the deleted file leaves",
+        || {
+            let task = routing.docs_task(&routing.acme);
+            let field = routing.env.fake.task_field(&routing.acme, &task, DOCS);
+            let names = filenames(&field);
+            names.len() == 2
+                && !names.contains(&"id.pdf".to_string())
+                && field.iter().any(|asset| {
+                    routing
+                        .env
+                        .fake
+                        .asset(asset["id"].as_str().unwrap_or_default())
+                        .is_some_and(|stored| stored.content.as_ref() == b"acme contract v2")
+                })
+        },
+        &daemon,
+    )
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_for_no_process_or_two_wait_with_their_reason_and_go_when_the_process_appears() {
+    let routing = Routing::new("").await;
+    let daemon = routing.running().await;
+    drop_file(&routing.subfolder("Nobody Inc"), "welcome.pdf", b"nobody");
+    drop_file(&routing.subfolder("Twin Co"), "twin.pdf", b"twin");
+    drop_file(&routing.root, "loose.pdf", b"loose");
+
+    eventually(
+        "status says why each file waits",
+        || {
+            let status = routing.status();
+            status.contains("no active process named 'Nobody Inc'")
+                && status.contains("2 active processes are named 'Twin Co'")
+                && status.contains("directly in the route folder")
+        },
+        &daemon,
+    )
+    .await;
+    let line = routing.status_line("welcome.pdf").unwrap();
+    assert!(line.contains("waiting"), "{line}");
+    assert_eq!(routing.env.uploads(), 0, "nothing is uploaded while it waits");
+
+    // The id appended picks one of two processes with the same name.
+    let twin = &routing.twins[1];
+    std::fs::rename(
+        routing.root.join("Twin Co"),
+        routing.root.join(format!("Twin Co ({twin})")),
+    )
+    .unwrap();
+    let nobody = routing.env.fake.start_run(ONBOARDING, "Nobody Inc");
+    eventually(
+        "the new process gets its file and the renamed twin folder its own",
+        || routing.docs(&nobody) == ["welcome.pdf"] && routing.docs(twin) == ["twin.pdf"],
+        &daemon,
+    )
+    .await;
+    assert!(routing.docs(&routing.twins[0]).is_empty());
+    assert!(routing
+        .status_line("loose.pdf")
+        .is_some_and(|line| line.contains("waiting")));
+    assert_eq!(routing.env.uploads(), 2);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_id_each_subfolder_is_named_by_its_process_id() {
+    let routing = Routing::new("by: id").await;
+    let daemon = routing.running().await;
+    drop_file(&routing.subfolder(&routing.twins[0]), "a.pdf", b"first twin");
+    drop_file(&routing.subfolder("Acme Corp"), "b.pdf", b"by name");
+
+    eventually(
+        "the file goes to the process with that id",
+        || routing.docs(&routing.twins[0]) == ["a.pdf"],
+        &daemon,
+    )
+    .await;
+    eventually(
+        "a name is not an id",
+        || {
+            routing
+                .status_line("b.pdf")
+                .is_some_and(|line| line.contains("no active process with id 'Acme Corp'"))
+        },
+        &daemon,
+    )
+    .await;
+    assert!(routing.docs(&routing.acme).is_empty());
+    daemon.stop().await;
+}
