@@ -258,6 +258,37 @@ impl Router {
         Ok(changed)
     }
 
+    /// Why files for process `run_id` can no longer go, if it ended: the processes are read
+    /// again first, waiting out `MISS_REFRESH` since the last read.
+    pub async fn ended(
+        &self,
+        index: usize,
+        route: &Route,
+        run_id: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(Some(cache)) = self.caches.get(index) else {
+            return Ok(None);
+        };
+        let next = cache.lock().await.refreshed.map(|at| at + MISS_REFRESH);
+        if let Some(next) = next {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+        let mut cache = cache.lock().await;
+        if cache
+            .refreshed
+            .is_none_or(|at| at.elapsed() >= MISS_REFRESH)
+        {
+            self.refresh(index, route, &mut cache).await?;
+        }
+        Ok(cache
+            .ended
+            .get(run_id)
+            .map(|(process, status)| ended_reason(process, status)))
+    }
+
     async fn read_process(&self, run: &Run, route: &Route) -> Result<Process, ApiError> {
         let api = &self.api;
         let tasks = api.with_retries(|| api.run_tasks(&run.id)).await?;
@@ -475,11 +506,7 @@ fn lookup(cache: &Cache, route: &Route, name: &str) -> Resolution {
             )),
         },
         [] => match cache.ended.values().find(|(process, _)| named(process)) {
-            Some((process, status)) => Resolution::Ended(format!(
-                "process '{}' ({}) is {status}; its files are no longer uploaded",
-                crate::text::escaped(&process.name),
-                process.id
-            )),
+            Some((process, status)) => Resolution::Ended(ended_reason(process, status)),
             None => Resolution::Wait(format!("no active process {what}")),
         },
         several => {
@@ -492,6 +519,14 @@ fn lookup(cache: &Cache, route: &Route, name: &str) -> Resolution {
             ))
         }
     }
+}
+
+fn ended_reason(process: &Process, status: &str) -> String {
+    format!(
+        "process '{}' ({}) is {status}; its files are no longer uploaded",
+        crate::text::escaped(&process.name),
+        process.id
+    )
 }
 
 /// Creates a subfolder for each active process that has none; removes nothing.
@@ -525,6 +560,20 @@ fn task_target(key: &str) -> Option<Target> {
         step_id: None,
         checklist_id: None,
     })
+}
+
+/// A file that goes to no task now; its record keeps naming the task its copies are in.
+fn unrouted<'a>(
+    folder: &'a Folder,
+    field: &'a FieldHandle,
+    path: &'a Path,
+    record: Option<&FileRecord>,
+) -> Subject<'a> {
+    let subject = Subject::new(folder, field, path);
+    match record {
+        Some(record) => subject.bound_to(record.target.clone()),
+        None => subject,
+    }
 }
 
 /// The subfolder of a route folder a file is in; `None` directly in the folder.
@@ -582,16 +631,34 @@ impl Syncer {
         let (process, task) = match resolution {
             Resolution::Task(process, task) => (process, task),
             Resolution::Wait(reason) => {
-                let subject = self.unrouted(index, folder, path, record.as_ref());
+                let field = self.bound_field(index, record.as_ref());
+                let subject = unrouted(folder, &field, path, record.as_ref());
                 return self.wait(&subject, meta, reason, record).await;
             }
             Resolution::Ended(reason) => {
                 if record.as_ref().is_some_and(|r| r.settles(&meta)) {
                     return Ok(());
                 }
-                let subject = self.unrouted(index, folder, path, record.as_ref());
-                let failed = subject.record(meta, FileState::Uploading, record.as_ref());
-                return self.fail(&subject, failed, reason).await;
+                let field = self.bound_field(index, record.as_ref());
+                let subject = unrouted(folder, &field, path, record.as_ref());
+                let failed = subject.record(
+                    meta,
+                    FileState::Failed {
+                        error: reason.clone(),
+                    },
+                    record.as_ref(),
+                );
+                error!(folder = %folder.path.display(), file = %path.display(), error = %reason, "not uploaded; not retried until the file changes");
+                // An upload that can no longer be attached would be an orphan.
+                let jobs: Vec<DeleteJob> = match record.map(|record| record.state) {
+                    Some(FileState::Uploaded { asset }) => vec![subject.delete_job(asset)],
+                    _ => Vec::new(),
+                };
+                self.store.put_with_deletes(path, &failed, &jobs).await?;
+                for job in jobs {
+                    self.remote_delete(&subject, job).await?;
+                }
+                return Ok(());
             }
         };
         let target = Target::Task {
@@ -614,32 +681,55 @@ impl Syncer {
         }
         let subject = Subject::new(folder, &field, path).bound_to(key);
         match field.verdict().await {
-            None => Err(SyncError::Cancelled),
-            Some(Ok(resolved)) => self.reconcile(&subject, &resolved).await,
+            None => return Err(SyncError::Cancelled),
+            Some(Ok(resolved)) => self.reconcile(&subject, &resolved).await?,
             Some(Err(why)) => {
                 let record = self.store.get(path)?;
                 if record.as_ref().is_some_and(|r| r.settles(&meta)) {
                     return Ok(());
                 }
                 let failed = subject.record(meta, FileState::Uploading, record.as_ref());
-                self.fail(&subject, failed, why).await
+                self.fail(&subject, failed, why).await?;
             }
         }
+        self.when_ended(index, route, &process, &subject).await
     }
 
-    /// A file that goes to no task now; its record keeps naming the task its copies are in.
-    fn unrouted<'a>(
-        &'a self,
+    /// A file that failed may have failed because its process ended meanwhile (its task is
+    /// then completed): the processes are read again, and if so its failure says that.
+    async fn when_ended(
+        &self,
         index: usize,
-        folder: &'a Folder,
-        path: &'a Path,
-        record: Option<&FileRecord>,
-    ) -> Subject<'a> {
-        let subject = Subject::new(folder, &self.fields[index], path);
-        match record {
-            Some(record) => subject.bound_to(record.target.clone()),
-            None => subject,
-        }
+        route: &Route,
+        process: &Process,
+        subject: &Subject<'_>,
+    ) -> Result<(), SyncError> {
+        let Some(mut record) = self.store.get(subject.path)? else {
+            return Ok(());
+        };
+        let FileState::Failed { error } = &record.state else {
+            return Ok(());
+        };
+        let ended = match self.router.ended(index, route, &process.id).await {
+            Ok(Some(ended)) => ended,
+            Ok(None) => return Ok(()),
+            Err(ApiError::Cancelled) => return Err(SyncError::Cancelled),
+            Err(error) => {
+                debug!(%error, "cannot list the active processes to explain a failure");
+                return Ok(());
+            }
+        };
+        let error = format!("{ended} (the API said: {error})");
+        warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "its process ended before the file was attached");
+        record.state = FileState::Failed { error };
+        Ok(self.store.put(subject.path, &record).await?)
+    }
+
+    /// The actor of the task a file's record names (its copies are there), else the folder's.
+    fn bound_field(&self, index: usize, record: Option<&FileRecord>) -> FieldHandle {
+        record
+            .and_then(|record| self.router.actor_for_key(&record.target))
+            .unwrap_or_else(|| self.fields[index].clone())
     }
 
     /// Records why a file is not uploaded yet; the refresher brings it back when that changes.

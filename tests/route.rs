@@ -273,3 +273,92 @@ async fn by_id_each_subfolder_is_named_by_its_process_id() {
     assert!(routing.docs(&routing.acme).is_empty());
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_completes_fails_the_files_still_meant_for_it_and_says_so() {
+    let routing = Routing::new("").await;
+    let daemon = routing.running().await;
+    let acme = routing.subfolder("Acme Corp");
+    drop_file(&acme, "signed.pdf", b"signed");
+    eventually(
+        "the first file is attached",
+        || routing.docs(&routing.acme) == ["signed.pdf"],
+        &daemon,
+    )
+    .await;
+
+    routing.env.fake.complete_run(&routing.acme);
+    drop_file(&acme, "late.pdf", b"too late");
+    eventually(
+        "the late file failed, saying the process is complete",
+        || {
+            routing.status_line("late.pdf").is_some_and(|line| {
+                line.contains("failed") && line.contains("process 'Acme Corp'") && line.contains("is complete")
+            })
+        },
+        &daemon,
+    )
+    .await;
+    assert_eq!(routing.docs(&routing.acme), ["signed.pdf"]);
+    assert!(
+        routing
+            .status_line("signed.pdf")
+            .is_some_and(|line| line.contains("synced")),
+        "the file attached before stays synced"
+    );
+    // Its upload was not left behind.
+    eventually(
+        "only the attached file's asset remains",
+        || routing.env.fake.assets().len() == 1,
+        &daemon,
+    )
+    .await;
+
+    // A file dropped later is told at once, without trying the completed task.
+    let puts = routing.env.requests("PUT", "/tasks/").len();
+    drop_file(&acme, "later.pdf", b"later still");
+    eventually(
+        "the later file failed too",
+        || {
+            routing
+                .status_line("later.pdf")
+                .is_some_and(|line| line.contains("failed") && line.contains("is complete"))
+        },
+        &daemon,
+    )
+    .await;
+    assert_eq!(routing.env.requests("PUT", "/tasks/").len(), puts);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_folders_keeps_a_subfolder_per_active_process_and_removes_none() {
+    let routing = Routing::new("create_folders: true").await;
+    let odd = routing.env.fake.start_run(ONBOARDING, "Gamma/Delta: \"Q3\"");
+    let stale = routing.subfolder("Old client");
+    drop_file(&stale, "keep.txt", b"kept");
+    let daemon = routing.running().await;
+    let [first, second] = &routing.twins;
+    let expected = [
+        "Acme Corp".to_string(),
+        "Beta LLC".to_string(),
+        format!("Twin Co ({first})"),
+        format!("Twin Co ({second})"),
+        "Gamma_Delta_ _Q3_".to_string(),
+    ];
+    eventually(
+        "a subfolder is made for each active process",
+        || expected.iter().all(|name| routing.root.join(name).is_dir()),
+        &daemon,
+    )
+    .await;
+    assert!(stale.join("keep.txt").is_file(), "no folder is removed");
+    drop_file(&routing.root.join("Gamma_Delta_ _Q3_"), "q3.pdf", b"q3");
+    eventually(
+        "a file in a made folder goes to its process",
+        || routing.docs(&odd) == ["q3.pdf"],
+        &daemon,
+    )
+    .await;
+    daemon.stop().await;
+}
