@@ -213,7 +213,9 @@ pub enum After {
     Delete,
     /// Moved into `to` (`launch.move_to`, default FOLDER/processed), keeping its path
     /// relative to the folder.
-    Move { to: PathBuf },
+    Move {
+        to: PathBuf,
+    },
 }
 
 /// Whether the same content dropped again starts another process (`dedupe`).
@@ -895,9 +897,9 @@ fn folder(
         .get("kickoff", mapping)
         .map(|map| map.map(|map| kickoff_target(s.child("kickoff", map))));
     let folder_path = path.as_ref().map(|(_, canonical)| canonical.as_path());
-    let launch = s.get("launch", mapping).map(|map| {
-        map.map(|map| launch_target(s.child("launch", map), base, folder_path))
-    });
+    let launch = s
+        .get("launch", mapping)
+        .map(|map| map.map(|map| launch_target(s.child("launch", map), base, folder_path)));
     let route = s
         .get("route", mapping)
         .map(|map| map.map(|map| route_target(s.child("route", map))));
@@ -925,9 +927,9 @@ fn folder(
             s.problems.add(problem);
             None
         }
-        (Ok(Some(target)), _, _, _)
-        | (_, Ok(Some(target)), _, _)
-        | (_, _, _, Ok(Some(target))) => target,
+        (Ok(Some(target)), _, _, _) | (_, Ok(Some(target)), _, _) | (_, _, _, Ok(Some(target))) => {
+            target
+        }
         (_, _, Ok(Some(launch)), _) => launch.map(|mut launch| {
             match dedupe {
                 Ok(Some(folder_level)) if launch.dedupe_given => {
@@ -1088,7 +1090,9 @@ fn launch_target(mut s: Section<'_>, base: &Path, folder: Option<&Path>) -> Opti
         map.iter()
             .filter_map(|(key, value)| {
                 let shown = scalar(key).unwrap_or_else(|| format!("<{}>", kind(key)));
-                let field = s.problems.check(&format!("{fields_key}.{shown}"), key, id)?;
+                let field = s
+                    .problems
+                    .check(&format!("{fields_key}.{shown}"), key, id)?;
                 let value = s
                     .problems
                     .check(&format!("{fields_key}.{field}"), value, template)?;
@@ -1102,7 +1106,9 @@ fn launch_target(mut s: Section<'_>, base: &Path, folder: Option<&Path>) -> Opti
         Some("move") => Ok("move"),
         _ => invalid("expected keep, delete or move"),
     });
-    let move_to = s.get("move_to", |value| path_in(base)(value).map(|to| resolved(&to)));
+    let move_to = s.get("move_to", |value| {
+        path_in(base)(value).map(|to| resolved(&to))
+    });
     let dedupe = s.get("dedupe", dedupe);
     let after = match (after, move_to) {
         (Err(()), _) | (_, Err(())) => None,
@@ -1526,7 +1532,10 @@ fn resolved(path: &Path) -> PathBuf {
     let mut existing = absolute.as_path();
     loop {
         if let Ok(real) = fs::canonicalize(existing) {
-            return missing.iter().rev().fold(real, |path, part| path.join(part));
+            return missing
+                .iter()
+                .rev()
+                .fold(real, |path, part| path.join(part));
         }
         match (existing.parent(), existing.file_name()) {
             (Some(parent), Some(name)) => {
@@ -2132,7 +2141,10 @@ folders:
             .iter()
             .map(|(id, value)| (id.clone(), value.to_string()))
             .collect();
-        assert_eq!(fields, [("V".into(), "{parent}".into()), ("N".into(), "42".into())]);
+        assert_eq!(
+            fields,
+            [("V".into(), "{parent}".into()), ("N".into(), "42".into())]
+        );
     }
 
     #[test]

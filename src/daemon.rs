@@ -288,7 +288,11 @@ impl Pipeline {
         if let Err(error) = self.queue.await {
             error!(%error, "the work queue stopped unexpectedly");
         }
-        for task in self.actors.into_iter().chain(self.router.take_actor_tasks()) {
+        for task in self
+            .actors
+            .into_iter()
+            .chain(self.router.take_actor_tasks())
+        {
             task.abort();
             let _ = task.await;
         }

@@ -579,14 +579,21 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
                     "launch.name is longer than a process name may be ({MAX_RUN_NAME} characters)"
                 )));
             }
-            let given = |id: &str| *id == launch.field_id || launch.fields.iter().any(|(f, _)| f == id);
+            let given =
+                |id: &str| *id == launch.field_id || launch.fields.iter().any(|(f, _)| f == id);
             let missing: Vec<String> = checklist
                 .prerun
                 .iter()
                 .filter(|field| is_required(field))
                 .filter_map(|field| {
                     let id = asset_id(field)?;
-                    (!given(&id)).then(|| format!("{id} ({:?}, {})", text(field, "label"), text(field, "field_type")))
+                    (!given(&id)).then(|| {
+                        format!(
+                            "{id} ({:?}, {})",
+                            text(field, "label"),
+                            text(field, "field_type")
+                        )
+                    })
                 })
                 .collect();
             if !missing.is_empty() {

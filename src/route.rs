@@ -22,6 +22,8 @@ use crate::store::{DeleteJob, FileMeta, FileRecord, FileState, Store};
 use crate::sync::{Subject, SyncError, Syncer};
 use crate::watch::Hint;
 
+/// Why a file directly in a route folder waits.
+pub const IN_ROOT: &str = "directly in the route folder; put it into the subfolder of its process";
 /// How often the active processes are read even when no file asks for one.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(180);
 /// The soonest the processes are read again for a file that names none of them; while such
@@ -146,9 +148,10 @@ impl Router {
 
     /// The actor for a delete left pending in a route folder: the task its file was in.
     pub fn actor_for_delete(&self, job: &DeleteJob) -> Option<FieldHandle> {
-        let routed = self.config.folders.iter().any(|folder| {
-            folder.path == job.folder && matches!(folder.target, Target::Route(_))
-        });
+        let routed =
+            self.config.folders.iter().any(|folder| {
+                folder.path == job.folder && matches!(folder.target, Target::Route(_))
+            });
         routed.then(|| self.actor_for_key(&job.target))?
     }
 
@@ -175,7 +178,7 @@ impl Router {
         if stale {
             self.refresh(index, route, &mut cache).await?;
         }
-        let found = lookup(&cache, route, name);
+        let found = lookup(&cache.active, &cache.ended, route, name);
         if matches!(found, Resolution::Task(..)) {
             return Ok(found);
         }
@@ -184,7 +187,7 @@ impl Router {
             .is_none_or(|at| at.elapsed() >= MISS_REFRESH)
         {
             self.refresh(index, route, &mut cache).await?;
-            return Ok(lookup(&cache, route, name));
+            return Ok(lookup(&cache.active, &cache.ended, route, name));
         }
         // Read again soon: the refresher brings the file back when its process appears.
         cache.backoff = MISS_REFRESH;
@@ -213,7 +216,7 @@ impl Router {
             .collect();
         let mut changed = false;
         let mut active = Vec::with_capacity(runs.len());
-        for run in runs.iter().filter(|run| run.status.is_empty() || run.status == "active") {
+        for run in runs.iter().filter(|run| is_active(run)) {
             let process = match known.get(&run.id) {
                 Some(process) if process.name == run.name => process.clone(),
                 Some(process) => {
@@ -225,7 +228,7 @@ impl Router {
                 }
                 None => {
                     changed = true;
-                    let process = self.read_process(run, route).await?;
+                    let process = read_process(&self.api, run, route).await?;
                     info!(folder = %folder.path.display(), run_id = %run.id, "active process '{}' found; its subfolder is {}", crate::text::escaped(&run.name), crate::text::escaped(&folder_name(&process, &runs_named(&runs, &run.name), route.by)));
                     process
                 }
@@ -287,26 +290,6 @@ impl Router {
             .ended
             .get(run_id)
             .map(|(process, status)| ended_reason(process, status)))
-    }
-
-    async fn read_process(&self, run: &Run, route: &Route) -> Result<Process, ApiError> {
-        let api = &self.api;
-        let tasks = api.with_retries(|| api.run_tasks(&run.id)).await?;
-        let task = tasks
-            .into_iter()
-            .find(|task| task.fields.iter().any(|field| field.id == route.capture_id))
-            .and_then(|task| {
-                Some(CaptureTask {
-                    id: Some(task.id).filter(|id| !id.is_empty())?,
-                    step_id: task.step_id?,
-                    checklist_id: task.checklist_id.unwrap_or(route.checklist_id.clone()),
-                })
-            });
-        Ok(Process {
-            id: run.id.clone(),
-            name: run.name.clone(),
-            task,
-        })
     }
 
     /// Every `TICK`, reads the processes of each verified route folder that is due, creates
@@ -387,17 +370,43 @@ impl Router {
             .map(|(path, _)| path)
             .collect()
     }
+}
 
-    /// The active processes of a route folder and each one's subfolder, read now (for
-    /// `check --online` and `run --dry-run`).
-    pub async fn processes(&self, index: usize, route: &Route) -> Result<Vec<Mapped>, ApiError> {
-        let Some(Some(cache)) = self.caches.get(index) else {
-            return Ok(Vec::new());
-        };
-        let mut cache = cache.lock().await;
-        self.refresh(index, route, &mut cache).await?;
-        Ok(mapped(&cache.active, route.by))
+/// A process with its capture task, read with the process's tasks.
+async fn read_process(api: &Client, run: &Run, route: &Route) -> Result<Process, ApiError> {
+    let tasks = api.with_retries(|| api.run_tasks(&run.id)).await?;
+    let task = tasks
+        .into_iter()
+        .find(|task| task.fields.iter().any(|field| field.id == route.capture_id))
+        .and_then(|task| {
+            Some(CaptureTask {
+                id: Some(task.id).filter(|id| !id.is_empty())?,
+                step_id: task.step_id?,
+                checklist_id: task.checklist_id.unwrap_or(route.checklist_id.clone()),
+            })
+        });
+    Ok(Process {
+        id: run.id.clone(),
+        name: run.name.clone(),
+        task,
+    })
+}
+
+/// The active processes of a route's template, read now (`check --online`, `run --dry-run`).
+pub async fn active_processes(api: &Client, route: &Route) -> Result<Vec<Process>, ApiError> {
+    let runs = api
+        .with_retries(|| api.active_runs(&route.checklist_id))
+        .await?;
+    let mut processes = Vec::with_capacity(runs.len());
+    for run in runs.iter().filter(|run| is_active(run)) {
+        processes.push(read_process(api, run, route).await?);
     }
+    Ok(processes)
+}
+
+/// Listed as active (an answer without a status was asked for active ones only).
+fn is_active(run: &Run) -> bool {
+    run.status.is_empty() || run.status == "active"
 }
 
 /// An active process and the subfolder that stands for it.
@@ -410,7 +419,7 @@ pub struct Mapped {
     pub problem: Option<String>,
 }
 
-fn mapped(active: &[Process], by: RouteBy) -> Vec<Mapped> {
+pub fn mapped(active: &[Process], by: RouteBy) -> Vec<Mapped> {
     active
         .iter()
         .map(|process| Mapped {
@@ -481,8 +490,13 @@ pub fn safe_name(name: &str) -> String {
     }
 }
 
-/// Where subfolder `name`'s files go, by the cache alone.
-fn lookup(cache: &Cache, route: &Route, name: &str) -> Resolution {
+/// Where subfolder `name`'s files go, by the processes known to be active and those seen end.
+pub fn lookup(
+    active: &[Process],
+    ended: &HashMap<String, (Process, String)>,
+    route: &Route,
+    name: &str,
+) -> Resolution {
     let named = |process: &Process| match route.by {
         RouteBy::Id => process.id == name,
         RouteBy::Name => {
@@ -494,7 +508,7 @@ fn lookup(cache: &Cache, route: &Route, name: &str) -> Resolution {
         RouteBy::Id => format!("with id '{}'", crate::text::escaped(name)),
         RouteBy::Name => format!("named '{}'", crate::text::escaped(name)),
     };
-    let found: Vec<&Process> = cache.active.iter().filter(|p| named(p)).collect();
+    let found: Vec<&Process> = active.iter().filter(|p| named(p)).collect();
     match found.as_slice() {
         [process] => match &process.task {
             Some(task) => Resolution::Task((*process).clone(), task.clone()),
@@ -505,7 +519,7 @@ fn lookup(cache: &Cache, route: &Route, name: &str) -> Resolution {
                 route.capture_id
             )),
         },
-        [] => match cache.ended.values().find(|(process, _)| named(process)) {
+        [] => match ended.values().find(|(process, _)| named(process)) {
             Some((process, status)) => Resolution::Ended(ended_reason(process, status)),
             None => Resolution::Wait(format!("no active process {what}")),
         },
@@ -619,13 +633,13 @@ impl Syncer {
         };
         let meta = FileMeta::of(&metadata);
         let resolution = match subfolder(&folder.path, path) {
-            None => Resolution::Wait(
-                "directly in the route folder; put it into the subfolder of its process".into(),
-            ),
+            None => Resolution::Wait(IN_ROOT.into()),
             Some(name) => match self.router.resolve(index, route, name).await {
                 Ok(resolution) => resolution,
                 Err(ApiError::Cancelled) => return Err(SyncError::Cancelled),
-                Err(error) => Resolution::Wait(format!("cannot list the active processes: {error}")),
+                Err(error) => {
+                    Resolution::Wait(format!("cannot list the active processes: {error}"))
+                }
             },
         };
         let (process, task) = match resolution {
@@ -670,7 +684,9 @@ impl Syncer {
         };
         let key = target.key();
         let field = self.router.actor(&target);
-        if let Some(mut record) = record.filter(|record| record.target != key && record.target.starts_with("task:")) {
+        if let Some(mut record) =
+            record.filter(|record| record.target != key && record.target.starts_with("task:"))
+        {
             // Its copy is in an earlier process, which keeps it; this process gets its own.
             info!(folder = %folder.path.display(), file = %path.display(), run_id = %process.id, "now goes to process '{}'; the copy in the earlier process stays", crate::text::escaped(&process.name));
             record.attached = None;
@@ -741,7 +757,8 @@ impl Syncer {
         record: Option<FileRecord>,
     ) -> Result<(), SyncError> {
         if record.as_ref().is_some_and(|r| {
-            r.meta == meta && matches!(&r.state, FileState::Waiting { reason: old } if *old == reason)
+            r.meta == meta
+                && matches!(&r.state, FileState::Waiting { reason: old } if *old == reason)
         }) {
             return Ok(());
         }

@@ -135,7 +135,11 @@ impl Syncer {
         }
     }
 
-    pub(crate) async fn reconcile(&self, subject: &Subject<'_>, target: &Resolved) -> Result<(), SyncError> {
+    pub(crate) async fn reconcile(
+        &self,
+        subject: &Subject<'_>,
+        target: &Resolved,
+    ) -> Result<(), SyncError> {
         let path = subject.path;
         let record = self.store.get(path)?;
         let metadata = match std::fs::symlink_metadata(path) {
@@ -382,7 +386,11 @@ impl Syncer {
         Ok(())
     }
 
-    pub(crate) async fn remote_delete(&self, subject: &Subject<'_>, job: DeleteJob) -> Result<(), SyncError> {
+    pub(crate) async fn remote_delete(
+        &self,
+        subject: &Subject<'_>,
+        job: DeleteJob,
+    ) -> Result<(), SyncError> {
         match subject.field.delete(job).await {
             Err(FieldError::Cancelled) => Err(SyncError::Cancelled),
             // The actor logs a failed delete; the file's own state is settled either way.

@@ -169,8 +169,10 @@ async fn files_in_a_process_subfolder_go_to_that_process_task_with_its_step_and_
     let uploads: Vec<_> = routing.env.fake.assets();
     assert!(uploads
         .iter()
-        .all(|asset| asset.fields.get("step_id").map(String::as_str) == Some(DOCS_STEP)
-            && asset.fields.get("checklist_id").map(String::as_str) == Some(ONBOARDING)));
+        .all(
+            |asset| asset.fields.get("step_id").map(String::as_str) == Some(DOCS_STEP)
+                && asset.fields.get("checklist_id").map(String::as_str) == Some(ONBOARDING)
+        ));
     assert!(
         routing.run_lists() <= 2,
         "the processes were listed {} times for 4 files",
@@ -223,7 +225,11 @@ async fn files_for_no_process_or_two_wait_with_their_reason_and_go_when_the_proc
     .await;
     let line = routing.status_line("welcome.pdf").unwrap();
     assert!(line.contains("waiting"), "{line}");
-    assert_eq!(routing.env.uploads(), 0, "nothing is uploaded while it waits");
+    assert_eq!(
+        routing.env.uploads(),
+        0,
+        "nothing is uploaded while it waits"
+    );
 
     // The id appended picks one of two processes with the same name.
     let twin = &routing.twins[1];
@@ -251,7 +257,11 @@ async fn files_for_no_process_or_two_wait_with_their_reason_and_go_when_the_proc
 async fn by_id_each_subfolder_is_named_by_its_process_id() {
     let routing = Routing::new("by: id").await;
     let daemon = routing.running().await;
-    drop_file(&routing.subfolder(&routing.twins[0]), "a.pdf", b"first twin");
+    drop_file(
+        &routing.subfolder(&routing.twins[0]),
+        "a.pdf",
+        b"first twin",
+    );
     drop_file(&routing.subfolder("Acme Corp"), "b.pdf", b"by name");
 
     eventually(
@@ -293,7 +303,9 @@ async fn a_process_that_completes_fails_the_files_still_meant_for_it_and_says_so
         "the late file failed, saying the process is complete",
         || {
             routing.status_line("late.pdf").is_some_and(|line| {
-                line.contains("failed") && line.contains("process 'Acme Corp'") && line.contains("is complete")
+                line.contains("failed")
+                    && line.contains("process 'Acme Corp'")
+                    && line.contains("is complete")
             })
         },
         &daemon,
@@ -334,7 +346,10 @@ async fn a_process_that_completes_fails_the_files_still_meant_for_it_and_says_so
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_folders_keeps_a_subfolder_per_active_process_and_removes_none() {
     let routing = Routing::new("create_folders: true").await;
-    let odd = routing.env.fake.start_run(ONBOARDING, "Gamma/Delta: \"Q3\"");
+    let odd = routing
+        .env
+        .fake
+        .start_run(ONBOARDING, "Gamma/Delta: \"Q3\"");
     let stale = routing.subfolder("Old client");
     drop_file(&stale, "keep.txt", b"kept");
     let daemon = routing.running().await;
@@ -361,4 +376,85 @@ async fn create_folders_keeps_a_subfolder_per_active_process_and_removes_none() 
     )
     .await;
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_lists_the_processes_and_dry_run_says_where_each_file_would_go() {
+    let routing = Routing::new("").await;
+    drop_file(&routing.subfolder("Acme Corp"), "contract.pdf", b"acme");
+    drop_file(&routing.subfolder("Nobody Inc"), "lost.pdf", b"nobody");
+
+    let check = routing.env.command(&["check", "--online"]);
+    assert!(check.status.success(), "{}", describe(&check));
+    let [first, second] = &routing.twins;
+    for line in [
+        format!(
+            "process 'Acme Corp' ({}) ← subfolder Acme Corp",
+            routing.acme
+        ),
+        format!("process 'Beta LLC' ({}) ← subfolder Beta LLC", routing.beta),
+        format!("process 'Twin Co' ({first}) ← subfolder Twin Co ({first})"),
+        format!("process 'Twin Co' ({second}) ← subfolder Twin Co ({second})"),
+    ] {
+        assert!(
+            check.stdout.contains(&line),
+            "no {line:?} in {}",
+            describe(&check)
+        );
+    }
+
+    let dry = routing.env.command(&["run", "--dry-run"]);
+    assert!(dry.status.success(), "{}", describe(&dry));
+    assert!(
+        dry.stdout.contains(&format!(
+            "Acme Corp/contract.pdf (4 B) to process 'Acme Corp' ({})",
+            routing.acme
+        )),
+        "{}",
+        describe(&dry)
+    );
+    assert!(
+        dry.stdout
+            .contains("Nobody Inc/lost.pdf: no active process named 'Nobody Inc'"),
+        "{}",
+        describe(&dry)
+    );
+    assert_eq!(routing.env.uploads(), 0);
+    assert!(routing.env.requests("PUT", "").is_empty());
+
+    let json = routing.env.command(&["run", "--dry-run", "--json"]);
+    let plan: Value = serde_json::from_str(&json.stdout).expect("JSON plan");
+    assert_eq!(
+        plan["targets"][0]["processes"].as_array().map(Vec::len),
+        Some(4)
+    );
+    assert_eq!(plan["summary"]["wait"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_without_the_capture_in_any_step_is_a_wrong_target() {
+    let routing = Routing::new("").await;
+    let yaml = std::fs::read_to_string(&routing.env.config).unwrap();
+    routing
+        .env
+        .write_raw_config(&yaml.replace(&format!("capture_id: {DOCS}"), "capture_id: cap-nope"));
+    let check = routing.env.command(&["check", "--online"]);
+    assert!(!check.status.success(), "{}", describe(&check));
+    assert!(
+        check.stdout.contains(
+            "no step of template tpl-onboarding has a form field with capture id cap-nope; its file fields are: cap-docs (\"Documents\", step \"Collect documents\")"
+        ),
+        "{}",
+        describe(&check)
+    );
+    routing.env.write_raw_config(&yaml.replace(
+        &format!("capture_id: {DOCS}"),
+        &format!("capture_id: {NOTES}"),
+    ));
+    let check = routing.env.command(&["check", "--online"]);
+    assert!(
+        check.stdout.contains("is a text field, not a file field"),
+        "{}",
+        describe(&check)
+    );
 }

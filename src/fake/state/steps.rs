@@ -101,12 +101,14 @@ impl State {
         query: Option<&str>,
     ) -> Result<Value, ApiError> {
         if !self.run_exists(run_id) {
-            return Err(ApiError::NotFound("No query results for model [Run].".into()));
+            return Err(ApiError::NotFound(
+                "No query results for model [Run].".into(),
+            ));
         }
         let params = query_params(query);
-        let with_form_fields = params
-            .iter()
-            .any(|(key, value)| key == "with" && value.split(',').any(|item| item == "form_fields"));
+        let with_form_fields = params.iter().any(|(key, value)| {
+            key == "with" && value.split(',').any(|item| item == "form_fields")
+        });
         let tasks = self
             .tasks
             .iter()
