@@ -2148,6 +2148,45 @@ folders:
     }
 
     #[test]
+    fn a_route_folder_parses_with_its_defaults_and_always_watches_subfolders() {
+        let fx = Fixture::new();
+        let config = fx.parse(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, capture_id: C}\n  - path: {dir}/out\n    route: {checklist_id: T, capture_id: C, by: id, create_folders: true}\n",
+        );
+        assert_eq!(
+            config.folders[0].target,
+            Target::Route(Route {
+                checklist_id: "T".into(),
+                capture_id: "C".into(),
+                by: RouteBy::Name,
+                create_folders: false,
+            })
+        );
+        assert!(config.folders[0].recursive);
+        let Target::Route(by_id) = &config.folders[1].target else {
+            panic!("not a route: {:?}", config.folders[1].target);
+        };
+        assert_eq!((by_id.by, by_id.create_folders), (RouteBy::Id, true));
+    }
+
+    #[test]
+    fn route_problems_name_their_key() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(
+                "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, by: title, create_folders: maybe}\n  - path: {dir}/out\n    route: {checklist_id: T, capture_id: C}\n    task: {run_id: R, task_id: K, capture_id: C}\n  - path: {dir}/state\n    recursive: false\n    route: {checklist_id: T, capture_id: C}\n",
+            ),
+            [
+                "folders[0].route.capture_id: required",
+                "folders[0].route.by \"title\": expected name or id",
+                "folders[0].route.create_folders \"maybe\": expected true or false, found a string",
+                "folders[1]: needs exactly one of task, kickoff, launch or route (found both)",
+                "folders[2].recursive: a route folder always watches its subfolders (each stands for a process); remove recursive",
+            ]
+        );
+    }
+
+    #[test]
     fn launch_problems_name_their_key() {
         let fx = Fixture::new();
         let problems = fx.problems(
