@@ -571,13 +571,16 @@ async fn the_demo_refuses_a_non_empty_directory_it_did_not_make_and_leaves_it_al
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_config_is_valid_once_its_folders_exist() {
     let env = Env::new().await;
+    let onboarding = env.dir.path().join("onboarding");
+    std::fs::create_dir(&onboarding).unwrap();
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/tallyfy-sync.example.yaml"
     ))
     .unwrap()
     .replace("/srv/tallyfy/invoices", env.tasks.to_str().unwrap())
-    .replace("/srv/tallyfy/contracts", env.kickoff.to_str().unwrap());
+    .replace("/srv/tallyfy/contracts", env.kickoff.to_str().unwrap())
+    .replace("/srv/tallyfy/onboarding", onboarding.to_str().unwrap());
     env.write_raw_config(&example);
     let output = env.command(&["check"]);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
