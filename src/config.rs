@@ -213,9 +213,7 @@ pub enum After {
     Delete,
     /// Moved into `to` (`launch.move_to`, default FOLDER/processed), keeping its path
     /// relative to the folder.
-    Move {
-        to: PathBuf,
-    },
+    Move { to: PathBuf },
 }
 
 /// Whether the same content dropped again starts another process (`dedupe`).
@@ -1090,9 +1088,7 @@ fn launch_target(mut s: Section<'_>, base: &Path, folder: Option<&Path>) -> Opti
         map.iter()
             .filter_map(|(key, value)| {
                 let shown = scalar(key).unwrap_or_else(|| format!("<{}>", kind(key)));
-                let field = s
-                    .problems
-                    .check(&format!("{fields_key}.{shown}"), key, id)?;
+                let field = s.problems.check(&format!("{fields_key}.{shown}"), key, id)?;
                 let value = s
                     .problems
                     .check(&format!("{fields_key}.{field}"), value, template)?;
@@ -1106,9 +1102,7 @@ fn launch_target(mut s: Section<'_>, base: &Path, folder: Option<&Path>) -> Opti
         Some("move") => Ok("move"),
         _ => invalid("expected keep, delete or move"),
     });
-    let move_to = s.get("move_to", |value| {
-        path_in(base)(value).map(|to| resolved(&to))
-    });
+    let move_to = s.get("move_to", |value| path_in(base)(value).map(|to| resolved(&to)));
     let dedupe = s.get("dedupe", dedupe);
     let after = match (after, move_to) {
         (Err(()), _) | (_, Err(())) => None,
@@ -1532,10 +1526,7 @@ fn resolved(path: &Path) -> PathBuf {
     let mut existing = absolute.as_path();
     loop {
         if let Ok(real) = fs::canonicalize(existing) {
-            return missing
-                .iter()
-                .rev()
-                .fold(real, |path, part| path.join(part));
+            return missing.iter().rev().fold(real, |path, part| path.join(part));
         }
         match (existing.parent(), existing.file_name()) {
             (Some(parent), Some(name)) => {

@@ -48,10 +48,7 @@ impl Syncer {
             {
                 let meta = current_meta(path).unwrap_or(record.meta);
                 return match intent(subject.folder, launch, form, path, &meta, name, summary) {
-                    Ok(intent) => {
-                        self.start(subject, launch, record, asset, intent, true)
-                            .await
-                    }
+                    Ok(intent) => self.start(subject, launch, record, asset, intent, true).await,
                     // The config changed under the interrupted launch; the upload stays with it.
                     Err(problem) => {
                         record.state = FileState::Uploading;
@@ -85,9 +82,7 @@ impl Syncer {
                 if matches!(record.state, FileState::Launched { .. })
                     && (launch.after == After::Keep || record.meta == meta) =>
             {
-                return self
-                    .after_launch(subject, launch, record.clone(), meta)
-                    .await;
+                return self.after_launch(subject, launch, record.clone(), meta).await;
             }
             Some(record) if record.settles(&meta) => return Ok(()),
             _ => {}
@@ -111,12 +106,10 @@ impl Syncer {
         // Only this version's content counts: what an earlier one at this path sent does not.
         next.hash = None;
         if launch.dedupe == Dedupe::Content {
-            let hash = sync::hash_file(path)
-                .await
-                .map_err(|error| SyncError::Read {
-                    path: path.to_path_buf(),
-                    error,
-                })?;
+            let hash = sync::hash_file(path).await.map_err(|error| SyncError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
             if let Some(claim) = self
                 .store
                 .claim_content(&subject.folder.path, &hash, path)?
@@ -171,7 +164,10 @@ impl Syncer {
             info!(folder = %subject.folder.path.display(), file = %path.display(), name = %intent.name, "finishing a launch interrupted by a stop; looking for its process first");
         }
         let mut prerun = intent.fields;
-        prerun.insert(launch.field_id.clone(), Value::Array(vec![asset.0.clone()]));
+        prerun.insert(
+            launch.field_id.clone(),
+            Value::Array(vec![asset.0.clone()]),
+        );
         let sent = std::sync::atomic::AtomicBool::new(resumed);
         let api = &self.api;
         let outcome = api
@@ -196,10 +192,7 @@ impl Syncer {
             Err(ApiError::Cancelled) => return Err(SyncError::Cancelled),
             Err(error) => {
                 METRICS.launched(false);
-                let claimed = record
-                    .hash
-                    .clone()
-                    .filter(|_| launch.dedupe == Dedupe::Content);
+                let claimed = record.hash.clone().filter(|_| launch.dedupe == Dedupe::Content);
                 let message = error.to_string();
                 error!(folder = %subject.folder.path.display(), file = %path.display(), http_status = error.status(), error = %message, "could not start a process; not retried until the file changes");
                 record.state = FileState::Failed { error: message };
@@ -227,9 +220,7 @@ impl Syncer {
             (Some(hash), Dedupe::Content) => Some((subject.folder.path.as_path(), hash.as_str())),
             _ => None,
         };
-        self.store
-            .put_launched(path, &record, content, &run)
-            .await?;
+        self.store.put_launched(path, &record, content, &run).await?;
         METRICS.launched(true);
         info!(folder = %subject.folder.path.display(), file = %path.display(), run_id = %run.id, asset_id = %asset_id, "started process '{}'", crate::text::escaped(&run.name));
         let meta = record.meta;
@@ -482,9 +473,6 @@ fn move_into(folder: &Path, path: &Path, to: &Path) -> std::io::Result<PathBuf> 
     debug!(file = %path.display(), "every numbered name is taken");
     Err(std::io::Error::new(
         std::io::ErrorKind::AlreadyExists,
-        format!(
-            "{} and its numbered variants are all taken",
-            wanted.display()
-        ),
+        format!("{} and its numbered variants are all taken", wanted.display()),
     ))
 }

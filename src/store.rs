@@ -652,11 +652,7 @@ mod tests {
     #[tokio::test]
     async fn content_is_claimed_by_the_first_file_and_kept_once_launched() {
         let (_dir, store) = temp_store();
-        let (folder, first, copy) = (
-            Path::new("/f"),
-            Path::new("/f/a.pdf"),
-            Path::new("/f/b.pdf"),
-        );
+        let (folder, first, copy) = (Path::new("/f"), Path::new("/f/a.pdf"), Path::new("/f/b.pdf"));
         assert_eq!(store.claim_content(folder, "h1", first).unwrap(), None);
         assert_eq!(store.claim_content(folder, "h1", first).unwrap(), None);
         let held = store.claim_content(folder, "h1", copy).unwrap().unwrap();
@@ -676,10 +672,7 @@ mod tests {
         let claim = store.claim_content(folder, "h1", first).unwrap().unwrap();
         assert_eq!(claim.run, Some(run));
         assert_eq!(store.get(first).unwrap(), Some(launched));
-        assert_eq!(
-            store.claim_content(Path::new("/g"), "h1", copy).unwrap(),
-            None
-        );
+        assert_eq!(store.claim_content(Path::new("/g"), "h1", copy).unwrap(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

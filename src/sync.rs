@@ -386,11 +386,7 @@ impl Syncer {
         Ok(())
     }
 
-    pub(crate) async fn remote_delete(
-        &self,
-        subject: &Subject<'_>,
-        job: DeleteJob,
-    ) -> Result<(), SyncError> {
+    pub(crate) async fn remote_delete(&self, subject: &Subject<'_>, job: DeleteJob) -> Result<(), SyncError> {
         match subject.field.delete(job).await {
             Err(FieldError::Cancelled) => Err(SyncError::Cancelled),
             // The actor logs a failed delete; the file's own state is settled either way.

@@ -117,12 +117,7 @@ async fn a_new_file_starts_one_process_with_the_file_in_its_kick_off_field_and_t
     std::fs::create_dir(launching.inbox.join("acme")).unwrap();
     let file = drop_file(&launching.inbox.join("acme"), "2041.pdf", b"invoice 2041");
 
-    eventually(
-        "one process is started",
-        || launching.runs().len() == 1,
-        &daemon,
-    )
-    .await;
+    eventually("one process is started", || launching.runs().len() == 1, &daemon).await;
     let run = &launching.runs()[0];
     assert_eq!(run["name"], "Invoice 2041");
     assert_eq!(run["checklist_id"], APPROVAL);
@@ -149,11 +144,7 @@ async fn a_new_file_starts_one_process_with_the_file_in_its_kick_off_field_and_t
     assert_eq!(stored.fields["uploaded_from"], "ko_field");
     let run_id = run["id"].as_str().unwrap().to_string();
     daemon.wait_for_log("started process 'Invoice 2041'").await;
-    assert!(
-        daemon.log().contains(&format!("run_id={run_id}")),
-        "{}",
-        daemon.log()
-    );
+    assert!(daemon.log().contains(&format!("run_id={run_id}")), "{}", daemon.log());
 
     let status = launching.status();
     let line = status
@@ -175,10 +166,7 @@ async fn a_new_file_starts_one_process_with_the_file_in_its_kick_off_field_and_t
         .wait_for_log("removed locally; the process it started stays")
         .await;
     assert_eq!(launching.runs().len(), 1);
-    assert!(
-        env.requests("DELETE", "").is_empty(),
-        "nothing deleted remotely"
-    );
+    assert!(env.requests("DELETE", "").is_empty(), "nothing deleted remotely");
     assert_eq!(env.requests("POST", "/file").len(), 1, "one upload");
     daemon.stop().await;
 }
@@ -188,12 +176,7 @@ async fn the_same_content_again_launches_nothing_and_names_the_process_it_starte
     let launching = Launching::new("name: \"Invoice {stem}\"", "").await;
     let daemon = launching.running().await;
     drop_file(&launching.inbox, "2041.pdf", b"scan of invoice 2041");
-    eventually(
-        "the process is started",
-        || launching.runs().len() == 1,
-        &daemon,
-    )
-    .await;
+    eventually("the process is started", || launching.runs().len() == 1, &daemon).await;
     let run_id = launching.runs()[0]["id"].as_str().unwrap().to_string();
 
     drop_file(&launching.inbox, "2041 resent.pdf", b"scan of invoice 2041");
@@ -201,12 +184,8 @@ async fn the_same_content_again_launches_nothing_and_names_the_process_it_starte
         .wait_for_log("which already started process 'Invoice 2041'; launching nothing")
         .await;
     drop_file(&launching.inbox, "2042.pdf", b"scan of invoice 2042");
-    eventually(
-        "the new content starts its own process",
-        || launching.runs().len() == 2,
-        &daemon,
-    )
-    .await;
+    eventually("the new content starts its own process", || launching.runs().len() == 2, &daemon)
+        .await;
     assert_eq!(launching.run_names(), ["Invoice 2041", "Invoice 2042"]);
     assert_eq!(launching.env.uploads(), 2, "the copy is not even uploaded");
 
@@ -238,29 +217,15 @@ async fn a_restart_launches_nothing_twice() {
     let launching = Launching::new("", "").await;
     let daemon = launching.running().await;
     drop_file(&launching.inbox, "first.pdf", b"first");
-    eventually(
-        "the first is launched",
-        || launching.runs().len() == 1,
-        &daemon,
-    )
-    .await;
+    eventually("the first is launched", || launching.runs().len() == 1, &daemon).await;
     assert_eq!(daemon.stop().await.code(), Some(0));
 
     drop_file(&launching.inbox, "second.pdf", b"second");
     let daemon = launching.running().await;
-    eventually(
-        "the one dropped while stopped is launched",
-        || launching.runs().len() == 2,
-        &daemon,
-    )
-    .await;
+    eventually("the one dropped while stopped is launched", || launching.runs().len() == 2, &daemon)
+        .await;
     drop_file(&launching.inbox, "third.pdf", b"third");
-    eventually(
-        "a new one is launched",
-        || launching.runs().len() == 3,
-        &daemon,
-    )
-    .await;
+    eventually("a new one is launched", || launching.runs().len() == 3, &daemon).await;
     // Stopping drains the work in flight, so a second launch of anything would be there now.
     assert_eq!(daemon.stop().await.code(), Some(0));
     assert_eq!(launching.run_names(), ["first", "second", "third"]);
@@ -315,12 +280,8 @@ async fn sigkill_during_a_burst_against_a_slow_server_starts_one_process_per_fil
     let launching = Launching::new("name: \"Scan {stem}\"", "").await;
     // Slow launches make kills land between sending a launch and recording its answer.
     launching.env.fake.inject(
-        Fault::once(
-            "POST",
-            "/runs",
-            FaultKind::Latency(Duration::from_millis(150)),
-        )
-        .times(usize::MAX),
+        Fault::once("POST", "/runs", FaultKind::Latency(Duration::from_millis(150)))
+            .times(usize::MAX),
     );
     launching.env.fake.inject(
         Fault::once("", "", FaultKind::Latency(Duration::from_millis(30))).times(usize::MAX),
@@ -380,16 +341,9 @@ async fn a_required_kick_off_field_without_a_value_keeps_the_folder_from_syncing
     let launching = Launching::new("", "").await;
     launching.env.fake.set_required(APPROVAL, VENDOR, true);
     let check = launching.env.command(&["check", "--online"]);
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&check)
-    );
+    assert_eq!(check.status.code(), Some(EXIT_CONFIG), "{}", describe(&check));
     assert!(
-        check.stdout.contains(
-            "requires kick-off fields the launch gives no value: ko-vendor (\"Vendor\", text)"
-        ),
+        check.stdout.contains("requires kick-off fields the launch gives no value: ko-vendor (\"Vendor\", text)"),
         "{}",
         describe(&check)
     );
@@ -402,12 +356,8 @@ async fn a_required_kick_off_field_without_a_value_keeps_the_folder_from_syncing
     // Fixing the config and reloading lets the waiting file through.
     launching.configure("fields:\n  ko-vendor: \"{parent}\"", "");
     daemon.signal(libc::SIGHUP);
-    eventually(
-        "the file is launched once the config is fixed",
-        || launching.runs().len() == 1,
-        &daemon,
-    )
-    .await;
+    eventually("the file is launched once the config is fixed", || launching.runs().len() == 1, &daemon)
+        .await;
     assert_eq!(launching.runs()[0]["prerun"][VENDOR], "inbox");
     daemon.stop().await;
 }
@@ -428,11 +378,7 @@ async fn a_launch_the_api_refuses_fails_with_its_message_and_its_upload_is_delet
     .await;
     assert!(launching.runs().is_empty());
     let status = launching.status();
-    assert!(
-        status.stdout.contains("Notes is required"),
-        "{}",
-        describe(&status)
-    );
+    assert!(status.stdout.contains("Notes is required"), "{}", describe(&status));
     assert!(status.stdout.contains("failed"), "{}", describe(&status));
     daemon.stop().await;
 }
@@ -441,53 +387,26 @@ async fn a_launch_the_api_refuses_fails_with_its_message_and_its_upload_is_delet
 async fn an_unknown_field_key_is_named_with_the_fields_that_exist() {
     let launching = Launching::new("fields:\n  Vendor: \"{parent}\"", "").await;
     let check = launching.env.command(&["check", "--online"]);
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&check)
-    );
+    assert_eq!(check.status.code(), Some(EXIT_CONFIG), "{}", describe(&check));
     for needle in [
         "has no kick-off field with id Vendor",
         "ko-invoice (\"Invoice\", file)",
         "ko-vendor (\"Vendor\", text)",
         "ko-notes (\"Notes\", textarea)",
     ] {
-        assert!(
-            check.stdout.contains(needle),
-            "{needle:?}: {}",
-            describe(&check)
-        );
+        assert!(check.stdout.contains(needle), "{needle:?}: {}", describe(&check));
     }
 
     launching.configure("fields:\n  ko-due: \"{date}\"", "");
     let check = launching.env.command(&["check", "--online"]);
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&check)
-    );
-    assert!(
-        check.stdout.contains("is a dropdown field"),
-        "{}",
-        describe(&check)
-    );
+    assert_eq!(check.status.code(), Some(EXIT_CONFIG), "{}", describe(&check));
+    assert!(check.stdout.contains("is a dropdown field"), "{}", describe(&check));
 
     let long = "x".repeat(201);
     launching.configure(&format!("fields:\n  ko-vendor: \"{long}\""), "");
     let check = launching.env.command(&["check", "--online"]);
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&check)
-    );
-    assert!(
-        check.stdout.contains("201 bytes, at most 200"),
-        "{}",
-        describe(&check)
-    );
+    assert_eq!(check.status.code(), Some(EXIT_CONFIG), "{}", describe(&check));
+    assert!(check.stdout.contains("201 bytes, at most 200"), "{}", describe(&check));
 
     launching.configure("fields:\n  ko-notes: \"{stem}\"", "");
     let check = launching.env.command(&["check", "--online"]);
@@ -502,12 +421,7 @@ async fn an_unknown_placeholder_is_a_config_error_naming_the_key() {
     )
     .await;
     let check = launching.env.command(&["check"]);
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&check)
-    );
+    assert_eq!(check.status.code(), Some(EXIT_CONFIG), "{}", describe(&check));
     for needle in [
         "folders[0].launch.name \"Invoice {number}\": unknown placeholder {number} (expected one of {filename}, {stem}, {ext}, {parent}, {relpath}, {date}, {mtime})",
         "folders[0].launch.fields.ko-vendor \"{parent\": a { without its }",
@@ -537,19 +451,12 @@ async fn after_move_takes_launched_files_out_of_the_inbox_and_never_launches_the
     )
     .await;
     assert_eq!(launching.run_names(), ["2041", "2042"]);
-    assert_eq!(
-        std::fs::read(processed.join("2041.pdf")).unwrap(),
-        b"invoice 2041"
-    );
+    assert_eq!(std::fs::read(processed.join("2041.pdf")).unwrap(), b"invoice 2041");
 
     // The same name again with new content goes next to the first, numbered.
     drop_file(&launching.inbox, "2041.pdf", b"invoice 2041, second page");
-    eventually(
-        "the new content is launched and moved",
-        || processed.join("2041 (2).pdf").is_file(),
-        &daemon,
-    )
-    .await;
+    eventually("the new content is launched and moved", || processed.join("2041 (2).pdf").is_file(), &daemon)
+        .await;
     // Content already launched is a duplicate even after its first copy was moved away; it
     // stays in the inbox.
     drop_file(&launching.inbox, "copy.pdf", b"invoice 2042");
@@ -560,12 +467,7 @@ async fn after_move_takes_launched_files_out_of_the_inbox_and_never_launches_the
     // A restart does not take the moved files for new ones.
     let daemon = launching.running().await;
     drop_file(&launching.inbox, "2043.pdf", b"invoice 2043");
-    eventually(
-        "the next one is launched",
-        || processed.join("2043.pdf").is_file(),
-        &daemon,
-    )
-    .await;
+    eventually("the next one is launched", || processed.join("2043.pdf").is_file(), &daemon).await;
     assert_eq!(daemon.stop().await.code(), Some(0));
     assert_eq!(launching.run_names(), ["2041", "2041", "2042", "2043"]);
 }
@@ -577,20 +479,12 @@ async fn dry_run_says_which_process_each_file_would_launch() {
     let plan = launching.env.command(&["run", "--dry-run"]);
     assert_eq!(plan.status.code(), Some(0), "{}", describe(&plan));
     assert!(
-        plan.stdout.contains(&format!(
-            "would launch 'Invoice 2041' from template {APPROVAL}"
-        )),
+        plan.stdout
+            .contains(&format!("would launch 'Invoice 2041' from template {APPROVAL}")),
         "{}",
         describe(&plan)
     );
-    assert!(
-        plan.stdout.contains("launch 1 processes"),
-        "{}",
-        describe(&plan)
-    );
+    assert!(plan.stdout.contains("launch 1 processes"), "{}", describe(&plan));
     assert!(launching.runs().is_empty());
-    assert!(
-        !Path::new(&launching.env.state).exists(),
-        "a dry run writes nothing"
-    );
+    assert!(!Path::new(&launching.env.state).exists(), "a dry run writes nothing");
 }

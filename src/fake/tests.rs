@@ -1298,18 +1298,12 @@ async fn a_launch_starts_a_run_with_its_file_and_drops_keys_that_are_not_field_i
     assert_eq!(run["checklist_id"], CHECKLIST);
     assert_eq!(run["summary"], "from /srv/scans/2041.pdf");
     assert_eq!(run["prerun"][KO_TEXT], "Globex");
-    assert_eq!(
-        ids(run["prerun"][KO_FILE].as_array().unwrap()),
-        [asset["id"].as_str().unwrap()]
-    );
+    assert_eq!(ids(run["prerun"][KO_FILE].as_array().unwrap()), [asset["id"].as_str().unwrap()]);
     assert_eq!(run["prerun"].as_object().unwrap().len(), 2, "{run}");
     let id = run["id"].as_str().unwrap();
     let read = send(api.get(&format!("/runs/{id}"))).await;
     assert_eq!(read.json()["data"], run);
-    assert_eq!(
-        send(api.get("/runs/nope")).await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(send(api.get("/runs/nope")).await.status, StatusCode::NOT_FOUND);
     assert_eq!(fake.runs(), [run]);
 }
 
@@ -1325,9 +1319,7 @@ async fn a_required_kick_off_field_without_a_value_refuses_the_launch_naming_its
     .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer.json()["message"], "Label of ko_file is required");
-    let checklist = send(api.get(&format!("/checklists/{CHECKLIST}")))
-        .await
-        .json();
+    let checklist = send(api.get(&format!("/checklists/{CHECKLIST}"))).await.json();
     assert_eq!(checklist["data"]["prerun"][1]["required"], true);
     let too_long = launch(
         &api,
@@ -1343,11 +1335,7 @@ async fn runs_are_listed_by_template_and_name_page_by_page() {
     let fake = fake().await;
     let api = Api::new(&fake);
     for n in 0..12 {
-        let name = if n % 2 == 0 {
-            format!("Invoice {n}")
-        } else {
-            format!("Other {n}")
-        };
+        let name = if n % 2 == 0 { format!("Invoice {n}") } else { format!("Other {n}") };
         let answer = launch(&api, &json!({"checklist_id": CHECKLIST, "name": name})).await;
         assert_eq!(answer.status, StatusCode::CREATED);
     }
@@ -1362,30 +1350,14 @@ async fn runs_are_listed_by_template_and_name_page_by_page() {
     assert_eq!(pagination["count"], 4);
     assert_eq!(pagination["total_pages"], 2);
     assert_eq!(pagination["current_page"], 1);
-    assert!(pagination["links"]["next"]
-        .as_str()
-        .unwrap()
-        .contains("page=2"));
-    let last = page(&format!(
-        "checklist_id={CHECKLIST}&q=invoice&per_page=4&page=2"
-    ))
-    .await;
+    assert!(pagination["links"]["next"].as_str().unwrap().contains("page=2"));
+    let last = page(&format!("checklist_id={CHECKLIST}&q=invoice&per_page=4&page=2")).await;
     assert_eq!(last["data"].as_array().unwrap().len(), 2);
     assert_eq!(last["meta"]["pagination"]["links"], json!([]));
     let default = page("").await;
-    assert_eq!(
-        default["data"].as_array().unwrap().len(),
-        10,
-        "10 per page by default"
-    );
-    assert_eq!(
-        page("checklist_id=other").await["meta"]["pagination"]["total"],
-        0
-    );
-    assert_eq!(
-        page("status=complete").await["meta"]["pagination"]["total"],
-        0
-    );
+    assert_eq!(default["data"].as_array().unwrap().len(), 10, "10 per page by default");
+    assert_eq!(page("checklist_id=other").await["meta"]["pagination"]["total"], 0);
+    assert_eq!(page("status=complete").await["meta"]["pagination"]["total"], 0);
     let too_many = send(api.get("/runs?per_page=101")).await;
     assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
