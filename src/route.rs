@@ -618,8 +618,13 @@ impl Syncer {
                 let Some(field) = self.router.actor_for_key(&record.target) else {
                     return Ok(self.store.forget(path, &[]).await?);
                 };
-                let Some(Ok(resolved)) = field.verdict().await else {
-                    return Ok(());
+                let resolved = match field.verdict().await {
+                    None => return Err(SyncError::Cancelled),
+                    Some(Ok(resolved)) => resolved,
+                    Some(Err(why)) => {
+                        info!(folder = %folder.path.display(), file = %path.display(), %why, "removed locally; its task can no longer be changed, so the copy in Tallyfy stays");
+                        return Ok(self.store.forget(path, &[]).await?);
+                    }
                 };
                 let subject = Subject::new(folder, &field, path).bound_to(record.target);
                 return self.reconcile(&subject, &resolved).await;
@@ -647,7 +652,14 @@ impl Syncer {
             Resolution::Wait(reason) => {
                 let field = self.bound_field(index, record.as_ref());
                 let subject = unrouted(folder, &field, path, record.as_ref());
-                return self.wait(&subject, meta, reason, record).await;
+                // The refresher brings it back when the processes change.
+                let state = FileState::Waiting {
+                    reason: reason.clone(),
+                };
+                if self.record_once(&subject, meta, state, record).await? {
+                    info!(folder = %folder.path.display(), file = %path.display(), %reason, "waiting; it goes once its process is there");
+                }
+                return Ok(());
             }
             Resolution::Ended(reason) => {
                 if record.as_ref().is_some_and(|r| r.settles(&meta)) {
@@ -746,24 +758,5 @@ impl Syncer {
         record
             .and_then(|record| self.router.actor_for_key(&record.target))
             .unwrap_or_else(|| self.fields[index].clone())
-    }
-
-    /// Records why a file is not uploaded yet; the refresher brings it back when that changes.
-    async fn wait(
-        &self,
-        subject: &Subject<'_>,
-        meta: FileMeta,
-        reason: String,
-        record: Option<FileRecord>,
-    ) -> Result<(), SyncError> {
-        if record.as_ref().is_some_and(|r| {
-            r.meta == meta
-                && matches!(&r.state, FileState::Waiting { reason: old } if *old == reason)
-        }) {
-            return Ok(());
-        }
-        info!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "waiting; it goes once its process is there");
-        let waiting = subject.record(meta, FileState::Waiting { reason }, record.as_ref());
-        Ok(self.store.put(subject.path, &waiting).await?)
     }
 }

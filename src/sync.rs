@@ -184,15 +184,33 @@ impl Syncer {
         reason: String,
         record: Option<FileRecord>,
     ) -> Result<(), SyncError> {
-        if record.as_ref().is_some_and(|r| {
-            r.meta == meta
-                && matches!(&r.state, FileState::Rejected { reason: old } if *old == reason)
-        }) {
-            return Ok(());
+        let state = FileState::Rejected {
+            reason: reason.clone(),
+        };
+        if self.record_once(subject, meta, state, record).await? {
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "skipped; not retried until the file changes");
         }
-        warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "skipped; not retried until the file changes");
-        let rejected = subject.record(meta, FileState::Rejected { reason }, record.as_ref());
-        Ok(self.store.put(subject.path, &rejected).await?)
+        Ok(())
+    }
+
+    /// Records this version of the file in `state`; false when it already was (nothing to
+    /// write or say again).
+    pub(crate) async fn record_once(
+        &self,
+        subject: &Subject<'_>,
+        meta: FileMeta,
+        state: FileState,
+        record: Option<FileRecord>,
+    ) -> Result<bool, SyncError> {
+        if record
+            .as_ref()
+            .is_some_and(|r| r.meta == meta && r.state == state)
+        {
+            return Ok(false);
+        }
+        let next = subject.record(meta, state, record.as_ref());
+        self.store.put(subject.path, &next).await?;
+        Ok(true)
     }
 
     async fn upload(

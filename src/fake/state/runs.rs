@@ -57,6 +57,15 @@ pub(super) fn query_params(query: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A query parameter's value; an empty one counts as absent, as in Laravel.
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+        .filter(|value| !value.is_empty())
+}
+
 /// One page of `items` as the API's list answer, `{"data": [...], "meta": {"pagination"}}`,
 /// by the request's `page` and `per_page`; `url` is the request's path, for the next link.
 pub(super) fn page_of(
@@ -64,15 +73,8 @@ pub(super) fn page_of(
     params: &[(String, String)],
     items: Vec<Value>,
 ) -> Result<Value, ApiError> {
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-            .filter(|value| !value.is_empty())
-    };
     let number = |name: &str, default: u64| -> Result<u64, ApiError> {
-        match param(name) {
+        match param(params, name) {
             None => Ok(default),
             Some(text) => match text.parse::<u64>() {
                 Ok(value) if value >= 1 => Ok(value),
@@ -263,13 +265,7 @@ impl State {
     /// request's path, for the next page's link.
     pub fn list_runs(&self, url: &str, query: Option<&str>) -> Result<Value, ApiError> {
         let params = query_params(query);
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-                .filter(|value| !value.is_empty())
-        };
+        let param = |name: &str| param(&params, name);
         let q = param("q").map(str::to_lowercase);
         let matching: Vec<&Value> = self
             .runs
