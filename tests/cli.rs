@@ -171,7 +171,7 @@ async fn check_names_every_problem_of_a_bad_config_with_its_key_path() {
         "api.base_url \"http://example.com/api\": must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)".to_string(),
         "api.concurrency 0: must be between 1 and 64".to_string(),
         "settle \"soon\": not a duration (use e.g. 500ms, 2s, 5m)".to_string(),
-        "folders[0]: needs exactly one of task, kickoff or launch (found both)".to_string(),
+        "folders[0]: needs exactly one of task, kickoff, launch or route (found both)".to_string(),
         format!("folders[1].path {missing:?}: no such directory"),
         format!("folders[2].path {nested:?}: overlaps folders[0].path {tasks:?}"),
     ];
