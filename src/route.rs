@@ -39,8 +39,17 @@ const MAX_FOLDER_NAME: usize = 240;
 pub struct Process {
     pub id: String,
     pub name: String,
-    /// Its task whose step holds the capture; `None` when it has none.
-    pub task: Option<CaptureTask>,
+    /// Its task whose step holds the capture.
+    pub capture: Capture,
+}
+
+/// A process's task that holds the capture, read once, when a file first needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Capture {
+    Unread,
+    /// The process has no task with the capture field.
+    Missing,
+    Task(CaptureTask),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -178,7 +187,7 @@ impl Router {
         if stale {
             self.refresh(index, route, &mut cache).await?;
         }
-        let found = lookup(&cache.active, &cache.ended, route, name);
+        let found = self.lookup_reading(route, &mut cache, name).await?;
         if matches!(found, Resolution::Task(..)) {
             return Ok(found);
         }
@@ -187,7 +196,7 @@ impl Router {
             .is_none_or(|at| at.elapsed() >= MISS_REFRESH)
         {
             self.refresh(index, route, &mut cache).await?;
-            return Ok(lookup(&cache.active, &cache.ended, route, name));
+            return self.lookup_reading(route, &mut cache, name).await;
         }
         // Read again soon: the refresher brings the file back when its process appears.
         cache.backoff = MISS_REFRESH;
@@ -195,7 +204,26 @@ impl Router {
         Ok(found)
     }
 
-    /// Reads the active processes, and the tasks of those not seen before; a process no
+    /// `lookup`, reading the tasks of the process found when they were not read before.
+    async fn lookup_reading(
+        &self,
+        route: &Route,
+        cache: &mut Cache,
+        name: &str,
+    ) -> Result<Resolution, ApiError> {
+        let mut unread = cache
+            .active
+            .iter_mut()
+            .filter(|process| stands_for(route, name, process));
+        if let (Some(process), None) = (unread.next(), unread.next()) {
+            if process.capture == Capture::Unread {
+                process.capture = read_capture(&self.api, &process.id, route).await?;
+            }
+        }
+        Ok(lookup(&cache.active, &cache.ended, route, name))
+    }
+
+    /// Reads the active processes; a process no
     /// longer active is looked up once to learn its status. Returns whether anything changed.
     async fn refresh(
         &self,
@@ -228,7 +256,11 @@ impl Router {
                 }
                 None => {
                     changed = true;
-                    let process = read_process(&self.api, run, route).await?;
+                    let process = Process {
+                        id: run.id.clone(),
+                        name: run.name.clone(),
+                        capture: Capture::Unread,
+                    };
                     info!(folder = %folder.path.display(), run_id = %run.id, "active process '{}' found; its subfolder is {}", crate::text::escaped(&run.name), crate::text::escaped(&folder_name(&process, &runs_named(&runs, &run.name), route.by)));
                     process
                 }
@@ -372,9 +404,9 @@ impl Router {
     }
 }
 
-/// A process with its capture task, read with the process's tasks.
-async fn read_process(api: &Client, run: &Run, route: &Route) -> Result<Process, ApiError> {
-    let tasks = api.with_retries(|| api.run_tasks(&run.id)).await?;
+/// A process's task that holds the capture, from the process's tasks.
+async fn read_capture(api: &Client, run_id: &str, route: &Route) -> Result<Capture, ApiError> {
+    let tasks = api.with_retries(|| api.run_tasks(run_id)).await?;
     let task = tasks
         .into_iter()
         .find(|task| task.fields.iter().any(|field| field.id == route.capture_id))
@@ -385,11 +417,7 @@ async fn read_process(api: &Client, run: &Run, route: &Route) -> Result<Process,
                 checklist_id: task.checklist_id.unwrap_or(route.checklist_id.clone()),
             })
         });
-    Ok(Process {
-        id: run.id.clone(),
-        name: run.name.clone(),
-        task,
-    })
+    Ok(task.map_or(Capture::Missing, Capture::Task))
 }
 
 /// The active processes of a route's template, read now (`check --online`, `run --dry-run`).
@@ -399,7 +427,11 @@ pub async fn active_processes(api: &Client, route: &Route) -> Result<Vec<Process
         .await?;
     let mut processes = Vec::with_capacity(runs.len());
     for run in runs.iter().filter(|run| is_active(run)) {
-        processes.push(read_process(api, run, route).await?);
+        processes.push(Process {
+            id: run.id.clone(),
+            name: run.name.clone(),
+            capture: read_capture(api, &run.id, route).await?,
+        });
     }
     Ok(processes)
 }
@@ -426,9 +458,7 @@ pub fn mapped(active: &[Process], by: RouteBy) -> Vec<Mapped> {
             run_id: process.id.clone(),
             name: process.name.clone(),
             subfolder: folder_name(process, &same_folder(active, process), by),
-            problem: process
-                .task
-                .is_none()
+            problem: (process.capture == Capture::Missing)
                 .then(|| "it has no task with the capture field".to_string()),
         })
         .collect()
@@ -491,28 +521,39 @@ pub fn safe_name(name: &str) -> String {
 }
 
 /// Where subfolder `name`'s files go, by the processes known to be active and those seen end.
+/// Whether subfolder `name` stands for `process`: its id, or its name made safe (with its id
+/// appended, which picks one of several processes with that name).
+fn stands_for(route: &Route, name: &str, process: &Process) -> bool {
+    match route.by {
+        RouteBy::Id => process.id == name,
+        RouteBy::Name => {
+            let safe = safe_name(&process.name);
+            safe == name || format!("{safe} ({})", process.id) == name
+        }
+    }
+}
+
 pub fn lookup(
     active: &[Process],
     ended: &HashMap<String, (Process, String)>,
     route: &Route,
     name: &str,
 ) -> Resolution {
-    let named = |process: &Process| match route.by {
-        RouteBy::Id => process.id == name,
-        RouteBy::Name => {
-            let safe = safe_name(&process.name);
-            safe == name || format!("{safe} ({})", process.id) == name
-        }
-    };
+    let named = |process: &Process| stands_for(route, name, process);
     let what = match route.by {
         RouteBy::Id => format!("with id '{}'", crate::text::escaped(name)),
         RouteBy::Name => format!("named '{}'", crate::text::escaped(name)),
     };
     let found: Vec<&Process> = active.iter().filter(|p| named(p)).collect();
     match found.as_slice() {
-        [process] => match &process.task {
-            Some(task) => Resolution::Task((*process).clone(), task.clone()),
-            None => Resolution::Wait(format!(
+        [process] => match &process.capture {
+            Capture::Task(task) => Resolution::Task((*process).clone(), task.clone()),
+            Capture::Unread => Resolution::Wait(format!(
+                "the tasks of process '{}' ({}) are not read yet",
+                crate::text::escaped(&process.name),
+                process.id
+            )),
+            Capture::Missing => Resolution::Wait(format!(
                 "process '{}' ({}) has no task with field {}",
                 crate::text::escaped(&process.name),
                 process.id,

@@ -178,6 +178,16 @@ async fn files_in_a_process_subfolder_go_to_that_process_task_with_its_step_and_
         "the processes were listed {} times for 4 files",
         routing.run_lists()
     );
+    let task_lists = routing
+        .env
+        .requests("GET", "/tasks")
+        .iter()
+        .filter(|request| request.path.ends_with("/tasks"))
+        .count();
+    assert_eq!(
+        task_lists, 2,
+        "only the tasks of processes with files are read, once each"
+    );
 
     // Replaced and deleted as in a task folder.
     std::fs::write(acme.join("contract.pdf"), b"acme contract v2").unwrap();
@@ -457,4 +467,32 @@ async fn a_template_without_the_capture_in_any_step_is_a_wrong_target() {
         "{}",
         describe(&check)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_file_removed_while_the_daemon_was_stopped_is_deleted_from_its_process() {
+    let routing = Routing::new("").await;
+    let daemon = routing.running().await;
+    let beta = routing.subfolder("Beta LLC");
+    drop_file(&beta, "kept.pdf", b"kept");
+    drop_file(&beta, "gone.pdf", b"gone");
+    eventually(
+        "both files are attached",
+        || routing.docs(&routing.beta).len() == 2,
+        &daemon,
+    )
+    .await;
+    daemon.stop().await;
+
+    std::fs::remove_file(beta.join("gone.pdf")).unwrap();
+    let daemon = routing.running().await;
+    eventually(
+        "the removed file left its process's field",
+        || routing.docs(&routing.beta) == ["kept.pdf"],
+        &daemon,
+    )
+    .await;
+    assert_eq!(routing.env.fake.assets().len(), 1, "its asset is deleted");
+    assert_eq!(routing.env.uploads(), 2, "nothing is uploaded again");
+    daemon.stop().await;
 }
