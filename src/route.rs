@@ -801,3 +801,98 @@ impl Syncer {
             .unwrap_or_else(|| self.fields[index].clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(by: RouteBy) -> Route {
+        Route {
+            checklist_id: "T".into(),
+            capture_id: "C".into(),
+            by,
+            create_folders: false,
+        }
+    }
+
+    fn process(id: &str, name: &str) -> Process {
+        Process {
+            id: id.into(),
+            name: name.into(),
+            capture: Capture::Task(CaptureTask {
+                id: format!("task-{id}"),
+                step_id: "S".into(),
+                checklist_id: "T".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn process_names_become_folder_names_a_share_accepts() {
+        assert_eq!(safe_name("Acme Corp"), "Acme Corp");
+        assert_eq!(safe_name("a/b\\c:d*e?f\"g<h>i|j"), "a_b_c_d_e_f_g_h_i_j");
+        assert_eq!(safe_name(" .hidden. "), "_hidden");
+        assert_eq!(safe_name("tab\there"), "tab_here");
+        assert_eq!(safe_name(".."), "_");
+        assert_eq!(safe_name(""), "_");
+        let long = safe_name(&"é".repeat(300));
+        assert!(long.len() <= MAX_FOLDER_NAME && long.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_file_names_the_subfolder_it_is_in_at_any_depth() {
+        let root = Path::new("/srv/in");
+        assert_eq!(
+            subfolder(root, Path::new("/srv/in/Acme/x.pdf")),
+            Some("Acme")
+        );
+        assert_eq!(
+            subfolder(root, Path::new("/srv/in/Acme/a/b/x.pdf")),
+            Some("Acme")
+        );
+        assert_eq!(subfolder(root, Path::new("/srv/in/x.pdf")), None);
+    }
+
+    #[test]
+    fn a_subfolder_resolves_to_one_process_or_says_why_not() {
+        let active = vec![
+            process("1", "Acme/Corp"),
+            process("2", "Twin"),
+            process("3", "Twin"),
+        ];
+        let mut ended = HashMap::new();
+        ended.insert(
+            "4".to_string(),
+            (process("4", "Gone"), "complete".to_string()),
+        );
+        let by_name = route(RouteBy::Name);
+        let resolve = |name: &str| lookup(&active, &ended, &by_name, name);
+        assert!(matches!(resolve("Acme_Corp"), Resolution::Task(p, _) if p.id == "1"));
+        assert!(matches!(resolve("Twin (3)"), Resolution::Task(p, _) if p.id == "3"));
+        assert_eq!(
+            resolve("Twin"),
+            Resolution::Wait(
+                "2 active processes are named 'Twin' (2, 3); name the subfolder 'Twin (ID)' for one of them".into()
+            )
+        );
+        assert_eq!(
+            resolve("Nobody"),
+            Resolution::Wait("no active process named 'Nobody'".into())
+        );
+        assert_eq!(
+            resolve("Gone"),
+            Resolution::Ended(
+                "process 'Gone' (4) is complete; its files are no longer uploaded".into()
+            )
+        );
+        let by_id = route(RouteBy::Id);
+        assert!(
+            matches!(lookup(&active, &ended, &by_id, "2"), Resolution::Task(p, _) if p.id == "2")
+        );
+        let names: Vec<String> = mapped(&active, RouteBy::Name)
+            .into_iter()
+            .map(|m| m.subfolder)
+            .collect();
+        assert_eq!(names, ["Acme_Corp", "Twin (2)", "Twin (3)"]);
+    }
+}
