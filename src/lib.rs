@@ -2,7 +2,8 @@
 //!
 //! The pipeline, one module per stage: `watch` (notify hints) → `settle` (quiet files, folder
 //! scans) → `queue` (one job per path) → `sync` (upload → attach → record; delete; replace),
-//! with `field` serialising every write to one remote field, `api` talking HTTP through a
+//! with `route` sending each file of a route folder to its process's task, `field`
+//! serialising every write to one remote field, `api` talking HTTP through a
 //! shared circuit breaker, and `store` (sled) remembering it all across restarts.
 
 pub mod api;
