@@ -496,3 +496,35 @@ async fn a_routed_file_removed_while_the_daemon_was_stopped_is_deleted_from_its_
     assert_eq!(routing.env.uploads(), 2, "nothing is uploaded again");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_template_does_not_list_its_steps_a_running_process_shows_them() {
+    let routing = Routing::new("").await;
+    routing.env.fake.set_steps_listed(false);
+    let check = routing.env.command(&["check", "--online"]);
+    assert!(check.status.success(), "{}", describe(&check));
+    assert!(check.stdout.contains("target OK"), "{}", describe(&check));
+
+    let yaml = std::fs::read_to_string(&routing.env.config).unwrap();
+    routing
+        .env
+        .write_raw_config(&yaml.replace(&format!("capture_id: {DOCS}"), "capture_id: cap-nope"));
+    let check = routing.env.command(&["check", "--online"]);
+    assert!(
+        check
+            .stdout
+            .contains("its file fields are: cap-docs (\"Documents\", step \"Collect documents\")"),
+        "{}",
+        describe(&check)
+    );
+    let tasks_read = routing
+        .env
+        .requests("GET", "/tasks")
+        .iter()
+        .filter(|request| request.path.ends_with("/tasks"))
+        .count();
+    assert!(
+        tasks_read >= 1,
+        "the fields were learnt from a process's tasks"
+    );
+}

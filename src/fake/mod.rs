@@ -376,6 +376,12 @@ impl FakeTallyfy {
             .unwrap_or_else(|error| panic!("cannot start a run of {checklist_id}: {error:?}"))
     }
 
+    /// Whether `GET /checklists/{id}?with=steps` lists the steps (the default); without them
+    /// a template's steps can only be learnt from a running process's tasks.
+    pub fn set_steps_listed(&self, listed: bool) {
+        self.shared.lock().set_steps_listed(listed);
+    }
+
     /// Completes a process and all its tasks (which then refuse updates).
     pub fn complete_run(&self, run_id: &str) {
         self.shared.lock().complete_run(run_id);

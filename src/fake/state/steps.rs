@@ -12,12 +12,16 @@ use super::{iso8601_now, not_found_checklist, render_task, ApiError, State};
 use crate::fake::{FakeStep, FakeTask};
 
 #[derive(Default)]
-pub(crate) struct Steps(BTreeMap<String, Vec<FakeStep>>);
+pub(crate) struct Steps {
+    by_template: BTreeMap<String, Vec<FakeStep>>,
+    /// Answer `with=steps` without them, as an API that ignores the include would.
+    unlisted: bool,
+}
 
 impl State {
     pub fn add_steps(&mut self, checklist_id: &str, steps: Vec<FakeStep>) {
         self.steps
-            .0
+            .by_template
             .entry(checklist_id.to_string())
             .or_default()
             .extend(steps);
@@ -27,7 +31,12 @@ impl State {
     pub(super) fn add_run_tasks(&mut self, run: &Value) {
         let run_id = run["id"].as_str().unwrap_or_default().to_string();
         let checklist_id = run["checklist_id"].as_str().unwrap_or_default().to_string();
-        let steps = self.steps.0.get(&checklist_id).cloned().unwrap_or_default();
+        let steps = self
+            .steps
+            .by_template
+            .get(&checklist_id)
+            .cloned()
+            .unwrap_or_default();
         for step in steps {
             let task = FakeTask {
                 run_id: run_id.clone(),
@@ -118,12 +127,19 @@ impl State {
         page_of(url, &params, tasks)
     }
 
+    pub fn set_steps_listed(&mut self, listed: bool) {
+        self.steps.unlisted = !listed;
+    }
+
     /// A template with its steps and their captures, as `with=steps,steps.captures` gives it.
     pub fn checklist_with_steps(&self, checklist_id: &str) -> Result<Value, ApiError> {
         let mut checklist = self.checklist_json(checklist_id)?;
+        if self.steps.unlisted {
+            return Ok(checklist);
+        }
         let steps: Vec<Value> = self
             .steps
-            .0
+            .by_template
             .get(checklist_id)
             .into_iter()
             .flatten()
