@@ -130,6 +130,15 @@ impl Routing {
             .map(str::to_string)
     }
 
+    /// Reads of a process's task list.
+    fn task_lists(&self) -> usize {
+        self.env
+            .requests("GET", "/tasks")
+            .iter()
+            .filter(|request| request.path.ends_with("/tasks"))
+            .count()
+    }
+
     fn run_lists(&self) -> usize {
         self.env
             .fake
@@ -178,12 +187,7 @@ async fn files_in_a_process_subfolder_go_to_that_process_task_with_its_step_and_
         "the processes were listed {} times for 4 files",
         routing.run_lists()
     );
-    let task_lists = routing
-        .env
-        .requests("GET", "/tasks")
-        .iter()
-        .filter(|request| request.path.ends_with("/tasks"))
-        .count();
+    let task_lists = routing.task_lists();
     assert_eq!(
         task_lists, 2,
         "only the tasks of processes with files are read, once each"
@@ -517,12 +521,7 @@ async fn where_the_template_does_not_list_its_steps_a_running_process_shows_them
         "{}",
         describe(&check)
     );
-    let tasks_read = routing
-        .env
-        .requests("GET", "/tasks")
-        .iter()
-        .filter(|request| request.path.ends_with("/tasks"))
-        .count();
+    let tasks_read = routing.task_lists();
     assert!(
         tasks_read >= 1,
         "the fields were learnt from a process's tasks"
