@@ -737,6 +737,10 @@ impl Syncer {
         };
         let key = target.key();
         let field = self.router.actor(&target);
+        // A failure already recorded for this version has been explained (or needs no more).
+        let failed_before = record.as_ref().is_some_and(|record| {
+            record.meta == meta && matches!(record.state, FileState::Failed { .. })
+        });
         if let Some(mut record) =
             record.filter(|record| record.target != key && record.target.starts_with("task:"))
         {
@@ -760,6 +764,9 @@ impl Syncer {
                 let failed = subject.record(meta, FileState::Uploading, record.as_ref());
                 self.fail(&subject, failed, why).await?;
             }
+        }
+        if failed_before {
+            return Ok(());
         }
         self.when_ended(index, route, &process, &subject).await
     }
