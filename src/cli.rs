@@ -229,7 +229,7 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
     plan::verdict(&checks, &config)?;
     let store =
         plan::open_store(&config).context("a dry run compares the folders with the state store")?;
-    let planned = plan::plan(&config, &store)?;
+    let planned = plan::plan(&config, &store, &checks)?;
     if json {
         println!(
             "{}",

@@ -200,6 +200,30 @@ pub enum Target {
     },
     /// Every new file starts a process of a template, with the file in a kick-off field.
     Launch(Launch),
+    /// Each subfolder stands for one running process of a template; its files go to the
+    /// file field of that process's task.
+    Route(Route),
+}
+
+/// `folders[].route`: a subfolder per running process.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The template whose active processes the subfolders stand for.
+    pub checklist_id: String,
+    /// The file field (of one of the template's steps) files go to, in every process.
+    pub capture_id: String,
+    pub by: RouteBy,
+    /// Keep a subfolder for every active process (the daemon then writes the folder).
+    pub create_folders: bool,
+}
+
+/// What a route folder's subfolder names (`route.by`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteBy {
+    /// The process name (the default).
+    Name,
+    /// The process id.
+    Id,
 }
 
 /// `folders[].launch`: one process per file.
@@ -381,6 +405,15 @@ impl Target {
                 launch.field_id,
                 &blake3::hash(format!("{launch:?}").as_bytes()).to_hex()[..12]
             ),
+            Target::Route(route) => format!(
+                "route:{}/{}/{}",
+                route.checklist_id,
+                route.capture_id,
+                match route.by {
+                    RouteBy::Name => "name",
+                    RouteBy::Id => "id",
+                }
+            ),
         }
     }
 }
@@ -402,6 +435,16 @@ impl fmt::Display for Target {
                 f,
                 "a process of template {} per file, in kick-off field {}",
                 launch.checklist_id, launch.field_id
+            ),
+            Target::Route(route) => write!(
+                f,
+                "field {} of the active processes of template {}, a subfolder per process {}",
+                route.capture_id,
+                route.checklist_id,
+                match route.by {
+                    RouteBy::Name => "name",
+                    RouteBy::Id => "id",
+                }
             ),
         }
     }
@@ -903,32 +946,37 @@ fn folder(
     let launch = s
         .get("launch", mapping)
         .map(|map| map.map(|map| launch_target(s.child("launch", map), base, folder_path)));
+    let route = s
+        .get("route", mapping)
+        .map(|map| map.map(|map| route_target(s.child("route", map))));
     let dedupe = s.get("dedupe", dedupe);
     let given: Vec<&str> = [
         ("task", matches!(task, Ok(Some(_)))),
         ("kickoff", matches!(kickoff, Ok(Some(_)))),
         ("launch", matches!(launch, Ok(Some(_)))),
+        ("route", matches!(route, Ok(Some(_)))),
     ]
     .into_iter()
     .filter(|(_, found)| *found)
     .map(|(name, _)| name)
     .collect();
-    let target = match (task, kickoff, launch) {
+    let target = match (task, kickoff, launch, route) {
         _ if given.len() > 1 => {
-            let found = if given.len() == 2 {
-                "both"
-            } else {
-                "all three"
+            let found = match given.len() {
+                2 => "both".to_string(),
+                _ => given.join(", "),
             };
             let problem = format!(
-                "{}: needs exactly one of task, kickoff or launch (found {found})",
+                "{}: needs exactly one of task, kickoff, launch or route (found {found})",
                 s.path
             );
             s.problems.add(problem);
             None
         }
-        (Ok(Some(target)), _, _) | (_, Ok(Some(target)), _) => target,
-        (_, _, Ok(Some(launch))) => launch.map(|mut launch| {
+        (Ok(Some(target)), _, _, _) | (_, Ok(Some(target)), _, _) | (_, _, _, Ok(Some(target))) => {
+            target
+        }
+        (_, _, Ok(Some(launch)), _) => launch.map(|mut launch| {
             match dedupe {
                 Ok(Some(folder_level)) if launch.dedupe_given => {
                     let problem = format!(
@@ -943,9 +991,9 @@ fn folder(
             }
             Target::Launch(launch.launch)
         }),
-        (Ok(None), Ok(None), Ok(None)) => {
+        (Ok(None), Ok(None), Ok(None), Ok(None)) => {
             let problem = format!(
-                "{}: needs exactly one of task, kickoff or launch (found neither)",
+                "{}: needs exactly one of task, kickoff, launch or route (found neither)",
                 s.path
             );
             s.problems.add(problem);
@@ -957,7 +1005,16 @@ fn folder(
         let problem = format!("{}: only applies to launch folders", s.at("dedupe"));
         s.problems.add(problem);
     }
-    let recursive = s.opt("recursive", boolean).unwrap_or(false);
+    let routed = matches!(target, Some(Target::Route(_)));
+    let recursive = s.opt("recursive", boolean);
+    if routed && recursive == Some(false) {
+        let problem = format!(
+            "{}: a route folder always watches its subfolders (each stands for a process); remove recursive",
+            s.at("recursive")
+        );
+        s.problems.add(problem);
+    }
+    let recursive = routed || recursive.unwrap_or(false);
     let delete_remote = s.opt("delete_remote", boolean).unwrap_or(true);
     let remote_removed = s
         .opt("remote_removed", |value| match value.as_str() {
@@ -1052,6 +1109,24 @@ fn kickoff_target(mut s: Section<'_>) -> Option<Target> {
         checklist_id: checklist_id?,
         field_id: field_id?,
     })
+}
+
+fn route_target(mut s: Section<'_>) -> Option<Target> {
+    let checklist_id = s.req("checklist_id", id);
+    let capture_id = s.req("capture_id", id);
+    let by = s.opt("by", |value| match value.as_str() {
+        Some("name") => Ok(RouteBy::Name),
+        Some("id") => Ok(RouteBy::Id),
+        _ => invalid("expected name or id"),
+    });
+    let create_folders = s.opt("create_folders", boolean);
+    s.finish();
+    Some(Target::Route(Route {
+        checklist_id: checklist_id?,
+        capture_id: capture_id?,
+        by: by.unwrap_or(RouteBy::Name),
+        create_folders: create_folders.unwrap_or(false),
+    }))
 }
 
 /// A launch as parsed, with whether it set `dedupe` itself (it may also be set on the folder).
@@ -1857,7 +1932,7 @@ folders:
                 "folders[0].path \"{dir}/missing\": no such directory",
                 "folders[0].task.capture_id: required",
                 "folders[1].path \"{dir}/file.txt\": not a directory",
-                "folders[1]: needs exactly one of task, kickoff or launch (found neither)",
+                "folders[1]: needs exactly one of task, kickoff, launch or route (found neither)",
             ]
         );
     }
@@ -1919,7 +1994,7 @@ folders:
             problems,
             [
                 "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit, ca_file)",
-                "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, dedupe, recursive, delete_remote, remote_removed, max_delete, watch, poll, ignore)",
+                "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, route, dedupe, recursive, delete_remote, remote_removed, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
                 "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
             ]
@@ -2171,11 +2246,11 @@ folders:
         let fx = Fixture::new();
         assert_eq!(
             fx.problems(&yaml("", "    kickoff: {checklist_id: T, field_id: F}\n")),
-            ["folders[0]: needs exactly one of task, kickoff or launch (found both)"]
+            ["folders[0]: needs exactly one of task, kickoff, launch or route (found both)"]
         );
         assert_eq!(
             fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n"),
-            ["folders[0]: needs exactly one of task, kickoff or launch (found neither)"]
+            ["folders[0]: needs exactly one of task, kickoff, launch or route (found neither)"]
         );
         assert_eq!(
             fx.problems("api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    kickoff: TPL\n"),
@@ -2223,6 +2298,45 @@ folders:
         assert_eq!(
             fields,
             [("V".into(), "{parent}".into()), ("N".into(), "42".into())]
+        );
+    }
+
+    #[test]
+    fn a_route_folder_parses_with_its_defaults_and_always_watches_subfolders() {
+        let fx = Fixture::new();
+        let config = fx.parse(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, capture_id: C}\n  - path: {dir}/out\n    route: {checklist_id: T, capture_id: C, by: id, create_folders: true}\n",
+        );
+        assert_eq!(
+            config.folders[0].target,
+            Target::Route(Route {
+                checklist_id: "T".into(),
+                capture_id: "C".into(),
+                by: RouteBy::Name,
+                create_folders: false,
+            })
+        );
+        assert!(config.folders[0].recursive);
+        let Target::Route(by_id) = &config.folders[1].target else {
+            panic!("not a route: {:?}", config.folders[1].target);
+        };
+        assert_eq!((by_id.by, by_id.create_folders), (RouteBy::Id, true));
+    }
+
+    #[test]
+    fn route_problems_name_their_key() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(
+                "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, by: title, create_folders: maybe}\n  - path: {dir}/out\n    route: {checklist_id: T, capture_id: C}\n    task: {run_id: R, task_id: K, capture_id: C}\n  - path: {dir}/state\n    recursive: false\n    route: {checklist_id: T, capture_id: C}\n",
+            ),
+            [
+                "folders[0].route.capture_id: required",
+                "folders[0].route.by \"title\": expected name or id",
+                "folders[0].route.create_folders \"maybe\": expected true or false, found a string",
+                "folders[1]: needs exactly one of task, kickoff, launch or route (found both)",
+                "folders[2].recursive: a route folder always watches its subfolders (each stands for a process); remove recursive",
+            ]
         );
     }
 

@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError, Credentials};
 use crate::field::{FieldHandle, Removals};
 use crate::metrics::METRICS;
 use crate::retry::Backoff;
+use crate::route::Router;
 use crate::service::Reloads;
 use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
@@ -312,6 +313,8 @@ struct Pipeline {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     queue: tokio::task::JoinHandle<()>,
     actors: Vec<tokio::task::JoinHandle<()>>,
+    /// Starts the actors of the tasks route folders send files to.
+    router: Arc<Router>,
     heartbeat: service::Heartbeat,
 }
 
@@ -372,16 +375,27 @@ impl Pipeline {
                     .clone()
             })
             .collect();
-        drop(recheck_tx);
-
-        resume_deletes(&store, &actors).await;
+        let router = Arc::new(Router::new(
+            config.clone(),
+            api.clone(),
+            store.clone(),
+            cancel.clone(),
+            recheck_tx,
+        ));
+        resume_deletes(&store, &actors, &router).await;
         retry_after_config_change(&config, &store).await;
 
+        tasks.push(tokio::spawn(router.clone().run(
+            fields.clone(),
+            hint_tx.clone(),
+            cancel.clone(),
+        )));
         let syncer = Arc::new(Syncer::new(
             config.clone(),
             store.clone(),
             api.clone(),
             fields,
+            router.clone(),
         ));
         let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
         let overflow = Arc::new(AtomicBool::new(false));
@@ -431,6 +445,7 @@ impl Pipeline {
             tasks,
             queue,
             actors: actor_tasks,
+            router,
             heartbeat,
         }
     }
@@ -456,7 +471,11 @@ impl Pipeline {
         if let Err(error) = self.queue.await {
             error!(%error, "the work queue stopped unexpectedly");
         }
-        for task in self.actors {
+        for task in self
+            .actors
+            .into_iter()
+            .chain(self.router.take_actor_tasks())
+        {
             task.abort();
             let _ = task.await;
         }
@@ -588,7 +607,7 @@ async fn retry_after_config_change(config: &Config, store: &Store) {
 }
 
 /// Deletes recorded before a stop but not confirmed: send them again (404 counts as done).
-async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>) {
+async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>, router: &Router) {
     let jobs = match store.pending_deletes() {
         Ok(jobs) => jobs,
         Err(error) => {
@@ -597,7 +616,12 @@ async fn resume_deletes(store: &Store, actors: &HashMap<String, FieldHandle>) {
         }
     };
     for job in jobs {
-        match actors.get(&job.target) {
+        // A route folder's files were in the tasks of their processes.
+        let actor = actors
+            .get(&job.target)
+            .cloned()
+            .or_else(|| router.actor_for_delete(&job));
+        match actor {
             Some(actor) => actor.delete_later(job).await,
             None => warn!(
                 file = %job.path.display(),

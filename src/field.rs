@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{self, ApiError, Client, UploadTarget};
-use crate::config::{RemoteRemoved, Target};
+use crate::api::{self, ApiError, Client, FormField, UploadTarget};
+use crate::config::{RemoteRemoved, Route, Target};
 use crate::metrics::METRICS;
 use crate::store::{asset_id, now_unix, Asset, DeleteJob, FileState, Store};
 
@@ -141,14 +141,21 @@ impl FieldHandle {
 
     /// Waits for the target's verification; `None` when it is invalid or we are shutting down.
     pub async fn ready(&self) -> Option<Arc<Resolved>> {
+        self.verdict().await?.ok()
+    }
+
+    /// Waits for the target's verification: the target, or what is wrong with it; `None`
+    /// when we are shutting down.
+    pub async fn verdict(&self) -> Option<Result<Arc<Resolved>, String>> {
         let mut readiness = self.readiness.clone();
         let state = readiness
             .wait_for(|state| !matches!(state, Readiness::Verifying))
             .await
             .ok()?;
         match &*state {
-            Readiness::Ready(resolved) => Some(resolved.clone()),
-            _ => None,
+            Readiness::Ready(resolved) => Some(Ok(resolved.clone())),
+            Readiness::Invalid(why) => Some(Err(why.clone())),
+            Readiness::Verifying => None,
         }
     }
 
@@ -229,8 +236,9 @@ pub async fn read(target: &Target, api: &Client) -> Result<Snapshot, ApiError> {
             })
         }
         // A launched file's asset lives in its process, in no field this actor writes: only
-        // deletes of uploads that could not be launched come here.
-        Target::Launch(_) => Ok(Snapshot {
+        // deletes of uploads that could not be launched come here. A route folder's files go to
+        // the actors of their processes' tasks; this one only verifies the template.
+        Target::Launch(_) | Target::Route(_) => Ok(Snapshot {
             list: Vec::new(),
             checklist: None,
         }),
@@ -668,7 +676,7 @@ impl Actor {
                     .await?;
                 Ok(kickoff_value(&answer.prerun, field_id))
             }
-            (Target::Kickoff { .. } | Target::Launch(_), _) => Ok(None),
+            (Target::Kickoff { .. } | Target::Launch(_) | Target::Route(_), _) => Ok(None),
         }
     }
 }
@@ -759,6 +767,8 @@ async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>)
                 list,
             ))
         }
+        // A route folder's files go to its processes' tasks, into no field of its own.
+        Target::Route(route) => Ok((verify_route(api, route).await?, Vec::new())),
         Target::Launch(launch) => {
             let checklist_id = &launch.checklist_id;
             let checklist = read_template(api, checklist_id).await?;
@@ -824,6 +834,74 @@ async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>)
                 Vec::new(),
             ))
         }
+    }
+}
+
+/// A route's template exists and one of its steps has the capture as a file field. Where the
+/// template's answer does not list its steps, an active process's tasks show them; with no
+/// process running either, the check waits for the first process (its task is verified then).
+async fn verify_route(api: &Client, route: &Route) -> Result<Resolved, FieldError> {
+    let (checklist_id, capture_id) = (&route.checklist_id, &route.capture_id);
+    let steps = api
+        .with_retries(|| api.template_steps(checklist_id))
+        .await
+        .map_err(|error| unreachable_target(error, &format!("template {checklist_id}")))?;
+    let fields: Vec<(String, FormField)> = match steps {
+        Some(steps) => steps
+            .into_iter()
+            .flat_map(|step| {
+                let title = step.title;
+                step.captures
+                    .into_iter()
+                    .map(move |field| (title.clone(), field))
+            })
+            .collect(),
+        None => {
+            let runs = api.with_retries(|| api.active_runs(checklist_id)).await?;
+            let Some(run) = runs.first() else {
+                warn!(checklist_id = %checklist_id, capture_id = %capture_id, "the template does not list its steps and has no active process; the field is checked on the first process");
+                return Ok(route_resolved(route));
+            };
+            api.with_retries(|| api.run_tasks(&run.id))
+                .await?
+                .into_iter()
+                .flat_map(|task| {
+                    let title = task.title;
+                    task.fields
+                        .into_iter()
+                        .map(move |field| (title.clone(), field))
+                })
+                .collect()
+        }
+    };
+    match fields.iter().find(|(_, field)| field.id == *capture_id) {
+        Some((_, field)) if field.field_type == "file" => Ok(route_resolved(route)),
+        Some((step, field)) => Err(FieldError::Invalid(format!(
+            "field {capture_id} ({:?}) of step {step:?} of template {checklist_id} is a {} field, not a file field",
+            field.label, field.field_type
+        ))),
+        None => {
+            let files: Vec<String> = fields
+                .iter()
+                .filter(|(_, field)| field.field_type == "file")
+                .map(|(step, field)| format!("{} ({:?}, step {step:?})", field.id, field.label))
+                .collect();
+            Err(FieldError::Invalid(format!(
+                "no step of template {checklist_id} has a form field with capture id {capture_id}; its file fields are: {}",
+                if files.is_empty() { "none".to_string() } else { files.join(", ") }
+            )))
+        }
+    }
+}
+
+/// A verified route: each file's upload target comes from its process's task, so the
+/// template is all this says.
+fn route_resolved(route: &Route) -> Resolved {
+    Resolved {
+        upload: UploadTarget::Kickoff {
+            checklist_id: route.checklist_id.clone(),
+        },
+        launch: None,
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! The pipeline, one module per stage: `watch` (notify hints) → `settle` (quiet files, folder
 //! scans) → `queue` (one job per path) → `sync` (upload → attach → record; delete; replace;
-//! in launch folders `launch`: upload → start a process → record),
-//! with `field` serialising every write to one remote field, `api` talking HTTP through a
+//! in launch folders `launch`: upload → start a process → record), with `route` sending each
+//! file of a route folder to its process's task, `field` serialising every write to one
+//! remote field, `api` talking HTTP through a
 //! shared circuit breaker, and `store` (sled) remembering it all across restarts.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod plan;
 pub mod queue;
 pub mod restore;
 pub mod retry;
+pub mod route;
 pub mod service;
 pub mod settle;
 pub mod status;

@@ -14,11 +14,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{stored_name, ApiError, Client};
-use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Target};
+use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Route, Target};
 use crate::field::{self, FieldError};
 use crate::filter::humansize;
 use crate::guard;
 use crate::launch;
+use crate::route;
 use crate::settle;
 use crate::store::{Asset, FileMeta, FileRecord, FileState, Store, StoreError};
 use crate::sync::{self, Next};
@@ -58,6 +59,12 @@ pub struct TargetCheck {
     pub target: String,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// Route folders: the active processes and the subfolder each maps to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<route::Mapped>>,
+    /// The same processes, for the plan to route files by.
+    #[serde(skip)]
+    pub active: Vec<route::Process>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -112,11 +119,33 @@ pub async fn verify_targets(
                 verdict
             }
         };
-        checks.push(TargetCheck {
+        let mut check = TargetCheck {
             folder: folder.path.clone(),
             target: folder.target.to_string(),
             verdict,
-        });
+            processes: None,
+            active: Vec::new(),
+        };
+        if let (Target::Route(route), Verdict::Ok) = (&folder.target, &check.verdict) {
+            match tokio::time::timeout_at(deadline, route::active_processes(&api, route)).await {
+                Ok(Ok(active)) => {
+                    check.processes = Some(route::mapped(&active, route.by));
+                    check.active = active;
+                }
+                Ok(Err(error)) => {
+                    check.verdict = Verdict::Unverified(format!(
+                        "cannot list the template's active processes: {error}"
+                    ))
+                }
+                Err(_) => {
+                    check.verdict = Verdict::Unverified(format!(
+                        "no list of the template's active processes within {}",
+                        humantime::format_duration(DEADLINE)
+                    ))
+                }
+            }
+        }
+        checks.push(check);
     }
     Ok(checks)
 }
@@ -197,6 +226,26 @@ pub fn render_checks(checks: &[TargetCheck]) -> String {
             check.target,
             text::escaped(&verdict)
         );
+        match check.processes.as_deref() {
+            None => {}
+            Some([]) => out.push_str("    no active process; files wait in their subfolders\n"),
+            Some(processes) => {
+                for process in processes {
+                    let _ = writeln!(
+                        out,
+                        "    process '{}' ({}) ← subfolder {}{}",
+                        crate::text::escaped(&process.name),
+                        process.run_id,
+                        crate::text::escaped(&process.subfolder),
+                        process
+                            .problem
+                            .as_ref()
+                            .map(|problem| format!(": {problem}; its files wait"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
     }
     out
 }
@@ -317,6 +366,15 @@ pub enum Action {
     },
     /// Launch folders: a launched file still in the inbox, deleted or moved away (`after`).
     Clear { path: PathBuf, how: String },
+    /// Route folders: a new file, uploaded to the task of process `process` (`run_id`).
+    Route {
+        path: PathBuf,
+        size: u64,
+        process: String,
+        run_id: String,
+    },
+    /// Route folders: a file that goes nowhere yet, and why.
+    Wait { path: PathBuf, reason: String },
 }
 
 impl Action {
@@ -334,7 +392,9 @@ impl Action {
             | Action::Launch { path, .. }
             | Action::Resume { path, .. }
             | Action::Duplicate { path, .. }
-            | Action::Clear { path, .. } => path,
+            | Action::Clear { path, .. }
+            | Action::Route { path, .. }
+            | Action::Wait { path, .. } => path,
         }
     }
 }
@@ -355,6 +415,7 @@ pub struct Summary {
     pub paused_folders: usize,
     pub launch: usize,
     pub duplicate: usize,
+    pub wait: usize,
 }
 
 impl Summary {
@@ -383,6 +444,11 @@ impl Summary {
             Action::Resume { .. } => self.launch += 1,
             Action::Duplicate { .. } => self.duplicate += 1,
             Action::Clear { .. } => {}
+            Action::Route { size, .. } => {
+                self.upload += 1;
+                self.upload_bytes += size;
+            }
+            Action::Wait { .. } => self.wait += 1,
         }
     }
 }
@@ -390,7 +456,7 @@ impl Summary {
 /// Scans each folder once and says what `run` would do about what differs from the store,
 /// reading files (their metadata; their content where only a hash tells a change) and never
 /// writing.
-pub fn plan(config: &Config, store: &Store) -> Result<Plan, StoreError> {
+pub fn plan(config: &Config, store: &Store, checks: &[TargetCheck]) -> Result<Plan, StoreError> {
     let mut pending: HashMap<PathBuf, Vec<Action>> = HashMap::new();
     let mut stranded = Vec::new();
     for job in store.pending_deletes()? {
@@ -411,7 +477,11 @@ pub fn plan(config: &Config, store: &Store) -> Result<Plan, StoreError> {
     }
     let mut plan = Plan::default();
     for folder in &config.folders {
-        let mut planned = plan_folder(folder, store)?;
+        let active = checks
+            .iter()
+            .find(|check| check.folder == folder.path)
+            .map_or(&[][..], |check| check.active.as_slice());
+        let mut planned = plan_folder(folder, store, active)?;
         planned
             .actions
             .extend(pending.remove(&folder.path).unwrap_or_default());
@@ -431,7 +501,11 @@ pub fn plan(config: &Config, store: &Store) -> Result<Plan, StoreError> {
     Ok(plan)
 }
 
-fn plan_folder(folder: &Folder, store: &Store) -> Result<FolderPlan, StoreError> {
+fn plan_folder(
+    folder: &Folder,
+    store: &Store,
+    active: &[route::Process],
+) -> Result<FolderPlan, StoreError> {
     let mut planned = FolderPlan {
         folder: folder.path.clone(),
         target: folder.target.to_string(),
@@ -488,6 +562,10 @@ fn plan_folder(folder: &Folder, store: &Store) -> Result<FolderPlan, StoreError>
                 }
             }
             Next::Upload { previous } => upload(path, meta, previous.as_ref()),
+        };
+        let action = match &folder.target {
+            Target::Route(route) => routed(folder, route, active, action),
+            _ => action,
         };
         planned.actions.push(action);
     }
@@ -570,6 +648,28 @@ fn launch_action(
         name,
         template: launch.checklist_id.clone(),
     }))
+}
+
+/// Where a route folder's file would go: a new file names its process, a file that would go
+/// nowhere says why; the rest goes as it would in a task folder.
+fn routed(folder: &Folder, route: &Route, active: &[route::Process], action: Action) -> Action {
+    let path = action.path().to_path_buf();
+    let resolution = match route::subfolder(&folder.path, &path) {
+        None => route::Resolution::Wait(route::IN_ROOT.into()),
+        Some(name) => route::lookup(active, &HashMap::new(), route, name),
+    };
+    match (resolution, action) {
+        (route::Resolution::Wait(reason) | route::Resolution::Ended(reason), _) => {
+            Action::Wait { path, reason }
+        }
+        (route::Resolution::Task(process, _), Action::Upload { size, .. }) => Action::Route {
+            path,
+            size,
+            process: process.name,
+            run_id: process.id,
+        },
+        (_, action) => action,
+    }
 }
 
 fn attached_id(record: Option<&FileRecord>) -> Option<String> {
@@ -758,6 +858,21 @@ fn line(action: &Action, root: &Path) -> String {
             "clear",
             format!("{}: its process was started; would be {how}", name(path)),
         ),
+        Action::Route {
+            path,
+            size,
+            process,
+            run_id,
+        } => (
+            "upload",
+            format!(
+                "{} ({}) to process '{}' ({run_id})",
+                name(path),
+                humansize(*size),
+                crate::text::escaped(process)
+            ),
+        ),
+        Action::Wait { path, reason } => ("wait", format!("{}: {reason}", name(path))),
     };
     format!("  {verb:<9} {what}\n")
 }
@@ -779,6 +894,9 @@ fn summary(summary: &Summary) -> String {
     }
     if summary.duplicate > 0 {
         let _ = write!(line, "; duplicates {}", summary.duplicate);
+    }
+    if summary.wait > 0 {
+        let _ = write!(line, "; waiting for a process {}", summary.wait);
     }
     if summary.pending_deletes > 0 {
         let _ = write!(line, "; pending deletes {}", summary.pending_deletes);

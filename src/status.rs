@@ -51,6 +51,9 @@ pub struct Counts {
     /// Synced files someone removed from the field in Tallyfy (`remote_removed: leave`).
     #[serde(default)]
     pub removed: usize,
+    /// Route folders: files waiting for their process.
+    #[serde(default)]
+    pub waiting: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +263,10 @@ fn folder_report(
                 let detail = format!("started process '{}'", crate::text::escaped(&run.name));
                 ("launched", None, detail, None)
             }
+            FileState::Waiting { reason } => {
+                counts.waiting += 1;
+                ("waiting", attached, reason.clone(), None)
+            }
             FileState::Duplicate { of, run } => {
                 counts.duplicates += 1;
                 // The original may have been launching when this copy came; it may be done now.
@@ -356,6 +363,9 @@ pub fn render(report: &StatusReport) -> String {
         }
         if c.removed > 0 {
             let _ = writeln!(out, "  {} removed in Tallyfy", c.removed);
+        }
+        if c.waiting > 0 {
+            let _ = writeln!(out, "  {} waiting for their process", c.waiting);
         }
         if let Some(paused) = &folder.paused {
             let _ = writeln!(out, "  PAUSED: {}", text::escaped(paused));

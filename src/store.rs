@@ -149,6 +149,9 @@ pub enum FileState {
     Launched { run: RunRef },
     /// Launch folders: the same content as `of`, which launched (or is launching) `run`.
     Duplicate { of: PathBuf, run: Option<RunRef> },
+    /// Route folders: no process to go to yet (`reason` says why); looked at again whenever
+    /// the active processes change.
+    Waiting { reason: String },
 }
 
 /// A process as the store remembers it.

@@ -18,6 +18,7 @@ use crate::config::{Config, Folder, Target};
 use crate::field::{FieldError, FieldHandle, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
+use crate::route::Router;
 use crate::settle::Job;
 use crate::store::{
     asset_id, now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
@@ -42,7 +43,8 @@ pub struct Syncer {
     pub(crate) store: Store,
     pub(crate) api: Arc<Client>,
     /// One handle per folder, in config order (folders with the same target share an actor).
-    fields: Vec<FieldHandle>,
+    pub(crate) fields: Vec<FieldHandle>,
+    pub(crate) router: Arc<Router>,
     /// Assets being compared for adoption right now, so two local files never adopt one asset.
     adopting: Mutex<HashSet<String>>,
 }
@@ -52,9 +54,26 @@ pub(crate) struct Subject<'a> {
     pub folder: &'a Folder,
     pub field: &'a FieldHandle,
     pub path: &'a Path,
+    /// The key of the target its records and deletes name: the folder's, or for a route
+    /// folder the task the file goes to.
+    pub key: String,
 }
 
-impl Subject<'_> {
+impl<'a> Subject<'a> {
+    pub(crate) fn new(folder: &'a Folder, field: &'a FieldHandle, path: &'a Path) -> Subject<'a> {
+        Subject {
+            folder,
+            field,
+            path,
+            key: folder.target.key(),
+        }
+    }
+
+    pub(crate) fn bound_to(mut self, key: String) -> Subject<'a> {
+        self.key = key;
+        self
+    }
+
     pub(crate) fn record(
         &self,
         meta: FileMeta,
@@ -63,7 +82,7 @@ impl Subject<'_> {
     ) -> FileRecord {
         FileRecord {
             folder: self.folder.path.clone(),
-            target: self.folder.target.key(),
+            target: self.key.clone(),
             meta,
             hash: previous.and_then(|record| record.hash.clone()),
             attached: previous.and_then(|record| record.attached.clone()),
@@ -78,7 +97,7 @@ impl Subject<'_> {
     pub(crate) fn delete_job(&self, asset: Asset) -> DeleteJob {
         DeleteJob {
             folder: self.folder.path.clone(),
-            target: self.folder.target.key(),
+            target: self.key.clone(),
             path: self.path.to_path_buf(),
             asset,
         }
@@ -91,12 +110,14 @@ impl Syncer {
         store: Store,
         api: Arc<Client>,
         fields: Vec<FieldHandle>,
+        router: Arc<Router>,
     ) -> Syncer {
         Syncer {
             config,
             store,
             api,
             fields,
+            router,
             adopting: Mutex::new(HashSet::new()),
         }
     }
@@ -108,13 +129,10 @@ impl Syncer {
         let Some(target) = field.ready().await else {
             return;
         };
-        let subject = Subject {
-            folder,
-            field,
-            path: &job.path,
-        };
+        let subject = Subject::new(folder, field, &job.path);
         let outcome = match &folder.target {
             Target::Launch(launch) => self.launch(&subject, launch, &target).await,
+            Target::Route(route) => self.route(job.folder, folder, route, &job.path).await,
             _ => self.reconcile(&subject, &target).await,
         };
         match outcome {
@@ -129,7 +147,11 @@ impl Syncer {
         }
     }
 
-    async fn reconcile(&self, subject: &Subject<'_>, target: &Resolved) -> Result<(), SyncError> {
+    pub(crate) async fn reconcile(
+        &self,
+        subject: &Subject<'_>,
+        target: &Resolved,
+    ) -> Result<(), SyncError> {
         let path = subject.path;
         let record = self.store.get(path)?;
         let metadata = match std::fs::symlink_metadata(path) {
@@ -337,15 +359,33 @@ impl Syncer {
         reason: String,
         record: Option<FileRecord>,
     ) -> Result<(), SyncError> {
-        if record.as_ref().is_some_and(|r| {
-            r.meta == meta
-                && matches!(&r.state, FileState::Rejected { reason: old } if *old == reason)
-        }) {
-            return Ok(());
+        let state = FileState::Rejected {
+            reason: reason.clone(),
+        };
+        if self.record_once(subject, meta, state, record).await? {
+            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "skipped; not retried until the file changes");
         }
-        warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "skipped; not retried until the file changes");
-        let rejected = subject.record(meta, FileState::Rejected { reason }, record.as_ref());
-        Ok(self.store.put(subject.path, &rejected).await?)
+        Ok(())
+    }
+
+    /// Records this version of the file in `state`; false when it already was (nothing to
+    /// write or say again).
+    pub(crate) async fn record_once(
+        &self,
+        subject: &Subject<'_>,
+        meta: FileMeta,
+        state: FileState,
+        record: Option<FileRecord>,
+    ) -> Result<bool, SyncError> {
+        if record
+            .as_ref()
+            .is_some_and(|r| r.meta == meta && r.state == state)
+        {
+            return Ok(false);
+        }
+        let next = subject.record(meta, state, record.as_ref());
+        self.store.put(subject.path, &next).await?;
+        Ok(true)
     }
 
     async fn upload(

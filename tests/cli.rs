@@ -171,7 +171,7 @@ async fn check_names_every_problem_of_a_bad_config_with_its_key_path() {
         "api.base_url \"http://example.com/api\": must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)".to_string(),
         "api.concurrency 0: must be between 1 and 64".to_string(),
         "settle \"soon\": not a duration (use e.g. 500ms, 2s, 5m)".to_string(),
-        "folders[0]: needs exactly one of task, kickoff or launch (found both)".to_string(),
+        "folders[0]: needs exactly one of task, kickoff, launch or route (found both)".to_string(),
         format!("folders[1].path {missing:?}: no such directory"),
         format!("folders[2].path {nested:?}: overlaps folders[0].path {tasks:?}"),
     ];
@@ -571,13 +571,16 @@ async fn the_demo_refuses_a_non_empty_directory_it_did_not_make_and_leaves_it_al
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_config_is_valid_once_its_folders_exist() {
     let env = Env::new().await;
+    let onboarding = env.dir.path().join("onboarding");
+    std::fs::create_dir(&onboarding).unwrap();
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/tallyfy-sync.example.yaml"
     ))
     .unwrap()
     .replace("/srv/tallyfy/invoices", env.tasks.to_str().unwrap())
-    .replace("/srv/tallyfy/contracts", env.kickoff.to_str().unwrap());
+    .replace("/srv/tallyfy/contracts", env.kickoff.to_str().unwrap())
+    .replace("/srv/tallyfy/onboarding", onboarding.to_str().unwrap());
     env.write_raw_config(&example);
     let output = env.command(&["check"]);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));

@@ -17,6 +17,8 @@ pub enum Endpoint {
     ListRuns,
     GetAsset,
     Download,
+    GetRun,
+    ListTasks,
     /// The OAuth token endpoint (`api.token_url`).
     Token,
 }
@@ -35,6 +37,8 @@ impl Endpoint {
             Endpoint::ListRuns => "list_runs",
             Endpoint::GetAsset => "get_asset",
             Endpoint::Download => "download",
+            Endpoint::GetRun => "get_run",
+            Endpoint::ListTasks => "list_tasks",
             Endpoint::Token => "token",
         }
     }
@@ -53,6 +57,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::ListRuns => "list processes (GET /runs)",
             Endpoint::GetAsset => "read asset (GET /assets/…)",
             Endpoint::Download => "download (GET /file/…/dl)",
+            Endpoint::GetRun => "read process (GET /runs/…)",
+            Endpoint::ListTasks => "list a process's tasks (GET /runs/…/tasks)",
             Endpoint::Token => "get an access token (POST api.token_url)",
         })
     }

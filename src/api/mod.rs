@@ -107,6 +107,9 @@ pub struct FormField {
 
 #[derive(Debug, Clone)]
 pub struct Task {
+    /// "" when the answer does not say (a task read by its id).
+    pub id: String,
+    pub title: String,
     pub status: String,
     pub step_id: Option<String>,
     pub checklist_id: Option<String>,
@@ -127,15 +130,25 @@ pub struct Checklist {
 pub struct Run {
     pub id: String,
     pub name: String,
+    /// `active`, `complete`, `problem`, `archived`, ... ("" when the answer does not say).
+    pub status: String,
     pub summary: String,
     /// The kick-off values by field id, when the answer carries them (`null` otherwise).
     pub prerun: Value,
 }
 
-/// Runs asked for per page when searching: the most the API gives.
-const RUNS_PER_PAGE: u32 = 100;
-/// Pages followed at most in one search, so a server that never says "last page" cannot loop us.
-const MAX_RUN_PAGES: u32 = 1000;
+/// Items asked for per page of a list: the most the API gives.
+const PER_PAGE: u32 = 100;
+/// Pages followed at most in one list, so a server that never says "last page" cannot loop us.
+const MAX_PAGES: u32 = 1000;
+
+/// A step of a template, with the form fields (captures) its tasks carry.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub title: String,
+    pub captures: Vec<FormField>,
+}
 
 pub struct Client {
     http: reqwest::Client,
@@ -742,38 +755,103 @@ impl Client {
     /// Every process of a template whose name matches the search `q`, of any status, all
     /// pages followed.
     pub async fn find_runs(&self, checklist_id: &str, q: &str) -> Result<Vec<Run>, ApiError> {
-        let mut runs = Vec::new();
-        for page in 1..=MAX_RUN_PAGES {
-            let request = self.request(Method::GET, "runs").query(&[
-                ("checklist_id", checklist_id),
-                ("q", q),
-                ("page", &page.to_string()),
-                ("per_page", &RUNS_PER_PAGE.to_string()),
-            ]);
-            let answer = self.send(Endpoint::ListRuns, request).await?;
-            let json: Value =
+        let query = [("checklist_id", checklist_id), ("q", q)];
+        self.all_pages(Endpoint::ListRuns, "runs", &query)
+            .await?
+            .iter()
+            .map(|item| parse_run(Endpoint::ListRuns, item))
+            .collect()
+    }
+
+    /// Every active process of a template, all pages followed.
+    pub async fn active_runs(&self, checklist_id: &str) -> Result<Vec<Run>, ApiError> {
+        let query = [("checklist_id", checklist_id), ("status", "active")];
+        self.all_pages(Endpoint::ListRuns, "runs", &query)
+            .await?
+            .iter()
+            .map(|item| parse_run(Endpoint::ListRuns, item))
+            .collect()
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<Run, ApiError> {
+        let request = self.request(Method::GET, &format!("runs/{run_id}"));
+        let answer = self.send(Endpoint::GetRun, request).await?;
+        parse_run(Endpoint::GetRun, &data(Endpoint::GetRun, &answer)?)
+    }
+
+    /// Every task of a process with its form fields, all pages followed.
+    pub async fn run_tasks(&self, run_id: &str) -> Result<Vec<Task>, ApiError> {
+        let query = [("with", "form_fields")];
+        self.all_pages(Endpoint::ListTasks, &format!("runs/{run_id}/tasks"), &query)
+            .await?
+            .into_iter()
+            .map(parse_task)
+            .collect()
+    }
+
+    /// A template's steps with their form fields, or `None` when the answer does not carry
+    /// them (then a running process's tasks are the only way to learn them).
+    pub async fn template_steps(&self, checklist_id: &str) -> Result<Option<Vec<Step>>, ApiError> {
+        let request = self
+            .request(Method::GET, &format!("checklists/{checklist_id}"))
+            .query(&[("with", "steps,steps.captures")]);
+        let answer = self.send(Endpoint::GetChecklist, request).await?;
+        let mut checklist = data(Endpoint::GetChecklist, &answer)?;
+        let Some(steps) = checklist.get_mut("steps").map(Value::take).map(unwrap_data) else {
+            return Ok(None);
+        };
+        let Value::Array(steps) = steps else {
+            return Ok(None);
+        };
+        Ok(Some(
+            steps
+                .into_iter()
+                .filter_map(|mut step| {
+                    Some(Step {
+                        id: text(&step, "id")?,
+                        title: text(&step, "title").unwrap_or_default(),
+                        captures: form_fields(step.get_mut("captures").map(Value::take)),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// The `data` items of every page of a paginated list.
+    async fn all_pages(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<Value>, ApiError> {
+        let mut all = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let request = self
+                .request(Method::GET, path)
+                .query(query)
+                .query(&[("page", page), ("per_page", PER_PAGE)]);
+            let answer = self.send(endpoint, request).await?;
+            let mut json: Value =
                 serde_json::from_slice(&answer).map_err(|error| ApiError::Decode {
-                    endpoint: Endpoint::ListRuns,
+                    endpoint,
                     detail: format!("not JSON ({error})"),
                 })?;
-            let items = json.get("data").and_then(Value::as_array);
-            let Some(items) = items else {
+            let Some(Value::Array(items)) = json.get_mut("data").map(Value::take) else {
                 return Err(ApiError::Decode {
-                    endpoint: Endpoint::ListRuns,
+                    endpoint,
                     detail: "no `data` list".into(),
                 });
             };
-            for item in items {
-                runs.push(parse_run(Endpoint::ListRuns, item)?);
-            }
+            let empty = items.is_empty();
+            all.extend(items);
             let pagination = &json["meta"]["pagination"];
             let number = |key: &str| pagination.get(key).and_then(Value::as_u64);
             match (number("current_page"), number("total_pages")) {
-                (Some(current), Some(total)) if current < total && !items.is_empty() => {}
+                (Some(current), Some(total)) if current < total && !empty => {}
                 _ => break,
             }
         }
-        Ok(runs)
+        Ok(all)
     }
 }
 
@@ -785,6 +863,7 @@ fn parse_run(endpoint: Endpoint, data: &Value) -> Result<Run, ApiError> {
     Ok(Run {
         id,
         name: text(data, "name").unwrap_or_default(),
+        status: text(data, "status").unwrap_or_default(),
         summary: text(data, "summary").unwrap_or_default(),
         prerun: data.get("prerun").cloned().unwrap_or(Value::Null),
     })
@@ -838,16 +917,34 @@ fn text(value: &Value, key: &str) -> Option<String> {
 
 /// Takes the task apart rather than copying it: a field's value can list thousands of assets.
 fn parse_task(mut data: Value) -> Result<Task, ApiError> {
-    let mut form_fields = data
-        .get_mut("form_fields")
-        .map(Value::take)
-        .unwrap_or(Value::Null);
-    let fields = match form_fields.get_mut("data") {
-        Some(inner) => inner.take(),
-        None => form_fields,
+    let fields = form_fields(data.get_mut("form_fields").map(Value::take));
+    let taskdata = match data.get_mut("taskdata").map(Value::take) {
+        Some(Value::Object(taskdata)) => Some(taskdata),
+        _ => None,
     };
-    let fields = match fields {
-        Value::Array(fields) => fields
+    Ok(Task {
+        id: text(&data, "id").unwrap_or_default(),
+        title: text(&data, "title").unwrap_or_default(),
+        status: text(&data, "status").unwrap_or_default(),
+        step_id: text(&data, "step_id"),
+        checklist_id: text(&data, "checklist_id"),
+        fields,
+        taskdata,
+    })
+}
+
+/// A relation as the API includes it: `{"data": [...]}`, or the list bare.
+fn unwrap_data(mut value: Value) -> Value {
+    match value.get_mut("data") {
+        Some(inner) => inner.take(),
+        None => value,
+    }
+}
+
+/// Form fields as a task (`form_fields`) or a step (`captures`) lists them.
+fn form_fields(value: Option<Value>) -> Vec<FormField> {
+    match value.map(unwrap_data) {
+        Some(Value::Array(fields)) => fields
             .into_iter()
             .filter_map(|mut field| {
                 Some(FormField {
@@ -862,18 +959,7 @@ fn parse_task(mut data: Value) -> Result<Task, ApiError> {
             })
             .collect(),
         _ => Vec::new(),
-    };
-    let taskdata = match data.get_mut("taskdata").map(Value::take) {
-        Some(Value::Object(taskdata)) => Some(taskdata),
-        _ => None,
-    };
-    Ok(Task {
-        status: text(&data, "status").unwrap_or_default(),
-        step_id: text(&data, "step_id"),
-        checklist_id: text(&data, "checklist_id"),
-        fields,
-        taskdata,
-    })
+    }
 }
 
 fn parse_checklist(endpoint: Endpoint, data: &Value) -> Result<Checklist, ApiError> {

@@ -68,6 +68,15 @@ pub struct FakeField {
     pub value: Value,
 }
 
+/// A step of a template: every process of the template gets a task for it, with these form
+/// fields (empty).
+#[derive(Debug, Clone)]
+pub struct FakeStep {
+    pub id: String,
+    pub title: String,
+    pub fields: Vec<FakeField>,
+}
+
 /// A template with its kick-off fields.
 #[derive(Debug, Clone)]
 pub struct FakeChecklist {
@@ -370,6 +379,36 @@ impl FakeTallyfy {
         self.shared
             .lock()
             .set_required(checklist_id, field_id, required);
+    }
+
+    /// Adds steps to a template: processes started from then on get a task for each.
+    pub fn add_steps(&self, checklist_id: &str, steps: Vec<FakeStep>) {
+        self.shared.lock().add_steps(checklist_id, steps);
+    }
+
+    /// Starts an active process of a template added before (with a task per step), as
+    /// someone in the web app would; returns its id. Panics on an unknown template.
+    pub fn start_run(&self, checklist_id: &str, name: &str) -> String {
+        self.shared
+            .lock()
+            .start_run(checklist_id, name)
+            .unwrap_or_else(|error| panic!("cannot start a run of {checklist_id}: {error:?}"))
+    }
+
+    /// Whether `GET /checklists/{id}?with=steps` lists the steps (the default); without them
+    /// a template's steps can only be learnt from a running process's tasks.
+    pub fn set_steps_listed(&self, listed: bool) {
+        self.shared.lock().set_steps_listed(listed);
+    }
+
+    /// Completes a process and all its tasks (which then refuse updates).
+    pub fn complete_run(&self, run_id: &str) {
+        self.shared.lock().complete_run(run_id);
+    }
+
+    /// The tasks of a process.
+    pub fn run_tasks(&self, run_id: &str) -> Vec<FakeTask> {
+        self.shared.lock().run_tasks(run_id)
     }
 
     /// Every process launched, in launch order, as `GET /runs/{id}` shows it.

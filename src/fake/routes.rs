@@ -32,6 +32,7 @@ enum Route<'a> {
     Checklist(&'a str),
     Runs,
     Run(&'a str),
+    RunTasks(&'a str),
 }
 
 impl Route<'_> {
@@ -39,7 +40,7 @@ impl Route<'_> {
         match self {
             Route::Upload => &[Method::POST],
             Route::File(_) | Route::Asset(_) => &[Method::GET, Method::DELETE],
-            Route::FileDownload(_) | Route::Run(_) => &[Method::GET],
+            Route::FileDownload(_) | Route::Run(_) | Route::RunTasks(_) => &[Method::GET],
             Route::Runs => &[Method::GET, Method::POST],
             Route::Task { .. } | Route::Checklist(_) => &[Method::GET, Method::PUT],
         }
@@ -67,6 +68,7 @@ fn match_route(path: &str) -> Option<(&str, Route<'_>)> {
         ["checklists", checklist] => Route::Checklist(checklist),
         ["runs"] => Route::Runs,
         ["runs", run_id] => Route::Run(run_id),
+        ["runs", run_id, "tasks"] => Route::RunTasks(run_id),
         _ => return None,
     };
     Some((org, route))
@@ -130,6 +132,9 @@ pub(crate) fn dispatch(shared: &Shared, parts: &Parts, body: RequestBody) -> Res
         (Route::Task { run_id, task_id }, _) => json_input(parts, &body)
             .and_then(|input| shared.lock().update_task(run_id, task_id, &input))
             .map(data),
+        (Route::Checklist(id), &Method::GET) if query_has(parts.uri.query(), "with", "steps") => {
+            shared.lock().checklist_with_steps(id).map(data)
+        }
         (Route::Checklist(id), &Method::GET) => shared.lock().checklist_json(id).map(data),
         (Route::Checklist(id), _) => json_input(parts, &body)
             .and_then(|input| shared.lock().update_checklist(id, &input))
@@ -169,6 +174,7 @@ pub(crate) fn dispatch(shared: &Shared, parts: &Parts, body: RequestBody) -> Res
                 data(run)
             }),
         (Route::Run(id), _) => shared.lock().run_json(id).map(data),
+        (Route::RunTasks(id), _) => shared.lock().list_run_tasks(id, path, parts.uri.query()),
     };
     match outcome {
         Ok(value) if return_created => json_response(StatusCode::CREATED, &value),
@@ -251,10 +257,8 @@ pub(crate) fn media_type(parts: &Parts) -> String {
 }
 
 fn query_has(query: Option<&str>, key: &str, wanted: &str) -> bool {
-    query.unwrap_or_default().split('&').any(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        name == key && value.split(',').any(|item| item == wanted)
-    })
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .any(|(name, value)| name == key && value.split(',').any(|item| item == wanted))
 }
 
 fn data(value: Value) -> Value {

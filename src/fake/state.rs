@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 mod runs;
+mod steps;
 
 use crate::fake::oauth::OAuth;
 use crate::fake::{
@@ -85,6 +86,7 @@ pub(crate) struct State {
     pub faults: Vec<Fault>,
     pub oauth: OAuth,
     runs: runs::Runs,
+    steps: steps::Steps,
     next_id: u64,
     seed: u64,
 }
@@ -104,6 +106,7 @@ impl State {
             faults: Vec::new(),
             oauth: OAuth::new(mix(seed)),
             runs: runs::Runs::default(),
+            steps: steps::Steps::default(),
             next_id: 0,
             seed,
         }

@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fake::state::UploadForm;
 use crate::fake::{
-    AssetSubject, FakeChecklist, FakeField, FakeTallyfy, FakeTask, Fault, FaultKind, MAX_FILE_BYTES,
+    AssetSubject, FakeChecklist, FakeField, FakeStep, FakeTallyfy, FakeTask, Fault, FaultKind,
+    MAX_FILE_BYTES,
 };
 
 const ORG: &str = "org0000000000000000000000000001";
@@ -1416,4 +1417,84 @@ async fn runs_are_listed_by_template_and_name_page_by_page() {
     );
     let too_many = send(api.get("/runs?per_page=101")).await;
     assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn every_run_gets_a_task_per_step_listed_page_by_page_and_completing_it_closes_them() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    let steps: Vec<FakeStep> = (0..3)
+        .map(|n| FakeStep {
+            id: format!("step-{n}"),
+            title: format!("Step {n}"),
+            fields: vec![field(&format!("cap-{n}"), "file", Value::Null)],
+        })
+        .collect();
+    fake.add_steps(CHECKLIST, steps);
+    let launched = launch(
+        &api,
+        &json!({"checklist_id": CHECKLIST, "name": "Launched"}),
+    )
+    .await;
+    let launched = launched.json()["data"]["id"].as_str().unwrap().to_string();
+    let started = fake.start_run(CHECKLIST, "Started");
+    for run in [&launched, &started] {
+        let first = send(api.get(&format!("/runs/{run}/tasks?with=form_fields&per_page=2"))).await;
+        assert_eq!(first.status, StatusCode::OK);
+        let first = first.json();
+        assert_eq!(first["meta"]["pagination"]["total"], 3);
+        assert_eq!(first["meta"]["pagination"]["total_pages"], 2);
+        let last = send(api.get(&format!(
+            "/runs/{run}/tasks?with=form_fields&per_page=2&page=2"
+        )))
+        .await
+        .json();
+        let tasks: Vec<Value> = [&first, &last]
+            .iter()
+            .flat_map(|page| page["data"].as_array().unwrap().clone())
+            .collect();
+        let mut steps: Vec<&str> = tasks
+            .iter()
+            .map(|t| t["step_id"].as_str().unwrap())
+            .collect();
+        steps.sort();
+        assert_eq!(steps, ["step-0", "step-1", "step-2"]);
+        for task in &tasks {
+            let step = task["step_id"].as_str().unwrap();
+            assert_eq!(task["run_id"], run.as_str());
+            assert_eq!(task["checklist_id"], CHECKLIST);
+            assert_eq!(
+                task["form_fields"]["data"][0]["id"],
+                step.replace("step", "cap")
+            );
+        }
+    }
+    let steps = send(api.get(&format!(
+        "/checklists/{CHECKLIST}?with=steps,steps.captures"
+    )))
+    .await
+    .json();
+    assert_eq!(
+        steps["data"]["steps"]["data"][1]["captures"]["data"][0]["id"],
+        "cap-1"
+    );
+    assert!(send(api.get(&format!("/checklists/{CHECKLIST}")))
+        .await
+        .json()["data"]
+        .get("steps")
+        .is_none());
+
+    fake.complete_run(&started);
+    let run = send(api.get(&format!("/runs/{started}"))).await.json();
+    assert_eq!(run["data"]["status"], "complete");
+    let active = send(api.get(&format!("/runs?checklist_id={CHECKLIST}&status=active")))
+        .await
+        .json();
+    assert_eq!(active["data"].as_array().unwrap().len(), 1);
+    assert!(fake
+        .run_tasks(&started)
+        .iter()
+        .all(|task| task.status == "completed"));
+    let missing = send(api.get("/runs/nope/tasks")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }

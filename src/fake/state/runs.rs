@@ -33,6 +33,99 @@ impl Runs {
     pub fn exists(&self, run_id: &str) -> bool {
         self.list.iter().any(|run| run["id"] == run_id)
     }
+
+    pub(super) fn push(&mut self, run: Value) {
+        self.list.push(run);
+    }
+
+    /// Sets a run's status; false when there is no such run.
+    pub(super) fn set_status(&mut self, run_id: &str, status: &str) -> bool {
+        match self.list.iter_mut().find(|run| run["id"] == run_id) {
+            Some(run) => {
+                run["status"] = Value::String(status.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The query of a list request, decoded.
+pub(super) fn query_params(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// A query parameter's value; an empty one counts as absent, as in Laravel.
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+        .filter(|value| !value.is_empty())
+}
+
+/// One page of `items` as the API's list answer, `{"data": [...], "meta": {"pagination"}}`,
+/// by the request's `page` and `per_page`; `url` is the request's path, for the next link.
+pub(super) fn page_of(
+    url: &str,
+    params: &[(String, String)],
+    items: Vec<Value>,
+) -> Result<Value, ApiError> {
+    let number = |name: &str, default: u64| -> Result<u64, ApiError> {
+        match param(params, name) {
+            None => Ok(default),
+            Some(text) => match text.parse::<u64>() {
+                Ok(value) if value >= 1 => Ok(value),
+                _ => Err(ApiError::Invalid(vec![(
+                    name.into(),
+                    format!("The {} must be at least 1.", name.replace('_', " ")),
+                )])),
+            },
+        }
+    };
+    let per_page = number("per_page", DEFAULT_PER_PAGE)?;
+    if per_page > MAX_PER_PAGE {
+        return Err(ApiError::Invalid(vec![(
+            "per_page".into(),
+            format!("The per page may not be greater than {MAX_PER_PAGE}."),
+        )]));
+    }
+    let page = number("page", 1)?;
+    let total = items.len() as u64;
+    let total_pages = total.div_ceil(per_page).max(1);
+    let data: Vec<Value> = items
+        .into_iter()
+        .skip(((page - 1) * per_page) as usize)
+        .take(per_page as usize)
+        .collect();
+    let links = if page < total_pages {
+        let mut next: Vec<(String, String)> = params
+            .iter()
+            .filter(|(key, _)| key != "page")
+            .cloned()
+            .collect();
+        next.push(("page".into(), (page + 1).to_string()));
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(next)
+            .finish();
+        json!({ "next": format!("{url}?{query}") })
+    } else {
+        // Laravel's transformer sends an empty array, not an object, when there is no link.
+        json!([])
+    };
+    Ok(json!({
+        "data": data,
+        "meta": {"pagination": {
+            "total": total,
+            "count": data.len(),
+            "per_page": per_page,
+            "current_page": page,
+            "total_pages": total_pages,
+            "links": links,
+        }},
+    }))
 }
 
 impl State {
@@ -155,6 +248,7 @@ impl State {
             "prerun": prerun,
         });
         self.runs.list.push(run.clone());
+        self.add_run_tasks(&run);
         Ok(run)
     }
 
@@ -170,37 +264,8 @@ impl State {
     /// The whole list answer, `{"data": [...], "meta": {"pagination": ...}}`; `url` is the
     /// request's path, for the next page's link.
     pub fn list_runs(&self, url: &str, query: Option<&str>) -> Result<Value, ApiError> {
-        let params: Vec<(String, String)> =
-            form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-                .into_owned()
-                .collect();
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-                .filter(|value| !value.is_empty())
-        };
-        let number = |name: &str, default: u64| -> Result<u64, ApiError> {
-            match param(name) {
-                None => Ok(default),
-                Some(text) => match text.parse::<u64>() {
-                    Ok(value) if value >= 1 => Ok(value),
-                    _ => Err(ApiError::Invalid(vec![(
-                        name.into(),
-                        format!("The {} must be at least 1.", name.replace('_', " ")),
-                    )])),
-                },
-            }
-        };
-        let per_page = number("per_page", DEFAULT_PER_PAGE)?;
-        if per_page > MAX_PER_PAGE {
-            return Err(ApiError::Invalid(vec![(
-                "per_page".into(),
-                format!("The per page may not be greater than {MAX_PER_PAGE}."),
-            )]));
-        }
-        let page = number("page", 1)?;
+        let params = query_params(query);
+        let param = |name: &str| param(&params, name);
         let q = param("q").map(str::to_lowercase);
         let matching: Vec<&Value> = self
             .runs
@@ -216,39 +281,6 @@ impl State {
                 })
             })
             .collect();
-        let total = matching.len() as u64;
-        let total_pages = total.div_ceil(per_page).max(1);
-        let data: Vec<Value> = matching
-            .into_iter()
-            .skip(((page - 1) * per_page) as usize)
-            .take(per_page as usize)
-            .cloned()
-            .collect();
-        let links = if page < total_pages {
-            let mut next: Vec<(String, String)> = params
-                .iter()
-                .filter(|(key, _)| key != "page")
-                .cloned()
-                .collect();
-            next.push(("page".into(), (page + 1).to_string()));
-            let query = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(next)
-                .finish();
-            json!({ "next": format!("{url}?{query}") })
-        } else {
-            // Laravel's transformer sends an empty array, not an object, when there is no link.
-            json!([])
-        };
-        Ok(json!({
-            "data": data,
-            "meta": {"pagination": {
-                "total": total,
-                "count": data.len(),
-                "per_page": per_page,
-                "current_page": page,
-                "total_pages": total_pages,
-                "links": links,
-            }},
-        }))
+        page_of(url, &params, matching.into_iter().cloned().collect())
     }
 }
