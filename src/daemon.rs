@@ -47,6 +47,10 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// again: often enough to resume soon after space is freed, at a cost of one small write.
 const STORE_PROBE_FIRST: Duration = Duration::from_secs(1);
 const STORE_PROBE_MAX: Duration = Duration::from_secs(30);
+/// How long a starting daemon waits for the store's lock: a command that reads the store
+/// while no daemon answers (`status`, `verify`) holds it for a moment, and a daemon starting
+/// just then must not exit as if a second daemon were running.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -124,6 +128,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens the store, waiting up to `LOCK_WAIT` while another process holds its lock; still
+/// locked after that, a second daemon runs on the same state directory.
+async fn open_when_unlocked(
+    dir: &std::path::Path,
+) -> Result<(Store, Option<Rebuilt>), StoreError> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match Store::open_or_rebuild(dir).await {
+            Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Opens the store; a full or read-only file system is waited out (probing with backoff up to
 /// `STORE_PROBE_MAX`) rather than reported as a configuration error, so that the service comes
 /// back by itself once the disk has space. `None` when stopped meanwhile.
@@ -131,7 +151,7 @@ async fn open_store(
     dir: &std::path::Path,
     cancel: &CancellationToken,
 ) -> Result<Option<(Store, Option<Rebuilt>)>, StoreError> {
-    let first = match Store::open_or_rebuild(dir).await {
+    let first = match open_when_unlocked(dir).await {
         Err(StoreError::Unwritable { error, .. }) => error,
         opened => return opened.map(Some),
     };
@@ -165,7 +185,7 @@ async fn open_store(
             _ = cancel.cancelled() => return Ok(None),
             _ = heartbeat.during(tokio::time::sleep(delay)) => {}
         }
-        match Store::open_or_rebuild(dir).await {
+        match open_when_unlocked(dir).await {
             Err(StoreError::Unwritable { error, .. }) => {
                 debug!(state_dir = %dir.display(), %error, "the state directory still cannot be written")
             }
