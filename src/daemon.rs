@@ -190,7 +190,7 @@ impl Pipeline {
                 actors
                     .entry(folder.target.key())
                     .or_insert_with(|| {
-                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), cancel.clone());
+                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), config.attach_delay, cancel.clone());
                         actor_tasks.push(task);
                         handle
                     })

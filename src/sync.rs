@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiError, Client};
 use crate::config::{Config, Folder};
-use crate::field::{FieldError, FieldHandle, Resolved};
+use crate::field::{FieldError, FieldHandle, OnItsWay, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
 use crate::settle::Job;
@@ -45,6 +45,8 @@ struct Subject<'a> {
     folder: &'a Folder,
     field: &'a FieldHandle,
     path: &'a Path,
+    /// Counts this file as on its way to the field until it gets there or gives up.
+    on_its_way: OnItsWay,
 }
 
 impl Subject<'_> {
@@ -97,6 +99,7 @@ impl Syncer {
     pub async fn process(&self, job: &Job) {
         let folder = &self.config.folders[job.folder];
         let field = &self.fields[job.folder];
+        let on_its_way = field.expect();
         let Some(target) = field.ready().await else {
             return;
         };
@@ -104,6 +107,7 @@ impl Syncer {
             folder,
             field,
             path: &job.path,
+            on_its_way,
         };
         match self.reconcile(&subject, &target).await {
             Ok(()) | Err(SyncError::Cancelled) => {}
@@ -267,7 +271,11 @@ impl Syncer {
             .as_ref()
             .and_then(Asset::id)
             .filter(|old| *old != id);
-        match subject.field.attach(asset.clone(), replaces).await {
+        match subject
+            .field
+            .attach(asset.clone(), replaces, &subject.on_its_way)
+            .await
+        {
             Ok(()) => {}
             Err(FieldError::Cancelled) => return Err(SyncError::Cancelled),
             Err(error) => {
@@ -347,7 +355,7 @@ impl Syncer {
     }
 
     async fn remote_delete(&self, subject: &Subject<'_>, job: DeleteJob) -> Result<(), SyncError> {
-        match subject.field.delete(job).await {
+        match subject.field.delete(job, &subject.on_its_way).await {
             Err(FieldError::Cancelled) => Err(SyncError::Cancelled),
             // The actor logs a failed delete; the file's own state is settled either way.
             _ => Ok(()),

@@ -17,7 +17,7 @@ fn status(status: u16, retry_after: Option<&str>) -> FaultKind {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_upload_after_503_and_attaches_once() {
+async fn a_503_now_and_then_is_retried_by_its_own_request_without_pausing_the_others() {
     let env = Env::new().await;
     env.fake
         .inject(Fault::once("POST", "/file", status(503, None)).times(2));
@@ -35,6 +35,27 @@ async fn retries_upload_after_503_and_attaches_once() {
         1,
         "a 503 stored nothing, so no orphan"
     );
+    assert!(daemon.log().contains("request failed; retrying in"));
+    assert!(
+        !daemon.log().contains("pausing all requests"),
+        "two failures are not an outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_503s_pauses_every_request() {
+    let env = Env::new().await;
+    env.fake
+        .inject(Fault::once("POST", "/file", status(503, None)).times(3));
+    let daemon = env.start();
+    drop_file(&env.tasks, "retry.pdf", b"retry me");
+    eventually(
+        "the file is attached",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), 4, "three 503s, then success");
     daemon.wait_for_log("probing again").await;
 }
 

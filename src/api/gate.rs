@@ -1,8 +1,10 @@
 //! The one door every request passes through: a circuit breaker shared by all workers.
-//! Receives the outcome of each request; when the API is down, rate-limiting us, or refusing
-//! the token, it closes, lets a single probe through after a backoff, and reopens on success.
-//! So an outage costs one request per backoff step, not one per file.
+//! Receives the outcome of each request; when the API is down (a run of failures, or a high
+//! failure rate), rate-limiting us, or refusing the token, it closes, lets a single probe
+//! through after a backoff, and reopens on success. So an outage costs one request per
+//! backoff step, not one per file, while a failure now and then is retried by its own request.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,7 +14,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::retry::Backoff;
+use crate::retry::{self, Backoff};
+
+/// This many failures in a row, with no answer between them, are an outage.
+pub const FAILURE_RUN: u32 = 3;
+/// So is this share of failures among the last `WINDOW` requests (once `WINDOW / 2` are in).
+pub const WINDOW: usize = 20;
+pub const FAILURE_RATE: f64 = 0.5;
 
 /// A closed gate as it can be saved, shown, and resumed after a restart, so that a restart
 /// during an outage does not start again from a one-second delay.
@@ -54,6 +62,53 @@ struct State {
     closed_until: Option<Instant>,
     probing: bool,
     backoff: Backoff,
+    /// Requests admitted and not yet done.
+    in_flight: usize,
+    /// After a failure, new requests wait until those already sent have answered (they say
+    /// whether it was a passing failure or the start of an outage), at most until this time.
+    holding_until: Option<Instant>,
+    /// Failures since the last answer.
+    run: u32,
+    /// The last `WINDOW` outcomes, `true` for a failure.
+    recent: VecDeque<bool>,
+}
+
+impl State {
+    fn record(&mut self, failed: bool) {
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(failed);
+        self.run = if failed { self.run + 1 } else { 0 };
+    }
+
+    fn looks_down(&self) -> bool {
+        let failures = self.recent.iter().filter(|failed| **failed).count();
+        self.run >= FAILURE_RUN
+            || (self.recent.len() >= WINDOW / 2
+                && failures as f64 >= FAILURE_RATE * self.recent.len() as f64)
+    }
+
+    /// Whether new requests wait for those in flight to answer.
+    fn holding(&self, now: Instant) -> bool {
+        self.in_flight > 0 && self.holding_until.is_some_and(|until| now < until)
+    }
+}
+
+/// A request let through the gate; dropping it tells the gate the request is done.
+pub struct Ticket<'a> {
+    gate: &'a Gate,
+    pub pass: Pass,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut state = self.gate.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 && state.holding_until.take().is_some() {
+            self.gate.changed.notify_waiters();
+        }
+    }
 }
 
 pub struct Gate {
@@ -68,6 +123,10 @@ impl Gate {
                 closed_until: None,
                 probing: false,
                 backoff,
+                in_flight: 0,
+                holding_until: None,
+                run: 0,
+                recent: VecDeque::with_capacity(WINDOW),
             }),
             changed: Notify::new(),
         }
@@ -81,19 +140,29 @@ impl Gate {
     }
 
     /// Waits until this request may be sent; `None` when shutting down.
-    pub async fn enter(&self, cancel: &CancellationToken) -> Option<Pass> {
+    pub async fn enter(&self, cancel: &CancellationToken) -> Option<Ticket<'_>> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let wait_until = {
                 let mut state = self.lock();
-                match state.closed_until {
-                    None => return Some(Pass::Normal),
-                    Some(until) if !state.probing && Instant::now() >= until => {
+                let now = Instant::now();
+                let pass = match state.closed_until {
+                    None if state.holding(now) => None,
+                    None => Some(Pass::Normal),
+                    Some(until) if !state.probing && now >= until => {
                         state.probing = true;
-                        return Some(Pass::Probe);
+                        Some(Pass::Probe)
                     }
+                    Some(_) => None,
+                };
+                if let Some(pass) = pass {
+                    state.in_flight += 1;
+                    return Some(Ticket { gate: self, pass });
+                }
+                match state.closed_until {
+                    None => state.holding_until,
                     Some(until) => (!state.probing).then_some(until),
                 }
             };
@@ -115,6 +184,10 @@ impl Gate {
         let mut state = self.lock();
         let pause = match outcome {
             Outcome::Answered => {
+                state.record(false);
+                if state.holding_until.take().is_some() {
+                    self.changed.notify_waiters();
+                }
                 state.closed_until?;
                 state.closed_until = None;
                 state.probing = false;
@@ -130,7 +203,21 @@ impl Gate {
                 return None;
             }
             Outcome::RateLimited(Some(delay)) => delay,
+            Outcome::Outage if pass == Pass::Normal && state.closed_until.is_none() => {
+                state.record(true);
+                if !state.looks_down() {
+                    // A passing failure: its request backs off on its own; new ones wait only
+                    // for those already out to show whether more are failing.
+                    state.holding_until = Some(Instant::now() + retry::INITIAL);
+                    return None;
+                }
+                state.holding_until = None;
+                state.backoff.next_delay()
+            }
             Outcome::Unauthorized | Outcome::Outage | Outcome::RateLimited(None) => {
+                if outcome == Outcome::Outage {
+                    state.record(true);
+                }
                 // A request admitted before the gate closed must not push the pause further out.
                 if pass == Pass::Normal && state.closed_until.is_some() {
                     return None;
@@ -189,10 +276,13 @@ mod tests {
     async fn an_outage_lets_one_probe_through_and_holds_the_rest() {
         let gate = gate();
         let cancel = CancellationToken::new();
-        assert_eq!(gate.enter(&cancel).await, Some(Pass::Normal));
-        assert!(gate.report(Pass::Normal, Outcome::Outage).is_some());
+        for _ in 0..FAILURE_RUN {
+            assert_eq!(pass(&gate, &cancel).await, Some(Pass::Normal));
+            gate.report(Pass::Normal, Outcome::Outage);
+        }
+        assert!(gate.is_closed(), "a run of failures closes the gate");
         let probe = gate.enter(&cancel).await;
-        assert_eq!(probe, Some(Pass::Probe));
+        assert_eq!(probe.as_ref().map(|ticket| ticket.pass), Some(Pass::Probe));
         // While the probe is out, others wait.
         let waiting = tokio::time::timeout(Duration::from_millis(100), gate.enter(&cancel)).await;
         assert!(
@@ -203,8 +293,62 @@ mod tests {
             gate.report(Pass::Probe, Outcome::Answered),
             Some(Transition::Reopened)
         );
-        assert_eq!(gate.enter(&cancel).await, Some(Pass::Normal));
+        drop(probe);
+        assert_eq!(pass(&gate, &cancel).await, Some(Pass::Normal));
         assert!(!gate.is_closed());
+    }
+
+    async fn pass(gate: &Gate, cancel: &CancellationToken) -> Option<Pass> {
+        gate.enter(cancel).await.map(|ticket| ticket.pass)
+    }
+
+    #[tokio::test]
+    async fn a_failure_between_answers_leaves_the_gate_open() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        for _ in 0..WINDOW * 2 {
+            for outcome in [Outcome::Outage, Outcome::Answered, Outcome::Answered] {
+                assert_eq!(pass(&gate, &cancel).await, Some(Pass::Normal));
+                assert_eq!(gate.report(Pass::Normal, outcome), None);
+            }
+        }
+        assert!(!gate.is_closed());
+    }
+
+    #[tokio::test]
+    async fn half_the_requests_failing_closes_the_gate() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        let mut closed = false;
+        for _ in 0..WINDOW {
+            for outcome in [Outcome::Outage, Outcome::Outage, Outcome::Answered] {
+                if gate.is_closed() {
+                    closed = true;
+                    break;
+                }
+                assert_eq!(pass(&gate, &cancel).await, Some(Pass::Normal));
+                gate.report(Pass::Normal, outcome);
+            }
+        }
+        assert!(closed || gate.is_closed());
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_new_requests_wait_for_those_in_flight() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        let in_flight = gate.enter(&cancel).await.unwrap();
+        let failed = gate.enter(&cancel).await.unwrap();
+        assert_eq!(gate.report(Pass::Normal, Outcome::Outage), None);
+        drop(failed);
+        let waiting = tokio::time::timeout(Duration::from_millis(100), gate.enter(&cancel)).await;
+        assert!(
+            waiting.is_err(),
+            "a new request went out before the one in flight answered"
+        );
+        gate.report(Pass::Normal, Outcome::Answered);
+        drop(in_flight);
+        assert_eq!(pass(&gate, &cancel).await, Some(Pass::Normal));
     }
 
     #[tokio::test]
@@ -212,10 +356,10 @@ mod tests {
         let gate = gate();
         let cancel = CancellationToken::new();
         gate.report(Pass::Normal, Outcome::Unauthorized);
-        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert_eq!(pass(&gate, &cancel).await, Some(Pass::Probe));
         assert!(gate.report(Pass::Probe, Outcome::Unauthorized).is_some());
         let started = Instant::now();
-        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert_eq!(pass(&gate, &cancel).await, Some(Pass::Probe));
         assert!(started.elapsed() >= Duration::from_millis(25));
     }
 
@@ -229,7 +373,7 @@ mod tests {
             reason: "outage".into(),
         });
         let started = Instant::now();
-        assert_eq!(gate.enter(&cancel).await, Some(Pass::Probe));
+        assert_eq!(pass(&gate, &cancel).await, Some(Pass::Probe));
         assert!(started.elapsed() >= Duration::from_millis(250));
         let Some(Transition::Closed(next)) = gate.report(Pass::Probe, Outcome::Outage) else {
             panic!("a failed probe closes the gate");
@@ -249,6 +393,6 @@ mod tests {
             Outcome::RateLimited(Some(Duration::from_secs(60))),
         );
         cancel.cancel();
-        assert_eq!(gate.enter(&cancel).await, None);
+        assert!(gate.enter(&cancel).await.is_none());
     }
 }

@@ -211,11 +211,12 @@ impl Client {
                 return Err(ApiError::Cancelled);
             }
         }
-        let pass = self
+        let ticket = self
             .gate
             .enter(&self.cancel)
             .await
             .ok_or(ApiError::Cancelled)?;
+        let pass = ticket.pass;
         let bearer = match self.tokens.bearer().await {
             Ok(bearer) => bearer,
             Err(error) => {
@@ -364,8 +365,10 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let paced_by_gate =
-                error.is_outage() || error.is_unauthorized() || error.status() == Some(429);
+            // An outage the gate did not close for (a passing failure) backs off here.
+            let paced_by_gate = (error.is_outage() && self.gate.is_closed())
+                || error.is_unauthorized()
+                || error.status() == Some(429);
             let out_of_attempts = self.attempts.is_some_and(|most| attempt >= most);
             if !(error.is_retryable() || error.is_unauthorized())
                 || self.cancel.is_cancelled()
