@@ -361,3 +361,50 @@ async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_
     assert!(during <= 6, "{during} requests during a 4 s outage");
     assert_eq!(env.fake.assets().len(), 20, "nothing stored twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_pages_answered_with_200_are_retried_not_taken_as_verdicts() {
+    let (env, daemon) = Env::running().await;
+    env.fake
+        .inject(Fault::once("", "", FaultKind::HtmlPage).share(0.3));
+    for i in 0..20 {
+        drop_file(
+            &env.tasks,
+            &format!("{i:02}.pdf"),
+            format!("{i}").as_bytes(),
+        );
+    }
+    eventually(
+        "all 20 attached despite the HTML pages",
+        || env.task_field().len() == 20,
+        &daemon,
+    )
+    .await;
+    assert!(
+        daemon.log().contains("not JSON"),
+        "the HTML page is named as the problem"
+    );
+    assert!(!daemon.log().contains("not retried until the file changes"));
+    let status = env.command(&["status"]);
+    let text = &status.stdout;
+    assert!(text.contains("20 synced"), "{text}");
+    assert!(text.contains("0 failed"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_answer_cut_short_is_sent_again_and_attached_once() {
+    let (env, daemon) = Env::running().await;
+    env.fake
+        .inject(Fault::once("POST", "/file", FaultKind::CutShort));
+    drop_file(&env.tasks, "cut.pdf", b"cut");
+    eventually(
+        "the file is attached",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), 2);
+    // The first copy was stored but never learned of: an orphan, never attached.
+    assert_eq!(env.fake.assets().len(), 2);
+    assert_eq!(ids(&env.task_field()).len(), 1);
+}

@@ -189,13 +189,9 @@ impl Client {
             .header("X-Tallyfy-Client", "APIClient")
     }
 
-    /// Sends one request through the gate, with the current token, and returns the body of a
-    /// 2xx answer.
-    async fn send(
-        &self,
-        endpoint: Endpoint,
-        request: RequestBuilder,
-    ) -> Result<bytes::Bytes, ApiError> {
+    /// Sends one request through the gate, with the current token, and returns the `data`
+    /// member of a 2xx answer (`null` for a delete, whose answer has none).
+    async fn send(&self, endpoint: Endpoint, request: RequestBuilder) -> Result<Value, ApiError> {
         self.send_with(endpoint, request, || None).await
     }
 
@@ -205,7 +201,7 @@ impl Client {
         endpoint: Endpoint,
         request: RequestBuilder,
         local_failure: impl Fn() -> Option<ApiError>,
-    ) -> Result<bytes::Bytes, ApiError> {
+    ) -> Result<Value, ApiError> {
         if let Some(pace) = &self.pace {
             if !pace.acquire(&self.cancel).await {
                 return Err(ApiError::Cancelled);
@@ -260,9 +256,19 @@ impl Client {
             }
         };
         if status.is_success() {
-            self.tokens.accepted(&bearer);
-            self.report(pass, Outcome::Answered, None);
-            return Ok(body);
+            // A 2xx that is not the API's answer (a proxy's or captive portal's page, a body
+            // cut short) says nothing about the request: it is retried like an outage.
+            return match data(endpoint, &body) {
+                Ok(data) => {
+                    self.tokens.accepted(&bearer);
+                    self.report(pass, Outcome::Answered, None);
+                    Ok(data)
+                }
+                Err(error) => {
+                    self.report(pass, Outcome::Outage, Some(&error));
+                    Err(error)
+                }
+            };
         }
         let error = ApiError::Status {
             endpoint,
@@ -358,6 +364,7 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let mut backoff = Backoff::default();
+        let mut strange_answers: Option<Backoff> = None;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -365,6 +372,18 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
+            if matches!(error, ApiError::Decode { .. }) {
+                let schedule = strange_answers.get_or_insert_with(|| {
+                    Backoff::giving_up_after(
+                        crate::retry::INITIAL,
+                        crate::retry::MAX,
+                        crate::retry::STRANGE_ANSWERS_FOR,
+                    )
+                });
+                if schedule.next_delay_or_give_up().is_none() {
+                    return Err(error);
+                }
+            }
             // An outage the gate did not close for (a passing failure) backs off here.
             let paced_by_gate = (error.is_outage() && self.gate.is_closed())
                 || error.is_unauthorized()
@@ -452,7 +471,7 @@ impl Client {
                 })
             })
             .await?;
-        let data = data(Endpoint::Upload, &answer)?;
+        let data = answer;
         if crate::store::asset_id(&data).is_none() {
             return Err(ApiError::Decode {
                 endpoint: Endpoint::Upload,
@@ -469,8 +488,7 @@ impl Client {
         let request = self
             .request(Method::GET, &format!("runs/{run_id}/tasks/{task_id}"))
             .query(&[("with", "form_fields")]);
-        let answer = self.send(Endpoint::GetTask, request).await?;
-        parse_task(data(Endpoint::GetTask, &answer)?)
+        parse_task(self.send(Endpoint::GetTask, request).await?)
     }
 
     /// Replaces a task field's value; returns the field's value as the answer shows it, or
@@ -485,8 +503,7 @@ impl Client {
         let request = self
             .request(Method::PUT, &format!("runs/{run_id}/tasks/{task_id}"))
             .json(&json!({ "taskdata": { capture_id: value } }));
-        let answer = self.send(Endpoint::PutTask, request).await?;
-        let mut data = data(Endpoint::PutTask, &answer)?;
+        let mut data = self.send(Endpoint::PutTask, request).await?;
         Ok(data
             .get_mut("taskdata")
             .and_then(|taskdata| taskdata.get_mut(capture_id))
@@ -500,10 +517,7 @@ impl Client {
                 self.request(Method::GET, &format!("checklists/{checklist_id}")),
             )
             .await?;
-        parse_checklist(
-            Endpoint::GetChecklist,
-            &data(Endpoint::GetChecklist, &answer)?,
-        )
+        parse_checklist(Endpoint::GetChecklist, &answer)
     }
 
     /// Sends the title unchanged and the whole prerun array (the API needs both).
@@ -517,10 +531,7 @@ impl Client {
             .request(Method::PUT, &format!("checklists/{checklist_id}"))
             .json(&json!({ "title": title, "prerun": prerun }));
         let answer = self.send(Endpoint::PutChecklist, request).await?;
-        parse_checklist(
-            Endpoint::PutChecklist,
-            &data(Endpoint::PutChecklist, &answer)?,
-        )
+        parse_checklist(Endpoint::PutChecklist, &answer)
     }
 
     /// Deletes an asset and its stored file; an asset already gone counts as deleted.
@@ -561,18 +572,25 @@ pub fn into_list(value: Value) -> Vec<Value> {
     }
 }
 
-/// The `data` member of a success envelope.
+/// The `data` object of a success envelope; a delete's answer has none, but is empty or JSON.
 fn data(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
-    let mut json: Value = serde_json::from_slice(body).map_err(|error| ApiError::Decode {
-        endpoint,
-        detail: format!("not JSON ({error})"),
+    let decode = |detail: String| ApiError::Decode { endpoint, detail };
+    if endpoint == Endpoint::DeleteFile && body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    let mut json: Value = serde_json::from_slice(body).map_err(|error| {
+        decode(format!(
+            "not JSON ({error}), starting {:?}",
+            error::error_message(body)
+        ))
     })?;
+    if endpoint == Endpoint::DeleteFile {
+        return Ok(Value::Null);
+    }
     match json.get_mut("data") {
-        Some(data) => Ok(data.take()),
-        None => Err(ApiError::Decode {
-            endpoint,
-            detail: "no `data` member".into(),
-        }),
+        Some(data) if data.is_object() => Ok(data.take()),
+        Some(_) => Err(decode("`data` is not an object".into())),
+        None => Err(decode("no `data` member".into())),
     }
 }
 
