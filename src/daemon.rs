@@ -23,7 +23,7 @@ use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
 use crate::store::{Store, StoreError};
 use crate::sync::Syncer;
-use crate::{control, metrics, queue, service, status, watch};
+use crate::{control, metrics, queue, recheck, service, status, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
 /// which costs a folder listing and no request.
@@ -221,6 +221,13 @@ impl Pipeline {
                 cancel.clone(),
             )));
         }
+        tasks.push(tokio::spawn(recheck::run(
+            config.clone(),
+            store.clone(),
+            api.clone(),
+            hint_tx.clone(),
+            cancel.clone(),
+        )));
         tasks.push(tokio::spawn(control::serve(
             config.clone(),
             store.clone(),
@@ -386,7 +393,7 @@ async fn retry_after_config_change(config: &Config, store: &Store) {
         return;
     }
     if previous.is_some() {
-        match control::retry_failed(store, None).await {
+        match recheck::retry_failed(store, None).await {
             Ok(0) => {}
             Ok(files) => info!(
                 files,

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod queue;
+pub mod recheck;
 pub mod retry;
 pub mod service;
 pub mod settle;

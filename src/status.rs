@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
+use crate::recheck;
 use crate::store::{FileRecord, FileState, Store, StoreError};
 
 /// Where the daemon saves the request pause in the store.
@@ -138,6 +139,8 @@ fn folder_report(
     let paused: Option<String> = store.meta(&guard::paused_key(folder))?;
     let mut counts = Counts::default();
     let mut files = Vec::with_capacity(records.len());
+    // When each target is next checked for its failed files, read once per target.
+    let mut checks: BTreeMap<String, Option<u64>> = BTreeMap::new();
     for (path, record) in records {
         let name = path
             .strip_prefix(folder)
@@ -177,8 +180,15 @@ fn folder_report(
             }
             FileState::Failed { error } => {
                 counts.failed += 1;
-                let detail = format!("{error}; retried when the file or the config changes, or after `tallyfy-sync retry`");
-                ("failed", attached, detail, None)
+                let detail = format!("{error}; retried when the file or the config changes, after `tallyfy-sync retry`, or at the next check of the target if it passes");
+                let next = match checks.get(&record.target) {
+                    Some(next) => *next,
+                    None => {
+                        let next: Option<u64> = store.meta(&recheck::key(&record.target))?;
+                        *checks.entry(record.target.clone()).or_insert(next)
+                    }
+                };
+                ("failed", attached, detail, next)
             }
         };
         files.push(FileReport {

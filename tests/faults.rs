@@ -408,3 +408,35 @@ async fn an_upload_answer_cut_short_is_sent_again_and_attached_once() {
     assert_eq!(env.fake.assets().len(), 2);
     assert_eq!(ids(&env.task_field()).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_refused_by_a_completed_task_heals_once_the_task_is_reopened() {
+    let env = Env::with_config("failed_retry_interval: 2s\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake.set_task_status(RUN, TASK, "completed");
+    drop_file(&env.tasks, "late.pdf", b"x");
+    daemon
+        .wait_for_log("could not attach; not retried until the file changes")
+        .await;
+    let status = env.command(&["status"]);
+    assert!(
+        status.stdout.contains("next attempt in"),
+        "status says when the file is tried again: {}",
+        status.stdout
+    );
+    // While the task stays completed, a check costs one GET and sends the file nowhere.
+    daemon.wait_for_log("the target still refuses files").await;
+    assert_eq!(env.uploads(), 1, "no upload while the target refuses files");
+    env.fake.set_task_status(RUN, TASK, "active");
+    eventually(
+        "attached once the task is reopened",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(filenames(&env.task_field()), ["late.pdf"]);
+    assert!(daemon
+        .log()
+        .contains("trying the files it refused once more"));
+}
