@@ -23,7 +23,7 @@ use crate::settle::Settle;
 use crate::status::PAUSE_KEY;
 use crate::store::{Store, StoreError};
 use crate::sync::Syncer;
-use crate::{control, metrics, queue, recheck, service, status, watch};
+use crate::{control, exporter, queue, recheck, service, status, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
 /// which costs a folder listing and no request.
@@ -214,7 +214,7 @@ impl Pipeline {
         if let Some(addr) = config.metrics_listen {
             let (config, store) = (config.clone(), store.clone());
             let status = Arc::new(move || status::build(&config, &store, true).ok());
-            tasks.push(tokio::spawn(metrics::serve(
+            tasks.push(tokio::spawn(exporter::serve(
                 addr,
                 api.clone(),
                 status,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod exporter;
 pub mod fake;
 pub mod field;
 pub mod filter;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
+use crate::metrics::{self, Exposition};
 use crate::recheck;
 use crate::store::{FileRecord, FileState, Store, StoreError};
 
@@ -208,6 +209,35 @@ fn folder_report(
         held,
         files,
     })
+}
+
+/// The files gauge (by folder and state) in Prometheus text.
+pub fn render_gauges(report: &StatusReport, out: &mut Exposition) {
+    let mut files = Vec::new();
+    for folder in &report.folders {
+        let c = &folder.counts;
+        for (state, count) in [
+            ("synced", c.synced),
+            ("pending", c.pending),
+            ("held", c.held),
+            ("rejected", c.rejected),
+            ("failed", c.failed),
+        ] {
+            files.push((
+                format!(
+                    "{{folder=\"{}\",state=\"{state}\"}}",
+                    metrics::escape(&folder.path.display().to_string())
+                ),
+                count as f64,
+            ));
+        }
+    }
+    out.metric(
+        "files",
+        "gauge",
+        "Files known to the daemon by folder and state.",
+        &files,
+    );
 }
 
 /// The report as people read it.

@@ -255,11 +255,7 @@ impl Gate {
     }
 }
 
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
+pub use crate::metrics::unix_ms;
 
 #[cfg(test)]
 mod tests {

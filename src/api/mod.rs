@@ -26,7 +26,7 @@ use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 
 use crate::config::{ApiConfig, Credentials};
-use crate::metrics::METRICS;
+use crate::metrics::{Exposition, METRICS};
 use crate::retry::Backoff;
 use crate::store::Asset;
 
@@ -412,6 +412,16 @@ impl Client {
     /// Whether requests are currently paused by an outage, a rate limit or a refused token.
     pub fn is_paused(&self) -> bool {
         self.gate.is_closed()
+    }
+
+    /// The client's gauges in Prometheus text.
+    pub fn render_gauges(&self, out: &mut Exposition) {
+        out.one(
+            "api_paused",
+            "gauge",
+            "1 while requests are paused by an outage, a rate limit or a refused token.",
+            if self.pause().is_some() { 1.0 } else { 0.0 },
+        );
     }
 
     /// Uploads an opened file of `size` bytes, streamed from disk, and returns the asset and
