@@ -418,10 +418,12 @@ impl Actor {
         attach: &[(Asset, Option<String>)],
         removed: &HashSet<String>,
     ) -> Result<Option<Vec<Value>>, ApiError> {
+        // The read is retried on its own: a failed write needs a fresh read, a failed read
+        // does not need the write to fail too before it is tried again.
         let Snapshot {
             list: current,
             checklist,
-        } = self.read().await?;
+        } = self.api.with_retries(|| self.read()).await?;
         let before = current.len();
         let mut list: Vec<Value> = current
             .into_iter()

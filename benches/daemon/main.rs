@@ -115,7 +115,6 @@ fn say(text: &str) {
 }
 
 async fn run(sizes: Sizes) -> anyhow::Result<()> {
-    baseline::check_tools()?;
     let machine = procfs::machine();
     say(&format!(
         "{} run on {machine}",
@@ -127,6 +126,9 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     }
     let staging = world.dir("staging")?;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() {
+        baseline::check_tools()?;
+    }
     if only == "restart" {
         // For profiling runs: only the start-up with `sizes.restart` synced files.
         let restart = restart::run(&world, "restart", sizes.restart, FOLDERS).await?;

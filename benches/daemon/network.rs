@@ -136,7 +136,13 @@ pub async fn fault_mix(world: &World, files: usize, runs: usize) -> anyhow::Resu
     }
     let mut measured = Vec::with_capacity(runs);
     for (run, (dir, task)) in folders.iter().enumerate() {
-        let staged = write_files(&staging, &format!("mix-{run}"), files, SMALL, 6 + run as u64)?;
+        let staged = write_files(
+            &staging,
+            &format!("mix-{run}"),
+            files,
+            SMALL,
+            6 + run as u64,
+        )?;
         let start = Instant::now();
         crate::world::move_into(&staged, dir)?;
         let done = world

@@ -203,21 +203,32 @@ impl Gate {
                 return None;
             }
             Outcome::RateLimited(Some(delay)) => delay,
-            Outcome::Outage if pass == Pass::Normal && state.closed_until.is_none() => {
+            Outcome::Outage => {
                 state.record(true);
-                if !state.looks_down() {
+                match pass {
+                    // Admitted before the gate closed: must not push the pause further out.
+                    Pass::Normal if state.closed_until.is_some() => return None,
+                    _ if state.looks_down() => {
+                        state.holding_until = None;
+                        state.backoff.next_delay()
+                    }
                     // A passing failure: its request backs off on its own; new ones wait only
                     // for those already out to show whether more are failing.
-                    state.holding_until = Some(Instant::now() + retry::INITIAL);
-                    return None;
+                    Pass::Normal => {
+                        state.holding_until = Some(Instant::now() + retry::INITIAL);
+                        return None;
+                    }
+                    // A probe after a pause for another reason (a 429) that meets a passing
+                    // failure: the others may go, the probe backs off on its own.
+                    Pass::Probe => {
+                        state.closed_until = None;
+                        state.probing = false;
+                        self.changed.notify_waiters();
+                        return Some(Transition::Reopened);
+                    }
                 }
-                state.holding_until = None;
-                state.backoff.next_delay()
             }
-            Outcome::Unauthorized | Outcome::Outage | Outcome::RateLimited(None) => {
-                if outcome == Outcome::Outage {
-                    state.record(true);
-                }
+            Outcome::Unauthorized | Outcome::RateLimited(None) => {
                 // A request admitted before the gate closed must not push the pause further out.
                 if pass == Pass::Normal && state.closed_until.is_some() {
                     return None;
@@ -244,6 +255,9 @@ impl Gate {
         let mut state = self.lock();
         let left = pause.until_ms.saturating_sub(unix_ms());
         state.closed_until = Some(Instant::now() + Duration::from_millis(left));
+        // The failures that led to the pause are gone with the old process: a failed probe
+        // carries the pause on as if they were still counted.
+        state.run = state.run.max(FAILURE_RUN);
         state
             .backoff
             .resume_after(Duration::from_millis(pause.delay_ms));
@@ -327,6 +341,19 @@ mod tests {
             }
         }
         assert!(closed || gate.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_passing_failure_of_the_probe_after_a_429_reopens_the_gate() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        gate.report(Pass::Normal, Outcome::RateLimited(None));
+        assert_eq!(pass(&gate, &cancel).await, Some(Pass::Probe));
+        assert_eq!(
+            gate.report(Pass::Probe, Outcome::Outage),
+            Some(Transition::Reopened)
+        );
+        assert!(!gate.is_closed());
     }
 
     #[tokio::test]
