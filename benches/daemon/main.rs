@@ -136,9 +136,9 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let network = network_runs(&world, &sizes.network).await?;
     if only == "network" {
         // For before/after figures of the scenarios where requests are not free.
+        let network = network_runs(&world, &sizes.network).await?;
         print!("{}", report::table(&network_rows(&network)));
         print!("{}", network_details(&network));
         return Ok(());
@@ -162,6 +162,7 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         print!("{timeline}");
         return Ok(());
     }
+    let network = network_runs(&world, &sizes.network).await?;
     let baseline = baseline_watched(&world, &sizes).await?;
     let ceiling = ceiling(&world, &sizes).await?;
 
