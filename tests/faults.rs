@@ -18,18 +18,7 @@ fn status(status: u16, retry_after: Option<&str>) -> FaultKind {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_now_and_then_is_retried_by_its_own_request_without_pausing_the_others() {
-    let env = Env::new().await;
-    env.fake
-        .inject(Fault::once("POST", "/file", status(503, None)).times(2));
-    let daemon = env.start();
-    drop_file(&env.tasks, "retry.pdf", b"retry me");
-    eventually(
-        "the file is attached",
-        || env.task_field().len() == 1,
-        &daemon,
-    )
-    .await;
-    assert_eq!(env.uploads(), 3, "two 503s, then success");
+    let (env, daemon) = upload_after_503s(2).await;
     assert_eq!(
         env.fake.assets().len(),
         1,
@@ -44,9 +33,15 @@ async fn a_503_now_and_then_is_retried_by_its_own_request_without_pausing_the_ot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_of_503s_pauses_every_request() {
+    let (_env, daemon) = upload_after_503s(3).await;
+    daemon.wait_for_log("probing again").await;
+}
+
+/// A daemon whose one upload met `times` 503s before it went through and was attached.
+async fn upload_after_503s(times: usize) -> (Env, Daemon) {
     let env = Env::new().await;
     env.fake
-        .inject(Fault::once("POST", "/file", status(503, None)).times(3));
+        .inject(Fault::once("POST", "/file", status(503, None)).times(times));
     let daemon = env.start();
     drop_file(&env.tasks, "retry.pdf", b"retry me");
     eventually(
@@ -55,8 +50,8 @@ async fn a_run_of_503s_pauses_every_request() {
         &daemon,
     )
     .await;
-    assert_eq!(env.uploads(), 4, "three 503s, then success");
-    daemon.wait_for_log("probing again").await;
+    assert_eq!(env.uploads(), times + 1, "{times} 503s, then success");
+    (env, daemon)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,9 +86,14 @@ async fn a_429_with_retry_after_pauses_requests_for_that_long() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_answer_is_lost_is_sent_again_but_attached_once() {
+    upload_answer_lost(FaultKind::DropAfterAct).await;
+}
+
+/// The upload is stored but its answer never arrives whole: the daemon sends it again, and the
+/// first copy stays an orphan that is never attached.
+async fn upload_answer_lost(kind: FaultKind) {
     let env = Env::new().await;
-    env.fake
-        .inject(Fault::once("POST", "/file", FaultKind::DropAfterAct));
+    env.fake.inject(Fault::once("POST", "/file", kind));
     let daemon = env.start();
     drop_file(&env.tasks, "lost-answer.pdf", b"x");
     eventually(
@@ -103,7 +103,6 @@ async fn an_upload_whose_answer_is_lost_is_sent_again_but_attached_once() {
     )
     .await;
     assert_eq!(env.uploads(), 2);
-    // The server kept the first copy, which the daemon never learned of: one orphan, not attached.
     assert_eq!(env.fake.assets().len(), 2);
     assert_eq!(ids(&env.task_field()).len(), 1);
 }
@@ -151,19 +150,8 @@ async fn an_outage_costs_one_probe_per_backoff_step_and_then_everything_syncs() 
     let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("", "", FaultKind::DropBeforeAct).times(4));
-    for i in 0..20 {
-        drop_file(
-            &env.tasks,
-            &format!("{i:02}.pdf"),
-            format!("{i}").as_bytes(),
-        );
-    }
-    eventually(
-        "all 20 attached after the outage",
-        || env.task_field().len() == 20,
-        &daemon,
-    )
-    .await;
+    drop_twenty(&env);
+    all_twenty_attached(&env, &daemon, "all 20 attached after the outage").await;
     let failed = env
         .fake
         .requests()
@@ -326,13 +314,7 @@ async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_
     env.fake
         .inject(Fault::once("", "", status(503, None)).times(usize::MAX));
     let outage = std::time::Instant::now();
-    for i in 0..20 {
-        drop_file(
-            &env.tasks,
-            &format!("{i:02}.pdf"),
-            format!("{i}").as_bytes(),
-        );
-    }
+    drop_twenty(&env);
     // The outage lasts this long whatever the daemon does: waiting is the point here.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let during = env
@@ -343,12 +325,7 @@ async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_
         .count();
     env.fake.clear_faults();
     let recovered = std::time::Instant::now();
-    eventually(
-        "all 20 attached after the outage",
-        || env.task_field().len() == 20,
-        &daemon,
-    )
-    .await;
+    all_twenty_attached(&env, &daemon, "all 20 attached after the outage").await;
     let converged = recovered.elapsed();
     eprintln!(
         "outage: {:.0} s, 20 files waiting, {during} requests during it, all attached {:.1} s after recovery, {} assets stored",
@@ -367,19 +344,8 @@ async fn html_pages_answered_with_200_are_retried_not_taken_as_verdicts() {
     let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("", "", FaultKind::HtmlPage).share(0.3));
-    for i in 0..20 {
-        drop_file(
-            &env.tasks,
-            &format!("{i:02}.pdf"),
-            format!("{i}").as_bytes(),
-        );
-    }
-    eventually(
-        "all 20 attached despite the HTML pages",
-        || env.task_field().len() == 20,
-        &daemon,
-    )
-    .await;
+    drop_twenty(&env);
+    all_twenty_attached(&env, &daemon, "all 20 attached despite the HTML pages").await;
     assert!(
         daemon.log().contains("not JSON"),
         "the HTML page is named as the problem"
@@ -393,20 +359,7 @@ async fn html_pages_answered_with_200_are_retried_not_taken_as_verdicts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_answer_cut_short_is_sent_again_and_attached_once() {
-    let (env, daemon) = Env::running().await;
-    env.fake
-        .inject(Fault::once("POST", "/file", FaultKind::CutShort));
-    drop_file(&env.tasks, "cut.pdf", b"cut");
-    eventually(
-        "the file is attached",
-        || env.task_field().len() == 1,
-        &daemon,
-    )
-    .await;
-    assert_eq!(env.uploads(), 2);
-    // The first copy was stored but never learned of: an orphan, never attached.
-    assert_eq!(env.fake.assets().len(), 2);
-    assert_eq!(ids(&env.task_field()).len(), 1);
+    upload_answer_lost(FaultKind::CutShort).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,4 +392,19 @@ async fn a_file_refused_by_a_completed_task_heals_once_the_task_is_reopened() {
     assert!(daemon
         .log()
         .contains("trying the files it refused once more"));
+}
+
+/// Drops 20 small files into the task folder.
+fn drop_twenty(env: &Env) {
+    for i in 0..20 {
+        drop_file(
+            &env.tasks,
+            &format!("{i:02}.pdf"),
+            format!("{i}").as_bytes(),
+        );
+    }
+}
+
+async fn all_twenty_attached(env: &Env, daemon: &Daemon, what: &str) {
+    eventually(what, || env.task_field().len() == 20, daemon).await;
 }
