@@ -39,23 +39,49 @@ pub async fn run(
         .map(|folder| (folder.target.key(), &folder.target))
         .collect();
     loop {
-        let mut soonest = u64::MAX;
-        for (target_key, target) in &targets {
+        let mut schedule = Vec::with_capacity(targets.len());
+        for target_key in targets.keys() {
             let saved: Option<u64> = store.meta(&key(target_key)).ok().flatten();
+            schedule.push((target_key, saved));
+        }
+        let due: Vec<&String> = schedule
+            .iter()
+            .filter(|(_, saved)| saved.is_some_and(|next| next <= unix_ms()))
+            .map(|(target_key, _)| *target_key)
+            .collect();
+        // One pass over the store for every target due, not one each.
+        let mut failed_by_target: BTreeMap<String, Vec<(PathBuf, FileRecord)>> = BTreeMap::new();
+        if !due.is_empty() {
+            match failed(&store, |_, record| due.contains(&&record.target)) {
+                Ok(failed) => {
+                    for (path, record) in failed {
+                        failed_by_target
+                            .entry(record.target.clone())
+                            .or_default()
+                            .push((path, record));
+                    }
+                }
+                Err(error) => warn!(%error, "cannot look for failed files to try again"),
+            }
+        }
+        let mut soonest = u64::MAX;
+        for (target_key, saved) in schedule {
             let mut next = saved.unwrap_or(unix_ms() + interval_ms);
-            if next <= unix_ms() {
+            if due.contains(&target_key) {
+                let target = targets[target_key];
+                let files = failed_by_target.remove(target_key).unwrap_or_default();
                 let checked = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    checked = check(&store, &api, target_key, target, &hints) => checked,
+                    checked = check(&store, &api, target, files, &hints) => checked,
                 };
                 if let Err(error) = checked {
-                    warn!(target = %target, %error, "cannot look for failed files to try again");
+                    warn!(target = %target, %error, "cannot mark failed files to try again");
                 }
                 next = unix_ms() + interval_ms;
             }
             if saved != Some(next) {
                 if let Err(error) = store.set_meta(&key(target_key), Some(&next)).await {
-                    warn!(target = %target, %error, "cannot save when failed files are tried again");
+                    warn!(target = %targets[target_key], %error, "cannot save when failed files are tried again");
                 }
             }
             soonest = soonest.min(next);
@@ -72,11 +98,10 @@ pub async fn run(
 async fn check(
     store: &Store,
     api: &Client,
-    target_key: &str,
     target: &Target,
+    failed: Vec<(PathBuf, FileRecord)>,
     hints: &mpsc::Sender<Hint>,
 ) -> Result<(), StoreError> {
-    let failed = failed(store, |_, record| record.target == target_key)?;
     if failed.is_empty() {
         return Ok(());
     }
