@@ -289,7 +289,7 @@ impl Syncer {
                 self.store
                     .put_with_deletes(path, &record, std::slice::from_ref(&job))
                     .await?;
-                error!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, error = %message, "could not attach; not retried until the file changes");
+                error!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, error = %message, "could not attach; not retried until the file changes or a check of the target passes");
                 return self.remote_delete(subject, job).await;
             }
         }
@@ -315,7 +315,7 @@ impl Syncer {
         mut record: FileRecord,
         error: String,
     ) -> Result<(), SyncError> {
-        error!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "upload failed; not retried until the file changes");
+        error!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "upload failed; not retried until the file changes or a check of the target passes");
         record.state = FileState::Failed { error };
         record.updated = now_unix();
         Ok(self.store.put(subject.path, &record).await?)
