@@ -26,6 +26,8 @@ const DEFAULT_CONCURRENCY: usize = 4;
 const MAX_CONCURRENCY: u64 = 64;
 const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(600);
+const DEFAULT_ATTACH_DELAY: Duration = Duration::from_secs(1);
+const DEFAULT_FAILED_RETRY_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
 const DEFAULT_TOKEN_URL: &str = "https://go.tallyfy.com/oauth/token";
@@ -45,6 +47,12 @@ pub struct Config {
     pub settle: Duration,
     /// How often every folder is compared with the store even when nothing was seen to change.
     pub rescan_interval: Duration,
+    /// Longest a field waits for more of its uploads in flight or queued before it attaches
+    /// what it has (`attach_delay`).
+    pub attach_delay: Duration,
+    /// How often a target with files the API refused for good is checked (one GET) and, when
+    /// it passes, those files tried again (`failed_retry_interval`).
+    pub failed_retry_interval: Duration,
     /// Where `/metrics` and `/healthz` are served (`metrics.listen`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
     pub folders: Vec<Folder>,
@@ -756,6 +764,12 @@ fn walk(
     let rescan_interval = root
         .opt("rescan_interval", positive_duration)
         .unwrap_or(DEFAULT_RESCAN_INTERVAL);
+    let attach_delay = root
+        .opt("attach_delay", duration)
+        .unwrap_or(DEFAULT_ATTACH_DELAY);
+    let failed_retry_interval = root
+        .opt("failed_retry_interval", positive_duration)
+        .unwrap_or(DEFAULT_FAILED_RETRY_INTERVAL);
     let max_delete = root
         .opt("max_delete", percentage)
         .unwrap_or(DEFAULT_MAX_DELETE_PERCENT);
@@ -803,6 +817,8 @@ fn walk(
         state_dir,
         settle,
         rescan_interval,
+        attach_delay,
+        failed_retry_interval,
         metrics_listen,
         folders: folders?,
         log: log?,
@@ -1755,6 +1771,8 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/tallyfy-sync"));
         assert_eq!(config.settle, Duration::from_secs(2));
         assert_eq!(config.rescan_interval, Duration::from_secs(600));
+        assert_eq!(config.attach_delay, Duration::from_secs(1));
+        assert_eq!(config.failed_retry_interval, Duration::from_secs(3600));
         assert_eq!(config.metrics_listen, None);
         assert_eq!(config.api.rate_limit, None);
         assert_eq!(config.folders.len(), 1);
@@ -1793,6 +1811,8 @@ api:
 state_dir: state
 settle: 0s
 rescan_interval: 1h
+attach_delay: 250ms
+failed_retry_interval: 10m
 max_delete: 20%
 metrics:
   listen: 0.0.0.0:9100
@@ -1829,6 +1849,8 @@ folders:
         assert_eq!(config.state_dir, fx.root.join("state"));
         assert_eq!(config.settle, Duration::ZERO);
         assert_eq!(config.rescan_interval, Duration::from_secs(3600));
+        assert_eq!(config.attach_delay, Duration::from_millis(250));
+        assert_eq!(config.failed_retry_interval, Duration::from_secs(600));
         assert_eq!(config.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
         assert_eq!(
             config.api.rate_limit,
@@ -1996,7 +2018,7 @@ folders:
                 "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit, ca_file)",
                 "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, route, dedupe, recursive, delete_remote, remote_removed, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
-                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)",
+                "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, attach_delay, failed_retry_interval, max_delete, metrics, log, folders)",
             ]
         );
     }

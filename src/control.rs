@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::guard;
 use crate::status::{self, StatusReport};
-use crate::store::{FileRecord, FileState, Store, StoreError};
+use crate::store::{FileRecord, Store, StoreError};
 use crate::watch::Hint;
+use crate::{guard, recheck};
 
 /// Requests longer than this are refused: the protocol has no use for them.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -163,7 +163,7 @@ pub async fn act(
             daemon_running,
         )?)),
         Request::Retry { path } => {
-            let count = retry_failed(store, path.as_deref()).await?;
+            let count = recheck::retry_failed(store, path.as_deref()).await?;
             let message = match (count, daemon_running) {
                 (0, _) => "no failed files to retry".to_string(),
                 (n, true) => format!("{n} failed file(s) queued again"),
@@ -219,29 +219,6 @@ pub fn configured_folder(config: &Config, folder: &Path) -> Result<PathBuf, Cont
                 known.join(", ")
             ))
         })
-}
-
-/// Marks failed files (all, or those at or under `path`) to be uploaded again; the next scan
-/// takes them. Returns how many.
-pub async fn retry_failed(store: &Store, path: Option<&Path>) -> Result<usize, StoreError> {
-    let wanted =
-        path.map(|path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
-    let mut failed = Vec::new();
-    for record in store.records() {
-        let (file, record) = record?;
-        let matches = wanted
-            .as_ref()
-            .is_none_or(|wanted| file == *wanted || file.starts_with(wanted));
-        if matches && matches!(record.state, FileState::Failed { .. }) {
-            failed.push((file, record));
-        }
-    }
-    for (file, mut record) in failed.iter().cloned() {
-        record.state = FileState::Uploading;
-        record.attempts = 0;
-        store.put(&file, &record).await?;
-    }
-    Ok(failed.len())
 }
 
 /// Sends a request to the running daemon; `Ok(None)` when none is listening.

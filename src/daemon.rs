@@ -27,7 +27,7 @@ use crate::status::PAUSE_KEY;
 use crate::store::{self, Rebuilt, Store, StoreError, UNWRITABLE};
 use crate::sync::Syncer;
 use crate::watch::Hint;
-use crate::{control, filter, metrics, queue, service, status, watch};
+use crate::{control, exporter, filter, queue, recheck, service, status, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
 /// which costs a folder listing and no request.
@@ -130,9 +130,7 @@ pub async fn run(
 
 /// Opens the store, waiting up to `LOCK_WAIT` while another process holds its lock; still
 /// locked after that, a second daemon runs on the same state directory.
-async fn open_when_unlocked(
-    dir: &std::path::Path,
-) -> Result<(Store, Option<Rebuilt>), StoreError> {
+async fn open_when_unlocked(dir: &std::path::Path) -> Result<(Store, Option<Rebuilt>), StoreError> {
     let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     loop {
         match Store::open_or_rebuild(dir).await {
@@ -388,7 +386,7 @@ impl Pipeline {
                             every: config.rescan_interval,
                             recheck: recheck_tx.clone(),
                         };
-                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), removals, cancel.clone());
+                        let (handle, task) = FieldHandle::spawn(folder.target.clone(), api.clone(), store.clone(), removals, config.attach_delay, cancel.clone());
                         actor_tasks.push(task);
                         handle
                     })
@@ -432,13 +430,20 @@ impl Pipeline {
         if let Some(addr) = config.metrics_listen {
             let (config, store) = (config.clone(), store.clone());
             let status = Arc::new(move || status::build(&config, &store, true).ok());
-            tasks.push(tokio::spawn(metrics::serve(
+            tasks.push(tokio::spawn(exporter::serve(
                 addr,
                 api.clone(),
                 status,
                 cancel.clone(),
             )));
         }
+        tasks.push(tokio::spawn(recheck::run(
+            config.clone(),
+            store.clone(),
+            api.clone(),
+            hint_tx.clone(),
+            cancel.clone(),
+        )));
         tasks.push(tokio::spawn(control::serve(
             config.clone(),
             store.clone(),
@@ -612,7 +617,7 @@ async fn retry_after_config_change(config: &Config, store: &Store) {
         return;
     }
     if previous.is_some() {
-        match control::retry_failed(store, None).await {
+        match recheck::retry_failed(store, None).await {
             Ok(0) => {}
             Ok(files) => info!(
                 files,

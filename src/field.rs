@@ -2,17 +2,20 @@
 //! Verifies the target at start, then receives attach and delete requests from the sync
 //! workers and applies each batch with one read and at most one write of the field, so a burst
 //! of files costs a few PUTs and two PUTs to one field never race (no lost update).
-//! Owns the rule that assets attached by anyone else stay in the field, and notices synced
-//! files someone removed from the field in Tallyfy (each time it reads the field, and once per
+//! Owns the rule that assets attached by anyone else stay in the field, the count of files on
+//! their way to it, which says whether a batch should wait for more, and notices synced files
+//! someone removed from the field in Tallyfy (each time it reads the field, and once per
 //! `rescan_interval`), leaving or restoring them as their folder's `remote_removed` says.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -23,6 +26,10 @@ use crate::store::{asset_id, now_unix, Asset, DeleteJob, FileState, Store};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
 const MAX_BATCH: usize = 500;
+/// A batch that keeps growing (a long steady stream of files) goes at the latest this many
+/// `attach_delay`s after its first request, so the stream's first files are not held for
+/// minutes.
+const MAX_BATCH_WAIT: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FieldError {
@@ -103,30 +110,67 @@ pub struct Removals {
     pub recheck: mpsc::UnboundedSender<PathBuf>,
 }
 
+/// Files a sync worker is working on for this field that have not reached the actor yet
+/// (uploading, waiting for an upload slot or for the rate limit's bucket).
+#[derive(Default)]
+struct Expected {
+    files: AtomicUsize,
+    /// Told whenever `files` goes down.
+    fewer: Notify,
+}
+
+/// One file on its way to the field: counted from `FieldHandle::expect` until the worker
+/// hands its request to the actor or gives up (drops it).
+pub struct OnItsWay {
+    expected: Arc<Expected>,
+    released: AtomicBool,
+}
+
+impl OnItsWay {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.expected.files.fetch_sub(1, Ordering::AcqRel);
+            self.expected.fewer.notify_waiters();
+        }
+    }
+}
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// The sync workers' handle on a field actor.
 #[derive(Clone)]
 pub struct FieldHandle {
     requests: mpsc::Sender<Request>,
     readiness: watch::Receiver<Readiness>,
+    expected: Arc<Expected>,
 }
 
 impl FieldHandle {
     /// Starts the actor for `target`; it verifies the target before anything is sent to it.
+    /// `attach_delay` bounds how long a batch waits for files still on their way.
     pub fn spawn(
         target: Target,
         api: Arc<Client>,
         store: Store,
         removals: Removals,
+        attach_delay: Duration,
         cancel: CancellationToken,
     ) -> (FieldHandle, tokio::task::JoinHandle<()>) {
         let (requests, inbox) = mpsc::channel(MAX_BATCH);
         let (ready_tx, readiness) = watch::channel(Readiness::Verifying);
+        let expected = Arc::new(Expected::default());
         let actor = Actor {
             target,
             api,
             store,
             removals,
             seen: std::sync::Mutex::new(None),
+            attach_delay,
+            expected: expected.clone(),
             cancel,
         };
         let task = tokio::spawn(actor.run(inbox, ready_tx));
@@ -134,9 +178,19 @@ impl FieldHandle {
             FieldHandle {
                 requests,
                 readiness,
+                expected,
             },
             task,
         )
+    }
+
+    /// Counts a file a worker starts on, so that the actor's batch waits for it.
+    pub fn expect(&self) -> OnItsWay {
+        self.expected.files.fetch_add(1, Ordering::AcqRel);
+        OnItsWay {
+            expected: self.expected.clone(),
+            released: AtomicBool::new(false),
+        }
     }
 
     /// Waits for the target's verification; `None` when it is invalid or we are shutting down.
@@ -159,31 +213,39 @@ impl FieldHandle {
         }
     }
 
-    /// Puts `asset` in the field, in place of `replaces` when that is there.
-    pub async fn attach(&self, asset: Asset, replaces: Option<String>) -> Result<(), FieldError> {
+    /// Puts `asset` in the field, in place of `replaces` when that is there. `file` stops
+    /// counting as on its way once the request is in the actor's inbox.
+    pub async fn attach(
+        &self,
+        asset: Asset,
+        replaces: Option<String>,
+        file: &OnItsWay,
+    ) -> Result<(), FieldError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Attach {
+        self.send(
+            Request::Attach {
                 asset,
                 replaces,
                 reply,
-            })
-            .await
-            .map_err(|_| FieldError::Cancelled)?;
+            },
+            file,
+        )
+        .await?;
         answer.await.unwrap_or(Err(FieldError::Cancelled))
     }
 
     /// Deletes an asset remotely and makes sure the field no longer lists it; the actor clears
     /// the job's tombstone from the store once done.
-    pub async fn delete(&self, job: DeleteJob) -> Result<(), FieldError> {
+    pub async fn delete(&self, job: DeleteJob, file: &OnItsWay) -> Result<(), FieldError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Delete {
+        self.send(
+            Request::Delete {
                 job,
                 reply: Some(reply),
-            })
-            .await
-            .map_err(|_| FieldError::Cancelled)?;
+            },
+            file,
+        )
+        .await?;
         answer.await.unwrap_or(Err(FieldError::Cancelled))
     }
 
@@ -195,6 +257,13 @@ impl FieldHandle {
             .await
             .map_err(|_| FieldError::Cancelled)?;
         answer.await.unwrap_or(Err(FieldError::Cancelled))
+    }
+
+    /// Released only after the request is queued, so the actor never sees neither.
+    async fn send(&self, request: Request, file: &OnItsWay) -> Result<(), FieldError> {
+        let sent = self.requests.send(request).await;
+        file.release();
+        sent.map_err(|_| FieldError::Cancelled)
     }
 
     /// Queues a delete nobody waits for (tombstones left from before a restart).
@@ -263,6 +332,8 @@ struct Actor {
     removals: Removals,
     /// The asset ids the field held when last read or written.
     seen: std::sync::Mutex<Option<HashSet<String>>>,
+    attach_delay: Duration,
+    expected: Arc<Expected>,
     cancel: CancellationToken,
 }
 
@@ -303,18 +374,62 @@ impl Actor {
                     None => return,
                 },
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match inbox.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
+            let Some(batch) = self.gather(first, &mut inbox).await else {
+                return;
+            };
             if let Readiness::Invalid(why) = &*readiness.borrow() {
                 refuse_all(batch, why);
                 continue;
             }
             self.apply(batch).await;
+        }
+    }
+
+    /// Gathers a batch from its first request: while more files for this field are on their
+    /// way, waits for them, but never `attach_delay` without one arriving, nor past
+    /// `MAX_BATCH_WAIT` delays or `MAX_BATCH` requests. `None` when shutting down.
+    async fn gather(
+        &self,
+        first: Request,
+        inbox: &mut mpsc::Receiver<Request>,
+    ) -> Option<Vec<Request>> {
+        let mut batch = vec![first];
+        let latest = Instant::now() + self.attach_delay * MAX_BATCH_WAIT;
+        let mut deadline = (Instant::now() + self.attach_delay).min(latest);
+        loop {
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(request) => {
+                        batch.push(request);
+                        deadline = (Instant::now() + self.attach_delay).min(latest);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let fewer = self.expected.fewer.notified();
+            tokio::pin!(fewer);
+            fewer.as_mut().enable();
+            // A read is what a file on its way waits for (is a copy already there?): waiting for
+            // that file would wait for `attach_delay` for nothing.
+            let reading = batch.iter().any(|request| matches!(request, Request::Read { .. }));
+            if reading
+                || batch.len() >= MAX_BATCH
+                || self.expected.files.load(Ordering::Acquire) == 0
+            {
+                return Some(batch);
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                _ = tokio::time::sleep_until(deadline) => return Some(batch),
+                request = inbox.recv() => match request {
+                    Some(request) => {
+                        batch.push(request);
+                        deadline = (Instant::now() + self.attach_delay).min(latest);
+                    }
+                    None => return Some(batch),
+                },
+                _ = &mut fewer => {}
+            }
         }
     }
 
@@ -480,7 +595,7 @@ impl Actor {
                     continue;
                 };
                 let id = asset.id().unwrap_or_default();
-                METRICS.remote_removed(*policy);
+                METRICS.remote_removed(*policy == RemoteRemoved::Restore);
                 if *policy == RemoteRemoved::Restore {
                     restore.push((path, record, asset));
                     continue;
@@ -577,10 +692,12 @@ impl Actor {
         attach: &[(Asset, Option<String>)],
         removed: &HashSet<String>,
     ) -> Result<Option<Vec<Value>>, ApiError> {
+        // The read is retried on its own: a failed write needs a fresh read, a failed read
+        // does not need the write to fail too before it is tried again.
         let Snapshot {
             list: current,
             checklist,
-        } = self.read().await?;
+        } = self.api.with_retries(|| self.read()).await?;
         let before = current.len();
         let mut list: Vec<Value> = current
             .into_iter()

@@ -1,25 +1,12 @@
-//! What the daemon has done, as numbers: for `/metrics` (Prometheus text), `/healthz`, and the
-//! progress lines of long work. Receives increments from every stage through one process-wide
-//! registry of atomics (no lock on the hot path but the per-endpoint request table); emits the
-//! exposition on `metrics.listen`. Owns that HTTP listener.
+//! What the daemon has done, as numbers, counted by every stage through one process-wide
+//! registry of atomics (no lock on the hot path but the per-endpoint request table), and the
+//! Prometheus text they render to. A leaf: it only counts; the exporter serves the text, and
+//! whoever owns other data (the API's pause, the store's files) renders its own gauges.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
-use crate::api::Client;
-use crate::status::StatusReport;
+use std::sync::Mutex;
 
 pub struct Metrics {
     files_synced: AtomicU64,
@@ -81,7 +68,7 @@ pub struct Progress {
 impl Metrics {
     pub fn synced(&self) {
         self.files_synced.fetch_add(1, Relaxed);
-        self.last_success_ms.store(crate::api::unix_ms(), Relaxed);
+        self.last_success_ms.store(unix_ms(), Relaxed);
     }
 
     pub fn uploaded(&self, ok: bool, bytes: u64) {
@@ -96,7 +83,7 @@ impl Metrics {
     pub fn deleted(&self, ok: bool) {
         if ok {
             self.deletes_ok.fetch_add(1, Relaxed);
-            self.last_success_ms.store(crate::api::unix_ms(), Relaxed);
+            self.last_success_ms.store(unix_ms(), Relaxed);
         } else {
             self.deletes_failed.fetch_add(1, Relaxed);
         }
@@ -106,7 +93,7 @@ impl Metrics {
     pub fn launched(&self, ok: bool) {
         if ok {
             self.launches_ok.fetch_add(1, Relaxed);
-            self.last_success_ms.store(crate::api::unix_ms(), Relaxed);
+            self.last_success_ms.store(unix_ms(), Relaxed);
         } else {
             self.launches_failed.fetch_add(1, Relaxed);
         }
@@ -124,17 +111,18 @@ impl Metrics {
         *requests.entry((endpoint, status)).or_default() += 1;
     }
 
-    pub fn remote_removed(&self, policy: crate::config::RemoteRemoved) {
-        match policy {
-            crate::config::RemoteRemoved::Leave => &self.removals_left,
-            crate::config::RemoteRemoved::Restore => &self.removals_restored,
+    /// A synced file found removed from its field in Tallyfy: put back, or left so.
+    pub fn remote_removed(&self, restored: bool) {
+        match restored {
+            true => &self.removals_restored,
+            false => &self.removals_left,
         }
         .fetch_add(1, Relaxed);
     }
 
     pub fn adopted(&self) {
         self.adopted.fetch_add(1, Relaxed);
-        self.last_success_ms.store(crate::api::unix_ms(), Relaxed);
+        self.last_success_ms.store(unix_ms(), Relaxed);
     }
 
     pub fn job_queued(&self) {
@@ -162,23 +150,14 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition; `status` adds the store's view (pending, failed...).
-    pub fn render(&self, status: Option<&StatusReport>, api: &Client) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-            let _ = writeln!(out, "# HELP tallyfy_sync_{name} {help}");
-            let _ = writeln!(out, "# TYPE tallyfy_sync_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "tallyfy_sync_{name}{labels} {value}");
-            }
-        };
+    /// The counters in Prometheus text.
+    pub fn render(&self, out: &mut Exposition) {
         let get = |counter: &AtomicU64| counter.load(Relaxed) as f64;
-        let one = |value: f64| vec![(String::new(), value)];
-        metric(
+        out.one(
             "files_synced_total",
             "counter",
             "Files attached to their field (new or changed versions).",
-            &one(get(&self.files_synced)),
+            get(&self.files_synced),
         );
         let by_result = |ok: &AtomicU64, failed: &AtomicU64| {
             vec![
@@ -186,25 +165,25 @@ impl Metrics {
                 ("{result=\"failed\"}".to_string(), get(failed)),
             ]
         };
-        metric(
+        out.metric(
             "uploads_total",
             "counter",
             "Uploads by result.",
             &by_result(&self.uploads_ok, &self.uploads_failed),
         );
-        metric(
+        out.metric(
             "deletes_total",
             "counter",
             "Remote deletes by result.",
             &by_result(&self.deletes_ok, &self.deletes_failed),
         );
-        metric(
+        out.metric(
             "launches_total",
             "counter",
             "Processes started from files (launch folders), by result.",
             &by_result(&self.launches_ok, &self.launches_failed),
         );
-        metric(
+        out.metric(
             "remote_removals_total",
             "counter",
             "Synced files found removed from their field in Tallyfy, by what remote_removed did.",
@@ -216,17 +195,17 @@ impl Metrics {
                 ),
             ],
         );
-        metric(
+        out.one(
             "adopted_total",
             "counter",
             "Files found in their field with the same content and recorded without an upload.",
-            &one(get(&self.adopted)),
+            get(&self.adopted),
         );
-        metric(
+        out.one(
             "uploaded_bytes_total",
             "counter",
             "Bytes of file content uploaded.",
-            &one(get(&self.bytes_uploaded)),
+            get(&self.bytes_uploaded),
         );
         let requests: Vec<(String, f64)> = self
             .requests
@@ -240,160 +219,94 @@ impl Metrics {
                 )
             })
             .collect();
-        metric(
+        out.metric(
             "api_requests_total",
             "counter",
             "API requests by endpoint and HTTP status (0: no answer).",
             &requests,
         );
-        metric(
+        out.one(
             "retry_waits_total",
             "counter",
             "Waits before retrying a failed request.",
-            &one(get(&self.retry_waits)),
+            get(&self.retry_waits),
         );
-        metric(
+        out.one(
             "retry_wait_seconds_total",
             "counter",
             "Time spent waiting before retries.",
-            &one(get(&self.retry_wait_ms) / 1000.0),
+            get(&self.retry_wait_ms) / 1000.0,
         );
         let queued = self.jobs_queued.load(Relaxed);
         let done = self.jobs_done.load(Relaxed);
-        metric(
+        out.one(
             "queue_depth",
             "gauge",
             "Settled files waiting for or in the sync stage.",
-            &one(queued.saturating_sub(done) as f64),
+            queued.saturating_sub(done) as f64,
         );
-        metric(
+        out.one(
             "last_success_timestamp_seconds",
             "gauge",
             "When a file was last attached or deleted (Unix time; 0: not yet).",
-            &one(get(&self.last_success_ms) / 1000.0),
+            get(&self.last_success_ms) / 1000.0,
         );
-        metric(
-            "api_paused",
-            "gauge",
-            "1 while requests are paused by an outage, a rate limit, a refused token or a state directory that cannot be written.",
-            &one(if api.is_paused() { 1.0 } else { 0.0 }),
-        );
-        metric(
+        out.one(
             "state_dir_unwritable",
             "gauge",
             "1 while requests are paused because the state directory is full (or not writable).",
-            &one(get(&self.store_unwritable)),
+            get(&self.store_unwritable),
         );
-        metric(
+        out.one(
             "folders_paused",
             "gauge",
             "Folders paused because they are gone, unreadable or unmounted.",
-            &one(self.folders_paused.load(Relaxed) as f64),
+            self.folders_paused.load(Relaxed) as f64,
         );
-        if let Some(status) = status {
-            let mut files = Vec::new();
-            for folder in &status.folders {
-                let c = &folder.counts;
-                for (state, count) in [
-                    ("synced", c.synced),
-                    ("pending", c.pending),
-                    ("held", c.held),
-                    ("removed", c.removed),
-                    ("rejected", c.rejected),
-                    ("failed", c.failed),
-                ] {
-                    files.push((
-                        format!(
-                            "{{folder=\"{}\",state=\"{state}\"}}",
-                            escape(&folder.path.display().to_string())
-                        ),
-                        count as f64,
-                    ));
-                }
-            }
-            metric(
-                "files",
-                "gauge",
-                "Files known to the daemon by folder and state.",
-                &files,
-            );
-        }
-        out
     }
 
-    /// `None` when healthy (requests flow and no folder is paused), else what is wrong.
-    pub fn degraded(&self, api: &Client) -> Option<String> {
-        if let Some(reason) = api.held() {
-            return Some(format!("paused: {reason}"));
+    /// Whether any folder is paused (gone, unreadable, unmounted).
+    pub fn folders_paused(&self) -> bool {
+        self.folders_paused.load(Relaxed) > 0
+    }
+}
+
+/// Prometheus text being written: `# HELP`, `# TYPE` and the samples of each metric.
+#[derive(Default)]
+pub struct Exposition(String);
+
+impl Exposition {
+    /// `samples` are label sets (`{a="b"}`, or empty) with their values.
+    pub fn metric(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+        let out = &mut self.0;
+        let _ = writeln!(out, "# HELP tallyfy_sync_{name} {help}");
+        let _ = writeln!(out, "# TYPE tallyfy_sync_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "tallyfy_sync_{name}{labels} {value}");
         }
-        (api.is_paused() || self.folders_paused.load(Relaxed) > 0)
-            .then(|| "requests or folders are paused".to_string())
+    }
+
+    /// A metric with one unlabelled sample.
+    pub fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.metric(name, kind, help, &[(String::new(), value)]);
+    }
+
+    pub fn into_text(self) -> String {
+        self.0
     }
 }
 
 /// A label value as Prometheus reads it.
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until shutdown. `status` builds the store's view.
-pub async fn serve(
-    addr: SocketAddr,
-    api: Arc<Client>,
-    status: Arc<dyn Fn() -> Option<StatusReport> + Send + Sync>,
-    cancel: CancellationToken,
-) {
-    let listener = match TcpListener::bind(addr).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            warn!(%addr, %error, "cannot serve metrics; carrying on without them");
-            return;
-        }
-    };
-    let addr = listener.local_addr().unwrap_or(addr);
-    info!(%addr, "serving metrics at /metrics and health at /healthz");
-    loop {
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-        };
-        let (api, status) = (api.clone(), status.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let (api, status) = (api.clone(), status.clone());
-                async move {
-                    let (code, body) = match request.uri().path() {
-                        "/metrics" => {
-                            let report = tokio::task::spawn_blocking(move || status())
-                                .await
-                                .ok()
-                                .flatten();
-                            (StatusCode::OK, METRICS.render(report.as_ref(), &api))
-                        }
-                        "/healthz" => match METRICS.degraded(&api) {
-                            None => (StatusCode::OK, "ok\n".into()),
-                            Some(why) => (
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                format!("degraded: {why} (see tallyfy-sync status)\n"),
-                            ),
-                        },
-                        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-                    };
-                    Response::builder()
-                        .status(code)
-                        .header("Content-Type", "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(body)))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+/// Now, in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }

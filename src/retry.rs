@@ -8,6 +8,9 @@ use backoff::backoff::Backoff as _;
 
 pub const INITIAL: Duration = Duration::from_secs(1);
 pub const MAX: Duration = Duration::from_secs(300);
+/// Answers that are not the API's are retried this long, then the request fails: unlike an
+/// outage, a server that keeps answering with something else may never stop.
+pub const STRANGE_ANSWERS_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// One retry schedule: each `next_delay` is about twice the last, with ±25 % jitter so that
 /// many files failing together do not retry in lockstep.
@@ -27,8 +30,20 @@ impl Backoff {
         )
     }
 
+    /// A schedule that gives up once `elapsed` has passed since it was made.
+    pub fn giving_up_after(initial: Duration, max: Duration, elapsed: Duration) -> Backoff {
+        let mut backoff = Backoff::new(initial, max);
+        backoff.0.max_elapsed_time = Some(elapsed);
+        backoff
+    }
+
     pub fn next_delay(&mut self) -> Duration {
         self.0.next_backoff().unwrap_or(self.0.max_interval)
+    }
+
+    /// The next delay, or `None` once a schedule made by `giving_up_after` has run out.
+    pub fn next_delay_or_give_up(&mut self) -> Option<Duration> {
+        self.0.next_backoff()
     }
 
     /// Continues a schedule whose last delay was `last` (saved before a restart): the next
@@ -68,6 +83,18 @@ mod tests {
         );
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn a_bounded_schedule_gives_up_once_its_time_has_passed() {
+        let mut backoff = Backoff::giving_up_after(
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+            Duration::from_millis(30),
+        );
+        assert!(backoff.next_delay_or_give_up().is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(backoff.next_delay_or_give_up(), None);
     }
 
     #[test]

@@ -155,6 +155,7 @@ impl Router {
                     self.api.clone(),
                     self.store.clone(),
                     removals,
+                    self.config.attach_delay,
                     self.cancel.clone(),
                 );
                 self.actor_tasks

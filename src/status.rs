@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
 use crate::guard::{self, Held};
+use crate::metrics::{self, Exposition};
+use crate::recheck;
 use crate::store::{FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE};
 use crate::text;
 
@@ -202,6 +204,8 @@ fn folder_report(
     let paused: Option<String> = store.meta(&guard::paused_key(folder))?;
     let mut counts = Counts::default();
     let mut files = Vec::with_capacity(records.len());
+    // When each target is next checked for its failed files, read once per target.
+    let mut checks: BTreeMap<String, Option<u64>> = BTreeMap::new();
     for (path, record) in records {
         let name = path
             .strip_prefix(folder)
@@ -248,8 +252,15 @@ fn folder_report(
             }
             FileState::Failed { error } => {
                 counts.failed += 1;
-                let detail = format!("{error}; retried when the file or the config changes, or after `tallyfy-sync retry`");
-                ("failed", attached, detail, None)
+                let detail = format!("{error}; retried when the file or the config changes, after `tallyfy-sync retry`, or at the next check of the target if it passes");
+                let next = match checks.get(&record.target) {
+                    Some(next) => *next,
+                    None => {
+                        let next: Option<u64> = store.meta(&recheck::key(&record.target))?;
+                        *checks.entry(record.target.clone()).or_insert(next)
+                    }
+                };
+                ("failed", attached, detail, next)
             }
             FileState::Launching { asset, name, .. } => {
                 counts.pending += 1;
@@ -305,6 +316,39 @@ fn folder_report(
         held,
         files,
     })
+}
+
+/// The files gauge (by folder and state) in Prometheus text.
+pub fn render_gauges(report: &StatusReport, out: &mut Exposition) {
+    let mut files = Vec::new();
+    for folder in &report.folders {
+        let c = &folder.counts;
+        for (state, count) in [
+            ("synced", c.synced),
+            ("pending", c.pending),
+            ("held", c.held),
+            ("removed", c.removed),
+            ("rejected", c.rejected),
+            ("failed", c.failed),
+            ("launched", c.launched),
+            ("duplicate", c.duplicates),
+            ("waiting", c.waiting),
+        ] {
+            files.push((
+                format!(
+                    "{{folder=\"{}\",state=\"{state}\"}}",
+                    metrics::escape(&folder.path.display().to_string())
+                ),
+                count as f64,
+            ));
+        }
+    }
+    out.metric(
+        "files",
+        "gauge",
+        "Files known to the daemon by folder and state.",
+        &files,
+    );
 }
 
 /// The report as people read it.

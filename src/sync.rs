@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{stored_name, ApiError, Client, Hashing, Uploaded};
 use crate::config::{Config, Folder, Target};
-use crate::field::{FieldError, FieldHandle, Resolved};
+use crate::field::{FieldError, FieldHandle, OnItsWay, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
 use crate::route::Router;
@@ -57,6 +57,8 @@ pub(crate) struct Subject<'a> {
     /// The key of the target its records and deletes name: the folder's, or for a route
     /// folder the task the file goes to.
     pub key: String,
+    /// Counts this file as on its way to the field until it gets there or gives up.
+    pub on_its_way: OnItsWay,
 }
 
 impl<'a> Subject<'a> {
@@ -66,6 +68,7 @@ impl<'a> Subject<'a> {
             field,
             path,
             key: folder.target.key(),
+            on_its_way: field.expect(),
         }
     }
 
@@ -126,10 +129,11 @@ impl Syncer {
     pub async fn process(&self, job: &Job) {
         let folder = &self.config.folders[job.folder];
         let field = &self.fields[job.folder];
+        // Counted from here, so a batch of its field waits for it while the target is verified.
+        let subject = Subject::new(folder, field, &job.path);
         let Some(target) = field.ready().await else {
             return;
         };
-        let subject = Subject::new(folder, field, &job.path);
         let outcome = match &folder.target {
             Target::Launch(launch) => self.launch(&subject, launch, &target).await,
             Target::Route(route) => self.route(job.folder, folder, route, &job.path).await,
@@ -522,7 +526,11 @@ impl Syncer {
             .as_ref()
             .and_then(Asset::id)
             .filter(|old| *old != id);
-        match subject.field.attach(asset.clone(), replaces).await {
+        match subject
+            .field
+            .attach(asset.clone(), replaces, &subject.on_its_way)
+            .await
+        {
             Ok(()) => {}
             Err(FieldError::Cancelled) => return Err(SyncError::Cancelled),
             Err(error) => {
@@ -536,7 +544,7 @@ impl Syncer {
                 self.store
                     .put_with_deletes(path, &record, std::slice::from_ref(&job))
                     .await?;
-                error!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, error = %message, "could not attach; not retried until the file changes");
+                error!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, error = %message, "could not attach; not retried until the file changes or a check of the target passes");
                 return self.remote_delete(subject, job).await;
             }
         }
@@ -562,7 +570,7 @@ impl Syncer {
         mut record: FileRecord,
         error: String,
     ) -> Result<(), SyncError> {
-        error!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "upload failed; not retried until the file changes");
+        error!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "upload failed; not retried until the file changes or a check of the target passes");
         record.state = FileState::Failed { error };
         record.updated = now_unix();
         Ok(self.store.put(subject.path, &record).await?)
@@ -606,7 +614,7 @@ impl Syncer {
         subject: &Subject<'_>,
         job: DeleteJob,
     ) -> Result<(), SyncError> {
-        match subject.field.delete(job).await {
+        match subject.field.delete(job, &subject.on_its_way).await {
             Err(FieldError::Cancelled) => Err(SyncError::Cancelled),
             // The actor logs a failed delete; the file's own state is settled either way.
             _ => Ok(()),

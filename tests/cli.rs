@@ -166,7 +166,7 @@ async fn check_names_every_problem_of_a_bad_config_with_its_key_path() {
         describe(&output)
     );
     let problems = [
-        "colour: unknown key (expected one of api, state_dir, settle, rescan_interval, max_delete, metrics, log, folders)".to_string(),
+        "colour: unknown key (expected one of api, state_dir, settle, rescan_interval, attach_delay, failed_retry_interval, max_delete, metrics, log, folders)".to_string(),
         "api.org_id: required".to_string(),
         "api.base_url \"http://example.com/api\": must use https:// (plain http is only allowed for loopback hosts such as 127.0.0.1)".to_string(),
         "api.concurrency 0: must be between 1 and 64".to_string(),

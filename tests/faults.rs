@@ -17,10 +17,31 @@ fn status(status: u16, retry_after: Option<&str>) -> FaultKind {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_upload_after_503_and_attaches_once() {
+async fn a_503_now_and_then_is_retried_by_its_own_request_without_pausing_the_others() {
+    let (env, daemon) = upload_after_503s(2).await;
+    assert_eq!(
+        env.fake.assets().len(),
+        1,
+        "a 503 stored nothing, so no orphan"
+    );
+    assert!(daemon.log().contains("request failed; retrying in"));
+    assert!(
+        !daemon.log().contains("pausing all requests"),
+        "two failures are not an outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_503s_pauses_every_request() {
+    let (_env, daemon) = upload_after_503s(3).await;
+    daemon.wait_for_log("probing again").await;
+}
+
+/// A daemon whose one upload met `times` 503s before it went through and was attached.
+async fn upload_after_503s(times: usize) -> (Env, Daemon) {
     let env = Env::new().await;
     env.fake
-        .inject(Fault::once("POST", "/file", status(503, None)).times(2));
+        .inject(Fault::once("POST", "/file", status(503, None)).times(times));
     let daemon = env.start();
     drop_file(&env.tasks, "retry.pdf", b"retry me");
     eventually(
@@ -29,13 +50,8 @@ async fn retries_upload_after_503_and_attaches_once() {
         &daemon,
     )
     .await;
-    assert_eq!(env.uploads(), 3, "two 503s, then success");
-    assert_eq!(
-        env.fake.assets().len(),
-        1,
-        "a 503 stored nothing, so no orphan"
-    );
-    daemon.wait_for_log("probing again").await;
+    assert_eq!(env.uploads(), times + 1, "{times} 503s, then success");
+    (env, daemon)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,9 +86,14 @@ async fn a_429_with_retry_after_pauses_requests_for_that_long() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_answer_is_lost_is_sent_again_but_attached_once() {
+    upload_answer_lost(FaultKind::DropAfterAct).await;
+}
+
+/// The upload is stored but its answer never arrives whole: the daemon sends it again, and the
+/// first copy stays an orphan that is never attached.
+async fn upload_answer_lost(kind: FaultKind) {
     let env = Env::new().await;
-    env.fake
-        .inject(Fault::once("POST", "/file", FaultKind::DropAfterAct));
+    env.fake.inject(Fault::once("POST", "/file", kind));
     let daemon = env.start();
     drop_file(&env.tasks, "lost-answer.pdf", b"x");
     eventually(
@@ -82,7 +103,6 @@ async fn an_upload_whose_answer_is_lost_is_sent_again_but_attached_once() {
     )
     .await;
     assert_eq!(env.uploads(), 2);
-    // The server kept the first copy, which the daemon never learned of: one orphan, not attached.
     assert_eq!(env.fake.assets().len(), 2);
     assert_eq!(ids(&env.task_field()).len(), 1);
 }
@@ -130,19 +150,8 @@ async fn an_outage_costs_one_probe_per_backoff_step_and_then_everything_syncs() 
     let (env, daemon) = Env::running().await;
     env.fake
         .inject(Fault::once("", "", FaultKind::DropBeforeAct).times(4));
-    for i in 0..20 {
-        drop_file(
-            &env.tasks,
-            &format!("{i:02}.pdf"),
-            format!("{i}").as_bytes(),
-        );
-    }
-    eventually(
-        "all 20 attached after the outage",
-        || env.task_field().len() == 20,
-        &daemon,
-    )
-    .await;
+    drop_twenty(&env);
+    all_twenty_attached(&env, &daemon, "all 20 attached after the outage").await;
     let failed = env
         .fake
         .requests()
@@ -305,13 +314,7 @@ async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_
     env.fake
         .inject(Fault::once("", "", status(503, None)).times(usize::MAX));
     let outage = std::time::Instant::now();
-    for i in 0..20 {
-        drop_file(
-            &env.tasks,
-            &format!("{i:02}.pdf"),
-            format!("{i}").as_bytes(),
-        );
-    }
+    drop_twenty(&env);
     // The outage lasts this long whatever the daemon does: waiting is the point here.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let during = env
@@ -322,12 +325,7 @@ async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_
         .count();
     env.fake.clear_faults();
     let recovered = std::time::Instant::now();
-    eventually(
-        "all 20 attached after the outage",
-        || env.task_field().len() == 20,
-        &daemon,
-    )
-    .await;
+    all_twenty_attached(&env, &daemon, "all 20 attached after the outage").await;
     let converged = recovered.elapsed();
     eprintln!(
         "outage: {:.0} s, 20 files waiting, {during} requests during it, all attached {:.1} s after recovery, {} assets stored",
@@ -339,4 +337,74 @@ async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_
     // the first failure closed the gate.
     assert!(during <= 6, "{during} requests during a 4 s outage");
     assert_eq!(env.fake.assets().len(), 20, "nothing stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_pages_answered_with_200_are_retried_not_taken_as_verdicts() {
+    let (env, daemon) = Env::running().await;
+    env.fake
+        .inject(Fault::once("", "", FaultKind::HtmlPage).share(0.3));
+    drop_twenty(&env);
+    all_twenty_attached(&env, &daemon, "all 20 attached despite the HTML pages").await;
+    assert!(
+        daemon.log().contains("not JSON"),
+        "the HTML page is named as the problem"
+    );
+    assert!(!daemon.log().contains("not retried until the file changes"));
+    let status = env.command(&["status"]);
+    let text = &status.stdout;
+    assert!(text.contains("20 synced"), "{text}");
+    assert!(text.contains("0 failed"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_answer_cut_short_is_sent_again_and_attached_once() {
+    upload_answer_lost(FaultKind::CutShort).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_refused_by_a_completed_task_heals_once_the_task_is_reopened() {
+    let env = Env::with_config("failed_retry_interval: 2s\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake.set_task_status(RUN, TASK, "completed");
+    drop_file(&env.tasks, "late.pdf", b"x");
+    daemon
+        .wait_for_log("could not attach; not retried until the file changes")
+        .await;
+    let status = env.command(&["status"]);
+    assert!(
+        status.stdout.contains("next attempt in"),
+        "status says when the file is tried again: {}",
+        status.stdout
+    );
+    // While the task stays completed, a check costs one GET and sends the file nowhere.
+    daemon.wait_for_log("the target still refuses files").await;
+    assert_eq!(env.uploads(), 1, "no upload while the target refuses files");
+    env.fake.set_task_status(RUN, TASK, "active");
+    eventually(
+        "attached once the task is reopened",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(filenames(&env.task_field()), ["late.pdf"]);
+    assert!(daemon
+        .log()
+        .contains("trying the files it refused once more"));
+}
+
+/// Drops 20 small files into the task folder.
+fn drop_twenty(env: &Env) {
+    for i in 0..20 {
+        drop_file(
+            &env.tasks,
+            &format!("{i:02}.pdf"),
+            format!("{i}").as_bytes(),
+        );
+    }
+}
+
+async fn all_twenty_attached(env: &Env, daemon: &Daemon, what: &str) {
+    eventually(what, || env.task_field().len() == 20, daemon).await;
 }

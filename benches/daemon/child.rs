@@ -6,6 +6,8 @@
 //! each daemon under a wrapper (`{name}` becomes "daemon", "rest" or "restart"); CPU and memory
 //! figures are the wrapper's unless it keeps the pid, as valgrind does. BENCH_BURST_PROFILER
 //! attaches a profiler to the live daemon for the burst only (see `Daemon::profile`).
+//! BENCH_DAEMON_BIN runs another build of the daemon (say, an earlier commit's) instead of
+//! this one, for before/after figures from one benchmark.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -47,14 +49,16 @@ impl Daemon {
         let wrapper = std::env::var("BENCH_DAEMON_WRAPPER")
             .unwrap_or_default()
             .replace("{name}", name);
+        let binary = std::env::var_os("BENCH_DAEMON_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tallyfy-sync").into());
         let mut words = wrapper.split_whitespace();
         let mut command = match words.next() {
             Some(program) => {
                 let mut command = Command::new(program);
-                command.args(words).arg(env!("CARGO_BIN_EXE_tallyfy-sync"));
+                command.args(words).arg(&binary);
                 command
             }
-            None => Command::new(env!("CARGO_BIN_EXE_tallyfy-sync")),
+            None => Command::new(&binary),
         };
         command
             .args(["run", "--config"])

@@ -8,6 +8,7 @@
 mod baseline;
 mod ceiling;
 mod child;
+mod network;
 mod procfs;
 mod report;
 mod restart;
@@ -39,6 +40,7 @@ struct Sizes {
     rest: usize,
     restart: usize,
     idle: Duration,
+    network: network::Sizes,
 }
 
 impl Sizes {
@@ -66,6 +68,12 @@ impl Sizes {
                 rest: 1_000,
                 restart: 2_000,
                 idle: Duration::from_secs(5),
+                network: network::Sizes {
+                    rate_limited: 20,
+                    latency_burst: 50,
+                    mix_files: 10,
+                    mix_runs: 3,
+                },
             }
         } else {
             Sizes {
@@ -76,6 +84,12 @@ impl Sizes {
                 rest: 10_000,
                 restart: 100_000,
                 idle: Duration::from_secs(60),
+                network: network::Sizes {
+                    rate_limited: 100,
+                    latency_burst: 1_000,
+                    mix_files: 20,
+                    mix_runs: 5,
+                },
             }
         }
     }
@@ -101,7 +115,6 @@ fn say(text: &str) {
 }
 
 async fn run(sizes: Sizes) -> anyhow::Result<()> {
-    baseline::check_tools()?;
     let machine = procfs::machine();
     say(&format!(
         "{} run on {machine}",
@@ -113,6 +126,9 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     }
     let staging = world.dir("staging")?;
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() {
+        baseline::check_tools()?;
+    }
     if only == "restart" {
         // For profiling runs: only the start-up with `sizes.restart` synced files.
         let restart = restart::run(&world, "restart", sizes.restart, FOLDERS).await?;
@@ -120,6 +136,13 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if only == "network" {
+        // For before/after figures of the scenarios where requests are not free.
+        let network = network_runs(&world, &sizes.network).await?;
+        print!("{}", report::table(&network_rows(&network)));
+        print!("{}", network_details(&network));
+        return Ok(());
+    }
     let Live {
         watched: daemon,
         idle,
@@ -139,6 +162,7 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         print!("{timeline}");
         return Ok(());
     }
+    let network = network_runs(&world, &sizes.network).await?;
     let baseline = baseline_watched(&world, &sizes).await?;
     let ceiling = ceiling(&world, &sizes).await?;
 
@@ -154,9 +178,10 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     let restart = restart::run(&world, "restart", sizes.restart, FOLDERS).await?;
     drop(staging);
 
-    let rows = rows(
+    let mut rows = rows(
         &sizes, &daemon, &baseline, &ceiling, &idle, live_rss, &rest, &restart,
     );
+    rows.extend(network_rows(&network));
     println!(
         "\n## tallyfy-sync benchmark ({})\n",
         if sizes.smoke {
@@ -192,7 +217,141 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     }
     print!("{timeline}");
     println!("- idle: {} requests during the idle window", idle.requests);
+    print!("{}", network_details(&network));
     Ok(())
+}
+
+/// The daemon under a rate limit, under latency and under scattered errors.
+struct Network {
+    rate_limited: network::RateLimited,
+    latent: network::Latent,
+    mix: Vec<network::MixRun>,
+    mix_files: usize,
+}
+
+async fn network_runs(world: &World, sizes: &network::Sizes) -> anyhow::Result<Network> {
+    say(&format!(
+        "rate-limited burst: {} files at {}/min",
+        sizes.rate_limited,
+        network::RATE_PER_MINUTE
+    ));
+    let rate_limited = network::rate_limited(world, sizes.rate_limited).await?;
+    say(&format!(
+        "latency burst: {} files, {} ms per request",
+        sizes.latency_burst,
+        network::LATENCY.as_millis()
+    ));
+    let latent = network::latent(world, sizes.latency_burst).await?;
+    say(&format!(
+        "fault mix: {} runs of {} files",
+        sizes.mix_runs, sizes.mix_files
+    ));
+    let mix = network::fault_mix(world, sizes.mix_files, sizes.mix_runs).await?;
+    Ok(Network {
+        rate_limited,
+        latent,
+        mix,
+        mix_files: sizes.mix_files,
+    })
+}
+
+fn network_rows(network: &Network) -> Vec<Row> {
+    let rl = &network.rate_limited;
+    let latent = &network.latent;
+    let per_file = |burst: &Burst| network::per_file(&burst.requests, burst.files);
+    let mix_secs = network::median(network.mix.iter().map(|run| run.secs).collect());
+    let mix_per_file = network::median(
+        network
+            .mix
+            .iter()
+            .map(|run| run.requests as f64 / network.mix_files as f64)
+            .collect(),
+    );
+    vec![
+        Row::info(
+            format!(
+                "Rate-limited burst ({}/min, {} files): requests per file",
+                network::RATE_PER_MINUTE,
+                rl.burst.files
+            ),
+            Cell::Num(rl.per_file(), 3),
+            Cell::None,
+            Cell::None,
+        )
+        .target("≤ 1.05", rl.per_file() <= 1.05),
+        Row::info(
+            format!(
+                "Rate-limited burst: time ÷ ideal (settle + (N + 2) requests at the limit's pace = {:.2} s)",
+                rl.ideal_secs
+            ),
+            Cell::Num(rl.of_ideal(), 2),
+            Cell::None,
+            Cell::None,
+        )
+        .target("≤ 1.10", rl.of_ideal() <= 1.10),
+        Row::info(
+            format!(
+                "Latency burst ({} ms per request, {} files): files/s",
+                network::LATENCY.as_millis(),
+                latent.daemon.files
+            ),
+            Cell::Num(latent.daemon.files_per_sec(), 1),
+            Cell::None,
+            Cell::Num(latent.ceiling.files_per_sec(), 1),
+        ),
+        Row::info(
+            "Latency burst: PUTs (requests per file)",
+            Cell::Text(format!(
+                "{} ({:.3})",
+                latent.daemon.puts(),
+                per_file(&latent.daemon)
+            )),
+            Cell::None,
+            Cell::Text(format!(
+                "{} ({:.3})",
+                latent.ceiling.puts(),
+                per_file(&latent.ceiling)
+            )),
+        ),
+        Row::info(
+            format!(
+                "Fault mix ({}, {} files): converged in (s), median of {}",
+                network::MIX
+                    .iter()
+                    .map(|(share, what)| format!("{:.0} % {what}", share * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                network.mix_files,
+                network.mix.len()
+            ),
+            Cell::Num(mix_secs, 2),
+            Cell::None,
+            Cell::None,
+        )
+        .target("≤ 8", mix_secs <= 8.0),
+        Row::info(
+            "Fault mix: requests per file, median",
+            Cell::Num(mix_per_file, 2),
+            Cell::None,
+            Cell::None,
+        ),
+    ]
+}
+
+fn network_details(network: &Network) -> String {
+    let runs: Vec<String> = network
+        .mix
+        .iter()
+        .map(|run| format!("{:.2} s / {} requests", run.secs, run.requests))
+        .collect();
+    format!(
+        "- rate-limited burst requests: {}; {:.2} s\n- latency burst requests, daemon: {}; ceiling: {}\n- fault mix runs: {}\n",
+        by_method(&network.rate_limited.burst.requests),
+        network.rate_limited.burst.secs,
+        by_method(&network.latent.daemon.requests),
+        by_method(&network.latent.ceiling.requests),
+        runs.join(", ")
+    )
 }
 
 /// The daemon's part of the run, from its one live process.
@@ -403,6 +562,7 @@ fn rows(
     let ms = |value: f64| Cell::Num(value, 1);
     let rate = |burst: &Burst| Cell::Num(burst.files_per_sec(), 1);
     let d_rate = daemon.burst.files_per_sec();
+    let per_file = |burst: &Burst| network::per_file(&burst.requests, burst.files);
     let p = |samples: &[Duration], at: f64| percentile_ms(samples, at);
     // A latency percentile for all three, with the daemon's target of settle + `allowed` ms.
     let latency = |label: String, at: f64, allowed: f64| {
@@ -458,7 +618,13 @@ fn rows(
             Cell::Num(baseline.burst.puts() as f64, 0),
             Cell::Num(ceiling.burst.puts() as f64, 0),
         )
-        .target("≪ N (≤ N/10)", daemon.burst.puts() * 10 <= n),
+        .target("≤ 10", daemon.burst.puts() <= 10),
+        Row::info(
+            "Burst: requests per file",
+            Cell::Num(per_file(&daemon.burst), 3),
+            Cell::Num(per_file(&baseline.burst), 3),
+            Cell::Num(per_file(&ceiling.burst), 3),
+        ),
         Row::info(
             "Burst: CPU-s used by the participant",
             daemon.burst.cpu.map_or(Cell::None, |cpu| secs(cpu.as_secs_f64())),

@@ -134,8 +134,18 @@ impl World {
         name: &str,
         folders: &[(PathBuf, TaskRef)],
     ) -> anyhow::Result<PathBuf> {
+        self.write_config_with(name, folders, "")
+    }
+
+    /// Like `write_config`, with `api_extra` (indented lines) added to the `api` section.
+    pub fn write_config_with(
+        &self,
+        name: &str,
+        folders: &[(PathBuf, TaskRef)],
+        api_extra: &str,
+    ) -> anyhow::Result<PathBuf> {
         let mut yaml = format!(
-            "api:\n  base_url: {}\n  org_id: {ORG}\n  concurrency: {}\n\
+            "api:\n  base_url: {}\n  org_id: {ORG}\n  concurrency: {}\n{api_extra}\
              state_dir: {}\nsettle: {}ms\nfolders:\n",
             self.fake.base_url(),
             concurrency(),

@@ -110,10 +110,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Transient failures: the same request may well succeed later.
+    /// Transient failures: the same request may well succeed later. An answer that is not
+    /// the API's (a proxy's page, a body cut short) is one: it says nothing about the request.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ApiError::Transport { .. } => true,
+            ApiError::Transport { .. } | ApiError::Decode { .. } => true,
             ApiError::Status { status, .. } => {
                 matches!(status, 408 | 425 | 429 | 500 | 502 | 503 | 504)
             }
@@ -131,7 +132,7 @@ impl ApiError {
     /// Every transient answer of the token endpoint but 429 counts: no request can go without a token.
     pub fn is_outage(&self) -> bool {
         match self {
-            ApiError::Transport { .. } => true,
+            ApiError::Transport { .. } | ApiError::Decode { .. } => true,
             ApiError::Status {
                 endpoint: Endpoint::Token,
                 status,

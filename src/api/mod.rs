@@ -30,7 +30,7 @@ pub use multipart::stored_name;
 pub use network::proxy_for;
 
 use crate::config::{ApiConfig, Credentials};
-use crate::metrics::METRICS;
+use crate::metrics::{Exposition, METRICS};
 use crate::retry::Backoff;
 use crate::store::Asset;
 
@@ -260,13 +260,10 @@ impl Client {
             .header("X-Tallyfy-Client", "APIClient")
     }
 
-    /// Sends one request through the gate, with the current token, and returns the body of a
-    /// 2xx answer.
-    async fn send(
-        &self,
-        endpoint: Endpoint,
-        request: RequestBuilder,
-    ) -> Result<bytes::Bytes, ApiError> {
+    /// Sends one request through the gate, with the current token, and returns the `data`
+    /// member of a 2xx answer checked to be the API's (`null` for a delete, whose answer has
+    /// none).
+    async fn send(&self, endpoint: Endpoint, request: RequestBuilder) -> Result<Value, ApiError> {
         self.send_with(endpoint, request, || None).await
     }
 
@@ -276,9 +273,22 @@ impl Client {
         endpoint: Endpoint,
         request: RequestBuilder,
         local_failure: impl Fn() -> Option<ApiError>,
-    ) -> Result<bytes::Bytes, ApiError> {
+    ) -> Result<Value, ApiError> {
+        self.answer(endpoint, request, local_failure)
+            .await
+            .map(data)
+    }
+
+    /// Like `send_with`, but the whole answer (with `meta`, for lists).
+    async fn answer(
+        &self,
+        endpoint: Endpoint,
+        request: RequestBuilder,
+        local_failure: impl Fn() -> Option<ApiError>,
+    ) -> Result<Value, ApiError> {
         self.exchange(endpoint, request, local_failure, |response| async move {
-            response.bytes().await.map_err(Body::Transport)
+            let body = response.bytes().await.map_err(Body::Transport)?;
+            answer(endpoint, &body).map_err(Body::Strange)
         })
         .await
     }
@@ -301,11 +311,12 @@ impl Client {
                 return Err(ApiError::Cancelled);
             }
         }
-        let pass = self
+        let ticket = self
             .gate
             .enter(&self.cancel)
             .await
             .ok_or(ApiError::Cancelled)?;
+        let pass = ticket.pass;
         let bearer = match self.tokens.bearer().await {
             Ok(bearer) => bearer,
             Err(error) => {
@@ -349,6 +360,13 @@ impl Client {
                     Ok(value)
                 }
                 Err(Body::Transport(error)) => Err(transport(pass, error)),
+                // A 2xx that is not the API's answer (a proxy's or captive portal's page)
+                // says nothing about the request: it is retried like an outage.
+                Err(Body::Strange(error)) => {
+                    METRICS.request(endpoint.label(), status.as_u16());
+                    self.report(pass, Outcome::Outage, Some(&error));
+                    Err(error)
+                }
                 Err(Body::Local(error)) => {
                     METRICS.request(endpoint.label(), status.as_u16());
                     self.report(pass, Outcome::Inconclusive, None);
@@ -471,6 +489,7 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let mut backoff = Backoff::default();
+        let mut strange_answers: Option<Backoff> = None;
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -478,9 +497,23 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
+            if matches!(error, ApiError::Decode { .. }) {
+                let schedule = strange_answers.get_or_insert_with(|| {
+                    Backoff::giving_up_after(
+                        crate::retry::INITIAL,
+                        crate::retry::MAX,
+                        crate::retry::STRANGE_ANSWERS_FOR,
+                    )
+                });
+                if schedule.next_delay_or_give_up().is_none() {
+                    return Err(error);
+                }
+            }
             let waits_for_operator = error.is_unauthorized() || error.is_untrusted();
-            let paced_by_gate =
-                error.is_outage() || waits_for_operator || error.status() == Some(429);
+            // An outage the gate did not close for (a passing failure) backs off here.
+            let paced_by_gate = (error.is_outage() && self.gate.is_closed())
+                || waits_for_operator
+                || error.status() == Some(429);
             let out_of_attempts = self.attempts.is_some_and(|most| attempt >= most);
             if !(error.is_retryable() || waits_for_operator)
                 || self.cancel.is_cancelled()
@@ -522,6 +555,16 @@ impl Client {
     /// Why requests are held, while they are.
     pub fn held(&self) -> Option<String> {
         self.gate.held()
+    }
+
+    /// The client's gauges in Prometheus text.
+    pub fn render_gauges(&self, out: &mut Exposition) {
+        out.one(
+            "api_paused",
+            "gauge",
+            "1 while requests are paused by an outage, a rate limit, a refused token, an untrusted certificate or a state directory that cannot be written.",
+            if self.is_paused() { 1.0 } else { 0.0 },
+        );
     }
 
     /// Uploads an opened file of `size` bytes, streamed from disk, and returns the asset and
@@ -581,7 +624,7 @@ impl Client {
                 })
             })
             .await?;
-        let data = data(Endpoint::Upload, &answer)?;
+        let data = answer;
         if crate::store::asset_id(&data).is_none() {
             return Err(ApiError::Decode {
                 endpoint: Endpoint::Upload,
@@ -599,8 +642,7 @@ impl Client {
         let request = self
             .request(Method::GET, &format!("runs/{run_id}/tasks/{task_id}"))
             .query(&[("with", "form_fields")]);
-        let answer = self.send(Endpoint::GetTask, request).await?;
-        parse_task(data(Endpoint::GetTask, &answer)?)
+        parse_task(self.send(Endpoint::GetTask, request).await?)
     }
 
     /// Replaces a task field's value; returns the field's value as the answer shows it, or
@@ -615,8 +657,7 @@ impl Client {
         let request = self
             .request(Method::PUT, &format!("runs/{run_id}/tasks/{task_id}"))
             .json(&json!({ "taskdata": { capture_id: value } }));
-        let answer = self.send(Endpoint::PutTask, request).await?;
-        let mut data = data(Endpoint::PutTask, &answer)?;
+        let mut data = self.send(Endpoint::PutTask, request).await?;
         Ok(data
             .get_mut("taskdata")
             .and_then(|taskdata| taskdata.get_mut(capture_id))
@@ -630,10 +671,7 @@ impl Client {
                 self.request(Method::GET, &format!("checklists/{checklist_id}")),
             )
             .await?;
-        parse_checklist(
-            Endpoint::GetChecklist,
-            &data(Endpoint::GetChecklist, &answer)?,
-        )
+        parse_checklist(Endpoint::GetChecklist, &answer)
     }
 
     /// Sends the title unchanged and the whole prerun array (the API needs both).
@@ -647,10 +685,7 @@ impl Client {
             .request(Method::PUT, &format!("checklists/{checklist_id}"))
             .json(&json!({ "title": title, "prerun": prerun }));
         let answer = self.send(Endpoint::PutChecklist, request).await?;
-        parse_checklist(
-            Endpoint::PutChecklist,
-            &data(Endpoint::PutChecklist, &answer)?,
-        )
+        parse_checklist(Endpoint::PutChecklist, &answer)
     }
 
     /// Deletes an asset and its stored file; an asset already gone counts as deleted.
@@ -672,10 +707,7 @@ impl Client {
     pub async fn get_asset(&self, asset_id: &str) -> Result<Option<Value>, ApiError> {
         let request = self.request(Method::GET, &format!("assets/{asset_id}"));
         match self.send(Endpoint::GetAsset, request).await {
-            Ok(answer) => {
-                let data = data(Endpoint::GetAsset, &answer)?;
-                Ok(into_list(data).into_iter().next())
-            }
+            Ok(data) => Ok(into_list(data).into_iter().next()),
             Err(ApiError::Status {
                 status: 403 | 404, ..
             }) => Ok(None),
@@ -730,6 +762,8 @@ impl Client {
 /// Why reading a 2xx answer's body failed: the connection (an outage), or where the body went.
 pub(crate) enum Body {
     Transport(reqwest::Error),
+    /// The body came whole but is not what the API answers.
+    Strange(ApiError),
     Local(ApiError),
 }
 
@@ -749,7 +783,7 @@ impl Client {
             "prerun": prerun,
         }));
         let answer = self.send(Endpoint::LaunchRun, request).await?;
-        parse_run(Endpoint::LaunchRun, &data(Endpoint::LaunchRun, &answer)?)
+        parse_run(Endpoint::LaunchRun, &answer)
     }
 
     /// Every process of a template whose name matches the search `q`, of any status, all
@@ -776,7 +810,7 @@ impl Client {
     pub async fn get_run(&self, run_id: &str) -> Result<Run, ApiError> {
         let request = self.request(Method::GET, &format!("runs/{run_id}"));
         let answer = self.send(Endpoint::GetRun, request).await?;
-        parse_run(Endpoint::GetRun, &data(Endpoint::GetRun, &answer)?)
+        parse_run(Endpoint::GetRun, &answer)
     }
 
     /// Every task of a process with its form fields, all pages followed.
@@ -795,8 +829,7 @@ impl Client {
         let request = self
             .request(Method::GET, &format!("checklists/{checklist_id}"))
             .query(&[("with", "steps,steps.captures")]);
-        let answer = self.send(Endpoint::GetChecklist, request).await?;
-        let mut checklist = data(Endpoint::GetChecklist, &answer)?;
+        let mut checklist = self.send(Endpoint::GetChecklist, request).await?;
         let Some(steps) = checklist.get_mut("steps").map(Value::take).map(unwrap_data) else {
             return Ok(None);
         };
@@ -830,17 +863,10 @@ impl Client {
                 .request(Method::GET, path)
                 .query(query)
                 .query(&[("page", page), ("per_page", PER_PAGE)]);
-            let answer = self.send(endpoint, request).await?;
-            let mut json: Value =
-                serde_json::from_slice(&answer).map_err(|error| ApiError::Decode {
-                    endpoint,
-                    detail: format!("not JSON ({error})"),
-                })?;
+            // `answer` checked that `data` is a list.
+            let mut json = self.answer(endpoint, request, || None).await?;
             let Some(Value::Array(items)) = json.get_mut("data").map(Value::take) else {
-                return Err(ApiError::Decode {
-                    endpoint,
-                    detail: "no `data` list".into(),
-                });
+                break;
             };
             let empty = items.is_empty();
             all.extend(items);
@@ -892,19 +918,40 @@ pub fn into_list(value: Value) -> Vec<Value> {
     }
 }
 
-/// The `data` member of a success envelope.
-fn data(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
-    let mut json: Value = serde_json::from_slice(body).map_err(|error| ApiError::Decode {
-        endpoint,
-        detail: format!("not JSON ({error})"),
-    })?;
-    match json.get_mut("data") {
-        Some(data) => Ok(data.take()),
-        None => Err(ApiError::Decode {
-            endpoint,
-            detail: "no `data` member".into(),
-        }),
+/// The `data` object of a success envelope; a delete's answer has none, but is empty or JSON.
+/// A 2xx answer's JSON, checked to be the API's: an object whose `data` is an object (a list,
+/// for the endpoints that answer lists; a delete's answer may be empty: `null`). Anything else,
+/// such as an HTML page from a proxy or a captive portal, is an error to retry, not a verdict.
+fn answer(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
+    let decode = |detail: String| ApiError::Decode { endpoint, detail };
+    if endpoint == Endpoint::DeleteFile && body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
     }
+    let json: Value = serde_json::from_slice(body).map_err(|error| {
+        decode(format!(
+            "not JSON ({error}), starting {:?}",
+            error::error_message(body)
+        ))
+    })?;
+    if endpoint == Endpoint::DeleteFile {
+        return Ok(Value::Null);
+    }
+    let lists = matches!(endpoint, Endpoint::ListRuns | Endpoint::ListTasks);
+    match json.get("data") {
+        Some(Value::Object(_)) if !lists => Ok(json),
+        Some(Value::Array(_)) if lists || endpoint == Endpoint::GetAsset => Ok(json),
+        Some(_) if lists => Err(decode("`data` is not a list".into())),
+        Some(_) => Err(decode("`data` is not an object".into())),
+        None => Err(decode("no `data` member".into())),
+    }
+}
+
+/// The `data` member of a checked answer.
+fn data(mut answer: Value) -> Value {
+    answer
+        .get_mut("data")
+        .map(Value::take)
+        .unwrap_or(Value::Null)
 }
 
 fn text(value: &Value, key: &str) -> Option<String> {

@@ -135,6 +135,8 @@ pub struct Fault {
     pub path_contains: Option<String>,
     pub kind: FaultKind,
     pub times: usize,
+    /// Hits only this share (0 to 1) of the matching requests, chosen pseudo-randomly.
+    pub share: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +153,11 @@ pub enum FaultKind {
     DropAfterAct,
     /// Delay, then handle normally.
     Latency(Duration),
+    /// Answer `200 OK` with an HTML page, as a proxy, a captive portal or a maintenance page
+    /// does, without acting.
+    HtmlPage,
+    /// Act, then answer with the first half of the body (a proxy that cut it short).
+    CutShort,
 }
 
 impl Fault {
@@ -162,11 +169,19 @@ impl Fault {
             path_contains: (!path_contains.is_empty()).then(|| path_contains.to_string()),
             kind,
             times: 1,
+            share: None,
         }
     }
 
     pub fn times(mut self, times: usize) -> Fault {
         self.times = times;
+        self
+    }
+
+    /// Hits `share` (0 to 1) of the matching requests, every time (`times` is unbounded).
+    pub fn share(mut self, share: f64) -> Fault {
+        self.share = Some(share);
+        self.times = usize::MAX;
         self
     }
 }

@@ -135,6 +135,28 @@ async fn process(
             return Err(NoResponse::Injected);
         }
         Some(FaultKind::Latency(delay)) => tokio::time::sleep(delay).await,
+        Some(FaultKind::HtmlPage) => {
+            return Ok(routes::raw_response(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                Bytes::from_static(MAINTENANCE_PAGE.as_bytes()),
+            ))
+        }
+        Some(FaultKind::CutShort) => {
+            let response = respond(body);
+            let status = response.status();
+            let full = response
+                .into_body()
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_default();
+            return Ok(routes::raw_response(
+                status,
+                "application/json",
+                full.slice(..full.len() / 2),
+            ));
+        }
     }
     Ok(respond(body))
 }
@@ -190,6 +212,8 @@ fn check_credentials(shared: &Shared, headers: &HeaderMap) -> Option<Response<Fu
     };
     Some(json_response(StatusCode::UNAUTHORIZED, &body))
 }
+
+const MAINTENANCE_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Down for maintenance</title></head>\n<body><h1>We'll be back soon</h1></body></html>\n";
 
 fn fault_response(status: u16, body: String, retry_after: Option<String>) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

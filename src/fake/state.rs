@@ -89,6 +89,8 @@ pub(crate) struct State {
     steps: steps::Steps,
     next_id: u64,
     seed: u64,
+    /// Requests rolled for faults with a `share`: the rolls repeat from run to run.
+    rolls: u64,
 }
 
 impl State {
@@ -109,6 +111,7 @@ impl State {
             steps: steps::Steps::default(),
             next_id: 0,
             seed,
+            rolls: 0,
         }
     }
 
@@ -142,9 +145,14 @@ impl State {
         }
     }
 
+    /// The first matching fault hits; faults with a `share` split one roll per request
+    /// between them (a 20 % fault and a 10 % fault hit 30 % of the requests between them).
     pub fn take_fault(&mut self, method: &str, path: &str) -> Option<FaultKind> {
+        self.rolls += 1;
+        let roll = (mix(self.rolls) >> 11) as f64 / (1u64 << 53) as f64;
+        let mut shared = 0.0;
         let fault = self.faults.iter_mut().find(|fault| {
-            fault.times > 0
+            let matches = fault.times > 0
                 && fault
                     .method
                     .as_deref()
@@ -152,7 +160,14 @@ impl State {
                 && fault
                     .path_contains
                     .as_deref()
-                    .is_none_or(|needle| path.contains(needle))
+                    .is_none_or(|needle| path.contains(needle));
+            match fault.share {
+                Some(share) if matches => {
+                    shared += share;
+                    roll < shared
+                }
+                _ => matches,
+            }
         })?;
         fault.times -= 1;
         Some(fault.kind.clone())
