@@ -411,7 +411,9 @@ impl Actor {
             fewer.as_mut().enable();
             // A read is what a file on its way waits for (is a copy already there?): waiting for
             // that file would wait for `attach_delay` for nothing.
-            let reading = batch.iter().any(|request| matches!(request, Request::Read { .. }));
+            let reading = batch
+                .iter()
+                .any(|request| matches!(request, Request::Read { .. }));
             if reading
                 || batch.len() >= MAX_BATCH
                 || self.expected.files.load(Ordering::Acquire) == 0
