@@ -395,21 +395,24 @@ impl Actor {
 
     /// Gathers a batch from its first request: while more files for this field are on their
     /// way, waits for them, but never `attach_delay` without one arriving, nor past
-    /// `MAX_BATCH_WAIT` delays or `MAX_BATCH` requests. `None` when shutting down.
+    /// `MAX_BATCH_WAIT` delays or `MAX_BATCH` requests. Reads the value last seen can answer
+    /// are answered at once and join no batch. `None` when shutting down.
     async fn gather(
         &self,
         first: Request,
         inbox: &mut mpsc::Receiver<Request>,
     ) -> Option<Vec<Request>> {
-        let mut batch = vec![first];
+        let mut batch = Vec::new();
+        self.take(first, &mut batch);
         let latest = Instant::now() + self.attach_delay * MAX_BATCH_WAIT;
         let mut deadline = (Instant::now() + self.attach_delay).min(latest);
         loop {
             while batch.len() < MAX_BATCH {
                 match inbox.try_recv() {
                     Ok(request) => {
-                        batch.push(request);
-                        deadline = (Instant::now() + self.attach_delay).min(latest);
+                        if self.take(request, &mut batch) {
+                            deadline = (Instant::now() + self.attach_delay).min(latest);
+                        }
                     }
                     Err(_) => break,
                 }
@@ -422,7 +425,8 @@ impl Actor {
             let reading = batch
                 .iter()
                 .any(|request| matches!(request, Request::Read { .. }));
-            if reading
+            if batch.is_empty()
+                || reading
                 || batch.len() >= MAX_BATCH
                 || self.expected.files.load(Ordering::Acquire) == 0
             {
@@ -433,8 +437,9 @@ impl Actor {
                 _ = tokio::time::sleep_until(deadline) => return Some(batch),
                 request = inbox.recv() => match request {
                     Some(request) => {
-                        batch.push(request);
-                        deadline = (Instant::now() + self.attach_delay).min(latest);
+                        if self.take(request, &mut batch) {
+                            deadline = (Instant::now() + self.attach_delay).min(latest);
+                        }
                     }
                     None => return Some(batch),
                 },
@@ -443,12 +448,27 @@ impl Actor {
         }
     }
 
+    /// Adds `request` to the batch, unless it is a read that the field's value as last read or
+    /// written answers, while that is under `READ_FRESH` old; true when it was added.
+    fn take(&self, request: Request, batch: &mut Vec<Request>) -> bool {
+        if let Request::Read { reply } = request {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match known.filter(|(at, _)| at.elapsed() < READ_FRESH) {
+                Some((_, list)) => {
+                    let _ = reply.send(Ok(list));
+                    return false;
+                }
+                None => batch.push(Request::Read { reply }),
+            }
+        } else {
+            batch.push(request);
+        }
+        true
+    }
+
     /// Deletes first (so a PUT never lists an asset deleted a moment later), then one read and
     /// at most one write of the field for every attach and delete in the batch.
     async fn apply(&self, batch: Vec<Request>) {
-        let Some(batch) = self.answer_reads(batch) else {
-            return;
-        };
         let api = &self.api;
         let mut removed: HashSet<String> = HashSet::new();
         let mut pending = Vec::with_capacity(batch.len());
@@ -556,27 +576,6 @@ impl Actor {
         if let Some(list) = list {
             self.notice_removals(&list, false).await;
         }
-    }
-
-    /// Answers a batch of nothing but reads from the value last seen, while it is fresh;
-    /// hands any other batch back.
-    fn answer_reads(&self, batch: Vec<Request>) -> Option<Vec<Request>> {
-        if !batch
-            .iter()
-            .all(|request| matches!(request, Request::Read { .. }))
-        {
-            return Some(batch);
-        }
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some((_, list)) = known.filter(|(at, _)| at.elapsed() < READ_FRESH) else {
-            return Some(batch);
-        };
-        for request in batch {
-            if let Request::Read { reply } = request {
-                let _ = reply.send(Ok(list.clone()));
-            }
-        }
-        None
     }
 
     /// Reads the field only to compare it with the store.
