@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
-use crate::config::{Config, ConfigError, Credentials};
+use crate::config::{Config, ConfigError, Credentials, Target};
 use crate::field::{FieldHandle, Removals};
 use crate::metrics::METRICS;
 use crate::retry::Backoff;
@@ -381,6 +381,10 @@ impl Pipeline {
                                 .folders
                                 .iter()
                                 .filter(|other| other.target.key() == folder.target.key())
+                                // Launch and route folders keep no files in their own field.
+                                .filter(|other| {
+                                    !matches!(other.target, Target::Launch(_) | Target::Route(_))
+                                })
                                 .map(|other| (other.path.clone(), other.remote_removed))
                                 .collect(),
                             every: config.rescan_interval,
@@ -399,6 +403,7 @@ impl Pipeline {
             store.clone(),
             cancel.clone(),
             recheck_tx,
+            actors.clone(),
         ));
         resume_deletes(&store, &actors, &router).await;
         retry_after_config_change(&config, &store).await;

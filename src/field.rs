@@ -199,6 +199,15 @@ impl FieldHandle {
         }
     }
 
+    /// A file that may send this actor a delete but never an attach (a launch folder's
+    /// upload, which goes to a process): no batch waits for it.
+    pub fn uncounted(&self) -> OnItsWay {
+        OnItsWay {
+            expected: self.expected.clone(),
+            released: AtomicBool::new(true),
+        }
+    }
+
     /// Waits for the target's verification; `None` when it is invalid or we are shutting down.
     pub async fn ready(&self) -> Option<Arc<Resolved>> {
         self.verdict().await?.ok()

@@ -135,6 +135,7 @@ impl Syncer {
             self.store
                 .put_with_deletes(path, &record, std::slice::from_ref(&job))
                 .await?;
+            drop(uploaded.slot);
             self.release(subject, claimed.as_deref()).await?;
             return self.remote_delete(subject, job).await;
         }

@@ -88,7 +88,7 @@ pub struct Router {
     cancel: CancellationToken,
     /// Per folder (config order): the cache of a route folder, `None` for other folders.
     caches: Vec<Option<tokio::sync::Mutex<Cache>>>,
-    /// One actor per task a file was routed to, by the task's key.
+    /// One actor per target key: those of the folders, and one per task a file was routed to.
     actors: Mutex<HashMap<String, FieldHandle>>,
     actor_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Where a task's actor sends files removed in Tallyfy that are to be uploaded again.
@@ -102,6 +102,9 @@ impl Router {
         store: Store,
         cancel: CancellationToken,
         recheck: mpsc::UnboundedSender<PathBuf>,
+        // The actors of the folders' own targets: a task folder and a route folder whose
+        // process resolves to the same task share one actor, so their writes never race.
+        actors: HashMap<String, FieldHandle>,
     ) -> Router {
         let now = Instant::now();
         let caches = config
@@ -125,7 +128,7 @@ impl Router {
             store,
             cancel,
             caches,
-            actors: Mutex::new(HashMap::new()),
+            actors: Mutex::new(actors),
             actor_tasks: Mutex::new(Vec::new()),
             recheck,
         }
@@ -709,8 +712,8 @@ impl Syncer {
         let (process, task) = match resolution {
             Resolution::Task(process, task) => (process, task),
             Resolution::Wait(reason) => {
-                let field = self.bound_field(index, record.as_ref());
-                let subject = unrouted(folder, &field, path, record.as_ref());
+                // Only recorded: no request goes to a task, so no task's actor is started.
+                let subject = unrouted(folder, &self.fields[index], path, record.as_ref());
                 // The refresher brings it back when the processes change.
                 let state = FileState::Waiting {
                     reason: reason.clone(),

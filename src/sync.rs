@@ -45,7 +45,7 @@ pub struct Syncer {
     /// One handle per folder, in config order (folders with the same target share an actor).
     pub(crate) fields: Vec<FieldHandle>,
     pub(crate) router: Arc<Router>,
-    /// Assets being compared for adoption right now, so two local files never adopt one asset.
+    /// Assets adopted or being compared for adoption, so two local files never adopt one asset.
     adopting: Mutex<HashSet<String>>,
 }
 
@@ -68,7 +68,10 @@ impl<'a> Subject<'a> {
             field,
             path,
             key: folder.target.key(),
-            on_its_way: field.expect(),
+            on_its_way: match folder.target {
+                Target::Launch(_) => field.uncounted(),
+                _ => field.expect(),
+            },
         }
     }
 
@@ -130,23 +133,29 @@ impl Syncer {
         let folder = &self.config.folders[job.folder];
         let field = &self.fields[job.folder];
         // Counted from here, so a batch of its field waits for it while the target is verified.
-        let subject = Subject::new(folder, field, &job.path);
+        // A route folder's file goes to its process's task, whose actor `route` counts it for.
+        let subject = match folder.target {
+            Target::Route(_) => None,
+            _ => Some(Subject::new(folder, field, &job.path)),
+        };
         let Some(target) = field.ready().await else {
             return;
         };
-        let outcome = match &folder.target {
-            Target::Launch(launch) => self.launch(&subject, launch, &target).await,
-            Target::Route(route) => self.route(job.folder, folder, route, &job.path).await,
-            _ => self.reconcile(&subject, &target).await,
+        let outcome = match (&folder.target, &subject) {
+            (Target::Route(route), _) => self.route(job.folder, folder, route, &job.path).await,
+            (Target::Launch(launch), Some(subject)) => self.launch(subject, launch, &target).await,
+            (_, Some(subject)) => self.reconcile(subject, &target).await,
+            (_, None) => Ok(()),
         };
+        let file = job.path.display();
         match outcome {
             Ok(()) | Err(SyncError::Cancelled) => {}
             // Said once for all files where it is noticed; the rescan after it ends takes them.
             Err(SyncError::Store(error)) if self.store.unwritable().is_some() => {
-                debug!(folder = %folder.path.display(), file = %subject.path.display(), %error, "cannot record the file's state; it is tried again once the state directory can be written")
+                debug!(folder = %folder.path.display(), %file, %error, "cannot record the file's state; it is tried again once the state directory can be written")
             }
             Err(error) => {
-                error!(folder = %folder.path.display(), file = %subject.path.display(), %error, "could not sync; will try again when the file changes")
+                error!(folder = %folder.path.display(), %file, %error, "could not sync; will try again when the file changes")
             }
         }
     }
@@ -234,7 +243,7 @@ impl Syncer {
         if same_name.is_empty() {
             return Ok(false);
         }
-        let claimed = self.claimed(&subject.folder.target.key())?;
+        let claimed = self.claimed(subject)?;
         let mut local: Option<String> = None;
         for candidate in same_name {
             let Some(id) = asset_id(&candidate) else {
@@ -262,11 +271,14 @@ impl Syncer {
                         .map(|old| subject.delete_job(old))
                         .collect();
                     let put = self.store.put_with_deletes(path, &record, &replaced).await;
-                    if put.is_ok() {
-                        METRICS.adopted();
-                        info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "already in its field in Tallyfy with the same content; recorded as synced without uploading");
+                    match &put {
+                        // Stays claimed: another file may have read the records before this one.
+                        Ok(()) => {
+                            METRICS.adopted();
+                            info!(folder = %subject.folder.path.display(), file = %path.display(), asset_id = %id, "already in its field in Tallyfy with the same content; recorded as synced without uploading");
+                        }
+                        Err(_) => self.release_adoption(&id),
                     }
-                    self.release_adoption(&id);
                     put?;
                     for job in replaced {
                         self.remote_delete(subject, job).await?;
@@ -324,19 +336,31 @@ impl Syncer {
         }
     }
 
-    /// The asset ids the store's records for `target` hold (attached, or uploaded and not yet
-    /// attached), and those waiting to be deleted: assets that are not free to adopt.
-    fn claimed(&self, target: &str) -> Result<HashSet<String>, StoreError> {
+    /// The asset ids the records of the subject's target hold (attached, or uploaded and not
+    /// yet attached), and those waiting to be deleted: assets that are not free to adopt. Only
+    /// the folders that can hold such records are read: the subject's, and any other mapped to
+    /// the same target.
+    fn claimed(&self, subject: &Subject<'_>) -> Result<HashSet<String>, StoreError> {
         let mut claimed: HashSet<String> = self
             .store
             .pending_deletes()?
             .iter()
             .filter_map(|job| job.asset.id())
             .collect();
-        for record in self.store.records() {
-            let (_, record) = record?;
-            if record.target == target {
-                claimed.extend(remote_assets(&record).iter().filter_map(Asset::id));
+        let folders: HashSet<&Path> = self
+            .config
+            .folders
+            .iter()
+            .filter(|folder| folder.target.key() == subject.key)
+            .map(|folder| folder.path.as_path())
+            .chain([subject.folder.path.as_path()])
+            .collect();
+        for folder in folders {
+            for record in self.store.records_under(folder) {
+                let (_, record) = record?;
+                if record.target == subject.key {
+                    claimed.extend(remote_assets(&record).iter().filter_map(Asset::id));
+                }
             }
         }
         Ok(claimed)
