@@ -86,7 +86,8 @@ pub enum Command {
     },
     /// Check that Tallyfy holds what the folders hold (all of them, or those at or under
     /// PATH): per file in sync, changed locally, removed from the field or deleted in Tallyfy,
-    /// and the field's files no local file accounts for. Sends only GETs, writes nothing, and
+    /// and the field's files no local file accounts for. Sends only GETs (and, with client
+    /// credentials, a token request), writes nothing, and
     /// works while the daemon runs. Exit 0 when everything agrees, 1 when anything differs.
     Verify {
         /// A file or folder; every configured folder when left out.
@@ -100,8 +101,9 @@ pub enum Command {
     },
     /// Download the files of FOLDER's field into DIR (default: FOLDER itself) that are not
     /// already there with the same content, under safe names, never overwriting a file (a
-    /// taken name becomes `name (2).pdf`), and record them as synced so the daemon sends
-    /// nothing for them. Exit 0 when every file came, 1 otherwise.
+    /// taken name becomes `name (2).pdf`). Restored into FOLDER with the daemon stopped, they
+    /// are recorded as synced; a running daemon adopts them. Either way nothing is uploaded
+    /// for them. Exit 0 when every file came, 1 otherwise.
     Restore {
         /// A configured folder.
         folder: PathBuf,
@@ -264,7 +266,7 @@ fn print_done(answer: Answer) -> anyhow::Result<()> {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Folder};
 use crate::status::{self, StatusReport};
 use crate::store::{FileRecord, Store, StoreError};
 use crate::watch::Hint;
@@ -183,7 +183,7 @@ pub async fn act(
                 .collect::<Result<_, _>>()?,
         }),
         Request::ReleaseDeletes { folder } => {
-            let folder = configured_folder(config, &folder)?;
+            let folder = configured_folder(config, &folder)?.path.clone();
             guard::release(store, &folder).await?;
             let message = if daemon_running {
                 format!("held deletes of {} released", folder.display())
@@ -200,13 +200,15 @@ pub async fn act(
 }
 
 /// The configured folder `folder` names (as written, or through a link), or an error listing them.
-pub fn configured_folder(config: &Config, folder: &Path) -> Result<PathBuf, ControlError> {
+pub fn configured_folder<'a>(
+    config: &'a Config,
+    folder: &Path,
+) -> Result<&'a Folder, ControlError> {
     let wanted = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
     config
         .folders
         .iter()
         .find(|configured| configured.path == wanted)
-        .map(|configured| configured.path.clone())
         .ok_or_else(|| {
             let known: Vec<String> = config
                 .folders

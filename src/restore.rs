@@ -16,7 +16,9 @@ use crate::config::{Config, Credentials, Folder};
 use crate::control::{self, ControlError, Request};
 use crate::field;
 use crate::plan;
-use crate::store::{asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, Store, StoreError};
+use crate::store::{
+    asset_filename, asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, Store, StoreError,
+};
 use crate::sync::content_hash;
 use crate::text;
 
@@ -49,12 +51,7 @@ pub fn run(
     folder: &Path,
     to: Option<&Path>,
 ) -> Result<(), RestoreError> {
-    let folder_path = control::configured_folder(config, folder)?;
-    let folder = config
-        .folders
-        .iter()
-        .find(|configured| configured.path == folder_path)
-        .ok_or_else(|| ControlError::Refused(format!("{} is not configured", folder.display())))?;
+    let folder = control::configured_folder(config, folder)?;
     let dir = to.map_or_else(|| folder.path.clone(), Path::to_path_buf);
     std::fs::create_dir_all(&dir).map_err(|error| RestoreError::Dir {
         dir: dir.clone(),
@@ -64,10 +61,8 @@ pub fn run(
         dir: dir.clone(),
         error,
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| ControlError::Refused(error.to_string()))?;
+    let runtime =
+        crate::cli::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
     runtime.block_on(async {
         let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
         let list = api
@@ -90,10 +85,7 @@ pub fn run(
         let mut failed = 0;
         for asset in &list {
             let id = asset_id(asset).unwrap_or_default();
-            let raw = asset
-                .get("filename")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let raw = asset_filename(asset).unwrap_or_default();
             let name = safe_name(raw, &id);
             if name != raw {
                 warn!(asset_id = %id, name_in_tallyfy = %raw, name = %name, "the name in Tallyfy cannot be used as it is; restoring it under a safe name");

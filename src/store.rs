@@ -104,11 +104,13 @@ impl Asset {
 
     /// The file name Tallyfy stored, as the upload answered it.
     pub fn filename(&self) -> Option<String> {
-        self.0
-            .get("filename")
-            .and_then(|name| name.as_str())
-            .map(str::to_owned)
+        asset_filename(&self.0).map(str::to_owned)
     }
+}
+
+/// The file name of an asset object as found in a field's value.
+pub fn asset_filename(value: &serde_json::Value) -> Option<&str> {
+    value.get("filename")?.as_str()
 }
 
 /// The id of an asset object as found in a field's value.

@@ -21,8 +21,8 @@ use crate::metrics::METRICS;
 use crate::route::Router;
 use crate::settle::Job;
 use crate::store::{
-    asset_id, now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store, StoreError,
-    UNWRITABLE,
+    asset_filename, asset_id, now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store,
+    StoreError, UNWRITABLE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +236,7 @@ impl Syncer {
         let same_name: Vec<serde_json::Value> = list
             .into_iter()
             .filter(|asset| {
-                asset.get("filename").and_then(|name| name.as_str()) == Some(stored.as_str())
+                asset_filename(asset) == Some(stored.as_str())
                     && asset_id(asset).is_some_and(|id| !own.contains(&id))
             })
             .collect();
@@ -532,6 +532,11 @@ impl Syncer {
         let recorded = self.store.put(path, record).await;
         if recorded.is_err() && self.store.unwritable().is_some() {
             self.api.hold(UNWRITABLE);
+            // The daemon's probe may have found the store writable and released the requests
+            // between the check and the hold: a hold nobody will release would stop them all.
+            if self.store.unwritable().is_none() {
+                self.api.release();
+            }
         }
         drop(slot);
         recorded

@@ -18,7 +18,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::field;
 use crate::plan;
 use crate::settle;
-use crate::store::{asset_id, FileMeta, FileRecord, FileState};
+use crate::store::{asset_filename, asset_id, FileMeta, FileRecord, FileState};
 use crate::sync::{self, content_hash};
 use crate::text;
 
@@ -115,10 +115,8 @@ pub fn run(
     json: bool,
 ) -> Result<(), VerifyError> {
     let scopes = scopes(config, path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| ControlError::Refused(error.to_string()))?;
+    let runtime =
+        crate::cli::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
     let report = runtime.block_on(async {
         let records = records(config, &scopes).await?;
         let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
@@ -203,28 +201,25 @@ async fn records(
         let request = Request::Records {
             folder: folder.path.clone(),
         };
-        if store.is_none() {
-            match control::ask(config, &request).await? {
-                Some(Answer::Records { records }) => {
-                    all.push(records);
-                    continue;
+        let answer = match &store {
+            None => match control::ask(config, &request).await? {
+                Some(answer) => answer,
+                None => {
+                    let opened =
+                        store.insert(plan::open_store(config).map_err(ControlError::from)?);
+                    control::act(request, config, opened, false).await?
                 }
-                Some(Answer::Refused { message }) => {
-                    return Err(ControlError::Refused(message).into())
-                }
-                Some(other) => {
-                    return Err(ControlError::Refused(format!(
-                        "unexpected answer from the daemon: {other:?}"
-                    ))
-                    .into())
-                }
-                None => store = Some(plan::open_store(config).map_err(ControlError::from)?),
-            }
-        }
-        if let Some(store) = &store {
-            match control::act(request, config, store, false).await? {
-                Answer::Records { records } => all.push(records),
-                _ => all.push(Vec::new()),
+            },
+            Some(store) => control::act(request, config, store, false).await?,
+        };
+        match answer {
+            Answer::Records { records } => all.push(records),
+            Answer::Refused { message } => return Err(ControlError::Refused(message).into()),
+            other => {
+                return Err(ControlError::Refused(format!(
+                    "unexpected answer from the daemon: {other:?}"
+                ))
+                .into())
             }
         }
     }
@@ -364,11 +359,7 @@ async fn check(
                 continue;
             }
             report.files.push(FileCheck {
-                name: asset
-                    .get("filename")
-                    .and_then(|name| name.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
+                name: asset_filename(asset).unwrap_or_default().to_string(),
                 verdict: Verdict::AttachedByHand,
                 asset_id: Some(id),
                 detail: None,

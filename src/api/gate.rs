@@ -111,7 +111,11 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         let mut state = self.gate.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
-        if state.in_flight == 0 && state.holding_until.take().is_some() {
+        let ended_hold = state.in_flight == 0 && state.holding_until.take().is_some();
+        // A probe dropped without a report (its task cancelled) must not leave every later
+        // request waiting for a probe that never answers: the next one may try.
+        let dropped_probe = self.pass == Pass::Probe && std::mem::take(&mut state.probing);
+        if ended_hold || dropped_probe {
             self.gate.changed.notify_waiters();
         }
     }

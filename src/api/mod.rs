@@ -10,7 +10,7 @@ mod auth;
 mod error;
 mod gate;
 mod limit;
-pub mod multipart;
+mod multipart;
 mod network;
 
 use std::path::Path;
@@ -288,7 +288,7 @@ impl Client {
     ) -> Result<Value, ApiError> {
         self.exchange(endpoint, request, local_failure, |response| async move {
             let body = response.bytes().await.map_err(Body::Transport)?;
-            answer(endpoint, &body).map_err(Body::Strange)
+            checked_answer(endpoint, &body).map_err(Body::Strange)
         })
         .await
     }
@@ -616,7 +616,7 @@ impl Client {
             .header(reqwest::header::CONTENT_TYPE, body.content_type)
             .header(reqwest::header::CONTENT_LENGTH, body.length)
             .body(reqwest::Body::wrap_stream(body.stream));
-        let answer = self
+        let data = self
             .send_with(Endpoint::Upload, request, || {
                 tracker.failure().map(|detail| ApiError::File {
                     path: path.to_path_buf(),
@@ -624,7 +624,6 @@ impl Client {
                 })
             })
             .await?;
-        let data = answer;
         if crate::store::asset_id(&data).is_none() {
             return Err(ApiError::Decode {
                 endpoint: Endpoint::Upload,
@@ -908,8 +907,8 @@ fn round(pause: Duration) -> Duration {
     Duration::from_secs(pause.as_secs_f64().ceil() as u64)
 }
 
-/// A field value as a list of asset objects (`null` or absent is an empty field).
-/// A field's value as a list of assets (a field with one file may hold it bare).
+/// A field's value as a list of assets (`null` is an empty field; a field with one file may
+/// hold it bare).
 pub fn into_list(value: Value) -> Vec<Value> {
     match value {
         Value::Array(items) => items,
@@ -918,11 +917,10 @@ pub fn into_list(value: Value) -> Vec<Value> {
     }
 }
 
-/// The `data` object of a success envelope; a delete's answer has none, but is empty or JSON.
 /// A 2xx answer's JSON, checked to be the API's: an object whose `data` is an object (a list,
 /// for the endpoints that answer lists; a delete's answer may be empty: `null`). Anything else,
 /// such as an HTML page from a proxy or a captive portal, is an error to retry, not a verdict.
-fn answer(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
+fn checked_answer(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
     let decode = |detail: String| ApiError::Decode { endpoint, detail };
     if endpoint == Endpoint::DeleteFile && body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
