@@ -173,7 +173,6 @@ impl FieldHandle {
             api,
             store,
             removals,
-            seen: std::sync::Mutex::new(None),
             known: std::sync::Mutex::new(None),
             attach_delay,
             expected: expected.clone(),
@@ -345,8 +344,6 @@ struct Actor {
     api: Arc<Client>,
     store: Store,
     removals: Removals,
-    /// The asset ids the field held when last read or written.
-    seen: std::sync::Mutex<Option<HashSet<String>>>,
     /// The field's value as last read or written, and when.
     known: std::sync::Mutex<Option<(Instant, Vec<Value>)>>,
     attach_delay: Duration,
@@ -461,9 +458,15 @@ impl Actor {
     /// written answers, while that is under `READ_FRESH` old; true when it was added.
     fn take(&self, request: Request, batch: &mut Vec<Request>) -> bool {
         if let Request::Read { reply } = request {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            match known.filter(|(at, _)| at.elapsed() < READ_FRESH) {
-                Some((_, list)) => {
+            let fresh = self
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < READ_FRESH)
+                .map(|(_, list)| list.clone());
+            match fresh {
+                Some(list) => {
                     let _ = reply.send(Ok(list));
                     return false;
                 }
@@ -604,15 +607,18 @@ impl Actor {
     /// only searched when an asset seen in the field before has left it since, so that a
     /// burst of new files into a big folder costs no pass over its records per batch.
     async fn notice_removals(&self, list: &[Value], thorough: bool) {
-        *self.known.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), list.to_vec()));
         let listed: HashSet<String> = list.iter().filter_map(asset_id).collect();
         let previous = self
-            .seen
+            .known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .replace(listed.clone());
-        let shrank = previous.is_none_or(|previous| !previous.is_subset(&listed));
+            .replace((Instant::now(), list.to_vec()));
+        let shrank = previous.is_none_or(|(_, previous)| {
+            previous
+                .iter()
+                .filter_map(asset_id)
+                .any(|id| !listed.contains(&id))
+        });
         if !thorough && !shrank {
             return;
         }

@@ -46,7 +46,7 @@ impl Syncer {
                 summary,
             } = record.state.clone()
             {
-                let meta = current_meta(path).unwrap_or(record.meta);
+                let meta = FileMeta::read(path).unwrap_or(record.meta);
                 return match intent(subject.folder, launch, form, path, &meta, name, summary) {
                     Ok(intent) => {
                         self.start(subject, launch, record, asset, intent, None)
@@ -454,12 +454,6 @@ fn local_time(unix: i64) -> (i32, u32, u32, u32, u32) {
         tm.tm_hour as u32,
         tm.tm_min as u32,
     )
-}
-
-fn current_meta(path: &Path) -> Option<FileMeta> {
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|metadata| FileMeta::of(&metadata))
 }
 
 /// Moves a launched file into `to`, keeping its path relative to the folder; a name already

@@ -80,6 +80,14 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
+    /// The file at `path` as it is now, without following a link; `None` when it cannot be
+    /// read (gone, say).
+    pub fn read(path: &Path) -> Option<FileMeta> {
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|metadata| FileMeta::of(&metadata))
+    }
+
     pub fn of(metadata: &std::fs::Metadata) -> FileMeta {
         use std::os::unix::fs::MetadataExt;
         FileMeta {

@@ -747,11 +747,7 @@ pub fn remote_assets(record: &FileRecord) -> Vec<Asset> {
 
 /// Whether the file on disk is still the version `meta` describes.
 pub(crate) fn unchanged(path: &Path, meta: &FileMeta) -> bool {
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| FileMeta::of(&m))
-        .as_ref()
-        == Some(meta)
+    FileMeta::read(path).as_ref() == Some(meta)
 }
 
 /// Opens the file without following a link, and checks it is still the version that settled.

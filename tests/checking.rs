@@ -7,16 +7,6 @@ use common::*;
 use serde_json::{json, Value};
 use tallyfy_sync::fake::AssetSubject;
 
-fn id_of(field: &[Value], name: &str) -> String {
-    field
-        .iter()
-        .find(|asset| asset["filename"] == name)
-        .unwrap_or_else(|| panic!("{name} is in the field"))["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// The line `verify` printed for `name`.
 fn line<'a>(output: &'a Output, name: &str) -> &'a str {
     output

@@ -14,23 +14,7 @@ async fn synced(env: &Env, daemon: &Daemon, name: &str, content: &[u8]) -> Strin
         daemon,
     )
     .await;
-    let field = env.task_field();
-    let asset = field
-        .iter()
-        .find(|asset| asset["filename"] == name)
-        .unwrap();
-    asset["id"].as_str().unwrap().to_string()
-}
-
-/// The daemon's /metrics text, at the address its log names.
-async fn metrics(daemon: &Daemon) -> String {
-    let addr = daemon.metrics_addr();
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("the metrics endpoint answers")
-        .text()
-        .await
-        .unwrap_or_default()
+    id_of(&env.task_field(), name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +47,7 @@ async fn a_file_removed_in_tallyfy_is_left_removed_shown_by_status_and_sent_agai
         .to_string();
     assert!(line.contains("removed in Tallyfy"), "{}", describe(&status));
     assert_eq!(filenames(&env.task_field()), vec!["b.pdf"]);
-    let metrics = metrics(&daemon).await;
+    let (_, metrics) = http_get(&format!("http://{}/metrics", daemon.metrics_addr())).await;
     for expected in [
         "tallyfy_sync_remote_removals_total{action=\"left\"} 1\n",
         "tallyfy_sync_remote_removals_total{action=\"restored\"} 0\n",
@@ -116,15 +100,7 @@ async fn with_remote_removed_restore_a_removed_file_is_attached_again_and_a_dele
     )
     .await;
     let field = env.task_field();
-    let id_of = |name: &str| {
-        field
-            .iter()
-            .find(|asset| asset["filename"] == name)
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let id_of = |name: &str| id_of(&field, name);
     assert_eq!(id_of("a.pdf"), detached, "the same asset is attached again");
     assert_ne!(id_of("b.pdf"), deleted, "a deleted asset is uploaded again");
     let again = env.fake.asset(&id_of("b.pdf")).unwrap();

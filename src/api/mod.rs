@@ -788,18 +788,17 @@ impl Client {
     /// Every process of a template whose name matches the search `q`, of any status, all
     /// pages followed.
     pub async fn find_runs(&self, checklist_id: &str, q: &str) -> Result<Vec<Run>, ApiError> {
-        let query = [("checklist_id", checklist_id), ("q", q)];
-        self.all_pages(Endpoint::ListRuns, "runs", &query)
-            .await?
-            .iter()
-            .map(|item| parse_run(Endpoint::ListRuns, item))
-            .collect()
+        self.runs(&[("checklist_id", checklist_id), ("q", q)]).await
     }
 
     /// Every active process of a template, all pages followed.
     pub async fn active_runs(&self, checklist_id: &str) -> Result<Vec<Run>, ApiError> {
-        let query = [("checklist_id", checklist_id), ("status", "active")];
-        self.all_pages(Endpoint::ListRuns, "runs", &query)
+        self.runs(&[("checklist_id", checklist_id), ("status", "active")])
+            .await
+    }
+
+    async fn runs(&self, query: &[(&str, &str)]) -> Result<Vec<Run>, ApiError> {
+        self.all_pages(Endpoint::ListRuns, "runs", query)
             .await?
             .iter()
             .map(|item| parse_run(Endpoint::ListRuns, item))

@@ -492,6 +492,17 @@ pub fn drop_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
 }
 
 /// A GET of `url`: the status and the body.
+/// The id of the asset named `name` in a field's value.
+pub fn id_of(field: &[Value], name: &str) -> String {
+    field
+        .iter()
+        .find(|asset| asset["filename"] == name)
+        .unwrap_or_else(|| panic!("{name} is in the field"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 pub async fn http_get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.expect("the endpoint answers");
     let status = response.status().as_u16();
