@@ -88,6 +88,9 @@ pub struct FileReport {
     pub detail: String,
     /// Unix milliseconds of the next attempt, when one is scheduled.
     pub next_attempt_ms: Option<u64>,
+    /// The name Tallyfy stored, when it is not the file's own (see "Filenames" in the README).
+    #[serde(default)]
+    pub stored_as: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -298,6 +301,14 @@ fn folder_report(
                 ("duplicate", None, detail, None)
             }
         };
+        let uploaded = match &record.state {
+            FileState::Uploaded { asset } | FileState::Launching { asset, .. } => Some(asset),
+            _ => record.attached.as_ref(),
+        };
+        let own = path.file_name().map(|own| own.to_string_lossy());
+        let stored_as = uploaded
+            .and_then(|asset| asset.filename())
+            .filter(|stored| own.as_deref() != Some(stored.as_str()));
         files.push(FileReport {
             name,
             state: state.to_string(),
@@ -306,6 +317,7 @@ fn folder_report(
             attempts: record.attempts,
             detail,
             next_attempt_ms,
+            stored_as,
         });
     }
     Ok(FolderReport {
@@ -430,6 +442,9 @@ pub fn render(report: &StatusReport) -> String {
             }
             if let Some(run) = &file.run_id {
                 let _ = write!(line, "  run {run}");
+            }
+            if let Some(stored) = &file.stored_as {
+                let _ = write!(line, "  stored in Tallyfy as {}", text::escaped(stored));
             }
             if !file.detail.is_empty() {
                 let _ = write!(line, "  {}", text::escaped(&file.detail));

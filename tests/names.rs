@@ -129,9 +129,14 @@ async fn odd_file_names_sync_under_the_names_php_stores_and_each_event_is_one_lo
     assert!(log.contains("esc\\u{1b}[31mred.pdf"), "{log}");
 
     let status = status(&env);
-    for (name, _) in NAMES {
-        let line = format!("  synced    {}  asset ", text::escaped(name));
-        assert!(status.contains(&line), "{line:?} missing from:\n{status}");
+    for (name, stored) in NAMES {
+        let start = format!("  synced    {}  asset ", text::escaped(name));
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(&start))
+            .unwrap_or_else(|| panic!("{start:?} missing from:\n{status}"));
+        let renamed = format!("  stored in Tallyfy as {}", text::escaped(stored));
+        assert_eq!(line.contains(&renamed), name != stored, "{line}");
     }
     assert!(status.contains("tab\\there.pdf"), "{status}");
 
