@@ -223,7 +223,16 @@ pub struct Route {
     pub by: RouteBy,
     /// Keep a subfolder for every active process (the daemon then writes the folder).
     pub create_folders: bool,
+    /// How often the active processes are read when no file asks for one (`refresh_interval`).
+    pub refresh_interval: Duration,
 }
+
+/// `route.refresh_interval` by default: a new process needs no file to be found sooner than
+/// this, unless its subfolder is to be created, which people wait for.
+pub const ROUTE_REFRESH: Duration = Duration::from_secs(180);
+pub const ROUTE_REFRESH_CREATING: Duration = Duration::from_secs(30);
+/// The shortest `route.refresh_interval`: the list costs a request per page each time.
+pub const ROUTE_REFRESH_MIN: Duration = Duration::from_secs(5);
 
 /// What a route folder's subfolder names (`route.by`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1135,13 +1144,24 @@ fn route_target(mut s: Section<'_>) -> Option<Target> {
         Some("id") => Ok(RouteBy::Id),
         _ => invalid("expected name or id"),
     });
-    let create_folders = s.opt("create_folders", boolean);
+    let create_folders = s.opt("create_folders", boolean).unwrap_or(false);
+    let refresh_interval = s.opt("refresh_interval", |value| match duration(value)? {
+        short if short < ROUTE_REFRESH_MIN => {
+            invalid("must be at least 5s: every refresh lists the template's processes again")
+        }
+        interval => Ok(interval),
+    });
     s.finish();
     Some(Target::Route(Route {
         checklist_id: checklist_id?,
         capture_id: capture_id?,
         by: by.unwrap_or(RouteBy::Name),
-        create_folders: create_folders.unwrap_or(false),
+        create_folders,
+        refresh_interval: refresh_interval.unwrap_or(if create_folders {
+            ROUTE_REFRESH_CREATING
+        } else {
+            ROUTE_REFRESH
+        }),
     }))
 }
 
@@ -2336,6 +2356,7 @@ folders:
                 capture_id: "C".into(),
                 by: RouteBy::Name,
                 create_folders: false,
+                refresh_interval: Duration::from_secs(180),
             })
         );
         assert!(config.folders[0].recursive);
@@ -2343,6 +2364,15 @@ folders:
             panic!("not a route: {:?}", config.folders[1].target);
         };
         assert_eq!((by_id.by, by_id.create_folders), (RouteBy::Id, true));
+        // Folders people wait for are looked for more often.
+        assert_eq!(by_id.refresh_interval, Duration::from_secs(30));
+        let set = fx.parse(
+            "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, capture_id: C, create_folders: true, refresh_interval: 10m}\n",
+        );
+        let Target::Route(set) = &set.folders[0].target else {
+            panic!("not a route: {:?}", set.folders[0].target);
+        };
+        assert_eq!(set.refresh_interval, Duration::from_secs(600));
     }
 
     #[test]
@@ -2350,12 +2380,13 @@ folders:
         let fx = Fixture::new();
         assert_eq!(
             fx.problems(
-                "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, by: title, create_folders: maybe}\n  - path: {dir}/out\n    route: {checklist_id: T, capture_id: C}\n    task: {run_id: R, task_id: K, capture_id: C}\n  - path: {dir}/state\n    recursive: false\n    route: {checklist_id: T, capture_id: C}\n",
+                "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, by: title, create_folders: maybe, refresh_interval: 1s}\n  - path: {dir}/out\n    route: {checklist_id: T, capture_id: C}\n    task: {run_id: R, task_id: K, capture_id: C}\n  - path: {dir}/state\n    recursive: false\n    route: {checklist_id: T, capture_id: C}\n",
             ),
             [
                 "folders[0].route.capture_id: required",
                 "folders[0].route.by \"title\": expected name or id",
                 "folders[0].route.create_folders \"maybe\": expected true or false, found a string",
+                "folders[0].route.refresh_interval \"1s\": must be at least 5s: every refresh lists the template's processes again",
                 "folders[1]: needs exactly one of task, kickoff, launch or route (found both)",
                 "folders[2].recursive: a route folder always watches its subfolders (each stands for a process); remove recursive",
             ]

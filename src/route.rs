@@ -24,10 +24,8 @@ use crate::watch::Hint;
 
 /// Why a file directly in a route folder waits.
 pub const IN_ROOT: &str = "directly in the route folder; put it into the subfolder of its process";
-/// How often the active processes are read even when no file asks for one.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(180);
 /// The soonest the processes are read again for a file that names none of them; while such
-/// files wait, the wait doubles up to `REFRESH_EVERY`.
+/// files wait, the wait doubles up to the folder's `refresh_interval`.
 pub const MISS_REFRESH: Duration = Duration::from_secs(5);
 /// How often the refresher looks whether a folder is due (no request unless it is).
 const TICK: Duration = Duration::from_secs(1);
@@ -204,7 +202,7 @@ impl Router {
         let mut cache = cache.lock().await;
         let stale = cache
             .refreshed
-            .is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+            .is_none_or(|at| at.elapsed() >= route.refresh_interval);
         if stale {
             self.refresh(index, route, &mut cache).await?;
         }
@@ -391,10 +389,10 @@ impl Router {
                     // While files wait for a process, look again sooner.
                     if self.waiting_files(folder).is_empty() {
                         cache.backoff = MISS_REFRESH;
-                        cache.due = Instant::now() + REFRESH_EVERY;
+                        cache.due = Instant::now() + route.refresh_interval;
                     } else {
                         cache.due = Instant::now() + cache.backoff;
-                        cache.backoff = (cache.backoff * 2).min(REFRESH_EVERY);
+                        cache.backoff = (cache.backoff * 2).min(route.refresh_interval);
                     }
                     changed
                 };
@@ -840,6 +838,7 @@ mod tests {
             capture_id: "C".into(),
             by,
             create_folders: false,
+            refresh_interval: crate::config::ROUTE_REFRESH,
         }
     }
 

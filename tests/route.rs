@@ -364,7 +364,7 @@ async fn a_process_that_completes_fails_the_files_still_meant_for_it_and_says_so
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_folders_keeps_a_subfolder_per_active_process_and_removes_none() {
-    let routing = Routing::new("create_folders: true").await;
+    let routing = Routing::new("create_folders: true\nrefresh_interval: 5s").await;
     let odd = routing
         .env
         .fake
@@ -394,6 +394,17 @@ async fn create_folders_keeps_a_subfolder_per_active_process_and_removes_none() 
         &daemon,
     )
     .await;
+    // A process started later gets its folder at the next refresh, with no file to ask for it.
+    let lists = routing.run_lists();
+    routing.env.fake.start_run(ONBOARDING, "Epsilon GmbH");
+    eventually(
+        "a subfolder is made for a process started while the daemon runs",
+        || routing.root.join("Epsilon GmbH").is_dir(),
+        &daemon,
+    )
+    .await;
+    let lists = routing.run_lists() - lists;
+    assert!(lists <= 2, "{lists} list reads for one new process");
     daemon.stop().await;
 }
 
