@@ -118,12 +118,33 @@ pub fn run(
     let runtime =
         crate::cli::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
     let report = runtime.block_on(async {
-        let records = records(config, &scopes).await?;
+        // Every folder's records: a field may be fed by folders out of scope, and their files
+        // are not "attached by hand".
+        let everywhere: Vec<(&Folder, PathBuf)> = config
+            .folders
+            .iter()
+            .map(|folder| (folder, folder.path.clone()))
+            .collect();
+        let records: HashMap<PathBuf, Vec<(PathBuf, FileRecord)>> = everywhere
+            .iter()
+            .map(|(folder, _)| folder.path.clone())
+            .zip(records(config, &everywhere).await?)
+            .collect();
         let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
         let progress = Progress::new(download);
         let mut folders = Vec::new();
-        for ((folder, scope), records) in scopes.iter().zip(records) {
-            folders.push(check(&api, folder, scope, records, download, &progress).await);
+        for (folder, scope) in &scopes {
+            let key = folder.target.key();
+            let elsewhere: HashSet<String> = config
+                .folders
+                .iter()
+                .filter(|other| other.path != folder.path && other.target.key() == key)
+                .flat_map(|other| records.get(&other.path).into_iter().flatten())
+                .flat_map(|(_, record)| sync::remote_assets(record))
+                .filter_map(|asset| asset.id())
+                .collect();
+            let own = records.get(&folder.path).cloned().unwrap_or_default();
+            folders.push(check(&api, folder, scope, own, &elsewhere, download, &progress).await);
         }
         progress.done();
         Ok::<_, VerifyError>(Report {
@@ -231,6 +252,8 @@ async fn check(
     folder: &Folder,
     scope: &Path,
     records: Vec<(PathBuf, FileRecord)>,
+    // Assets the records of other folders feeding the same field claim.
+    elsewhere: &HashSet<String>,
     download: bool,
     progress: &Progress,
 ) -> FolderCheck {
@@ -355,7 +378,7 @@ async fn check(
     if scope == folder.path {
         for asset in &list {
             let Some(id) = asset_id(asset) else { continue };
-            if claimed.contains(&id) {
+            if claimed.contains(&id) || elsewhere.contains(&id) {
                 continue;
             }
             report.files.push(FileCheck {

@@ -101,6 +101,44 @@ async fn verify_reports_each_difference_sends_only_gets_and_exits_1_until_all_ag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_counts_files_of_another_folder_feeding_the_same_field_as_theirs_not_by_hand() {
+    let env = Env::new().await;
+    let scans = env.dir.path().join("scans");
+    std::fs::create_dir(&scans).unwrap();
+    let task = format!("    task: {{run_id: {RUN}, task_id: {TASK}, capture_id: {CAPTURE}}}\n");
+    env.write_raw_config(&format!(
+        "api: {{base_url: {base}, org_id: {ORG}}}\nstate_dir: {state}\nsettle: {SETTLE}\n\
+         folders:\n  - path: {tasks}\n{task}  - path: {scans}\n{task}",
+        base = env.fake.base_url(),
+        state = env.state.display(),
+        tasks = env.tasks.display(),
+        scans = scans.display(),
+    ));
+    drop_file(&env.tasks, "invoice.pdf", b"%PDF invoice");
+    drop_file(&scans, "scan.pdf", b"%PDF scan");
+    let daemon = env.start();
+    eventually("both attached", || env.task_field().len() == 2, &daemon).await;
+    daemon.wait_for_log("scan.pdf").await;
+    daemon.wait_for_log("invoice.pdf").await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+
+    let verified = env.command(&["verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
+    assert!(
+        verified.stdout.contains("2 in sync, 0 differ"),
+        "{}",
+        describe(&verified)
+    );
+    assert!(
+        !verified.stdout.contains("by hand"),
+        "{}",
+        describe(&verified)
+    );
+    let one = env.command(&["verify", scans.to_str().unwrap()]);
+    assert_eq!(one.status.code(), Some(0), "{}", describe(&one));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_exits_78_on_a_bad_config() {
     let env = Env::new().await;
     env.write_raw_config("api: [\n");
