@@ -402,6 +402,20 @@ impl fmt::Display for Template {
 
 impl Target {
     /// Stable short key naming the remote field, e.g. "task:RUN/TASK/CAPTURE" or "kickoff:CHECKLIST/FIELD".
+    /// The task target a key "task:RUN/TASK/CAPTURE" names: where a route folder's record says
+    /// its file went.
+    pub fn of_task_key(key: &str) -> Option<Target> {
+        let rest = key.strip_prefix("task:")?;
+        let mut parts = rest.splitn(3, '/');
+        Some(Target::Task {
+            run_id: parts.next()?.to_string(),
+            task_id: parts.next()?.to_string(),
+            capture_id: parts.next()?.to_string(),
+            step_id: None,
+            checklist_id: None,
+        })
+    }
+
     pub fn key(&self) -> String {
         match self {
             Target::Task {

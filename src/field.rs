@@ -35,6 +35,10 @@ const MAX_BATCH_WAIT: u32 = 30;
 /// only a file attached by hand within this time can be missing from it, and then the file is
 /// uploaded beside it, as without the look.
 const READ_FRESH: Duration = Duration::from_secs(10);
+/// The soonest an invalid target is inspected again when a file asks for it: a route folder's
+/// task that was closed when its first file came may be reopened, and a burst of files for it
+/// must not cost a GET each.
+const REVERIFY_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FieldError {
@@ -152,6 +156,8 @@ pub struct FieldHandle {
     requests: mpsc::Sender<Request>,
     readiness: watch::Receiver<Readiness>,
     expected: Arc<Expected>,
+    /// Asks the actor to inspect an invalid target again.
+    reverify: Arc<Notify>,
 }
 
 impl FieldHandle {
@@ -168,6 +174,7 @@ impl FieldHandle {
         let (requests, inbox) = mpsc::channel(MAX_BATCH);
         let (ready_tx, readiness) = watch::channel(Readiness::Verifying);
         let expected = Arc::new(Expected::default());
+        let reverify = Arc::new(Notify::new());
         let actor = Actor {
             target,
             api,
@@ -176,6 +183,7 @@ impl FieldHandle {
             known: std::sync::Mutex::new(None),
             attach_delay,
             expected: expected.clone(),
+            reverify: reverify.clone(),
             cancel,
         };
         let task = tokio::spawn(actor.run(inbox, ready_tx));
@@ -184,6 +192,7 @@ impl FieldHandle {
                 requests,
                 readiness,
                 expected,
+                reverify,
             },
             task,
         )
@@ -225,6 +234,17 @@ impl FieldHandle {
             Readiness::Invalid(why) => Some(Err(why.clone())),
             Readiness::Verifying => None,
         }
+    }
+
+    /// `verdict`, but an invalid target is inspected again first (at most every
+    /// `REVERIFY_AFTER`): what was wrong with it may have been fixed in Tallyfy since.
+    pub async fn verdict_again(&self) -> Option<Result<Arc<Resolved>, String>> {
+        let mut readiness = self.readiness.clone();
+        if matches!(*readiness.borrow_and_update(), Readiness::Invalid(_)) {
+            self.reverify.notify_one();
+            readiness.changed().await.ok()?;
+        }
+        self.verdict().await
     }
 
     /// Puts `asset` in the field, in place of `replaces` when that is there. `file` stops
@@ -348,27 +368,16 @@ struct Actor {
     known: std::sync::Mutex<Option<(Instant, Vec<Value>)>>,
     attach_delay: Duration,
     expected: Arc<Expected>,
+    reverify: Arc<Notify>,
     cancel: CancellationToken,
 }
 
 impl Actor {
     async fn run(self, mut inbox: mpsc::Receiver<Request>, readiness: watch::Sender<Readiness>) {
-        let verified = tokio::select! {
-            _ = self.cancel.cancelled() => return,
-            verified = inspect(&self.target, &self.api) => verified,
-        };
-        match verified {
-            Ok((resolved, list)) => {
-                info!(target = %self.target, "target verified");
-                readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
-                self.notice_removals(&list, true).await;
-            }
-            Err(FieldError::Cancelled) => return,
-            Err(error) => {
-                error!(target = %self.target, %error, "folders mapped to this target are not synced until the config is fixed");
-                readiness.send_replace(Readiness::Invalid(error.to_string()));
-            }
+        if !self.verify(&readiness).await {
+            return;
         }
+        let mut inspected = Instant::now();
         let mut check = tokio::time::interval_at(
             tokio::time::Instant::now() + self.removals.every,
             self.removals.every,
@@ -380,6 +389,19 @@ impl Actor {
                 _ = check.tick() => {
                     if matches!(&*readiness.borrow(), Readiness::Ready(_)) {
                         self.check_removals().await;
+                    }
+                    continue;
+                }
+                _ = self.reverify.notified() => {
+                    let invalid = matches!(&*readiness.borrow(), Readiness::Invalid(_));
+                    if invalid && inspected.elapsed() >= REVERIFY_AFTER {
+                        inspected = Instant::now();
+                        if !self.verify(&readiness).await {
+                            return;
+                        }
+                    } else {
+                        // Whoever asked waits for an answer, even when it is the same.
+                        readiness.send_modify(|_| {});
                     }
                     continue;
                 }
@@ -397,6 +419,34 @@ impl Actor {
             }
             self.apply(batch).await;
         }
+    }
+
+    /// Inspects the target and says what came of it on `readiness`; false when shutting down.
+    async fn verify(&self, readiness: &watch::Sender<Readiness>) -> bool {
+        let verified = tokio::select! {
+            _ = self.cancel.cancelled() => return false,
+            verified = inspect(&self.target, &self.api) => verified,
+        };
+        match verified {
+            Ok((resolved, list)) => {
+                info!(target = %self.target, "target verified");
+                readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
+                self.notice_removals(&list, true).await;
+            }
+            Err(FieldError::Cancelled) => return false,
+            Err(error) => {
+                let why = error.to_string();
+                let again =
+                    matches!(&*readiness.borrow(), Readiness::Invalid(before) if *before == why);
+                if again {
+                    debug!(target = %self.target, %error, "the target is still wrong");
+                } else {
+                    error!(target = %self.target, %error, "folders mapped to this target are not synced until the config is fixed");
+                }
+                readiness.send_replace(Readiness::Invalid(why));
+            }
+        }
+        true
     }
 
     /// Gathers a batch from its first request: while more files for this field are on their

@@ -33,12 +33,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let interval_ms = config.failed_retry_interval.as_millis() as u64;
-    let targets: BTreeMap<String, &Target> = config
-        .folders
-        .iter()
-        .map(|folder| (folder.target.key(), &folder.target))
-        .collect();
     loop {
+        let targets = targets(&config, &store);
         let mut schedule = Vec::with_capacity(targets.len());
         for target_key in targets.keys() {
             let saved: Option<u64> = store.meta(&key(target_key)).ok().flatten();
@@ -68,7 +64,7 @@ pub async fn run(
         for (target_key, saved) in schedule {
             let mut next = saved.unwrap_or(unix_ms() + interval_ms);
             if due.contains(&target_key) {
-                let target = targets[target_key];
+                let target = &targets[target_key];
                 let files = failed_by_target.remove(target_key).unwrap_or_default();
                 let checked = tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -92,6 +88,30 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// The targets that may hold failed files: the folders', and the tasks route folders sent
+/// files to (their records name the task, not the folder's target).
+fn targets(config: &Config, store: &Store) -> BTreeMap<String, Target> {
+    let mut targets: BTreeMap<String, Target> = config
+        .folders
+        .iter()
+        .map(|folder| (folder.target.key(), folder.target.clone()))
+        .collect();
+    for folder in &config.folders {
+        if !matches!(folder.target, Target::Route(_)) {
+            continue;
+        }
+        for (_, record) in store.records_under(&folder.path).filter_map(Result::ok) {
+            if !matches!(record.state, FileState::Failed { .. }) {
+                continue;
+            }
+            if let Some(task) = Target::of_task_key(&record.target) {
+                targets.entry(record.target).or_insert(task);
+            }
+        }
+    }
+    targets
 }
 
 /// One GET of the target decides whether its failed files get another try.

@@ -170,7 +170,7 @@ impl Router {
 
     /// The actor for a task key a route folder's record or pending delete names.
     pub fn actor_for_key(&self, key: &str) -> Option<FieldHandle> {
-        let target = task_target(key)?;
+        let target = Target::of_task_key(key)?;
         Some(self.actor(&target))
     }
 
@@ -623,19 +623,6 @@ fn create_folders(folder: &Folder, route: &Route, active: &[Process]) {
     }
 }
 
-/// The task target a key "task:RUN/TASK/CAPTURE" names.
-fn task_target(key: &str) -> Option<Target> {
-    let rest = key.strip_prefix("task:")?;
-    let mut parts = rest.splitn(3, '/');
-    Some(Target::Task {
-        run_id: parts.next()?.to_string(),
-        task_id: parts.next()?.to_string(),
-        capture_id: parts.next()?.to_string(),
-        step_id: None,
-        checklist_id: None,
-    })
-}
-
 /// A file that goes to no task now; its record keeps naming the task its copies are in.
 fn unrouted<'a>(
     folder: &'a Folder,
@@ -772,7 +759,7 @@ impl Syncer {
             self.store.put(path, &record).await?;
         }
         let subject = Subject::new(folder, &field, path).bound_to(key);
-        match field.verdict().await {
+        match field.verdict_again().await {
             None => return Err(SyncError::Cancelled),
             Some(Ok(resolved)) => self.reconcile(&subject, &resolved).await?,
             Some(Err(why)) => {

@@ -70,13 +70,18 @@ impl Routing {
     }
 
     fn configure(&self, route_extra: &str) {
+        self.configure_with("", route_extra);
+    }
+
+    /// `top_extra` goes at the top level of the config, `route_extra` under `route`.
+    fn configure_with(&self, top_extra: &str, route_extra: &str) {
         let extra: String = route_extra
             .lines()
             .map(|line| format!("      {line}\n"))
             .collect();
         let yaml = format!(
             "api:\n  base_url: {base}\n  org_id: {ORG}\n  timeout: 10s\n\
-             state_dir: {state}\nsettle: {SETTLE}\n\
+             state_dir: {state}\nsettle: {SETTLE}\n{top_extra}\
              folders:\n\
              \x20 - path: {root}\n    route:\n      checklist_id: {ONBOARDING}\n      capture_id: {DOCS}\n{extra}",
             base = self.env.fake.base_url(),
@@ -359,6 +364,45 @@ async fn a_process_that_completes_fails_the_files_still_meant_for_it_and_says_so
     )
     .await;
     assert_eq!(routing.env.requests("PUT", "/tasks/").len(), puts);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_file_refused_by_a_closed_task_heals_once_the_task_is_reopened() {
+    let routing = Routing::new("").await;
+    routing.configure_with("failed_retry_interval: 2s\n", "");
+    let task = routing.docs_task(&routing.acme);
+    routing
+        .env
+        .fake
+        .set_task_status(&routing.acme, &task, "completed");
+    let daemon = routing.running().await;
+    drop_file(&routing.subfolder("Acme Corp"), "late.pdf", b"late");
+    eventually(
+        "the file failed while its task is closed",
+        || {
+            routing
+                .status_line("late.pdf")
+                .is_some_and(|line| line.contains("failed") && line.contains("next attempt"))
+        },
+        &daemon,
+    )
+    .await;
+    // The process is still active: the task is checked again on the schedule, not abandoned.
+    daemon.wait_for_log("the target still refuses files").await;
+    routing
+        .env
+        .fake
+        .set_task_status(&routing.acme, &task, "active");
+    eventually(
+        "attached once the task is reopened",
+        || routing.docs(&routing.acme) == ["late.pdf"],
+        &daemon,
+    )
+    .await;
+    assert!(daemon
+        .log()
+        .contains("trying the files it refused once more"));
     daemon.stop().await;
 }
 
