@@ -1056,10 +1056,14 @@ fn folder(
     let recursive = routed || recursive.unwrap_or(false);
     let delete_remote = s.opt("delete_remote", boolean).unwrap_or(true);
     let remote_removed = s
-        .opt("remote_removed", |value| match value.as_str() {
-            Some("leave") => Ok(RemoteRemoved::Leave),
-            Some("restore") => Ok(RemoteRemoved::Restore),
-            _ => invalid("expected leave or restore"),
+        .opt("remote_removed", |value| {
+            one_of(
+                value,
+                &[
+                    ("leave", RemoteRemoved::Leave),
+                    ("restore", RemoteRemoved::Restore),
+                ],
+            )
         })
         .unwrap_or_default();
     let max_delete_percent = s.opt("max_delete", percentage).unwrap_or(max_delete);
@@ -1102,11 +1106,11 @@ fn folder(
 
 /// `watch: auto | inotify | poll` and `poll: 30s` (which implies `watch: poll`).
 fn watch_mode(s: &mut Section<'_>) -> Option<WatchMode> {
-    let watch = s.get("watch", |value| match value.as_str() {
-        Some("auto") => Ok("auto"),
-        Some("inotify") => Ok("inotify"),
-        Some("poll") => Ok("poll"),
-        _ => invalid("expected auto, inotify or poll"),
+    let watch = s.get("watch", |value| {
+        one_of(
+            value,
+            &[("auto", "auto"), ("inotify", "inotify"), ("poll", "poll")],
+        )
     });
     let poll = s.get("poll", positive_duration);
     match (watch, poll) {
@@ -1153,10 +1157,8 @@ fn kickoff_target(mut s: Section<'_>) -> Option<Target> {
 fn route_target(mut s: Section<'_>) -> Option<Target> {
     let checklist_id = s.req("checklist_id", id);
     let capture_id = s.req("capture_id", id);
-    let by = s.opt("by", |value| match value.as_str() {
-        Some("name") => Ok(RouteBy::Name),
-        Some("id") => Ok(RouteBy::Id),
-        _ => invalid("expected name or id"),
+    let by = s.opt("by", |value| {
+        one_of(value, &[("name", RouteBy::Name), ("id", RouteBy::Id)])
     });
     let create_folders = s.opt("create_folders", boolean).unwrap_or(false);
     let refresh_interval = s.opt("refresh_interval", |value| match duration(value)? {
@@ -1204,11 +1206,11 @@ fn launch_target(mut s: Section<'_>, base: &Path, folder: Option<&Path>) -> Opti
             })
             .collect::<Vec<_>>()
     });
-    let after = s.get("after", |value| match value.as_str() {
-        Some("keep") => Ok("keep"),
-        Some("delete") => Ok("delete"),
-        Some("move") => Ok("move"),
-        _ => invalid("expected keep, delete or move"),
+    let after = s.get("after", |value| {
+        one_of(
+            value,
+            &[("keep", "keep"), ("delete", "delete"), ("move", "move")],
+        )
     });
     let move_to = s.get("move_to", |value| {
         path_in(base)(value).map(|to| resolved(&to))
@@ -1700,12 +1702,26 @@ fn template(value: &Value) -> Result<Template, Bad> {
 }
 
 fn dedupe(value: &Value) -> Result<Dedupe, Bad> {
-    match value.as_str() {
-        Some("content") => Ok(Dedupe::Content),
-        Some("none") => Ok(Dedupe::None),
-        Some(_) => invalid("expected content or none"),
-        None => Err(Bad::Type("content or none")),
+    one_of(
+        value,
+        &[("content", Dedupe::Content), ("none", Dedupe::None)],
+    )
+}
+
+/// The choice `value` names, from `choices`; the error lists them ("expected name or id").
+fn one_of<T: Copy>(value: &Value, choices: &[(&str, T)]) -> Result<T, Bad> {
+    let chosen = value
+        .as_str()
+        .and_then(|text| choices.iter().find(|(name, _)| *name == text));
+    if let Some((_, choice)) = chosen {
+        return Ok(*choice);
     }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let listed = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    invalid(format!("expected {listed}"))
 }
 
 fn log_format(value: &Value) -> Result<LogFormat, Bad> {
