@@ -103,7 +103,8 @@ pub enum Command {
     /// already there with the same content, under safe names, never overwriting a file (a
     /// taken name becomes `name (2).pdf`). Restored into FOLDER with the daemon stopped, they
     /// are recorded as synced; a running daemon adopts them. Either way nothing is uploaded
-    /// for them. Exit 0 when every file came, 1 otherwise.
+    /// for them. A route folder gets each active process's files back into its subfolder.
+    /// Exit 0 when every file came, 1 otherwise.
     Restore {
         /// A configured folder.
         folder: PathBuf,

@@ -12,10 +12,11 @@ use serde_json::Value;
 use tracing::warn;
 
 use crate::api::{ApiError, Client, Sink};
-use crate::config::{Config, Credentials, Folder};
+use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, ControlError, Request};
 use crate::field;
 use crate::plan;
+use crate::route;
 use crate::store::{
     asset_filename, asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, Store, StoreError,
 };
@@ -35,6 +36,8 @@ pub enum RestoreError {
     Field { folder: PathBuf, error: ApiError },
     #[error("cannot create {dir}: {error}")]
     Dir { dir: PathBuf, error: std::io::Error },
+    #[error("{folder} is a launch folder: each of its files started a process and stays in it; open the process in Tallyfy to get a file back")]
+    Launch { folder: PathBuf },
     #[error("{failed} of {total} files could not be restored (see above)")]
     Failed { failed: usize, total: usize },
 }
@@ -52,6 +55,11 @@ pub fn run(
     to: Option<&Path>,
 ) -> Result<(), RestoreError> {
     let folder = control::configured_folder(config, folder)?;
+    if matches!(folder.target, Target::Launch(_)) {
+        return Err(RestoreError::Launch {
+            folder: folder.path.clone(),
+        });
+    }
     let dir = to.map_or_else(|| folder.path.clone(), Path::to_path_buf);
     std::fs::create_dir_all(&dir).map_err(|error| RestoreError::Dir {
         dir: dir.clone(),
@@ -65,14 +73,12 @@ pub fn run(
         crate::cli::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
     runtime.block_on(async {
         let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
-        let list = api
-            .with_retries(|| field::read(&folder.target, &api))
+        let fields = fields(&api, folder, &dir)
             .await
             .map_err(|error| RestoreError::Field {
                 folder: folder.path.clone(),
                 error,
-            })?
-            .list;
+            })?;
         // Recorded only when the files land where the daemon looks for them, and the daemon is
         // not running (it holds the store, and adopts new files by itself).
         let records = dir == folder.path
@@ -83,14 +89,23 @@ pub fn run(
             None
         };
         let mut failed = 0;
-        for asset in &list {
+        let total: usize = fields.iter().map(|field| field.list.len()).sum();
+        let assets = fields
+            .iter()
+            .flat_map(|field| field.list.iter().map(move |asset| (field, asset)));
+        for (field, asset) in assets {
             let id = asset_id(asset).unwrap_or_default();
             let raw = asset_filename(asset).unwrap_or_default();
             let name = safe_name(raw, &id);
             if name != raw {
                 warn!(asset_id = %id, name_in_tallyfy = %raw, name = %name, "the name in Tallyfy cannot be used as it is; restoring it under a safe name");
             }
-            match restore_one(&api, &dir, &id, &name).await {
+            if let Err(error) = std::fs::create_dir_all(&field.dir) {
+                failed += 1;
+                println!("FAILED         {}  asset {}: cannot create {}: {}", text::escaped(&name), text::escaped(&id), text::path(&field.dir), text::escaped(&error.to_string()));
+                continue;
+            }
+            match restore_one(&api, &field.dir, &id, &name).await {
                 Ok(outcome) => {
                     let (path, words) = match &outcome {
                         Outcome::Restored(path) => (path, "restored"),
@@ -98,7 +113,7 @@ pub fn run(
                     };
                     println!("{words:<14} {}  asset {}", text::path(path), text::escaped(&id));
                     if let Some(store) = &store {
-                        record(store, folder, path, asset)
+                        record(store, folder, &field.target, path, asset)
                             .await
                             .map_err(ControlError::from)?;
                     }
@@ -109,19 +124,62 @@ pub fn run(
                 }
             }
         }
-        let done = list.len() - failed;
-        println!("{done} of {} files in {}", list.len(), text::path(&dir));
+        let done = total - failed;
+        println!("{done} of {total} files in {}", text::path(&dir));
         if store.is_none() && dir == folder.path {
             println!("the running daemon matches them against the field and records them without uploading");
         }
         if failed > 0 {
-            return Err(RestoreError::Failed {
-                failed,
-                total: list.len(),
-            });
+            return Err(RestoreError::Failed { failed, total });
         }
         Ok(())
     })
+}
+
+/// One field's files and where they go back to.
+struct Field {
+    /// The directory its files are restored into.
+    dir: PathBuf,
+    /// The target key their records name.
+    target: String,
+    list: Vec<Value>,
+}
+
+/// The fields a folder's files are in: its target's, or for a route folder the capture field of
+/// each active process, going to that process's subfolder.
+async fn fields(api: &Client, folder: &Folder, dir: &Path) -> Result<Vec<Field>, ApiError> {
+    let Target::Route(route) = &folder.target else {
+        let list = api
+            .with_retries(|| field::read(&folder.target, api))
+            .await?
+            .list;
+        return Ok(vec![Field {
+            dir: dir.to_path_buf(),
+            target: folder.target.key(),
+            list,
+        }]);
+    };
+    let processes = route::active_processes(api, route).await?;
+    let mut fields = Vec::with_capacity(processes.len());
+    for (process, mapped) in processes.iter().zip(route::mapped(&processes, route.by)) {
+        let route::Capture::Task(task) = &process.capture else {
+            continue;
+        };
+        let target = Target::Task {
+            run_id: process.id.clone(),
+            task_id: task.id.clone(),
+            capture_id: route.capture_id.clone(),
+            step_id: Some(task.step_id.clone()),
+            checklist_id: Some(task.checklist_id.clone()),
+        };
+        let list = api.with_retries(|| field::read(&target, api)).await?.list;
+        fields.push(Field {
+            dir: dir.join(&mapped.subfolder),
+            target: target.key(),
+            list,
+        });
+    }
+    Ok(fields)
 }
 
 /// A name from the server made safe as one file name in a directory: only what follows the
@@ -249,6 +307,7 @@ async fn restore_one(api: &Client, dir: &Path, id: &str, name: &str) -> Result<O
 async fn record(
     store: &Store,
     folder: &Folder,
+    target: &str,
     path: &Path,
     asset: &Value,
 ) -> Result<(), StoreError> {
@@ -257,7 +316,7 @@ async fn record(
     };
     let record = FileRecord {
         folder: folder.path.clone(),
-        target: folder.target.key(),
+        target: target.to_string(),
         meta: FileMeta::of(&metadata),
         hash: content_hash(path).ok(),
         attached: Some(Asset(asset.clone())),

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::api::{ApiError, Client, Hashing};
-use crate::config::{Config, Credentials, Folder};
+use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::field;
 use crate::plan;
@@ -48,6 +48,8 @@ pub enum Verdict {
     RemovedInTallyfy,
     /// Its asset is gone (metadata 404).
     DeletedInTallyfy,
+    /// A launch folder's file: the process it started is gone from Tallyfy.
+    ProcessDeleted,
     /// With `--download`: the bytes Tallyfy serves are not the file's.
     ContentDiffers,
     /// In the field, but no local file accounts for it.
@@ -70,6 +72,7 @@ impl Verdict {
             Verdict::DeletedLocally => "deleted locally (not yet synced)",
             Verdict::RemovedInTallyfy => "removed from the field in Tallyfy",
             Verdict::DeletedInTallyfy => "deleted in Tallyfy",
+            Verdict::ProcessDeleted => "its process was deleted in Tallyfy",
             Verdict::ContentDiffers => "content in Tallyfy differs",
             Verdict::AttachedByHand => "in the field only (attached by hand)",
             Verdict::Skipped => "skipped",
@@ -265,18 +268,14 @@ async fn check(
         in_sync: 0,
         differ: 0,
     };
-    let list = match api.with_retries(|| field::read(&folder.target, api)).await {
-        Ok(snapshot) => snapshot.list,
+    let remote = match Remote::read(api, folder, &records).await {
+        Ok(remote) => remote,
         Err(error) => {
             report.problem = Some(format!("cannot read the field: {error}"));
             report.differ = 1;
             return report;
         }
     };
-    let in_field: HashMap<String, &serde_json::Value> = list
-        .iter()
-        .filter_map(|asset| Some((asset_id(asset)?, asset)))
-        .collect();
     let mut on_disk = Vec::new();
     let listed = match std::fs::symlink_metadata(scope) {
         Ok(metadata) if !metadata.is_dir() => {
@@ -315,7 +314,7 @@ async fn check(
     for (path, meta) in &on_disk {
         seen.insert(path.clone());
         let record = records.get(path);
-        let (verdict, asset, detail) = judge(api, folder, path, *meta, record, &in_field).await;
+        let (verdict, asset, detail) = judge(api, folder, path, *meta, record, &remote).await;
         if verdict == Verdict::InSync && download {
             to_download.push(report.files.len());
         }
@@ -330,11 +329,12 @@ async fn check(
         if seen.contains(path) || !path.starts_with(scope) {
             continue;
         }
-        if !record.attached.as_ref().is_some_and(|asset| {
-            asset
-                .id()
-                .is_some_and(|id| in_field.contains_key(id.as_str()))
-        }) {
+        let key = field_key(folder, record);
+        if !record
+            .attached
+            .as_ref()
+            .is_some_and(|asset| asset.id().is_some_and(|id| remote.holds(&key, &id)))
+        {
             continue; // gone on both sides: nothing left to differ
         }
         report.files.push(FileCheck {
@@ -376,15 +376,14 @@ async fn check(
     }
     // Files attached by hand only count when the whole folder is in scope.
     if scope == folder.path {
-        for asset in &list {
-            let Some(id) = asset_id(asset) else { continue };
-            if claimed.contains(&id) || elsewhere.contains(&id) {
+        for (id, asset) in remote.fields.values().flatten() {
+            if claimed.contains(id) || elsewhere.contains(id) {
                 continue;
             }
             report.files.push(FileCheck {
                 name: asset_filename(asset).unwrap_or_default().to_string(),
                 verdict: Verdict::AttachedByHand,
-                asset_id: Some(id),
+                asset_id: Some(id.clone()),
                 detail: None,
             });
         }
@@ -399,6 +398,99 @@ async fn check(
     report
 }
 
+/// What Tallyfy holds for a folder: the value of each field its files go to (one for a task
+/// or kick-off folder, one per process with files for a route folder), and for a launch folder
+/// which of the processes its files started still exist.
+struct Remote {
+    /// Field key → asset id → asset.
+    fields: HashMap<String, HashMap<String, serde_json::Value>>,
+    runs: HashSet<String>,
+}
+
+impl Remote {
+    /// One GET per field; for a launch folder, one list of the template's processes, and one
+    /// GET for each process missing from it (the list may leave out archived ones).
+    async fn read(
+        api: &Client,
+        folder: &Folder,
+        records: &[(PathBuf, FileRecord)],
+    ) -> Result<Remote, ApiError> {
+        let mut remote = Remote {
+            fields: HashMap::new(),
+            runs: HashSet::new(),
+        };
+        let targets: Vec<(String, Target)> = match &folder.target {
+            Target::Route(_) => records
+                .iter()
+                .filter_map(|(_, record)| {
+                    Some((record.target.clone(), Target::of_task_key(&record.target)?))
+                })
+                .collect::<HashMap<_, _>>()
+                .into_iter()
+                .collect(),
+            Target::Launch(launch) => {
+                let launched: Vec<&str> = records
+                    .iter()
+                    .filter_map(|(_, record)| match &record.state {
+                        FileState::Launched { run } => Some(run.id.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                if !launched.is_empty() {
+                    let listed = api
+                        .with_retries(|| api.template_runs(&launch.checklist_id))
+                        .await?;
+                    remote.runs = listed.into_iter().map(|run| run.id).collect();
+                }
+                for id in launched {
+                    if remote.runs.contains(id) {
+                        continue;
+                    }
+                    match api.with_retries(|| api.get_run(id)).await {
+                        Ok(_) => {
+                            remote.runs.insert(id.to_string());
+                        }
+                        Err(error) if error.status() == Some(404) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                Vec::new()
+            }
+            target => vec![(target.key(), target.clone())],
+        };
+        for (key, target) in targets {
+            let list = match api.with_retries(|| field::read(&target, api)).await {
+                Ok(snapshot) => snapshot.list,
+                // A route folder's process deleted: none of its files is in a field any more.
+                Err(error) if error.status() == Some(404) && key != folder.target.key() => {
+                    Vec::new()
+                }
+                Err(error) => return Err(error),
+            };
+            let assets = list
+                .into_iter()
+                .filter_map(|asset| Some((asset_id(&asset)?, asset)))
+                .collect();
+            remote.fields.insert(key, assets);
+        }
+        Ok(remote)
+    }
+
+    fn holds(&self, key: &str, id: &str) -> bool {
+        self.fields
+            .get(key)
+            .is_some_and(|assets| assets.contains_key(id))
+    }
+}
+
+/// The field a record's file is in: a route folder's records name their process's task.
+fn field_key(folder: &Folder, record: &FileRecord) -> String {
+    match folder.target {
+        Target::Route(_) => record.target.clone(),
+        _ => folder.target.key(),
+    }
+}
+
 /// One local file's verdict, by its record and the field; asks the API only about an asset
 /// missing from the field.
 async fn judge(
@@ -407,12 +499,31 @@ async fn judge(
     path: &Path,
     meta: FileMeta,
     record: Option<&FileRecord>,
-    in_field: &HashMap<String, &serde_json::Value>,
+    remote: &Remote,
 ) -> (Verdict, Option<String>, Option<String>) {
     if let Ok(metadata) = std::fs::symlink_metadata(path) {
         if let Err(rejection) = sync::eligible(folder, path, &metadata) {
             return (Verdict::Skipped, None, Some(rejection.to_string()));
         }
+    }
+    // A launched file is a record of its process; what became of the file since does not count.
+    match record.map(|record| &record.state) {
+        Some(FileState::Launched { run }) => {
+            let name = text::escaped(&run.name);
+            return if remote.runs.contains(&run.id) {
+                let detail = format!("started process '{name}' ({})", run.id);
+                (Verdict::InSync, None, Some(detail))
+            } else {
+                let detail = format!("process '{name}' ({}) is gone", run.id);
+                (Verdict::ProcessDeleted, None, Some(detail))
+            };
+        }
+        Some(FileState::Duplicate { of, .. }) => {
+            let of = text::path(of.strip_prefix(&folder.path).unwrap_or(of));
+            let detail = format!("same content as {of}; nothing launched");
+            return (Verdict::Skipped, None, Some(detail));
+        }
+        _ => {}
     }
     let synced =
         record.filter(|record| matches!(record.state, FileState::Synced | FileState::Removed));
@@ -431,7 +542,7 @@ async fn judge(
     let Some(id) = record.attached.as_ref().and_then(|asset| asset.id()) else {
         return (Verdict::ChangedLocally, None, None);
     };
-    if !in_field.contains_key(&id) {
+    if !remote.holds(&field_key(folder, record), &id) {
         let verdict = match api.with_retries(|| api.get_asset(&id)).await {
             Ok(Some(_)) => Verdict::RemovedInTallyfy,
             Ok(None) => Verdict::DeletedInTallyfy,

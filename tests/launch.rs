@@ -237,6 +237,82 @@ async fn the_same_content_again_launches_nothing_and_names_the_process_it_starte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_that_each_launched_process_still_exists_and_restore_refuses_the_folder() {
+    let launching = Launching::new("name: \"Invoice {stem}\"", "").await;
+    let daemon = launching.running().await;
+    drop_file(&launching.inbox, "2041.pdf", b"scan of invoice 2041");
+    drop_file(&launching.inbox, "2042.pdf", b"scan of invoice 2042");
+    launching.wait_runs(2, &daemon).await;
+    drop_file(&launching.inbox, "2041 resent.pdf", b"scan of invoice 2041");
+    daemon
+        .wait_for_log("which already started process 'Invoice 2041'; launching nothing")
+        .await;
+    // A launched file edited later started its process all the same.
+    drop_file(
+        &launching.inbox,
+        "2042.pdf",
+        b"scan of invoice 2042, annotated",
+    );
+    daemon.stop().await;
+
+    let verified = launching.env.command(&["verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
+    assert!(
+        verified.stdout.contains("2 in sync, 0 differ"),
+        "{}",
+        describe(&verified)
+    );
+    let line = |output: &Output, name: &str| {
+        output
+            .stdout
+            .lines()
+            .find(|line| line.contains(&format!(" {name}  ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {}", describe(output)))
+            .to_string()
+    };
+    assert!(
+        line(&verified, "2041.pdf").contains("started process 'Invoice 2041'"),
+        "{}",
+        describe(&verified)
+    );
+    assert!(line(&verified, "2041 resent.pdf").contains("skipped"));
+
+    let gone = launching
+        .runs()
+        .iter()
+        .find(|run| run["name"] == "Invoice 2042")
+        .and_then(|run| run["id"].as_str())
+        .unwrap()
+        .to_string();
+    let restored = launching
+        .env
+        .command(&["restore", launching.inbox.to_str().unwrap()]);
+    assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
+    assert!(
+        restored.stderr.contains("is a launch folder"),
+        "{}",
+        describe(&restored)
+    );
+
+    launching.env.fake.delete_run(&gone);
+    let before = launching.env.fake.requests().len();
+    let verified = launching.env.command(&["verify"]);
+    assert_eq!(verified.status.code(), Some(1), "{}", describe(&verified));
+    assert!(line(&verified, "2042.pdf").contains("its process was deleted in Tallyfy"));
+    let sent: Vec<_> = launching
+        .env
+        .fake
+        .requests()
+        .into_iter()
+        .skip(before)
+        .collect();
+    assert!(
+        sent.iter().all(|request| request.method == "GET"),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_dedupe_none_every_copy_starts_its_own_process() {
     let launching = Launching::new("name: \"{filename}\"", "dedupe: none").await;
     let daemon = launching.running().await;

@@ -407,6 +407,99 @@ async fn a_routed_file_refused_by_a_closed_task_heals_once_the_task_is_reopened(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_each_routed_file_against_the_field_of_its_process() {
+    let routing = Routing::new("").await;
+    let daemon = routing.running().await;
+    drop_file(&routing.subfolder("Acme Corp"), "contract.pdf", b"acme");
+    drop_file(&routing.subfolder("Beta LLC"), "nda.pdf", b"beta");
+    eventually(
+        "both attached",
+        || {
+            routing.docs(&routing.acme) == ["contract.pdf"]
+                && routing.docs(&routing.beta) == ["nda.pdf"]
+        },
+        &daemon,
+    )
+    .await;
+    daemon.wait_for_log("nda.pdf").await;
+    daemon.stop().await;
+
+    let verified = routing.env.command(&["verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
+    assert!(
+        verified.stdout.contains("2 in sync, 0 differ"),
+        "{}",
+        describe(&verified)
+    );
+    let acme_task = routing.docs_task(&routing.acme);
+    routing
+        .env
+        .fake
+        .set_task_field(&routing.acme, &acme_task, DOCS, serde_json::json!([]));
+    let verified = routing.env.command(&["verify"]);
+    assert_eq!(verified.status.code(), Some(1), "{}", describe(&verified));
+    let line = verified
+        .stdout
+        .lines()
+        .find(|line| line.contains("contract.pdf"))
+        .unwrap_or_else(|| panic!("{}", describe(&verified)));
+    assert!(line.contains("removed from the field"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_brings_each_process_files_back_into_its_subfolder_and_nothing_is_sent_again() {
+    let routing = Routing::new("").await;
+    let daemon = routing.running().await;
+    drop_file(&routing.subfolder("Acme Corp"), "contract.pdf", b"acme");
+    drop_file(&routing.subfolder("Beta LLC"), "nda.pdf", b"beta");
+    eventually(
+        "both attached",
+        || {
+            routing.docs(&routing.acme) == ["contract.pdf"]
+                && routing.docs(&routing.beta) == ["nda.pdf"]
+        },
+        &daemon,
+    )
+    .await;
+    daemon.wait_for_log("nda.pdf").await;
+    daemon.stop().await;
+
+    // The file server is lost: the folder and the state directory with it.
+    std::fs::remove_dir_all(&routing.root).unwrap();
+    std::fs::create_dir(&routing.root).unwrap();
+    std::fs::remove_dir_all(&routing.env.state).unwrap();
+    let uploads = routing.env.uploads();
+    let restored = routing
+        .env
+        .command(&["restore", routing.root.to_str().unwrap()]);
+    assert_eq!(restored.status.code(), Some(0), "{}", describe(&restored));
+    assert!(
+        restored.stdout.contains("2 of 2 files"),
+        "{}",
+        describe(&restored)
+    );
+    let acme = routing.root.join("Acme Corp").join("contract.pdf");
+    let beta = routing.root.join("Beta LLC").join("nda.pdf");
+    assert_eq!(std::fs::read(&acme).unwrap(), b"acme");
+    assert_eq!(std::fs::read(&beta).unwrap(), b"beta");
+
+    let daemon = routing.running().await;
+    daemon.wait_for_log("initial scan done").await;
+    assert!(
+        daemon.log().contains(": 0 new or changed files"),
+        "restore recorded the files: {}",
+        daemon.log()
+    );
+    let verified = routing.env.command(&["verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
+    daemon.stop().await;
+    assert_eq!(routing.env.uploads(), uploads, "nothing is uploaded again");
+    assert!(routing.env.requests("DELETE", "/file/").is_empty());
+    assert_eq!(routing.docs(&routing.acme), ["contract.pdf"]);
+    assert_eq!(routing.docs(&routing.beta), ["nda.pdf"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_folders_keeps_a_subfolder_per_active_process_and_removes_none() {
     let routing = Routing::new("create_folders: true\nrefresh_interval: 5s").await;
     let odd = routing

@@ -791,6 +791,11 @@ impl Client {
         self.runs(&[("checklist_id", checklist_id), ("q", q)]).await
     }
 
+    /// Every process of a template, of any status the list shows, all pages followed.
+    pub async fn template_runs(&self, checklist_id: &str) -> Result<Vec<Run>, ApiError> {
+        self.runs(&[("checklist_id", checklist_id)]).await
+    }
+
     /// Every active process of a template, all pages followed.
     pub async fn active_runs(&self, checklist_id: &str) -> Result<Vec<Run>, ApiError> {
         self.runs(&[("checklist_id", checklist_id), ("status", "active")])

@@ -421,6 +421,11 @@ impl FakeTallyfy {
         self.shared.lock().complete_run(run_id);
     }
 
+    /// Deletes a process and its tasks, as deleting it in the web app does.
+    pub fn delete_run(&self, run_id: &str) {
+        self.shared.lock().delete_run(run_id);
+    }
+
     /// The tasks of a process.
     pub fn run_tasks(&self, run_id: &str) -> Vec<FakeTask> {
         self.shared.lock().run_tasks(run_id)

@@ -38,6 +38,13 @@ impl Runs {
         self.list.push(run);
     }
 
+    /// Forgets a run; false when there is no such run.
+    pub(super) fn remove(&mut self, run_id: &str) -> bool {
+        let before = self.list.len();
+        self.list.retain(|run| run["id"] != run_id);
+        self.list.len() < before
+    }
+
     /// Sets a run's status; false when there is no such run.
     pub(super) fn set_status(&mut self, run_id: &str, status: &str) -> bool {
         match self.list.iter_mut().find(|run| run["id"] == run_id) {

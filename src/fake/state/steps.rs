@@ -95,6 +95,12 @@ impl State {
         }
     }
 
+    pub fn delete_run(&mut self, run_id: &str) {
+        if self.runs.remove(run_id) {
+            self.tasks.retain(|(run, _), _| run != run_id);
+        }
+    }
+
     pub fn run_tasks(&self, run_id: &str) -> Vec<FakeTask> {
         self.tasks
             .iter()
