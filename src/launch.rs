@@ -123,6 +123,27 @@ impl Syncer {
             }
         }
         let claimed = next.hash.clone();
+        if record.is_none() && meta.ctime_ns < self.started_ns {
+            let mut local = next.hash.clone();
+            if let Some(run) = self
+                .launched_before(subject, launch, &intent, meta, &mut local)
+                .await?
+            {
+                let run = RunRef {
+                    id: run.id,
+                    name: run.name,
+                };
+                next.hash = local;
+                next.state = FileState::Launched { run: run.clone() };
+                let content = claimed
+                    .as_deref()
+                    .map(|hash| (subject.folder.path.as_path(), hash));
+                self.store.put_launched(path, &next, content, &run).await?;
+                METRICS.adopted();
+                info!(folder = %subject.folder.path.display(), file = %path.display(), run_id = %run.id, "already started process '{}' before its record was lost (same name, same kick-off file); recorded without launching again", crate::text::escaped(&run.name));
+                return self.after_launch(subject, launch, next, meta).await;
+            }
+        }
         let Some((mut record, uploaded)) = self.send(subject, target, meta, next).await? else {
             return self.release(subject, claimed.as_deref()).await;
         };
@@ -333,6 +354,52 @@ impl Syncer {
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl Syncer {
+    /// The process a file without a record started before its record was lost (a deleted or
+    /// damaged state directory): one of the template's processes with the name this file gives,
+    /// whose kick-off file field holds the same bytes. One list GET, and a download per
+    /// candidate; `None` launches the file as new.
+    async fn launched_before(
+        &self,
+        subject: &Subject<'_>,
+        launch: &Launch,
+        intent: &Intent,
+        meta: FileMeta,
+        local: &mut Option<String>,
+    ) -> Result<Option<Run>, SyncError> {
+        let api = &self.api;
+        let runs = match api
+            .with_retries(|| api.find_runs(&launch.checklist_id, &intent.name))
+            .await
+        {
+            Ok(runs) => runs,
+            Err(ApiError::Cancelled) => return Err(SyncError::Cancelled),
+            Err(error) => {
+                warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %error, "cannot look for a process this file may have started before; launching it");
+                return Ok(None);
+            }
+        };
+        for run in runs.into_iter().filter(|run| run.name == intent.name) {
+            let Some(value) = run.prerun.get(&launch.field_id) else {
+                continue;
+            };
+            for asset in crate::api::into_list(value.clone()) {
+                let Some(id) = asset_id(&asset) else {
+                    continue;
+                };
+                match self.compare(subject, meta, &id, local).await {
+                    Ok(true) => return Ok(Some(run)),
+                    Ok(false) => {}
+                    // Changed while being read: its next event brings it back.
+                    Err(SyncError::Read { .. }) => return Ok(None),
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Syncer {
     pub(crate) router: Arc<Router>,
     /// Assets adopted or being compared for adoption, so two local files never adopt one asset.
     adopting: Mutex<HashSet<String>>,
+    /// When this pipeline started (Unix nanoseconds): a file changed before then without a
+    /// record may have been handled by a store that is lost.
+    pub(crate) started_ns: i64,
 }
 
 /// A file as it is being handled, for logs and records.
@@ -125,6 +128,11 @@ impl Syncer {
             fields,
             router,
             adopting: Mutex::new(HashSet::new()),
+            started_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+                }),
         }
     }
 
@@ -302,7 +310,7 @@ impl Syncer {
     }
 
     /// Whether asset `id` holds the same bytes as the file; `local` caches the file's hash.
-    async fn compare(
+    pub(crate) async fn compare(
         &self,
         subject: &Subject<'_>,
         meta: FileMeta,

@@ -342,6 +342,45 @@ async fn a_restart_launches_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_state_directory_launches_nothing_again_but_new_content_still_launches() {
+    let launching = Launching::new("name: \"Invoice {stem}\"", "").await;
+    let daemon = launching.running().await;
+    drop_file(&launching.inbox, "2041.pdf", b"scan of invoice 2041");
+    drop_file(&launching.inbox, "2042.pdf", b"scan of invoice 2042");
+    launching.wait_runs(2, &daemon).await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+    let uploads = launching.env.uploads();
+
+    // The state directory is lost; 2042.pdf is replaced by another scan meanwhile.
+    std::fs::remove_dir_all(&launching.env.state).unwrap();
+    drop_file(&launching.inbox, "2042.pdf", b"a different scan, same name");
+    let daemon = launching.running().await;
+    launching.wait_runs(3, &daemon).await;
+    daemon
+        .wait_for_log("recorded without launching again")
+        .await;
+    drop_file(&launching.inbox, "2043.pdf", b"scan of invoice 2043");
+    launching.wait_runs(4, &daemon).await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+    assert_eq!(
+        launching.run_names(),
+        [
+            "Invoice 2041",
+            "Invoice 2042",
+            "Invoice 2042",
+            "Invoice 2043"
+        ]
+    );
+    assert_eq!(
+        launching.env.uploads(),
+        uploads + 2,
+        "only the new content is sent"
+    );
+    let line = launching.status_line("2041.pdf");
+    assert!(line.contains("launched"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_whose_answer_is_lost_is_looked_up_not_sent_twice() {
     let launching = Launching::new("name: \"Invoice {stem}\"", "").await;
     // The server starts the process, then the connection drops before the answer.
