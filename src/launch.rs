@@ -355,9 +355,7 @@ impl Syncer {
         }
         Ok(())
     }
-}
 
-impl Syncer {
     /// The process a file without a record started before its record was lost (a deleted or
     /// damaged state directory): one of the template's processes with the name this file gives,
     /// whose kick-off file field holds the same bytes. One list GET, and a download per

@@ -165,13 +165,7 @@ async fn fields(api: &Client, folder: &Folder, dir: &Path) -> Result<Vec<Field>,
         let route::Capture::Task(task) = &process.capture else {
             continue;
         };
-        let target = Target::Task {
-            run_id: process.id.clone(),
-            task_id: task.id.clone(),
-            capture_id: route.capture_id.clone(),
-            step_id: Some(task.step_id.clone()),
-            checklist_id: Some(task.checklist_id.clone()),
-        };
+        let target = task.target(&process.id, route);
         let list = api.with_retries(|| field::read(&target, api)).await?.list;
         fields.push(Field {
             dir: dir.join(&mapped.subfolder),

@@ -57,6 +57,19 @@ pub struct CaptureTask {
     pub checklist_id: String,
 }
 
+impl CaptureTask {
+    /// The task target the files of process `run_id` go to.
+    pub fn target(&self, run_id: &str, route: &Route) -> Target {
+        Target::Task {
+            run_id: run_id.to_string(),
+            task_id: self.id.clone(),
+            capture_id: route.capture_id.clone(),
+            step_id: Some(self.step_id.clone()),
+            checklist_id: Some(self.checklist_id.clone()),
+        }
+    }
+}
+
 /// Where a subfolder's files go.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution {
@@ -734,13 +747,7 @@ impl Syncer {
                 return Ok(());
             }
         };
-        let target = Target::Task {
-            run_id: process.id.clone(),
-            task_id: task.id,
-            capture_id: route.capture_id.clone(),
-            step_id: Some(task.step_id),
-            checklist_id: Some(task.checklist_id),
-        };
+        let target = task.target(&process.id, route);
         let key = target.key();
         let field = self.router.actor(&target);
         // A failure already recorded for this version has been explained (or needs no more).
