@@ -7,15 +7,6 @@ use common::*;
 use serde_json::{json, Value};
 use tallyfy_sync::fake::AssetSubject;
 
-/// The line `verify` printed for `name`.
-fn line<'a>(output: &'a Output, name: &str) -> &'a str {
-    output
-        .stdout
-        .lines()
-        .find(|line| line.split_whitespace().any(|word| word == name))
-        .unwrap_or_else(|| panic!("a line for {name}: {}", describe(output)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_each_difference_sends_only_gets_and_exits_1_until_all_agree() {
     let (env, daemon) = Env::running().await;
@@ -56,12 +47,15 @@ async fn verify_reports_each_difference_sends_only_gets_and_exits_1_until_all_ag
 
     let verified = env.command(&["verify"]);
     assert_eq!(verified.status.code(), Some(1), "{}", describe(&verified));
-    assert!(line(&verified, "a.pdf").contains("changed locally"));
-    assert!(line(&verified, "b.pdf").contains("removed from the field in Tallyfy"));
-    assert!(line(&verified, "c.pdf").contains("deleted in Tallyfy"));
-    assert!(line(&verified, "d.pdf").contains("in sync"), "no download");
-    assert!(line(&verified, "e.pdf").contains("in sync"));
-    assert!(line(&verified, "extra.pdf").contains("attached by hand"));
+    assert!(report_line(&verified, "a.pdf").contains("changed locally"));
+    assert!(report_line(&verified, "b.pdf").contains("removed from the field in Tallyfy"));
+    assert!(report_line(&verified, "c.pdf").contains("deleted in Tallyfy"));
+    assert!(
+        report_line(&verified, "d.pdf").contains("in sync"),
+        "no download"
+    );
+    assert!(report_line(&verified, "e.pdf").contains("in sync"));
+    assert!(report_line(&verified, "extra.pdf").contains("attached by hand"));
 
     let downloaded = env.command(&["verify", "--download"]);
     assert_eq!(
@@ -70,8 +64,8 @@ async fn verify_reports_each_difference_sends_only_gets_and_exits_1_until_all_ag
         "{}",
         describe(&downloaded)
     );
-    assert!(line(&downloaded, "d.pdf").contains("content in Tallyfy differs"));
-    assert!(line(&downloaded, "e.pdf").contains("in sync"));
+    assert!(report_line(&downloaded, "d.pdf").contains("content in Tallyfy differs"));
+    assert!(report_line(&downloaded, "e.pdf").contains("in sync"));
 
     let one = env.command(&["verify", env.tasks.join("e.pdf").to_str().unwrap()]);
     assert_eq!(one.status.code(), Some(0), "{}", describe(&one));
@@ -123,12 +117,7 @@ async fn verify_counts_files_of_another_folder_feeding_the_same_field_as_theirs_
     assert_eq!(daemon.stop().await.code(), Some(0));
 
     let verified = env.command(&["verify"]);
-    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
-    assert!(
-        verified.stdout.contains("2 in sync, 0 differ"),
-        "{}",
-        describe(&verified)
-    );
+    assert_all_in_sync(&verified, 2);
     assert!(
         !verified.stdout.contains("by hand"),
         "{}",

@@ -140,6 +140,22 @@ impl Routing {
             .map(str::to_string)
     }
 
+    /// Runs the daemon until a file in the Acme Corp and one in the Beta LLC subfolder are
+    /// attached to their processes, then stops it.
+    async fn sync_acme_and_beta(&self) {
+        let daemon = self.running().await;
+        drop_file(&self.subfolder("Acme Corp"), "contract.pdf", b"acme");
+        drop_file(&self.subfolder("Beta LLC"), "nda.pdf", b"beta");
+        eventually(
+            "both attached",
+            || self.docs(&self.acme) == ["contract.pdf"] && self.docs(&self.beta) == ["nda.pdf"],
+            &daemon,
+        )
+        .await;
+        daemon.wait_for_log("nda.pdf").await;
+        daemon.stop().await;
+    }
+
     /// Reads of a process's task list.
     fn task_lists(&self) -> usize {
         self.env
@@ -409,28 +425,10 @@ async fn a_routed_file_refused_by_a_closed_task_heals_once_the_task_is_reopened(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_checks_each_routed_file_against_the_field_of_its_process() {
     let routing = Routing::new("").await;
-    let daemon = routing.running().await;
-    drop_file(&routing.subfolder("Acme Corp"), "contract.pdf", b"acme");
-    drop_file(&routing.subfolder("Beta LLC"), "nda.pdf", b"beta");
-    eventually(
-        "both attached",
-        || {
-            routing.docs(&routing.acme) == ["contract.pdf"]
-                && routing.docs(&routing.beta) == ["nda.pdf"]
-        },
-        &daemon,
-    )
-    .await;
-    daemon.wait_for_log("nda.pdf").await;
-    daemon.stop().await;
+    routing.sync_acme_and_beta().await;
 
     let verified = routing.env.command(&["verify"]);
-    assert_eq!(verified.status.code(), Some(0), "{}", describe(&verified));
-    assert!(
-        verified.stdout.contains("2 in sync, 0 differ"),
-        "{}",
-        describe(&verified)
-    );
+    assert_all_in_sync(&verified, 2);
     let acme_task = routing.docs_task(&routing.acme);
     routing
         .env
@@ -438,31 +436,14 @@ async fn verify_checks_each_routed_file_against_the_field_of_its_process() {
         .set_task_field(&routing.acme, &acme_task, DOCS, serde_json::json!([]));
     let verified = routing.env.command(&["verify"]);
     assert_eq!(verified.status.code(), Some(1), "{}", describe(&verified));
-    let line = verified
-        .stdout
-        .lines()
-        .find(|line| line.contains("contract.pdf"))
-        .unwrap_or_else(|| panic!("{}", describe(&verified)));
+    let line = report_line(&verified, "Acme Corp/contract.pdf");
     assert!(line.contains("removed from the field"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_brings_each_process_files_back_into_its_subfolder_and_nothing_is_sent_again() {
     let routing = Routing::new("").await;
-    let daemon = routing.running().await;
-    drop_file(&routing.subfolder("Acme Corp"), "contract.pdf", b"acme");
-    drop_file(&routing.subfolder("Beta LLC"), "nda.pdf", b"beta");
-    eventually(
-        "both attached",
-        || {
-            routing.docs(&routing.acme) == ["contract.pdf"]
-                && routing.docs(&routing.beta) == ["nda.pdf"]
-        },
-        &daemon,
-    )
-    .await;
-    daemon.wait_for_log("nda.pdf").await;
-    daemon.stop().await;
+    routing.sync_acme_and_beta().await;
 
     // The file server is lost: the folder and the state directory with it.
     std::fs::remove_dir_all(&routing.root).unwrap();

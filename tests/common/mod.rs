@@ -221,6 +221,27 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// The line a report (`verify`, `restore`) printed for the file `name` (relative to its folder).
+pub fn report_line<'a>(output: &'a Output, name: &str) -> &'a str {
+    let field = format!(" {name}  ");
+    output
+        .stdout
+        .lines()
+        .find(|line| line.contains(&field))
+        .unwrap_or_else(|| panic!("a line for {name}: {}", describe(output)))
+}
+
+/// `verify` found `in_sync` files in sync and nothing that differs.
+pub fn assert_all_in_sync(verified: &Output, in_sync: usize) {
+    assert_eq!(verified.status.code(), Some(0), "{}", describe(verified));
+    let summary = format!("{in_sync} in sync, 0 differ");
+    assert!(
+        verified.stdout.contains(&summary),
+        "{summary}: {}",
+        describe(verified)
+    );
+}
+
 /// All a command printed, with its exit status, for a failing assertion.
 pub fn describe(output: &Output) -> String {
     format!(
