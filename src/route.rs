@@ -85,6 +85,9 @@ struct Cache {
     active: Vec<Process>,
     /// Processes seen active that are no longer, with their status, by id.
     ended: HashMap<String, (Process, String)>,
+    /// Processes that files' records name, read once since the start to learn whether they
+    /// ended (after a restart nothing else remembers a process that completed meanwhile).
+    recalled: HashSet<String>,
     refreshed: Option<Instant>,
     /// When the refresher reads the processes next.
     due: Instant,
@@ -126,6 +129,7 @@ impl Router {
                     tokio::sync::Mutex::new(Cache {
                         active: Vec::new(),
                         ended: HashMap::new(),
+                        recalled: HashSet::new(),
                         refreshed: None,
                         due: now,
                         backoff: MISS_REFRESH,
@@ -219,7 +223,7 @@ impl Router {
         if stale {
             self.refresh(index, route, &mut cache).await?;
         }
-        let found = self.lookup_reading(route, &mut cache, name).await?;
+        let mut found = self.lookup_reading(route, &mut cache, name).await?;
         if matches!(found, Resolution::Task(..)) {
             return Ok(found);
         }
@@ -228,12 +232,61 @@ impl Router {
             .is_none_or(|at| at.elapsed() >= MISS_REFRESH)
         {
             self.refresh(index, route, &mut cache).await?;
-            return self.lookup_reading(route, &mut cache, name).await;
+            found = self.lookup_reading(route, &mut cache, name).await?;
+        } else {
+            // Read again soon: the refresher brings the file back when its process appears.
+            cache.backoff = MISS_REFRESH;
+            cache.due = cache.due.min(Instant::now() + MISS_REFRESH);
         }
-        // Read again soon: the refresher brings the file back when its process appears.
-        cache.backoff = MISS_REFRESH;
-        cache.due = cache.due.min(Instant::now() + MISS_REFRESH);
+        if matches!(found, Resolution::Wait(_)) && self.recall(index, &mut cache, name).await? {
+            found = lookup(&cache.active, &cache.ended, route, name);
+        }
         Ok(found)
+    }
+
+    /// Learns whether the processes that the records of subfolder `name` name have ended:
+    /// each one not active is read once since the start. True when one has.
+    async fn recall(&self, index: usize, cache: &mut Cache, name: &str) -> Result<bool, ApiError> {
+        let folder = &self.config.folders[index];
+        let mut unknown = HashSet::new();
+        for (_, record) in self
+            .store
+            .records_under(&folder.path.join(name))
+            .filter_map(Result::ok)
+        {
+            if let Some(Target::Task { run_id, .. }) = Target::of_task_key(&record.target) {
+                let known = cache.recalled.contains(&run_id)
+                    || cache.ended.contains_key(&run_id)
+                    || cache.active.iter().any(|process| process.id == run_id);
+                if !known {
+                    unknown.insert(run_id);
+                }
+            }
+        }
+        let mut learned = false;
+        for run_id in unknown {
+            cache.recalled.insert(run_id.clone());
+            let (run_name, status) = match self.api.with_retries(|| self.api.get_run(&run_id)).await
+            {
+                Ok(run) if is_active(&run) => continue,
+                Ok(run) => (run.name, run.status),
+                Err(ApiError::Cancelled) => return Err(ApiError::Cancelled),
+                Err(error) if error.status() == Some(404) => (name.to_string(), "deleted".into()),
+                Err(error) => {
+                    debug!(run_id = %run_id, %error, "cannot read a process a file went to");
+                    continue;
+                }
+            };
+            info!(folder = %folder.path.display(), run_id = %run_id, status = %status, "process '{}' is no longer active; files for it are not uploaded", crate::text::escaped(&run_name));
+            let process = Process {
+                id: run_id.clone(),
+                name: run_name,
+                capture: Capture::Missing,
+            };
+            cache.ended.insert(run_id, (process, status));
+            learned = true;
+        }
+        Ok(learned)
     }
 
     /// `lookup`, reading the tasks of the process found when they were not read before.

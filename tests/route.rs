@@ -384,6 +384,36 @@ async fn a_process_that_completes_fails_the_files_still_meant_for_it_and_says_so
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_completed_while_the_daemon_was_stopped_fails_its_new_files_and_says_so() {
+    let routing = Routing::new("").await;
+    routing.sync_acme_and_beta().await;
+    routing.env.fake.complete_run(&routing.acme);
+    drop_file(&routing.subfolder("Acme Corp"), "late.pdf", b"too late");
+    let daemon = routing.running().await;
+    eventually(
+        "the late file failed, saying the process is complete",
+        || {
+            routing.status_line("late.pdf").is_some_and(|line| {
+                line.contains("failed")
+                    && line.contains("process 'Acme Corp'")
+                    && line.contains("is complete")
+            })
+        },
+        &daemon,
+    )
+    .await;
+    let reads = routing
+        .env
+        .requests("GET", &format!("/runs/{}", routing.acme))
+        .iter()
+        .filter(|request| request.path.ends_with(&routing.acme))
+        .count();
+    assert_eq!(reads, 1, "the process is read once");
+    assert_eq!(routing.docs(&routing.acme), ["contract.pdf"]);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routed_file_refused_by_a_closed_task_heals_once_the_task_is_reopened() {
     let routing = Routing::new("").await;
     routing.configure_with("failed_retry_interval: 2s\n", "");
