@@ -549,10 +549,10 @@ mod tests {
         let expires_at = issuer.lock().token.as_ref().unwrap().expires_at;
         assert_eq!(expires_at - renew_at, Duration::from_millis(200));
         // Nothing asks for a token meanwhile: the second one is fetched in the background.
-        eventually("a second token is fetched", || {
-            fake.token_requests().len() == 2
-        })
-        .await;
+        // The fake counts the request when it arrives, before its answer is taken in: wait
+        // for the fetch to finish.
+        eventually("a second token is fetched", || issuer.lock().fetches == 2).await;
+        assert_eq!(fake.token_requests().len(), 2);
         let renewed = fake.token_requests()[1].at;
         assert!(
             renewed >= renew_at.into_std(),
