@@ -128,6 +128,52 @@ async fn verify_counts_files_of_another_folder_feeding_the_same_field_as_theirs_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_download_shows_its_progress_on_a_terminal_and_clears_it_before_the_report() {
+    let (env, daemon) = Env::running().await;
+    drop_file(&env.tasks, "a.pdf", b"%PDF a");
+    drop_file(&env.tasks, "b.pdf", b"%PDF b");
+    eventually("both attached", || env.task_field().len() == 2, &daemon).await;
+    daemon.wait_for_log("b.pdf").await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+
+    // `script` (util-linux) runs the command on a terminal of its own and prints what it showed.
+    let command = format!(
+        "'{}' verify --download --config '{}'",
+        env!("CARGO_BIN_EXE_tallyfy-sync"),
+        env.config.display()
+    );
+    let shown = match std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("TALLYFY_ACCESS_TOKEN", TOKEN)
+        .output()
+    {
+        Ok(output) => {
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+        Err(error) => {
+            eprintln!("skipped: cannot run script(1) for a terminal: {error}");
+            return;
+        }
+    };
+    assert!(shown.contains("\r\x1b[Kdownloading 1: a.pdf"), "{shown:?}");
+    assert!(shown.contains("\r\x1b[Kdownloading 2: b.pdf"), "{shown:?}");
+    let cleared = shown.rfind("\r\x1b[K").unwrap();
+    let report = shown.find("2 in sync, 0 differ").expect("the report");
+    assert!(cleared < report, "the progress is cleared first: {shown:?}");
+    assert!(!shown[cleared..].contains("downloading"), "{shown:?}");
+
+    // Without a terminal there is no progress line at all.
+    let piped = env.command(&["verify", "--download"]);
+    assert_all_in_sync(&piped, 2);
+    assert!(
+        !piped.stderr.contains("downloading"),
+        "{}",
+        describe(&piped)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_exits_78_on_a_bad_config() {
     let env = Env::new().await;
     env.write_raw_config("api: [\n");
