@@ -186,7 +186,10 @@ fn from_store(
         state_dir_unwritable,
         folders,
         deletes_pending,
-        store_rebuilt: store.meta(REBUILT_KEY)?,
+        // Shown until the operator has dealt with the damaged copy it points to.
+        store_rebuilt: store
+            .meta::<Rebuilt>(REBUILT_KEY)?
+            .filter(|rebuilt| rebuilt.moved_to.exists()),
     })
 }
 

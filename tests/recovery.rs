@@ -198,6 +198,15 @@ async fn a_store_damaged_by_a_kill_is_moved_aside_and_rebuilt_by_adopting() {
         "{}",
         describe(&status)
     );
+    // Once the operator has removed the damaged copy, the note has nothing left to point to.
+    std::fs::remove_dir_all(env.state.join(&kept[0])).unwrap();
+    let status = env.command(&["status"]);
+    assert!(status.status.success(), "{}", describe(&status));
+    assert!(
+        !status.stdout.contains("store rebuilt"),
+        "{}",
+        describe(&status)
+    );
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
 
