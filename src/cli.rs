@@ -367,8 +367,13 @@ fn network(config: &Config) -> String {
     });
     for url in urls {
         let host = url.host_str().unwrap_or_default();
-        let through = api::proxy_for(url).unwrap_or_else(|| "none".to_string());
-        out += &format!("proxy for {host}: {through}\n");
+        let through = api::proxy_for(url, &config.api).unwrap_or_else(|| "none".to_string());
+        let from = if config.api.proxy.is_some() && through != "none" {
+            " (api.proxy)"
+        } else {
+            ""
+        };
+        out += &format!("proxy for {host}: {through}{from}\n");
     }
     out
 }

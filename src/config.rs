@@ -78,6 +78,29 @@ pub struct ApiConfig {
     pub rate_limit: Option<RateLimit>,
     /// Certificates trusted on top of the system's store (`api.ca_file`).
     pub ca_file: Option<CaFile>,
+    /// `api.proxy`: every request goes through it instead of HTTPS_PROXY or HTTP_PROXY
+    /// (NO_PROXY still applies).
+    pub proxy: Option<ProxyUrl>,
+}
+
+/// A proxy's URL, which may carry a user name and password: never shown with them.
+#[derive(Clone)]
+pub struct ProxyUrl(pub Url);
+
+impl ProxyUrl {
+    /// The URL without user name or password, for logs and `check`.
+    pub fn shown(&self) -> String {
+        let mut shown = self.0.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.as_str().trim_end_matches('/').to_string()
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
 }
 
 /// `api.ca_file`: a PEM bundle of certificate authorities this daemon alone trusts, such as a
@@ -875,6 +898,7 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
         .unwrap_or(DEFAULT_CONCURRENCY);
     let rate_limit = s.opt("rate_limit", rate_limit);
     let ca_file = s.get("ca_file", ca_file(base));
+    let proxy = s.opt("proxy", proxy_url);
     let default_url = || https_url_from(DEFAULT_BASE_URL).ok();
     s.finish();
     Some(ApiConfig {
@@ -885,6 +909,7 @@ fn api_config(mut s: Section<'_>, base: &Path) -> Option<ApiConfig> {
         concurrency,
         rate_limit,
         ca_file: ca_file.ok()?,
+        proxy,
     })
 }
 
@@ -1606,6 +1631,22 @@ fn https_url_from(text: &str) -> Result<Url, Bad> {
     Ok(url)
 }
 
+/// `http://proxy.example.com:3128`, optionally with `user:password@`.
+fn proxy_url(value: &Value) -> Result<ProxyUrl, Bad> {
+    let hint = "expected a proxy URL such as http://proxy.example.com:3128";
+    let Value::String(text) = value else {
+        return Err(Bad::Type("a URL string"));
+    };
+    let url = Url::parse(text.trim()).or_else(|error| invalid(format!("{hint} ({error})")))?;
+    let usable = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|host| !host.is_empty())
+        && reqwest::Proxy::all(url.as_str()).is_ok();
+    if !usable {
+        return invalid(hint);
+    }
+    Ok(ProxyUrl(url))
+}
+
 fn path_in(base: &Path) -> impl Fn(&Value) -> Result<PathBuf, Bad> + '_ {
     move |value| match value {
         Value::String(s) if s.is_empty() => invalid("must not be empty"),
@@ -2065,7 +2106,7 @@ folders:
         assert_eq!(
             problems,
             [
-                "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit, ca_file)",
+                "api.tokn: unknown key (expected one of base_url, org_id, auth, token_file, token_url, client_id, client_secret_file, timeout, concurrency, rate_limit, ca_file, proxy)",
                 "folders[0].recursve: unknown key (expected one of path, task, kickoff, launch, route, dedupe, recursive, delete_remote, remote_removed, max_delete, watch, poll, ignore)",
                 "folders[1].kickoff.extra: unknown key (expected one of checklist_id, field_id)",
                 "foldrs: unknown key (expected one of api, state_dir, settle, rescan_interval, attach_delay, failed_retry_interval, max_delete, metrics, log, folders)",
@@ -2607,6 +2648,7 @@ folders:
             concurrency: DEFAULT_CONCURRENCY,
             rate_limit: None,
             ca_file: None,
+            proxy: None,
         }
     }
 
@@ -2703,6 +2745,29 @@ folders:
         let var = ("TALLYFY_ACCESS_TOKEN", Path::new("s3cr3t"));
         let token = resolve(&api(None), &[var]).unwrap();
         assert_eq!(format!("{token:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn api_proxy_is_checked_and_its_password_never_shown() {
+        let fx = Fixture::new();
+        let config = fx.parse(&yaml(
+            "  proxy: http://operator:s3cr3t@proxy.example.com:3128\n",
+            "",
+        ));
+        let proxy = config.api.proxy.as_ref().expect("api.proxy");
+        assert_eq!(proxy.0.password(), Some("s3cr3t"));
+        assert_eq!(proxy.shown(), "http://proxy.example.com:3128");
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        let hint = "expected a proxy URL such as http://proxy.example.com:3128";
+        for bad in ["ftp://proxy.example.com", "proxy.example.com:3128"] {
+            let problems = fx.problems(&yaml(&format!("  proxy: {bad}\n"), ""));
+            assert!(
+                problems
+                    .iter()
+                    .any(|problem| problem.starts_with(&format!("api.proxy \"{bad}\": {hint}"))),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

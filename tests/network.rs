@@ -149,20 +149,38 @@ async fn an_untrusted_certificate_is_a_clear_error_and_pauses_requests_instead_o
     assert!(env.fake.requests().is_empty(), "nothing reached the API");
 }
 
-/// Syncs one file with HTTPS_PROXY naming a CONNECT proxy and NO_PROXY set to `no_proxy`;
-/// returns the hosts the proxy was asked to reach, and what `check` says of the proxy.
-async fn sync_with_a_proxy(no_proxy: &str) -> (Vec<String>, String, TlsFront) {
+/// Where the daemon learns of the proxy.
+enum ProxyFrom {
+    Environment,
+    /// `api.proxy`, with a user name and password, while HTTPS_PROXY names a dead one.
+    Config,
+}
+
+/// Syncs one file through a CONNECT proxy named as `from` says, with NO_PROXY set to
+/// `no_proxy`; returns the hosts the proxy was asked to reach, and what `check` says of the
+/// proxy.
+async fn sync_with_a_proxy(no_proxy: &str, from: ProxyFrom) -> (Vec<String>, String, TlsFront) {
     let (env, authority, front) = behind_tls(Env::new().await).await;
     let ca_file = authority.write(&env, "company-ca.pem");
-    serve_config_over(&env, &front, &format!("  ca_file: {}\n", ca_file.display()));
     let proxy = ConnectProxy::start().await;
     let proxy_url = proxy.url();
+    let mut api_extra = format!("  ca_file: {}\n", ca_file.display());
+    let https_proxy = match from {
+        ProxyFrom::Environment => proxy_url.clone(),
+        ProxyFrom::Config => {
+            let with_password = proxy_url.replacen("http://", "http://operator:s3cret@", 1);
+            api_extra += &format!("  proxy: {with_password}\n");
+            "http://127.0.0.1:9".to_string()
+        }
+    };
+    serve_config_over(&env, &front, &api_extra);
     let vars = [
-        ("HTTPS_PROXY", OsStr::new(&proxy_url)),
+        ("HTTPS_PROXY", OsStr::new(&https_proxy)),
         ("NO_PROXY", OsStr::new(no_proxy)),
     ];
     let check = run_command_with_env(&["check"], Some(TOKEN), &env.config, &vars);
     assert!(check.status.success(), "{}", describe(&check));
+    assert!(!check.stdout.contains("s3cret"), "{}", describe(&check));
     let daemon = env.start_with_env(TOKEN, &vars);
     daemon.wait_for_log("target verified").await;
     drop_file(
@@ -210,7 +228,7 @@ async fn the_company_ca_added_with_a_reload_lets_the_waiting_files_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_through_the_proxy_that_https_proxy_names() {
-    let (targets, shown, front) = sync_with_a_proxy("").await;
+    let (targets, shown, front) = sync_with_a_proxy("", ProxyFrom::Environment).await;
     assert!(!targets.is_empty(), "the proxy saw no CONNECT");
     assert!(
         targets.iter().all(|target| *target == front.host()),
@@ -220,10 +238,24 @@ async fn requests_go_through_the_proxy_that_https_proxy_names() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_proxy_in_the_config_is_used_instead_of_the_environment_and_shown_without_its_password()
+{
+    let (targets, shown, front) = sync_with_a_proxy("", ProxyFrom::Config).await;
+    assert!(!targets.is_empty(), "the proxy saw no CONNECT");
+    assert!(
+        targets.iter().all(|target| *target == front.host()),
+        "{targets:?}"
+    );
+    assert_eq!(shown, "proxy for 127.0.0.1: PROXY (api.proxy)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_in_no_proxy_is_reached_directly() {
-    let (targets, shown, _front) = sync_with_a_proxy("localhost,127.0.0.1").await;
-    assert_eq!(targets, Vec::<String>::new());
-    assert_eq!(shown, "proxy for 127.0.0.1: none");
+    for from in [ProxyFrom::Environment, ProxyFrom::Config] {
+        let (targets, shown, _front) = sync_with_a_proxy("localhost,127.0.0.1", from).await;
+        assert_eq!(targets, Vec::<String>::new());
+        assert_eq!(shown, "proxy for 127.0.0.1: none");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,9 +178,9 @@ impl Client {
         credentials: Credentials,
         cancel: CancellationToken,
     ) -> Result<Client, ApiError> {
-        // Proxies come from HTTPS_PROXY, HTTP_PROXY and NO_PROXY: reqwest reads them unless
-        // told not to, which is what a company network's administrator expects.
-        let http = network::trust(reqwest::Client::builder(), config)
+        // Proxies come from `api.proxy`, or from HTTPS_PROXY, HTTP_PROXY and NO_PROXY, which
+        // reqwest reads unless told not to: what a company network's administrator expects.
+        let http = network::proxy(network::trust(reqwest::Client::builder(), config), config)
             .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))

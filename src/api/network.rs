@@ -49,11 +49,36 @@ fn warn_unreadable_store_variables() {
     }
 }
 
-/// The proxy requests to `url` go through, picked from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
-/// NO_PROXY by the matcher reqwest uses itself; shown without a user name or password.
-pub fn proxy_for(url: &Url) -> Option<String> {
+/// `api.proxy` for every request, with NO_PROXY from the environment; without it, reqwest
+/// reads HTTPS_PROXY, HTTP_PROXY and NO_PROXY itself.
+pub fn proxy(builder: ClientBuilder, config: &ApiConfig) -> ClientBuilder {
+    let Some(proxy) = &config.proxy else {
+        return builder;
+    };
+    match reqwest::Proxy::all(proxy.0.as_str()) {
+        Ok(all) => builder.proxy(all.no_proxy(reqwest::NoProxy::from_env())),
+        // The config checked that reqwest takes it.
+        Err(_) => builder,
+    }
+}
+
+/// The proxy requests to `url` go through (`api.proxy`, or HTTPS_PROXY, HTTP_PROXY and
+/// ALL_PROXY), NO_PROXY applied, picked by the matcher reqwest uses itself; shown without a
+/// user name or password.
+pub fn proxy_for(url: &Url, config: &ApiConfig) -> Option<String> {
+    use hyper_util::client::proxy::matcher::Matcher;
     let uri: hyper::Uri = url.as_str().parse().ok()?;
-    let intercept = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+    let matcher = match &config.proxy {
+        Some(proxy) => {
+            let no = ["NO_PROXY", "no_proxy"]
+                .iter()
+                .find_map(|name| std::env::var(name).ok())
+                .unwrap_or_default();
+            Matcher::builder().all(proxy.0.as_str()).no(no).build()
+        }
+        None => Matcher::from_system(),
+    };
+    let intercept = matcher.intercept(&uri)?;
     let proxy = intercept.uri();
     let port = proxy
         .port_u16()
