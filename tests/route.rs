@@ -156,6 +156,23 @@ impl Routing {
         daemon.stop().await;
     }
 
+    /// Waits until the status line of `name` says it failed because Acme Corp's process is
+    /// complete.
+    async fn failed_as_complete(&self, name: &str, daemon: &Daemon) {
+        eventually(
+            &format!("{name} failed, saying the process is complete"),
+            || {
+                self.status_line(name).is_some_and(|line| {
+                    line.contains("failed")
+                        && line.contains("process 'Acme Corp'")
+                        && line.contains("is complete")
+                })
+            },
+            daemon,
+        )
+        .await;
+    }
+
     /// Reads of a process's task list.
     fn task_lists(&self) -> usize {
         self.env
@@ -339,18 +356,7 @@ async fn a_process_that_completes_fails_the_files_still_meant_for_it_and_says_so
 
     routing.env.fake.complete_run(&routing.acme);
     drop_file(&acme, "late.pdf", b"too late");
-    eventually(
-        "the late file failed, saying the process is complete",
-        || {
-            routing.status_line("late.pdf").is_some_and(|line| {
-                line.contains("failed")
-                    && line.contains("process 'Acme Corp'")
-                    && line.contains("is complete")
-            })
-        },
-        &daemon,
-    )
-    .await;
+    routing.failed_as_complete("late.pdf", &daemon).await;
     assert_eq!(routing.docs(&routing.acme), ["signed.pdf"]);
     assert!(
         routing
@@ -390,18 +396,7 @@ async fn a_process_that_completed_while_the_daemon_was_stopped_fails_its_new_fil
     routing.env.fake.complete_run(&routing.acme);
     drop_file(&routing.subfolder("Acme Corp"), "late.pdf", b"too late");
     let daemon = routing.running().await;
-    eventually(
-        "the late file failed, saying the process is complete",
-        || {
-            routing.status_line("late.pdf").is_some_and(|line| {
-                line.contains("failed")
-                    && line.contains("process 'Acme Corp'")
-                    && line.contains("is complete")
-            })
-        },
-        &daemon,
-    )
-    .await;
+    routing.failed_as_complete("late.pdf", &daemon).await;
     let reads = routing
         .env
         .requests("GET", &format!("/runs/{}", routing.acme))
