@@ -2431,19 +2431,18 @@ folders:
             })
         );
         assert!(config.folders[0].recursive);
-        let Target::Route(by_id) = &config.folders[1].target else {
-            panic!("not a route: {:?}", config.folders[1].target);
+        let route = |config: &Config, index: usize| match &config.folders[index].target {
+            Target::Route(route) => route.clone(),
+            other => panic!("not a route: {other:?}"),
         };
+        let by_id = route(&config, 1);
         assert_eq!((by_id.by, by_id.create_folders), (RouteBy::Id, true));
         // Folders people wait for are looked for more often.
         assert_eq!(by_id.refresh_interval, Duration::from_secs(30));
         let set = fx.parse(
             "api: {org_id: ORG}\nfolders:\n  - path: {dir}/in\n    route: {checklist_id: T, capture_id: C, create_folders: true, refresh_interval: 10m}\n",
         );
-        let Target::Route(set) = &set.folders[0].target else {
-            panic!("not a route: {:?}", set.folders[0].target);
-        };
-        assert_eq!(set.refresh_interval, Duration::from_secs(600));
+        assert_eq!(route(&set, 0).refresh_interval, Duration::from_secs(600));
     }
 
     #[test]

@@ -226,27 +226,28 @@ async fn the_company_ca_added_with_a_reload_lets_the_waiting_files_go() {
     daemon.wait_for_log("the API answers again").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_go_through_the_proxy_that_https_proxy_names() {
-    let (targets, shown, front) = sync_with_a_proxy("", ProxyFrom::Environment).await;
+/// Syncs through the proxy named as `from` says, and checks that every CONNECT went to the API
+/// and that `check` said so as `shown`.
+async fn synced_through_the_proxy(from: ProxyFrom, shown: &str) {
+    let (targets, said, front) = sync_with_a_proxy("", from).await;
     assert!(!targets.is_empty(), "the proxy saw no CONNECT");
     assert!(
         targets.iter().all(|target| *target == front.host()),
         "{targets:?}"
     );
-    assert_eq!(shown, "proxy for 127.0.0.1: PROXY");
+    assert_eq!(said, shown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_through_the_proxy_that_https_proxy_names() {
+    synced_through_the_proxy(ProxyFrom::Environment, "proxy for 127.0.0.1: PROXY").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_proxy_in_the_config_is_used_instead_of_the_environment_and_shown_without_its_password()
 {
-    let (targets, shown, front) = sync_with_a_proxy("", ProxyFrom::Config).await;
-    assert!(!targets.is_empty(), "the proxy saw no CONNECT");
-    assert!(
-        targets.iter().all(|target| *target == front.host()),
-        "{targets:?}"
-    );
-    assert_eq!(shown, "proxy for 127.0.0.1: PROXY (api.proxy)");
+    let shown = "proxy for 127.0.0.1: PROXY (api.proxy)";
+    synced_through_the_proxy(ProxyFrom::Config, shown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
