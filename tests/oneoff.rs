@@ -157,9 +157,10 @@ async fn a_one_off_folder_that_lost_its_files_is_restored_and_the_daemon_then_se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_removed_from_a_one_off_task_in_tallyfy_is_noticed_and_left_removed() {
-    let env = Env::one_off().await;
+async fn a_file_removed_from_a_one_off_task_in_tallyfy_is_noticed_counted_and_left_removed() {
+    let env = Env::one_off_with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
     let daemon = env.start();
+    daemon.wait_for_log("serving metrics at /metrics").await;
     let removed = synced(&env, &daemon, "a.pdf", b"%PDF a").await;
     env.fake.detach_asset(&removed);
     synced(&env, &daemon, "b.pdf", b"%PDF b").await;
@@ -176,6 +177,45 @@ async fn a_file_removed_from_a_one_off_task_in_tallyfy_is_noticed_and_left_remov
         "{}",
         describe(&status)
     );
+    let (_, metrics) = http_get(&format!("http://{}/metrics", daemon.metrics_addr())).await;
+    for expected in [
+        "tallyfy_sync_remote_removals_total{action=\"left\"} 1\n".to_string(),
+        format!(
+            "tallyfy_sync_files{{folder=\"{}\",state=\"removed\"}} 1\n",
+            env.tasks.display()
+        ),
+        format!(
+            "tallyfy_sync_files{{folder=\"{}\",state=\"synced\"}} 1\n",
+            env.tasks.display()
+        ),
+    ] {
+        assert!(
+            metrics.contains(&expected),
+            "/metrics lacks {expected:?}:\n{metrics}"
+        );
+    }
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_refused_by_a_completed_one_off_task_heals_once_the_task_is_reopened() {
+    let env = Env::one_off_with_config("failed_retry_interval: 2s\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake.set_task_status(ONE_OFF, ONE_OFF_TASK, "completed");
+    drop_file(&env.tasks, "late.pdf", b"x");
+    daemon
+        .wait_for_log("could not attach; not retried until the file changes")
+        .await;
+    daemon.wait_for_log("the target still refuses files").await;
+    assert_eq!(env.uploads(), 1, "no upload while the target refuses files");
+    env.fake.set_task_status(ONE_OFF, ONE_OFF_TASK, "active");
+    eventually(
+        "attached once the task is reopened",
+        || filenames(&env.one_off_field()) == ["late.pdf"],
+        &daemon,
+    )
+    .await;
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
 

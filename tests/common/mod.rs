@@ -108,7 +108,12 @@ impl Env {
     /// The default environment, with a one-off task added and the task folder (`tasks`)
     /// mapped to its file field instead of the process's task.
     pub async fn one_off() -> Env {
-        let env = Env::new().await;
+        Env::one_off_with_config("", "").await
+    }
+
+    /// `Env::one_off`, its config written as `Env::with_config` writes it.
+    pub async fn one_off_with_config(top_extra: &str, folder_extra: &str) -> Env {
+        let env = Env::with_config(top_extra, folder_extra).await;
         env.fake.add_task(FakeTask::one_off(
             ONE_OFF_TASK,
             ONE_OFF_TITLE,
