@@ -302,3 +302,33 @@ async fn a_one_off_task_with_a_run_id_is_a_config_error_naming_the_key() {
         describe(&check)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configs_one_off_folder_is_valid_once_uncommented() {
+    let env = Env::new().await;
+    let nda = env.dir.path().join("nda");
+    std::fs::create_dir(&nda).unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/tallyfy-sync.example.yaml"
+    ))
+    .unwrap();
+    let block: String = example
+        .lines()
+        .skip_while(|line| *line != "  # - path: /srv/tallyfy/nda")
+        .take_while(|line| !line.is_empty())
+        .map(|line| format!("{}\n", line.replacen("  # ", "  ", 1)))
+        .collect();
+    assert!(block.contains("one_off: true"), "{block}");
+    let yaml = std::fs::read_to_string(&env.config).unwrap();
+    env.write_raw_config(&(yaml + &block.replace("/srv/tallyfy/nda", nda.to_str().unwrap())));
+    let output = env.command(&["check"]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        output
+            .stdout
+            .contains("one-off task ONE_OFF_TASK_ID, field CAPTURE_ID"),
+        "{}",
+        describe(&output)
+    );
+}
