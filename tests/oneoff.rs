@@ -11,14 +11,22 @@ const EXIT_CONFIG: i32 = 78;
 
 /// Drops `name` into the one-off folder and waits until the task's field lists it.
 async fn synced(env: &Env, daemon: &Daemon, name: &str, content: &[u8]) -> String {
-    drop_file(&env.tasks, name, content);
-    eventually(
-        &format!("{name} is attached"),
-        || filenames(&env.one_off_field()).contains(&name.to_string()),
-        daemon,
-    )
-    .await;
-    id_of(&env.one_off_field(), name)
+    attached(daemon, &env.tasks, name, content, || env.one_off_field()).await
+}
+
+/// `output` is a refusal for a config error (exit 78) whose `stream` says `expected`.
+fn assert_refused(output: &Output, stream: &str, expected: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_CONFIG),
+        "{}",
+        describe(output)
+    );
+    assert!(
+        stream.contains(expected),
+        "{expected:?}: {}",
+        describe(output)
+    );
 }
 
 /// No request went to a process's task: the one-off task was read and written on its own.
@@ -257,24 +265,10 @@ async fn check_online_refuses_a_completed_one_off_task_saying_why() {
     let env = Env::one_off().await;
     env.fake.set_task_status(ONE_OFF, ONE_OFF_TASK, "completed");
     let check = env.command(&["check", "--online"]);
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&check)
-    );
-    assert!(
-        check.stdout.contains(&format!(
-            "target wrong: one-off task {ONE_OFF_TASK} is completed, and Tallyfy does not allow changes to completed tasks"
-        )),
-        "{}",
-        describe(&check)
-    );
-    assert!(
-        check.stderr.contains("1 of 2 targets are wrong"),
-        "{}",
-        describe(&check)
-    );
+    assert_refused(&check, &check.stdout, &format!(
+        "target wrong: one-off task {ONE_OFF_TASK} is completed, and Tallyfy does not allow changes to completed tasks"
+    ));
+    assert_refused(&check, &check.stderr, "1 of 2 targets are wrong");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,18 +282,10 @@ async fn a_one_off_task_with_a_run_id_is_a_config_error_naming_the_key() {
         1,
     ));
     let check = env.command(&["check"]);
-    assert_eq!(
-        check.status.code(),
-        Some(EXIT_CONFIG),
-        "{}",
-        describe(&check)
-    );
-    assert!(
-        check.stderr.contains(
-            "folders[0].task.one_off: a one-off task belongs to no process, yet run_id is set"
-        ),
-        "{}",
-        describe(&check)
+    assert_refused(
+        &check,
+        &check.stderr,
+        "folders[0].task.one_off: a one-off task belongs to no process, yet run_id is set",
     );
 }
 

@@ -549,6 +549,25 @@ pub fn drop_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     path
 }
 
+/// Drops `name` into `dir` and waits until `field` (a field's value as the fake holds it) lists
+/// it; returns its asset id.
+pub async fn attached(
+    daemon: &Daemon,
+    dir: &Path,
+    name: &str,
+    content: &[u8],
+    field: impl Fn() -> Vec<Value>,
+) -> String {
+    drop_file(dir, name, content);
+    eventually(
+        &format!("{name} is attached"),
+        || filenames(&field()).contains(&name.to_string()),
+        daemon,
+    )
+    .await;
+    id_of(&field(), name)
+}
+
 /// A GET of `url`: the status and the body.
 /// The id of the asset named `name` in a field's value.
 pub fn id_of(field: &[Value], name: &str) -> String {
