@@ -925,14 +925,21 @@ async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>)
             task_id,
             capture_id,
         } => {
-            let what = match target.run_id() {
-                Some(run_id) => format!("task {task_id} in run {run_id}"),
-                None => format!("one-off task {task_id}"),
+            // The task as messages name it: "in run" where it is there, "of run" where it is not.
+            let (what, missing) = match target.run_id() {
+                Some(run_id) => (
+                    format!("task {task_id} in run {run_id}"),
+                    format!("task {task_id} of run {run_id}"),
+                ),
+                None => (
+                    format!("one-off task {task_id}"),
+                    format!("one-off task {task_id}"),
+                ),
             };
             let task = api
                 .with_retries(|| api.get_task(target.run_id(), task_id))
                 .await
-                .map_err(|error| unreachable_target(error, &what))?;
+                .map_err(|error| unreachable_target(error, &missing))?;
             if task.status.eq_ignore_ascii_case("completed") {
                 return Err(FieldError::Invalid(format!(
                     "{what} is completed, and Tallyfy does not allow changes to completed tasks"

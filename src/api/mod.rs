@@ -1000,7 +1000,6 @@ fn task_route(run_id: Option<&str>, task_id: &str) -> (String, Endpoint, Endpoin
 }
 
 /// Takes the task apart rather than copying it: a field's value can list thousands of assets.
-
 fn parse_task(mut data: Value) -> Result<Task, ApiError> {
     let fields = form_fields(data.get_mut("form_fields").map(Value::take));
     let taskdata = match data.get_mut("taskdata").map(Value::take) {

@@ -785,7 +785,7 @@ async fn a_one_off_upload_is_attached_to_its_task_and_to_no_other() {
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(
         ids(&fake.task_field(ONE_OFF, ONE_OFF_TASK, CAPTURE)),
-        ids(&[asset.clone()])
+        ids(std::slice::from_ref(&asset))
     );
     fake.set_task_status(ONE_OFF, ONE_OFF_TASK, "completed");
     let refused = send(api.put(&path, &json!({"taskdata": {CAPTURE: []}}))).await;
