@@ -329,10 +329,7 @@ mod tests {
             assert!(matches!(opened, Err(OpenError::Link)), "{opened:?}");
         }
         let escape = dir.path().join("../x.pdf");
-        assert!(matches!(
-            file(dir.path(), &escape),
-            Err(OpenError::Outside)
-        ));
+        assert!(matches!(file(dir.path(), &escape), Err(OpenError::Outside)));
         assert!(matches!(
             file(dir.path(), Path::new("/etc/passwd")),
             Err(OpenError::Outside)
@@ -348,7 +345,10 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
         match file(dir.path(), &path) {
             Err(error @ OpenError::NotAFile { kind: "FIFO" }) => {
-                assert_eq!(error.to_string(), "not a regular file (a FIFO); it is never read")
+                assert_eq!(
+                    error.to_string(),
+                    "not a regular file (a FIFO); it is never read"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -362,7 +362,8 @@ mod tests {
     #[test]
     fn a_missing_file_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
-        let error = std::io::Error::from(file(dir.path(), &dir.path().join("gone.pdf")).unwrap_err());
+        let error =
+            std::io::Error::from(file(dir.path(), &dir.path().join("gone.pdf")).unwrap_err());
         assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     }
 }
