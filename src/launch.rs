@@ -282,7 +282,9 @@ impl Syncer {
                 }
                 return Ok(());
             }
-            After::Delete => std::fs::remove_file(path).map(|()| "deleted it".to_string()),
+            After::Delete => open::remove(&subject.folder.path, path)
+                .map(|()| "deleted it".to_string())
+                .map_err(std::io::Error::from),
             After::Move { to } => {
                 let (folder, from, to) =
                     (subject.folder.path.clone(), path.to_path_buf(), to.clone());
@@ -552,8 +554,10 @@ fn move_into(folder: &Path, path: &Path, to: &Path) -> std::io::Result<PathBuf> 
         if candidate.symlink_metadata().is_ok() {
             continue;
         }
-        match std::fs::rename(path, &candidate) {
+        match open::rename(folder, path, &candidate).map_err(std::io::Error::from) {
             Ok(()) => return Ok(candidate),
+            // Taken a moment ago: the next number.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(error) if error.raw_os_error() == Some(libc::EXDEV) => {
                 // Another filesystem: copy under a hidden name, so a crash never leaves a
                 // partial copy under the real one, then put it in place and remove the original.
@@ -561,7 +565,7 @@ fn move_into(folder: &Path, path: &Path, to: &Path) -> std::io::Result<PathBuf> 
                 let partial = candidate.with_file_name(format!(".{name}.part"));
                 copy(folder, path, &partial)?;
                 std::fs::rename(&partial, &candidate)?;
-                std::fs::remove_file(path)?;
+                open::remove(folder, path)?;
                 return Ok(candidate);
             }
             Err(error) => return Err(error),

@@ -1,9 +1,10 @@
 //! Opens files of watched folders to read them: the only way the daemon reads their content.
 //! Receives a folder and a path inside it; emits the open file with its `fstat`, or the hash
-//! of its content, and an `OpenError` naming why not. Owns the rules a hostile share cannot
-//! get round: every part of the path is resolved beneath the folder's own directory handle
-//! without following a symbolic link, the open never blocks (a FIFO swapped in is refused,
-//! not waited on), and only a regular file is ever read.
+//! of its content (or removes or moves the file, where the operator asked for that), and an
+//! `OpenError` naming why not. Owns the rules a hostile share cannot get round: every part of
+//! the path is resolved beneath the folder's own directory handle without following a symbolic
+//! link, the open never blocks (a FIFO swapped in is refused, not waited on), and only a
+//! regular file is ever read.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -65,7 +66,12 @@ impl Identity {
 /// so it may run on a runtime thread; `file_async` keeps even that off them.
 pub fn file(folder: &Path, path: &Path) -> Result<Opened, OpenError> {
     let root = open_folder(folder)?;
-    let fd = beneath(root.as_fd(), relative(folder, path)?, use_openat2())?;
+    let fd = beneath(
+        root.as_fd(),
+        relative(folder, path)?,
+        FILE_FLAGS,
+        use_openat2(),
+    )?;
     let file = std::fs::File::from(fd);
     let metadata = file.metadata()?;
     if !metadata.is_file() {
@@ -106,6 +112,61 @@ pub async fn hash_async(folder: &Path, path: &Path) -> Result<String, OpenError>
     tokio::task::spawn_blocking(move || hash(&folder, &path))
         .await
         .map_err(|error| OpenError::Io(std::io::Error::other(error)))?
+}
+
+/// Removes `path`, a file inside `folder`, from the directory it is in as reached beneath the
+/// folder: a directory on its way swapped for a link never makes it remove a file elsewhere.
+pub fn remove(folder: &Path, path: &Path) -> Result<(), OpenError> {
+    let (dir, name) = parent(folder, path)?;
+    // SAFETY: a valid descriptor and C string.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(OpenError::Io(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Renames `path`, a file inside `folder` reached as `remove` reaches it, to `to` (a path the
+/// operator configured). Fails without moving anything when `to` exists.
+pub fn rename(folder: &Path, path: &Path, to: &Path) -> Result<(), OpenError> {
+    let (dir, name) = parent(folder, path)?;
+    let to = c_name(to.as_os_str())?;
+    let rename = |flags| {
+        // SAFETY: valid descriptors and C strings.
+        match unsafe {
+            libc::renameat2(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                flags,
+            )
+        } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    // RENAME_NOREPLACE never replaces a file that appeared at `to` meanwhile; file systems
+    // that do not know it (some network ones) answer EINVAL and get a plain rename.
+    match rename(libc::RENAME_NOREPLACE) {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(rename(0)?),
+        other => Ok(other?),
+    }
+}
+
+/// The directory `path` is in, opened beneath `folder` (O_PATH), and the file's name in it.
+fn parent(folder: &Path, path: &Path) -> Result<(OwnedFd, CString), OpenError> {
+    let root = open_folder(folder)?;
+    let mut names = relative(folder, path)?;
+    let name = c_name(names.pop().unwrap_or_default())?;
+    if names.is_empty() {
+        return Ok((root, name));
+    }
+    let dir = beneath(root.as_fd(), names, DIR_FLAGS, use_openat2())?;
+    let metadata = std::fs::File::from(dir.try_clone()?).metadata()?;
+    if !metadata.is_dir() {
+        return Err(OpenError::Link);
+    }
+    Ok((dir, name))
 }
 
 /// What a file that is not a regular one is, for the operator.
@@ -159,6 +220,10 @@ fn open_folder(folder: &Path) -> Result<OwnedFd, OpenError> {
 const FILE_FLAGS: libc::c_int =
     libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
 
+/// How a directory on the way is opened: only as a handle to resolve names beneath, never
+/// through a final link.
+const DIR_FLAGS: libc::c_int = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
 /// Cleared once `openat2` is found missing (before Linux 5.6) or forbidden (a seccomp filter
 /// that does not know it answers EPERM): the walk below is the way from then on.
 static OPENAT2: AtomicBool = AtomicBool::new(true);
@@ -169,13 +234,18 @@ fn use_openat2() -> bool {
 
 /// Opens `names` beneath `root`: with `openat2` and RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
 /// when it can, else one directory at a time with O_NOFOLLOW.
-fn beneath(root: BorrowedFd<'_>, names: Vec<&OsStr>, openat2: bool) -> Result<OwnedFd, OpenError> {
+fn beneath(
+    root: BorrowedFd<'_>,
+    names: Vec<&OsStr>,
+    flags: libc::c_int,
+    openat2: bool,
+) -> Result<OwnedFd, OpenError> {
     if openat2 {
         let joined: Vec<u8> = names.join(OsStr::new("/")).as_bytes().to_vec();
         let path = c_name(OsStr::from_bytes(&joined))?;
         // SAFETY: open_how is plain integers, for which zero is a valid value.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = FILE_FLAGS as u64;
+        how.flags = flags as u64;
         how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
         // SAFETY: valid descriptor, C string and open_how of the size passed; the result is a
         // new descriptor owned below, or -1.
@@ -196,12 +266,12 @@ fn beneath(root: BorrowedFd<'_>, names: Vec<&OsStr>, openat2: bool) -> Result<Ow
             Err(error) => return Err(refusal(error)),
         }
     }
-    walk(root, &names)
+    walk(root, &names, flags)
 }
 
 /// Opens each directory on the way with O_PATH | O_NOFOLLOW and checks it is a directory, not
 /// a link to one, then the file itself beneath the last.
-fn walk(root: BorrowedFd<'_>, names: &[&OsStr]) -> Result<OwnedFd, OpenError> {
+fn walk(root: BorrowedFd<'_>, names: &[&OsStr], flags: libc::c_int) -> Result<OwnedFd, OpenError> {
     let Some((last, parents)) = names.split_last() else {
         return Err(OpenError::Outside);
     };
@@ -210,14 +280,8 @@ fn walk(root: BorrowedFd<'_>, names: &[&OsStr]) -> Result<OwnedFd, OpenError> {
         let at = dir.as_ref().map_or(root.as_raw_fd(), AsRawFd::as_raw_fd);
         let name = c_name(name)?;
         // SAFETY: valid descriptor and C string; the result is owned below.
-        let next = retry(|| unsafe {
-            libc::openat(
-                at,
-                name.as_ptr(),
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        })
-        .map_err(refusal)?;
+        let next =
+            retry(|| unsafe { libc::openat(at, name.as_ptr(), DIR_FLAGS) }).map_err(refusal)?;
         let metadata = std::fs::File::from(next.try_clone()?).metadata()?;
         if metadata.file_type().is_symlink() {
             return Err(OpenError::Link);
@@ -232,7 +296,7 @@ fn walk(root: BorrowedFd<'_>, names: &[&OsStr]) -> Result<OwnedFd, OpenError> {
     let at = dir.as_ref().map_or(root.as_raw_fd(), AsRawFd::as_raw_fd);
     let name = c_name(last)?;
     // SAFETY: valid descriptor and C string; the result is owned below.
-    retry(|| unsafe { libc::openat(at, name.as_ptr(), FILE_FLAGS) }).map_err(refusal)
+    retry(|| unsafe { libc::openat(at, name.as_ptr(), flags) }).map_err(refusal)
 }
 
 /// What the kernel's refusal means here: ELOOP is a link met on the way (or the file itself
@@ -278,7 +342,7 @@ mod tests {
     fn both(folder: &Path, path: &Path) -> [Result<OwnedFd, OpenError>; 2] {
         [true, false].map(|openat2| {
             let root = open_folder(folder).unwrap();
-            beneath(root.as_fd(), relative(folder, path)?, openat2)
+            beneath(root.as_fd(), relative(folder, path)?, FILE_FLAGS, openat2)
         })
     }
 
@@ -313,6 +377,16 @@ mod tests {
         symlink(outside.path(), folder.join("sub")).unwrap();
         for opened in both(&folder, &folder.join("sub/secret.pdf")) {
             assert!(matches!(opened, Err(OpenError::Link)), "{opened:?}");
+        }
+        // A directory handle for removing or moving: the link itself at most, never its target.
+        for openat2 in [true, false] {
+            let root = open_folder(&folder).unwrap();
+            let names = vec![OsStr::new("sub")];
+            match beneath(root.as_fd(), names, DIR_FLAGS, openat2) {
+                Err(OpenError::Link) => {}
+                Ok(fd) => assert!(!std::fs::File::from(fd).metadata().unwrap().is_dir()),
+                Err(other) => panic!("{other:?}"),
+            }
         }
         // The folder's own path, as configured, may go through a link.
         symlink(&folder, dir.path().join("alias")).unwrap();
@@ -357,6 +431,38 @@ mod tests {
             file(dir.path(), dir.path()),
             Err(OpenError::Outside)
         ));
+    }
+
+    #[test]
+    fn removing_or_moving_through_a_directory_swapped_for_a_link_touches_nothing_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("x.pdf");
+        std::fs::write(&secret, "keep").unwrap();
+        let folder = dir.path().join("in");
+        std::fs::create_dir_all(folder.join("real")).unwrap();
+        symlink(outside.path(), folder.join("sub")).unwrap();
+        let through = folder.join("sub/x.pdf");
+        assert!(matches!(remove(&folder, &through), Err(OpenError::Link)));
+        let to = dir.path().join("done.pdf");
+        assert!(matches!(
+            rename(&folder, &through, &to),
+            Err(OpenError::Link)
+        ));
+        assert!(secret.exists() && !to.exists());
+        // A file really in the folder is moved, then another one removed.
+        std::fs::write(folder.join("real/x.pdf"), "mine").unwrap();
+        rename(&folder, &folder.join("real/x.pdf"), &to).unwrap();
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "mine");
+        std::fs::write(folder.join("y.pdf"), "y").unwrap();
+        std::fs::write(folder.join("real/y.pdf"), "y").unwrap();
+        assert!(matches!(
+            rename(&folder, &folder.join("y.pdf"), &folder.join("real/y.pdf")),
+            Err(OpenError::Io(error)) if error.kind() == std::io::ErrorKind::AlreadyExists
+        ));
+        remove(&folder, &folder.join("real/y.pdf")).unwrap();
+        remove(&folder, &folder.join("y.pdf")).unwrap();
+        assert!(!folder.join("y.pdf").exists() && !folder.join("real/y.pdf").exists());
     }
 
     #[test]
