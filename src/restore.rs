@@ -274,7 +274,7 @@ async fn restore_one(api: &Client, dir: &Path, id: &str, name: &str) -> Result<O
         let path = dir.join(numbered(name, n));
         match std::fs::symlink_metadata(&path) {
             Ok(metadata) if metadata.is_file() => {
-                if open::hash(dir, &path).ok().as_deref() == Some(hash.as_str()) {
+                if open::hash_async(dir, &path).await.ok().as_deref() == Some(hash.as_str()) {
                     return Ok(Outcome::AlreadyThere(path));
                 }
                 continue;
@@ -312,7 +312,7 @@ async fn record(
         folder: folder.path.clone(),
         target: target.to_string(),
         meta: FileMeta::of(&metadata),
-        hash: open::hash(&folder.path, path).ok(),
+        hash: open::hash_async(&folder.path, path).await.ok(),
         attached: Some(Asset(asset.clone())),
         state: FileState::Synced,
         updated: now_unix(),

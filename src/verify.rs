@@ -352,14 +352,17 @@ async fn check(
             continue;
         };
         progress.show(&file.name);
-        let expected = records
+        let recorded = records
             .get(&path)
             .filter(|record| {
                 std::fs::symlink_metadata(&path)
                     .is_ok_and(|metadata| FileMeta::of(&metadata) == record.meta)
             })
-            .and_then(|record| record.hash.clone())
-            .or_else(|| open::hash(&folder.path, &path).ok());
+            .and_then(|record| record.hash.clone());
+        let expected = match recorded {
+            Some(hash) => Some(hash),
+            None => open::hash_async(&folder.path, &path).await.ok(),
+        };
         let sink = Mutex::new(Hashing::default());
         match api.with_retries(|| api.download(&id, &sink)).await {
             Ok(_) => {
