@@ -21,6 +21,7 @@ pub mod guard;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
+pub mod open;
 pub mod plan;
 pub mod queue;
 pub mod recheck;

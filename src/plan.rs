@@ -19,6 +19,7 @@ use crate::field::{self, FieldError};
 use crate::filter::humansize;
 use crate::guard;
 use crate::launch;
+use crate::open;
 use crate::route;
 use crate::settle;
 use crate::store::{Asset, FileMeta, FileRecord, FileState, Store, StoreError};
@@ -568,7 +569,7 @@ fn plan_folder(
                 }
             }
             Next::CompareContent { record, hash } => {
-                if sync::content_hash(&path).ok().as_ref() == Some(&hash) {
+                if open::hash(&folder.path, &path).ok().as_ref() == Some(&hash) {
                     Action::Unchanged { path }
                 } else {
                     upload(path, meta, Some(&record))
@@ -639,7 +640,7 @@ fn launch_action(
         _ => {}
     }
     if launch.dedupe == Dedupe::Content {
-        if let Ok(hash) = sync::content_hash(&path) {
+        if let Ok(hash) = open::hash(&folder.path, &path) {
             if let Some(claim) = store.content_claim(&folder.path, &hash)? {
                 if claim.path != path || claim.run.is_some() {
                     let run = claim.run.map(|run| run.name);

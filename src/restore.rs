@@ -15,12 +15,12 @@ use crate::api::{ApiError, Client, Sink};
 use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, ControlError, Request};
 use crate::field;
+use crate::open;
 use crate::plan;
 use crate::route;
 use crate::store::{
     asset_filename, asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, Store, StoreError,
 };
-use crate::sync::content_hash;
 use crate::text;
 
 /// Longest file name most Linux filesystems take, in bytes.
@@ -274,7 +274,7 @@ async fn restore_one(api: &Client, dir: &Path, id: &str, name: &str) -> Result<O
         let path = dir.join(numbered(name, n));
         match std::fs::symlink_metadata(&path) {
             Ok(metadata) if metadata.is_file() => {
-                if content_hash(&path).ok().as_deref() == Some(hash.as_str()) {
+                if open::hash_async(dir, &path).await.ok().as_deref() == Some(hash.as_str()) {
                     return Ok(Outcome::AlreadyThere(path));
                 }
                 continue;
@@ -312,7 +312,7 @@ async fn record(
         folder: folder.path.clone(),
         target: target.to_string(),
         meta: FileMeta::of(&metadata),
-        hash: content_hash(path).ok(),
+        hash: open::hash_async(&folder.path, path).await.ok(),
         attached: Some(Asset(asset.clone())),
         state: FileState::Synced,
         updated: now_unix(),

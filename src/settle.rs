@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{After, Config, Folder, Target};
+use crate::filter;
 use crate::guard::Guard;
 use crate::metrics::METRICS;
 use crate::service::Heartbeat;
@@ -193,12 +194,15 @@ impl Settle {
         }
         if (!folder.recursive && path.parent() != Some(folder.path.as_path()))
             || folder.excludes(path)
+            || path
+                .parent()
+                .is_some_and(|dir| filter::hidden_dir(folder, dir))
         {
             return;
         }
         match std::fs::symlink_metadata(path) {
             Ok(metadata) if metadata.is_dir() => {
-                if folder.recursive {
+                if folder.recursive && !filter::hidden_dir(folder, path) {
                     self.scan_into(index, path.to_path_buf()).await;
                 }
             }
@@ -464,8 +468,7 @@ pub fn walk(
         };
         let path = entry.path();
         if metadata.is_dir() {
-            let hidden = entry.file_name().as_encoded_bytes().first() == Some(&b'.');
-            if folder.recursive && !hidden && !folder.excludes(&path) {
+            if folder.recursive && !filter::hidden_dir(folder, &path) && !folder.excludes(&path) {
                 if let Err(error) = walk(folder, &path, out) {
                     debug!(dir = %path.display(), %error, "skipping unreadable directory");
                 }
