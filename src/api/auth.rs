@@ -247,6 +247,7 @@ impl Issuer {
         // Counted from the request: the server started its clock no earlier.
         let expires_at = sent + lifetime;
         let renew_at = expires_at - lifetime / RENEW_AHEAD;
+        crate::text::keep_secret(token.expose());
         let bearer = Bearer {
             token,
             generation: cache.fetches,
@@ -350,6 +351,9 @@ impl Issuer {
             .map_err(transport)?;
         let status = response.status().as_u16();
         METRICS.request(Endpoint::Token.label(), status);
+        if response.status().is_redirection() {
+            return Err(self.redirected(status, &response));
+        }
         let retry_after = super::retry_after(&response);
         let body = response.bytes().await.map_err(transport)?;
         match status {
@@ -394,6 +398,26 @@ impl Issuer {
         Ok((token, lifetime))
     }
 
+    /// A redirect is never followed (the client credentials would go with it): the error
+    /// says where it points, by origin only (the rest of a URL may carry anything).
+    fn redirected(&self, status: u16, response: &reqwest::Response) -> ApiError {
+        let target = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|location| location.to_str().ok())
+            .and_then(|location| self.token_url.join(location).ok())
+            .map(|target| target.origin().ascii_serialization());
+        let detail = match target {
+            Some(origin) => format!(
+                "HTTP {status}: it redirects to {origin}; redirects of the token endpoint are not followed, so that the client secret goes nowhere else: set api.token_url to the final URL"
+            ),
+            None => format!(
+                "HTTP {status}: it redirects; redirects of the token endpoint are not followed, so that the client secret goes nowhere else: set api.token_url to the final URL"
+            ),
+        };
+        self.no_token(detail)
+    }
+
     fn no_token(&self, detail: String) -> ApiError {
         ApiError::NoToken {
             token_url: self.token_url.to_string(),
@@ -408,7 +432,9 @@ fn oauth_message(body: &[u8]) -> String {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = |key| json.get(key).and_then(Value::as_str);
     match (text("error"), text("error_description").or(text("message"))) {
-        (Some(code), Some(description)) => format!("{description} ({code})"),
+        (Some(code), Some(description)) => {
+            crate::text::redact(&format!("{description} ({code})")).into_owned()
+        }
         _ => error::error_message(body),
     }
 }

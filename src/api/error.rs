@@ -181,8 +181,13 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(delay.min(RETRY_AFTER_CAP))
 }
 
-/// The operator-facing message from one of the API's several error body shapes.
+/// The operator-facing message from one of the API's several error body shapes, with every
+/// secret in use redacted: a server may echo the request, its credentials included.
 pub fn error_message(body: &[u8]) -> String {
+    crate::text::redact(&message_of(body)).into_owned()
+}
+
+fn message_of(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
         return excerpt(&text);

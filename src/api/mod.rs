@@ -180,16 +180,24 @@ impl Client {
     ) -> Result<Client, ApiError> {
         // Proxies come from `api.proxy`, or from HTTPS_PROXY, HTTP_PROXY and NO_PROXY, which
         // reqwest reads unless told not to: what a company network's administrator expects.
-        let http = network::proxy(network::trust(reqwest::Client::builder(), config), config)
-            .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .tcp_nodelay(true)
+        let builder = || {
+            network::proxy(network::trust(reqwest::Client::builder(), config), config)
+                .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+                .tcp_nodelay(true)
+        };
+        let setup = |error: reqwest::Error| ApiError::Setup {
+            detail: describe(&error),
+        };
+        let http = builder().build().map_err(setup)?;
+        // A redirect would post the client secret to wherever it points: the token endpoint
+        // is asked at the URL configured and nowhere else.
+        let token_http = builder()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|error| ApiError::Setup {
-                detail: describe(&error),
-            })?;
-        let tokens = TokenSource::new(credentials, http.clone(), cancel.clone());
+            .map_err(setup)?;
+        let tokens = TokenSource::new(credentials, token_http, cancel.clone());
         Ok(Client {
             http,
             base: config.base_url.as_str().trim_end_matches('/').to_string(),
@@ -1034,5 +1042,5 @@ fn describe(error: &reqwest::Error) -> String {
         full.find(" for url (")
             .map_or(full.clone(), |at| full[..at].to_string())
     };
-    crate::text::with_causes(head, error)
+    crate::text::redact(&crate::text::with_causes(head, error)).into_owned()
 }
