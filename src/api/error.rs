@@ -105,6 +105,9 @@ pub enum ApiError {
     /// What a download was written to failed (a full disk, say): not the API's doing.
     #[error("download of asset {asset}: {detail}")]
     Sink { asset: String, detail: String },
+    /// A download larger than it can be: abandoned before it fills the disk.
+    #[error("download of asset {asset}: larger than {limit} bytes, more than the file can be; abandoned")]
+    TooLarge { asset: String, limit: u64 },
     #[error("shutting down")]
     Cancelled,
 }

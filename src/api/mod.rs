@@ -730,6 +730,27 @@ impl Client {
         asset_id: &str,
         sink: &std::sync::Mutex<impl Sink>,
     ) -> Result<u64, ApiError> {
+        self.download_at_most(asset_id, MAX_DOWNLOAD_BYTES, sink)
+            .await
+    }
+
+    /// Like `download`, abandoned as soon as the answer says or turns out to be larger than
+    /// `limit` (at most the 100 MiB Tallyfy stores): an endless body must not fill the disk.
+    /// An HTML page in place of the file (a proxy's or portal's) is a strange answer, not the
+    /// file.
+    pub async fn download_at_most(
+        &self,
+        asset_id: &str,
+        limit: u64,
+        sink: &std::sync::Mutex<impl Sink>,
+    ) -> Result<u64, ApiError> {
+        let limit = limit.min(MAX_DOWNLOAD_BYTES);
+        let too_large = || {
+            Body::Local(ApiError::TooLarge {
+                asset: asset_id.to_string(),
+                limit,
+            })
+        };
         let sink = |use_it: &mut dyn FnMut(&mut dyn Sink) -> std::io::Result<()>| {
             let mut sink = sink.lock().unwrap_or_else(|poison| poison.into_inner());
             use_it(&mut *sink)
@@ -749,9 +770,23 @@ impl Client {
             request,
             || None,
             |mut response| async move {
+                if let Some(kind) = page_type(&response) {
+                    return Err(Body::Strange(ApiError::Decode {
+                        endpoint: Endpoint::Download,
+                        detail: format!(
+                            "a page ({kind}) came in place of the file: a proxy's or a login portal's?"
+                        ),
+                    }));
+                }
+                if response.content_length().is_some_and(|length| length > limit) {
+                    return Err(too_large());
+                }
                 let mut size = 0u64;
                 while let Some(chunk) = response.chunk().await.map_err(Body::Transport)? {
                     size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(too_large());
+                    }
                     sink(&mut |sink| sink.write(&chunk)).map_err(|error| {
                         Body::Local(ApiError::Sink {
                             asset: asset_id.to_string(),
@@ -764,6 +799,21 @@ impl Client {
         )
         .await
     }
+}
+
+/// The content type of an answer that is a web page rather than a file: no file Tallyfy takes
+/// is HTML.
+fn page_type(response: &reqwest::Response) -> Option<String> {
+    let kind = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    let essence = kind.split(';').next().unwrap_or_default().trim();
+    ["text/html", "application/xhtml+xml"]
+        .iter()
+        .any(|page| essence.eq_ignore_ascii_case(page))
+        .then(|| crate::text::escape(essence))
 }
 
 /// Why reading a 2xx answer's body failed: the connection (an outage), or where the body went.
@@ -1043,4 +1093,71 @@ fn describe(error: &reqwest::Error) -> String {
             .map_or(full.clone(), |at| full[..at].to_string())
     };
     crate::text::redact(&crate::text::with_causes(head, error)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Auth, Secret};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with a chunked body that never ends, as a broken
+    /// or hostile server can: no Content-Length gives it away.
+    async fn endless_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => request.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = [b'x'; 65536];
+                    loop {
+                        let frame = [b"10000\r\n".as_slice(), &chunk, b"\r\n"].concat();
+                        if socket.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_endless_download_is_abandoned_past_its_limit() {
+        let addr = endless_server().await;
+        let config = ApiConfig {
+            base_url: reqwest::Url::parse(&format!("http://{addr}/api")).unwrap(),
+            org_id: "org".into(),
+            auth: Auth::Token { token_file: None },
+            timeout: Duration::from_secs(10),
+            concurrency: 1,
+            rate_limit: None,
+            ca_file: None,
+            proxy: None,
+        };
+        let credentials = Credentials::Token(Secret::parse("token").unwrap());
+        let api = Client::new(&config, credentials, CancellationToken::new()).unwrap();
+        let sink = std::sync::Mutex::new(Hashing::default());
+        let error = api
+            .download_at_most("a1", 1 << 20, &sink)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ApiError::TooLarge { limit, .. } if limit == 1 << 20),
+            "{error}"
+        );
+        assert!(!error.is_retryable());
+    }
 }
