@@ -1388,7 +1388,7 @@ impl Problems {
             (Bad::Secret(_), _) | (_, None) => path.to_string(),
             (Bad::Url(_), Some(_)) => {
                 let text = value.as_str().unwrap_or_default();
-                format!("{path} {:?}", without_userinfo(text))
+                format!("{path} {:?}", crate::text::without_userinfo(text))
             }
             (_, Some(text)) => format!("{path} {text}"),
         };
@@ -1410,16 +1410,6 @@ enum Bad {
     Url(String),
     /// The value holds a secret where none belongs: not shown at all.
     Secret(String),
-}
-
-/// `text` (a URL, or what was meant as one) with everything up to its last `@` after the
-/// scheme replaced by `***`, whether or not it parses: the part that may hold a password.
-fn without_userinfo(text: &str) -> String {
-    let start = text.find("://").map_or(0, |at| at + 3);
-    match text[start..].rfind('@') {
-        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
-        None => text.to_string(),
-    }
 }
 
 fn invalid<T>(why: impl Into<String>) -> Result<T, Bad> {

@@ -54,6 +54,16 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     text
 }
 
+/// `text` (a URL, or what was meant as one) with everything up to its last `@` after the
+/// scheme replaced by `***`, whether or not it parses: the part that may hold a password.
+pub fn without_userinfo(text: &str) -> String {
+    let start = text.find("://").map_or(0, |at| at + 3);
+    match text[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
+    }
+}
+
 /// Characters a terminal does not show as themselves: control characters, invisible format
 /// characters (Unicode category Cf: bidirectional overrides such as U+202E that reorder what
 /// follows on screen, zero-width spaces and joiners, the byte order mark, tags) and the line
@@ -187,6 +197,12 @@ mod tests {
             redact("{\"m\":\"s3cr\\/et+Value\"}"),
             "{\"m\":\"<redacted>\"}"
         );
+        assert_eq!(
+            without_userinfo("http://u:p@ss@proxy:3128"),
+            "http://***@proxy:3128"
+        );
+        assert_eq!(without_userinfo("u:pw@proxy"), "***@proxy");
+        assert_eq!(without_userinfo("http://proxy:3128"), "http://proxy:3128");
         keep_secret("abc");
         assert_eq!(redact("abc"), "abc", "too short to tell from a word");
     }

@@ -58,9 +58,11 @@ pub enum TokenSource {
 impl TokenSource {
     /// Must be called within a tokio runtime: for client credentials it starts the task that
     /// renews tokens ahead of their expiry, until `cancel`.
+    /// `proxy`: the proxy the token endpoint is reached through, as shown to people.
     pub fn new(
         credentials: Credentials,
         http: reqwest::Client,
+        proxy: Option<String>,
         cancel: CancellationToken,
     ) -> TokenSource {
         match credentials {
@@ -75,6 +77,7 @@ impl TokenSource {
             } => {
                 let issuer = Arc::new(Issuer {
                     http,
+                    proxy,
                     token_url,
                     client_id,
                     client_secret,
@@ -125,6 +128,7 @@ impl TokenSource {
 
 pub struct Issuer {
     http: reqwest::Client,
+    proxy: Option<String>,
     token_url: Url,
     client_id: String,
     client_secret: Secret,
@@ -334,7 +338,9 @@ impl Issuer {
 
     /// `POST token_url` with the client credentials grant.
     async fn request(&self) -> Result<(Secret, Duration), ApiError> {
-        let transport = |error: reqwest::Error| super::network::failed(Endpoint::Token, &error);
+        let transport = |error: reqwest::Error| {
+            super::network::failed(Endpoint::Token, &error, self.proxy.as_deref())
+        };
         let response = self
             .http
             .post(self.token_url.clone())
@@ -353,6 +359,12 @@ impl Issuer {
         METRICS.request(Endpoint::Token.label(), status);
         if response.status().is_redirection() {
             return Err(self.redirected(status, &response));
+        }
+        if response.status() == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Err(super::network::proxy_refusal(
+                Endpoint::Token,
+                self.proxy.as_deref(),
+            ));
         }
         let retry_after = super::retry_after(&response);
         let body = response.bytes().await.map_err(transport)?;
@@ -467,6 +479,7 @@ mod tests {
         TokenSource::new(
             credentials,
             reqwest::Client::new(),
+            None,
             CancellationToken::new(),
         )
     }
@@ -553,6 +566,7 @@ mod tests {
         let tokens = TokenSource::new(
             Credentials::Token(token),
             reqwest::Client::new(),
+            None,
             CancellationToken::new(),
         );
         let bearer = tokens.bearer().await.unwrap();

@@ -97,6 +97,10 @@ pub enum ApiError {
         host: String,
         reason: String,
     },
+    /// The proxy wants credentials, or refused the ones in its URL (407): like an untrusted
+    /// certificate, nothing gets through until an administrator fixes them.
+    #[error("{endpoint}: the proxy {proxy} refused the credentials (HTTP 407 Proxy Authentication Required): check the user name and password of api.proxy or HTTPS_PROXY")]
+    ProxyRefused { endpoint: Endpoint, proxy: String },
     /// The HTTP client could not be set up, e.g. the certificate store is unusable.
     #[error("cannot set up the HTTPS client: {detail}")]
     Setup { detail: String },
@@ -146,10 +150,13 @@ impl ApiError {
         }
     }
 
-    /// The server's certificate was refused: like a refused token, nothing works until an
-    /// operator acts, so requests wait rather than fail.
+    /// The server's certificate, or the proxy our credentials, was refused: like a refused
+    /// token, nothing works until an operator acts, so requests wait rather than fail.
     pub fn is_untrusted(&self) -> bool {
-        matches!(self, ApiError::Untrusted { .. })
+        matches!(
+            self,
+            ApiError::Untrusted { .. } | ApiError::ProxyRefused { .. }
+        )
     }
 
     pub fn status(&self) -> Option<u16> {

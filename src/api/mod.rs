@@ -27,7 +27,7 @@ pub use gate::{unix_ms, Pause};
 use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 pub use multipart::stored_name;
-pub use network::proxy_for;
+pub use network::{environment_proxy_problems, proxy_for};
 
 use crate::config::{ApiConfig, Credentials};
 use crate::metrics::{Exposition, METRICS};
@@ -152,6 +152,8 @@ pub struct Step {
 
 pub struct Client {
     http: reqwest::Client,
+    /// The proxy requests to the API go through, as shown to people.
+    proxy: Option<String>,
     base: String,
     org: String,
     tokens: TokenSource,
@@ -197,8 +199,15 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(setup)?;
-        let tokens = TokenSource::new(credentials, token_http, cancel.clone());
+        let token_proxy = match &credentials {
+            Credentials::ClientCredentials { token_url, .. } => {
+                network::proxy_for(token_url, config)
+            }
+            Credentials::Token(_) => None,
+        };
+        let tokens = TokenSource::new(credentials, token_http, token_proxy, cancel.clone());
         Ok(Client {
+            proxy: network::proxy_for(&config.base_url, config),
             http,
             base: config.base_url.as_str().trim_end_matches('/').to_string(),
             org: config.org_id.clone(),
@@ -344,7 +353,7 @@ impl Client {
                 self.report(pass, Outcome::Inconclusive, None);
                 return local;
             }
-            let error = network::failed(endpoint, &error);
+            let error = network::failed(endpoint, &error, self.proxy.as_deref());
             let outcome = if error.is_untrusted() {
                 Outcome::Untrusted
             } else {
@@ -387,6 +396,11 @@ impl Client {
             Err(error) => return Err(transport(pass, error)),
         };
         METRICS.request(endpoint.label(), status.as_u16());
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            let error = network::proxy_refusal(endpoint, self.proxy.as_deref());
+            self.report(pass, Outcome::Untrusted, Some(&error));
+            return Err(error);
+        }
         let error = ApiError::Status {
             endpoint,
             status: status.as_u16(),
@@ -420,12 +434,15 @@ impl Client {
             Some(ApiError::Untrusted { host, reason, .. }) => Some((host, reason)),
             _ => None,
         };
+        let proxy_refused = cause.filter(|cause| matches!(cause, ApiError::ProxyRefused { .. }));
         match transition {
             Some(Transition::Closed(pause)) => self.set_pause(Some(Pause {
                 until_ms: unix_ms() + pause.as_millis() as u64,
                 delay_ms: pause.as_millis() as u64,
                 reason: if let Some((host, reason)) = untrusted {
                     format!("cannot trust {host}: {reason}")
+                } else if let Some(refused) = proxy_refused {
+                    refused.to_string()
                 } else if no_token {
                     "cannot get an access token from api.token_url".to_string()
                 } else if unauthorized {
@@ -453,6 +470,13 @@ impl Client {
                     )
                 }
             }
+            Some(Transition::Closed(pause)) if proxy_refused.is_some() => error!(
+                http_status = 407,
+                next_probe_secs = pause.as_secs_f64().ceil(),
+                "{}; pausing all requests and probing again in {}",
+                proxy_refused.map(ToString::to_string).unwrap_or_default(),
+                humantime::format_duration(round(pause))
+            ),
             Some(Transition::Closed(pause)) if no_token => error!(
                 error = %cause.map(ToString::to_string).unwrap_or_default(),
                 next_probe_secs = pause.as_secs_f64().ceil(),
