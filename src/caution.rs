@@ -3,7 +3,7 @@
 //! to do, for `check` to print and `run` to log at start. Refusals belong to `config`; these
 //! are left to the operator's judgement.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::api;
@@ -93,8 +93,28 @@ fn system_directory(path: &Path) -> Option<String> {
         .map(|system| format!("in the system directory {system}"))
 }
 
-/// The permission bits of `file` when its group or others may read it.
+/// The service's own group, which the README has own the config (mode 0640).
+const SERVICE_GROUP: &str = "tallyfy-sync";
+
+/// The permission bits of `file` when a user other than the daemon's may read it: anyone
+/// (others), or a group that is neither the process's own nor the service's.
 fn readable_by_others(file: &Path) -> Option<u32> {
-    let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o044 != 0).then_some(mode)
+    let metadata = std::fs::metadata(file).ok()?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    let own_group = || {
+        std::fs::metadata("/proc/self").is_ok_and(|me| me.gid() == metadata.gid())
+            || group_id(SERVICE_GROUP) == Some(metadata.gid())
+    };
+    (mode & 0o004 != 0 || (mode & 0o040 != 0 && !own_group())).then_some(mode)
+}
+
+/// The id of the group `name` in /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
 }

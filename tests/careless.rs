@@ -55,7 +55,7 @@ async fn careless_settings_are_warned_about_in_check_and_when_the_daemon_starts(
         token_file.display()
     );
     env.write_config_with_api(&api_extra, "metrics:\n  listen: 0.0.0.0:0\n", "");
-    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     // The API is on 127.0.0.1: the proxy is never used.
     let vars = [("NO_PROXY", OsStr::new("127.0.0.1"))];
     let warnings = [
@@ -64,7 +64,7 @@ async fn careless_settings_are_warned_about_in_check_and_when_the_daemon_starts(
             token_file.display()
         ),
         format!(
-            "config file {}: readable by other users (mode 0640) though api.proxy holds a password",
+            "config file {}: readable by other users (mode 0644) though api.proxy holds a password",
             env.config.display()
         ),
         "metrics.listen 0.0.0.0:0: reachable from other machines".to_string(),
@@ -106,10 +106,10 @@ async fn careless_settings_are_warned_about_in_check_and_when_the_daemon_starts(
     assert!(!log.contains("Pr0xyPassw0rd"), "{log}");
     assert_eq!(daemon.stop().await.code(), Some(0));
 
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Readable by the daemon's own group, as the README has it: nothing to warn about.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     env.write_config_with_api(&api_extra, "metrics:\n  listen: 127.0.0.1:0\n", "");
-    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o640)).unwrap();
     let check = run_command_with_env(&["check"], Some(TOKEN), &env.config, &vars);
     assert!(check.status.success(), "{}", describe(&check));
     assert!(!check.stdout.contains("warning:"), "{}", describe(&check));
