@@ -208,4 +208,24 @@ async fn server_errors_echoing_the_credentials_are_redacted_in_check_the_log_and
     );
     assert_hidden(&status, &[TOKEN]);
     assert_eq!(daemon.stop().await.code(), Some(0));
+
+    // JSON lines keep names exact, but not secrets.
+    let env = Env::with_config("log:\n  format: json\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    env.fake.inject(Fault::once(
+        "POST",
+        "/file",
+        FaultKind::Status {
+            status: 422,
+            body: format!(r#"{{"message": "refused; you sent Authorization: Bearer {TOKEN}"}}"#),
+            retry_after: None,
+        },
+    ));
+    drop_file(&env.tasks, "refused.pdf", b"x");
+    daemon.wait_for_log("upload failed").await;
+    let log = daemon.log();
+    assert!(log.contains("Bearer <redacted>"), "{log}");
+    assert!(!log.contains(TOKEN), "{log}");
+    assert_eq!(daemon.stop().await.code(), Some(0));
 }
