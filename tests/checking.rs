@@ -278,6 +278,16 @@ async fn files_restored_into_their_folder_are_recorded_so_the_daemon_sends_nothi
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
 
+/// `restore` of the tasks folder into `dir`.
+fn restore_tasks_into(env: &Env, dir: &std::path::Path) -> Output {
+    env.command(&[
+        "restore",
+        env.tasks.to_str().unwrap(),
+        "--to",
+        dir.to_str().unwrap(),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_names_each_file_it_could_not_get_and_exits_1() {
     let env = Env::new().await;
@@ -287,12 +297,7 @@ async fn restore_names_each_file_it_could_not_get_and_exits_1() {
     ];
     env.fake.set_task_field(RUN, TASK, CAPTURE, json!(field));
     let dir = env.dir.path().join("out");
-    let restored = env.command(&[
-        "restore",
-        env.tasks.to_str().unwrap(),
-        "--to",
-        dir.to_str().unwrap(),
-    ]);
+    let restored = restore_tasks_into(&env, &dir);
     assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
     assert!(
         restored.stdout.contains("FAILED") && restored.stdout.contains("lost.pdf"),
@@ -326,12 +331,7 @@ async fn restore_takes_no_download_larger_than_the_file_can_be_nor_a_portal_page
     env.fake
         .inject(Fault::once("GET", &portal_path, FaultKind::HtmlPage).times(100));
     let dir = env.dir.path().join("out");
-    let restored = env.command(&[
-        "restore",
-        env.tasks.to_str().unwrap(),
-        "--to",
-        dir.to_str().unwrap(),
-    ]);
+    let restored = restore_tasks_into(&env, &dir);
     assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
     let failed = |name: &str, why: &str| {
         restored

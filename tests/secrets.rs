@@ -184,22 +184,7 @@ async fn server_errors_echoing_the_credentials_are_redacted_in_check_the_log_and
     assert_hidden(&output, &[TOKEN]);
 
     env.fake.clear_faults();
-    let daemon = env.start();
-    daemon.wait_for_log("target verified").await;
-    env.fake.inject(Fault::once(
-        "POST",
-        "/file",
-        FaultKind::Status {
-            status: 422,
-            body: echo,
-            retry_after: None,
-        },
-    ));
-    drop_file(&env.tasks, "refused.pdf", b"x");
-    daemon.wait_for_log("upload failed").await;
-    let log = daemon.log();
-    assert!(log.contains("Bearer <redacted>"), "{log}");
-    assert!(!log.contains(TOKEN), "{log}");
+    let daemon = upload_refused_with(&env, echo).await;
     let status = env.command(&["status"]);
     assert!(
         status.stdout.contains("Bearer <redacted>"),
@@ -211,6 +196,14 @@ async fn server_errors_echoing_the_credentials_are_redacted_in_check_the_log_and
 
     // JSON lines keep names exact, but not secrets.
     let env = Env::with_config("log:\n  format: json\n", "").await;
+    let echo = format!(r#"{{"message": "refused; you sent Authorization: Bearer {TOKEN}"}}"#);
+    let daemon = upload_refused_with(&env, echo).await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+/// Starts the daemon, has the API refuse an upload with `body` (which echoes the token), and
+/// checks that the log shows the refusal without the token.
+async fn upload_refused_with(env: &Env, body: String) -> Daemon {
     let daemon = env.start();
     daemon.wait_for_log("target verified").await;
     env.fake.inject(Fault::once(
@@ -218,7 +211,7 @@ async fn server_errors_echoing_the_credentials_are_redacted_in_check_the_log_and
         "/file",
         FaultKind::Status {
             status: 422,
-            body: format!(r#"{{"message": "refused; you sent Authorization: Bearer {TOKEN}"}}"#),
+            body,
             retry_after: None,
         },
     ));
@@ -227,5 +220,5 @@ async fn server_errors_echoing_the_credentials_are_redacted_in_check_the_log_and
     let log = daemon.log();
     assert!(log.contains("Bearer <redacted>"), "{log}");
     assert!(!log.contains(TOKEN), "{log}");
-    assert_eq!(daemon.stop().await.code(), Some(0));
+    daemon
 }
