@@ -355,6 +355,23 @@ mod tests {
     }
 
     #[test]
+    fn proxy_urls_reqwest_would_skip_or_fail_on_are_told_apart_from_usable_ones() {
+        for usable in [
+            "http://proxy.example.com:3128",
+            "proxy.example.com:3128",
+            "https://user:p%40ss@proxy.example.com",
+        ] {
+            assert_eq!(proxy_problem(usable), None, "{usable}");
+        }
+        let problem = |value| proxy_problem(value).unwrap_or_default();
+        assert!(problem("http://proxy.example.com:99999")
+            .starts_with("not a proxy URL (invalid port number); requests go directly"));
+        assert!(problem("ftp://proxy.example.com").contains("requests go directly"));
+        assert!(problem("socks5h://proxy.example.com").ends_with("requests sent to it fail"));
+        assert!(problem("http://u:p@ss@proxy.example.com").starts_with("more than one @"));
+    }
+
+    #[test]
     fn names_from_the_certificate_are_escaped() {
         let problem = CertificateError::NotValidForNameContext {
             expected: rustls::pki_types::ServerName::try_from("go.tallyfy.com").unwrap(),
