@@ -15,7 +15,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{daemon, demo, plan, restore, service, status, text, verify};
+use crate::{caution, daemon, demo, plan, restore, service, status, text, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -151,6 +151,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run { dry_run: false, .. } => {
             let config = Config::load(&cli.config)?;
             logging::init(config.log.format);
+            for warning in caution::warnings(&config) {
+                tracing::warn!("{warning}");
+            }
             let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();
             let reloads = service::cancel_on_signals(cancel.clone())?;
@@ -160,6 +163,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             print!("{}", describe(&config));
+            for warning in caution::warnings(&config) {
+                println!("warning: {}", text::escaped(&warning));
+            }
             if online {
                 let checks = runtime()?.block_on(plan::verify_targets(&config, credentials))?;
                 print!("{}", plan::render_checks(&checks));

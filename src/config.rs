@@ -95,6 +95,38 @@ impl ProxyUrl {
         let _ = shown.set_password(None);
         shown.as_str().trim_end_matches('/').to_string()
     }
+
+    /// The password, if any: known to `text::redact` from now on, as written and decoded.
+    pub fn keep_password_secret(&self) {
+        if let Some(password) = self.0.password() {
+            crate::text::keep_secret(password);
+            crate::text::keep_secret(&percent_decoded(password));
+        }
+    }
+}
+
+/// `%XX` sequences as the bytes they stand for (a URL keeps its password encoded).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 impl std::fmt::Debug for ProxyUrl {
@@ -618,7 +650,7 @@ impl Credentials {
     ) -> Result<Credentials, ConfigError> {
         match &api.auth {
             Auth::Token { token_file } => TOKEN
-                .resolve(token_file.as_deref(), env)
+                .resolve_kept(token_file.as_deref(), env)
                 .map(Credentials::Token),
             Auth::ClientCredentials {
                 token_url,
@@ -627,7 +659,7 @@ impl Credentials {
             } => Ok(Credentials::ClientCredentials {
                 token_url: token_url.clone(),
                 client_id: client_id.clone(),
-                client_secret: CLIENT_SECRET.resolve(client_secret_file.as_deref(), env)?,
+                client_secret: CLIENT_SECRET.resolve_kept(client_secret_file.as_deref(), env)?,
             }),
         }
     }
@@ -713,6 +745,17 @@ impl SecretSource {
         let text = read_limited(&file, MAX_SECRET_BYTES)
             .map_err(|error| fail(&origin, format!("cannot read it: {error}")))?;
         parse(&origin, &text)
+    }
+
+    /// `resolve`, and the secret found known to `text::redact` from then on.
+    fn resolve_kept(
+        &self,
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Secret, ConfigError> {
+        let secret = self.resolve(file, env)?;
+        crate::text::keep_secret(secret.expose());
+        Ok(secret)
     }
 }
 
@@ -877,6 +920,7 @@ fn walk(
             .collect();
         parsed.into_iter().collect()
     });
+    state_apart(&state_dir, &claimed, root.problems);
     root.finish();
     Some(Config {
         file: file.to_path_buf(),
@@ -890,6 +934,27 @@ fn walk(
         folders: folders?,
         log: log?,
     })
+}
+
+/// A folder that is, holds or lies inside the state directory would sync the store's own
+/// files, which change all the time, and could be made to overwrite them.
+fn state_apart(state_dir: &Path, claimed: &Claimed, problems: &Problems) {
+    let state = resolved(state_dir);
+    for (key, written, folder) in claimed {
+        let relation = if *folder == state {
+            "is"
+        } else if state.starts_with(folder) {
+            "contains"
+        } else if folder.starts_with(&state) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        problems.add(format!(
+            "{key} {written:?}: {relation} the state directory {} (state_dir), whose files the daemon keeps changing; keep the two apart",
+            state.display()
+        ));
+    }
 }
 
 /// Relative paths in the config mean "next to the config file": the daemon's
@@ -1383,13 +1448,17 @@ impl Problems {
             Ok(parsed) => return Some(parsed),
             Err(bad) => bad,
         };
-        let shown = match scalar(value) {
-            Some(text) => format!("{path} {text}"),
-            None => path.to_string(),
+        let shown = match (&bad, scalar(value)) {
+            (Bad::Secret(_), _) | (_, None) => path.to_string(),
+            (Bad::Url(_), Some(_)) => {
+                let text = value.as_str().unwrap_or_default();
+                format!("{path} {:?}", crate::text::without_userinfo(text))
+            }
+            (_, Some(text)) => format!("{path} {text}"),
         };
         self.add(match bad {
             Bad::Type(expected) => format!("{shown}: expected {expected}, found {}", kind(value)),
-            Bad::Invalid(why) => format!("{shown}: {why}"),
+            Bad::Invalid(why) | Bad::Url(why) | Bad::Secret(why) => format!("{shown}: {why}"),
         });
         None
     }
@@ -1401,6 +1470,10 @@ enum Bad {
     Type(&'static str),
     /// The type is right but the value is not acceptable.
     Invalid(String),
+    /// A URL that is not acceptable: shown without what may be a user name and password.
+    Url(String),
+    /// The value holds a secret where none belongs: not shown at all.
+    Secret(String),
 }
 
 fn invalid<T>(why: impl Into<String>) -> Result<T, Bad> {
@@ -1669,10 +1742,21 @@ fn client_id(value: &Value) -> Result<String, Bad> {
 }
 
 fn https_url(value: &Value) -> Result<Url, Bad> {
-    match value {
-        Value::String(s) => https_url_from(s),
-        _ => Err(Bad::Type("a URL string")),
+    let Value::String(text) = value else {
+        return Err(Bad::Type("a URL string"));
+    };
+    let url = https_url_from(text).map_err(|bad| match bad {
+        Bad::Invalid(why) => Bad::Url(why),
+        other => other,
+    })?;
+    // The token and the client secret go in their own headers and fields; a password here
+    // would be printed wherever the URL is, and sent as a second credential.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Bad::Secret(
+            "must not hold a user name or password (user:password@); the token or client secret goes in its own file".into(),
+        ));
     }
+    Ok(url)
 }
 
 /// The token travels with every API request and the client secret to the token endpoint, so
@@ -1701,14 +1785,16 @@ fn proxy_url(value: &Value) -> Result<ProxyUrl, Bad> {
     let Value::String(text) = value else {
         return Err(Bad::Type("a URL string"));
     };
-    let url = Url::parse(text.trim()).or_else(|error| invalid(format!("{hint} ({error})")))?;
+    let url = Url::parse(text.trim()).map_err(|error| Bad::Url(format!("{hint} ({error})")))?;
     let usable = matches!(url.scheme(), "http" | "https")
         && url.host_str().is_some_and(|host| !host.is_empty())
         && reqwest::Proxy::all(url.as_str()).is_ok();
     if !usable {
-        return invalid(hint);
+        return Err(Bad::Url(hint.to_string()));
     }
-    Ok(ProxyUrl(url))
+    let proxy = ProxyUrl(url);
+    proxy.keep_password_secret();
+    Ok(proxy)
 }
 
 fn path_in(base: &Path) -> impl Fn(&Value) -> Result<PathBuf, Bad> + '_ {

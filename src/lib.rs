@@ -8,6 +8,7 @@
 //! shared circuit breaker, and `store` (sled) remembering it all across restarts.
 
 pub mod api;
+pub mod caution;
 pub mod cli;
 pub mod config;
 pub mod control;

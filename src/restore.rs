@@ -105,7 +105,7 @@ pub fn run(
                 println!("FAILED         {}  asset {}: cannot create {}: {}", text::escaped(&name), text::escaped(&id), text::path(&field.dir), text::escaped(&error.to_string()));
                 continue;
             }
-            match restore_one(&api, &field.dir, &id, &name).await {
+            match restore_one(&api, &field.dir, &id, &name, stated_size(asset)).await {
                 Ok(outcome) => {
                     let (path, words) = match &outcome {
                         Outcome::Restored(path) => (path, "restored"),
@@ -247,7 +247,21 @@ impl Drop for Temporary {
     }
 }
 
-async fn restore_one(api: &Client, dir: &Path, id: &str, name: &str) -> Result<Outcome, String> {
+/// The size the asset's metadata states, when it states one: a download may not exceed it.
+fn stated_size(asset: &Value) -> u64 {
+    asset
+        .get("size")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::MAX)
+}
+
+async fn restore_one(
+    api: &Client,
+    dir: &Path,
+    id: &str,
+    name: &str,
+    limit: u64,
+) -> Result<Outcome, String> {
     // Hidden and `.part`: the daemon never takes it for a file to sync.
     let temporary =
         Temporary(dir.join(format!(".tallyfy-restore-{id}-{}.part", std::process::id())));
@@ -260,7 +274,7 @@ async fn restore_one(api: &Client, dir: &Path, id: &str, name: &str) -> Result<O
         file,
         hasher: blake3::Hasher::new(),
     });
-    api.with_retries(|| api.download(id, &sink))
+    api.with_retries(|| api.download_at_most(id, limit, &sink))
         .await
         .map_err(|error| error.to_string())?;
     let sink = sink

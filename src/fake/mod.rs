@@ -179,6 +179,9 @@ pub enum FaultKind {
     HtmlPage,
     /// Act, then answer with the first half of the body (a proxy that cut it short).
     CutShort,
+    /// Answer with this redirect status and `Location` without acting, as a server that moved
+    /// (or one that wants what the client would send on).
+    Redirect { status: u16, location: String },
 }
 
 impl Fault {
