@@ -85,7 +85,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Try failed files again now (all of them, or those at or under PATH).
+    /// Try failed files again now; with PATH, make each file at or under it be in Tallyfy now,
+    /// whatever its state (synced, removed in Tallyfy, rejected or failed): its field is checked
+    /// and what is missing there is sent.
     Retry {
         /// A file or folder; all failed files when left out.
         path: Option<PathBuf>,

@@ -671,7 +671,7 @@ async fn retry_after_config_change(config: &Config, store: &Store) {
         return;
     }
     if previous.is_some() {
-        match recheck::retry_failed(store, None).await {
+        match recheck::retry_failed(store).await {
             Ok(0) => {}
             Ok(files) => info!(
                 files,
