@@ -764,9 +764,10 @@ pub fn render(report: &StatusReport, all: bool) -> String {
             let _ = writeln!(out, "{line}");
         }
         if unlisted > 0 {
+            let files = if unlisted == 1 { "file" } else { "files" };
             let _ = writeln!(
                 out,
-                "  ({unlisted} files in sync not listed; `tallyfy-sync status --all` lists them)"
+                "  ({unlisted} {files} in sync not listed; `tallyfy-sync status --all` lists them)"
             );
         }
     }
