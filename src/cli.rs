@@ -345,6 +345,12 @@ fn describe(config: &Config) -> String {
                 text::escaped(&folder.ignore.join(", "))
             ));
         }
+        if !folder.path.exists() {
+            options.push(format!(
+                "{} now: synced as soon as it appears",
+                crate::guard::NOT_THERE
+            ));
+        }
         out.push_str(&format!(
             "  {} → {} ({})\n",
             text::path(&folder.path),

@@ -410,6 +410,22 @@ async fn a_folder_not_there_at_start_is_shown_not_syncing_and_synced_once_it_app
     );
     let retried = env.command(&["retry", env.tasks.to_str().unwrap()]);
     assert!(retried.status.success(), "{}", describe(&retried));
+    let checked = env.command(&["check"]);
+    assert!(checked.status.success(), "{}", describe(&checked));
+    assert!(
+        checked
+            .stdout
+            .contains("not there (not mounted?) now: synced as soon as it appears"),
+        "{}",
+        describe(&checked)
+    );
+    let restored = env.command(&["restore", env.tasks.to_str().unwrap()]);
+    assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
+    assert!(
+        restored.stderr.contains("is not there (not mounted?)") && !env.tasks.exists(),
+        "restore does not create the folder on the bare mount point\n{}",
+        describe(&restored)
+    );
 
     std::fs::create_dir(&env.tasks).unwrap();
     daemon
