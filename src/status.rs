@@ -697,20 +697,6 @@ pub fn render(report: &StatusReport, all: bool) -> String {
             None => folder.state.clone(),
         };
         let _ = writeln!(out, "  state: {state}");
-        let mut times = Vec::new();
-        if let Some(last) = folder.last_success {
-            times.push(format!("last success {}", at(last)));
-        }
-        if let Some(oldest) = &folder.oldest_waiting {
-            times.push(format!(
-                "oldest waiting {} since {}",
-                text::escaped(&oldest.name),
-                at(oldest.since)
-            ));
-        }
-        if !times.is_empty() {
-            let _ = writeln!(out, "  {}", times.join("; "));
-        }
         if c.launched + c.duplicates > 0 {
             let _ = writeln!(
                 out,
@@ -762,6 +748,21 @@ pub fn render(report: &StatusReport, all: bool) -> String {
                 let _ = write!(line, "; since {}", at(since));
             }
             let _ = writeln!(out, "{line}");
+        }
+        // After the files, so that a file's first line in the report is its own.
+        let mut times = Vec::new();
+        if let Some(last) = folder.last_success {
+            times.push(format!("last success {}", at(last)));
+        }
+        if let Some(oldest) = &folder.oldest_waiting {
+            times.push(format!(
+                "oldest waiting {} since {}",
+                text::escaped(&oldest.name),
+                at(oldest.since)
+            ));
+        }
+        if !times.is_empty() {
+            let _ = writeln!(out, "  {}", times.join("; "));
         }
         if unlisted > 0 {
             let files = if unlisted == 1 { "file" } else { "files" };

@@ -612,7 +612,8 @@ async fn status_summarises_each_folder_lists_what_needs_attention_and_filters_by
     let tasks = env.tasks.display();
     for expected in [
         format!("folders:\n  {tasks}: syncing (1 synced, 0 pending, 0 failed)\n"),
-        "\n  state: syncing\n  last success 20".to_string(),
+        "\n  state: syncing\n".to_string(),
+        "\n  last success 20".to_string(),
         " UTC (".to_string(),
         "  rejected  bad.exe  extension .exe".to_string(),
         "  (1 file in sync not listed; `tallyfy-sync status --all` lists them)".to_string(),
