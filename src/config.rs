@@ -224,6 +224,10 @@ pub enum Target {
         step_id: Option<String>,
         checklist_id: Option<String>,
     },
+    /// A form field of a one-off task: a task that belongs to no process (`task` without
+    /// `run_id`). It differs from a task in a process only in where the task is read and written
+    /// and in what an upload names as its subject.
+    OneOff { task_id: String, capture_id: String },
     /// A kick-off (prerun) field of a template.
     Kickoff {
         checklist_id: String,
@@ -439,6 +443,15 @@ impl Target {
         })
     }
 
+    /// The process a task target's task belongs to: `None` for a one-off task (and for
+    /// targets that are not one task).
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Target::Task { run_id, .. } => Some(run_id),
+            _ => None,
+        }
+    }
+
     pub fn key(&self) -> String {
         match self {
             Target::Task {
@@ -447,6 +460,10 @@ impl Target {
                 capture_id,
                 ..
             } => format!("task:{run_id}/{task_id}/{capture_id}"),
+            Target::OneOff {
+                task_id,
+                capture_id,
+            } => format!("oneoff:{task_id}/{capture_id}"),
             Target::Kickoff {
                 checklist_id,
                 field_id,
@@ -481,6 +498,10 @@ impl fmt::Display for Target {
                 capture_id,
                 ..
             } => write!(f, "task {task_id} in run {run_id}, field {capture_id}"),
+            Target::OneOff {
+                task_id,
+                capture_id,
+            } => write!(f, "one-off task {task_id}, field {capture_id}"),
             Target::Kickoff {
                 checklist_id,
                 field_id,
@@ -1153,20 +1174,63 @@ fn watch_mode(s: &mut Section<'_>) -> Option<WatchMode> {
     }
 }
 
+/// A task in a process (`run_id` given) or a one-off task (no `run_id`, or `one_off: true`).
 fn task_target(mut s: Section<'_>) -> Option<Target> {
-    let run_id = s.req("run_id", id);
+    let run_id = s.get("run_id", id);
     let task_id = s.req("task_id", id);
     let capture_id = s.req("capture_id", id);
     let step_id = s.opt("step_id", id);
     let checklist_id = s.opt("checklist_id", id);
+    let one_off = s.get("one_off", boolean);
+    let run_id = match (run_id, one_off) {
+        (Err(()), _) | (_, Err(())) => None,
+        (Ok(Some(_)), Ok(Some(true))) => {
+            let problem = format!(
+                "{}: a one-off task belongs to no process, yet run_id is set; remove one_off for a task in a process, or run_id for a one-off task",
+                s.at("one_off")
+            );
+            s.problems.add(problem);
+            None
+        }
+        (Ok(None), Ok(Some(false))) => {
+            let problem = format!(
+                "{}: required (one_off is false: the task belongs to a process)",
+                s.at("run_id")
+            );
+            s.problems.add(problem);
+            None
+        }
+        (Ok(run_id), Ok(_)) => Some(run_id),
+    };
+    // A one-off upload carrying either is refused: the task has no step and no template.
+    if let Some(None) = run_id {
+        let given = [
+            ("step_id", "step", step_id.is_some()),
+            ("checklist_id", "template", checklist_id.is_some()),
+        ];
+        for (key, what, _) in given.into_iter().filter(|(_, _, given)| *given) {
+            let problem = format!(
+                "{}: a one-off task has no {what}; remove it (or set run_id for a task in a process)",
+                s.at(key)
+            );
+            s.problems.add(problem);
+        }
+    }
     s.finish();
-    Some(Target::Task {
-        run_id: run_id?,
-        task_id: task_id?,
-        capture_id: capture_id?,
-        step_id,
-        checklist_id,
-    })
+    match run_id? {
+        Some(run_id) => Some(Target::Task {
+            run_id,
+            task_id: task_id?,
+            capture_id: capture_id?,
+            step_id,
+            checklist_id,
+        }),
+        None if step_id.is_some() || checklist_id.is_some() => None,
+        None => Some(Target::OneOff {
+            task_id: task_id?,
+            capture_id: capture_id?,
+        }),
+    }
 }
 
 fn kickoff_target(mut s: Section<'_>) -> Option<Target> {
@@ -2509,7 +2573,7 @@ folders:
             [
                 "folders[0].task.task_id: required",
                 "folders[0].task.capture_id: required",
-                "folders[0].task.step: unknown key (expected one of run_id, task_id, capture_id, step_id, checklist_id)",
+                "folders[0].task.step: unknown key (expected one of run_id, task_id, capture_id, step_id, checklist_id, one_off)",
                 "folders[1].kickoff.checklist_id: required",
                 "folders[1].kickoff.field_id: required",
             ]
@@ -2631,6 +2695,56 @@ folders:
         assert_eq!(task.to_string(), "task TASK in run RUN, field CAP");
         assert_eq!(kickoff.key(), "kickoff:TPL/FIELD");
         assert_eq!(kickoff.to_string(), "kick-off field FIELD of template TPL");
+        let one_off = Target::OneOff {
+            task_id: "TASK".into(),
+            capture_id: "CAP".into(),
+        };
+        assert_eq!(one_off.key(), "oneoff:TASK/CAP");
+        assert_eq!(one_off.to_string(), "one-off task TASK, field CAP");
+        assert_eq!(one_off.run_id(), None);
+        assert_eq!(task.run_id(), Some("RUN"));
+    }
+
+    #[test]
+    fn a_task_without_run_id_is_a_one_off_task() {
+        let fx = Fixture::new();
+        let one_off = Target::OneOff {
+            task_id: "TASK".into(),
+            capture_id: "CAP".into(),
+        };
+        let config = fx.parse(&minimal().replace("run_id: RUN, ", ""));
+        assert_eq!(config.folders[0].target, one_off);
+        let config = fx.parse(&minimal().replace("run_id: RUN", "one_off: true"));
+        assert_eq!(
+            config.folders[0].target, one_off,
+            "one_off: true says the same"
+        );
+        let config = fx.parse(&minimal().replace("CAP}", "CAP, one_off: false}"));
+        assert!(matches!(config.folders[0].target, Target::Task { .. }));
+    }
+
+    #[test]
+    fn a_one_off_task_with_a_process_step_or_template_is_refused_naming_the_key() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&minimal().replace("CAP}", "CAP, one_off: true}")),
+            ["folders[0].task.one_off: a one-off task belongs to no process, yet run_id is set; remove one_off for a task in a process, or run_id for a one-off task"]
+        );
+        assert_eq!(
+            fx.problems(&minimal().replace("run_id: RUN", "one_off: false")),
+            ["folders[0].task.run_id: required (one_off is false: the task belongs to a process)"]
+        );
+        assert_eq!(
+            fx.problems(&minimal().replace("run_id: RUN", "step_id: S, checklist_id: T")),
+            [
+                "folders[0].task.step_id: a one-off task has no step; remove it (or set run_id for a task in a process)",
+                "folders[0].task.checklist_id: a one-off task has no template; remove it (or set run_id for a task in a process)",
+            ]
+        );
+        assert_eq!(
+            fx.problems(&minimal().replace("run_id: RUN", "one_off: yes")),
+            ["folders[0].task.one_off \"yes\": expected true or false, found a string"]
+        );
     }
 
     fn api(token_file: Option<PathBuf>) -> ApiConfig {

@@ -7,14 +7,7 @@ use common::*;
 
 /// Drops `name` and waits until the task field lists it; returns its asset id.
 async fn synced(env: &Env, daemon: &Daemon, name: &str, content: &[u8]) -> String {
-    drop_file(&env.tasks, name, content);
-    eventually(
-        &format!("{name} is attached"),
-        || filenames(&env.task_field()).contains(&name.to_string()),
-        daemon,
-    )
-    .await;
-    id_of(&env.task_field(), name)
+    attached(daemon, &env.tasks, name, content, || env.task_field()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

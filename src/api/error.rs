@@ -10,6 +10,9 @@ pub enum Endpoint {
     Upload,
     GetTask,
     PutTask,
+    /// A one-off task (one in no process), at its own route.
+    GetOneOffTask,
+    PutOneOffTask,
     GetChecklist,
     PutChecklist,
     DeleteFile,
@@ -28,8 +31,9 @@ impl Endpoint {
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::Upload => "upload",
-            Endpoint::GetTask => "get_task",
-            Endpoint::PutTask => "put_task",
+            // One series for every task: a one-off task is read and written like any other.
+            Endpoint::GetTask | Endpoint::GetOneOffTask => "get_task",
+            Endpoint::PutTask | Endpoint::PutOneOffTask => "put_task",
             Endpoint::GetChecklist => "get_checklist",
             Endpoint::PutChecklist => "put_checklist",
             Endpoint::DeleteFile => "delete_file",
@@ -50,6 +54,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::Upload => "upload (POST /file)",
             Endpoint::GetTask => "read task (GET /runs/…/tasks/…)",
             Endpoint::PutTask => "update task (PUT /runs/…/tasks/…)",
+            Endpoint::GetOneOffTask => "read one-off task (GET /tasks/…)",
+            Endpoint::PutOneOffTask => "update one-off task (PUT /tasks/…)",
             Endpoint::GetChecklist => "read template (GET /checklists/…)",
             Endpoint::PutChecklist => "update template (PUT /checklists/…)",
             Endpoint::DeleteFile => "delete file (DELETE /file/…)",

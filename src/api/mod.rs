@@ -81,6 +81,11 @@ pub enum UploadTarget {
         step_id: String,
         checklist_id: String,
     },
+    /// A field of a one-off task: the task itself is the subject, with no step or template.
+    OneOff {
+        task_id: String,
+        capture_id: String,
+    },
     Kickoff {
         checklist_id: String,
     },
@@ -111,6 +116,8 @@ pub struct Task {
     pub id: String,
     pub title: String,
     pub status: String,
+    /// The process the task belongs to; `None` for a one-off task.
+    pub run_id: Option<String>,
     pub step_id: Option<String>,
     pub checklist_id: Option<String>,
     pub fields: Vec<FormField>,
@@ -591,6 +598,14 @@ impl Client {
                 ("step_id", step_id.as_str()),
                 ("checklist_id", checklist_id.as_str()),
             ]),
+            UploadTarget::OneOff {
+                task_id,
+                capture_id,
+            } => fields.extend([
+                ("subject_type", "Task"),
+                ("subject_id", task_id.as_str()),
+                ("uploaded_from", capture_id.as_str()),
+            ]),
             UploadTarget::Kickoff { checklist_id } => fields.extend([
                 ("subject_type", "Checklist"),
                 ("subject_id", checklist_id.as_str()),
@@ -637,26 +652,29 @@ impl Client {
         })
     }
 
-    pub async fn get_task(&self, run_id: &str, task_id: &str) -> Result<Task, ApiError> {
+    /// Reads a task of process `run_id`, or with `None` a one-off task (one in no process).
+    pub async fn get_task(&self, run_id: Option<&str>, task_id: &str) -> Result<Task, ApiError> {
+        let (path, read, _) = task_route(run_id, task_id);
         let request = self
-            .request(Method::GET, &format!("runs/{run_id}/tasks/{task_id}"))
+            .request(Method::GET, &path)
             .query(&[("with", "form_fields")]);
-        parse_task(self.send(Endpoint::GetTask, request).await?)
+        parse_task(self.send(read, request).await?)
     }
 
     /// Replaces a task field's value; returns the field's value as the answer shows it, or
     /// `None` when the answer does not list the field (the API drops unknown keys silently).
     pub async fn put_task_field(
         &self,
-        run_id: &str,
+        run_id: Option<&str>,
         task_id: &str,
         capture_id: &str,
         value: &[Value],
     ) -> Result<Option<Vec<Value>>, ApiError> {
+        let (path, _, write) = task_route(run_id, task_id);
         let request = self
-            .request(Method::PUT, &format!("runs/{run_id}/tasks/{task_id}"))
+            .request(Method::PUT, &path)
             .json(&json!({ "taskdata": { capture_id: value } }));
-        let mut data = self.send(Endpoint::PutTask, request).await?;
+        let mut data = self.send(write, request).await?;
         Ok(data
             .get_mut("taskdata")
             .and_then(|taskdata| taskdata.get_mut(capture_id))
@@ -964,6 +982,23 @@ fn text(value: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// Where a task is read and written (under its process, or on its own for a one-off task),
+/// with the endpoints of its read and of its write.
+fn task_route(run_id: Option<&str>, task_id: &str) -> (String, Endpoint, Endpoint) {
+    match run_id {
+        Some(run_id) => (
+            format!("runs/{run_id}/tasks/{task_id}"),
+            Endpoint::GetTask,
+            Endpoint::PutTask,
+        ),
+        None => (
+            format!("tasks/{task_id}"),
+            Endpoint::GetOneOffTask,
+            Endpoint::PutOneOffTask,
+        ),
+    }
+}
+
 /// Takes the task apart rather than copying it: a field's value can list thousands of assets.
 fn parse_task(mut data: Value) -> Result<Task, ApiError> {
     let fields = form_fields(data.get_mut("form_fields").map(Value::take));
@@ -975,6 +1010,7 @@ fn parse_task(mut data: Value) -> Result<Task, ApiError> {
         id: text(&data, "id").unwrap_or_default(),
         title: text(&data, "title").unwrap_or_default(),
         status: text(&data, "status").unwrap_or_default(),
+        run_id: text(&data, "run_id").filter(|run_id| !run_id.is_empty()),
         step_id: text(&data, "step_id"),
         checklist_id: text(&data, "checklist_id"),
         fields,
