@@ -566,7 +566,11 @@ impl Status {
                 let why = state.why().unwrap_or_default();
                 // The reason, without the fix: the line must stay short.
                 let reason = why.split("; ").next().unwrap_or(why);
-                format!("{} ({reason})", crate::text::path(path))
+                format!(
+                    "{} ({})",
+                    crate::text::path(path),
+                    crate::text::escaped(reason)
+                )
             })
             .collect();
         if !not_syncing.is_empty() {

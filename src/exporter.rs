@@ -107,7 +107,12 @@ async fn degraded(api: &Client, health: HealthSource) -> Option<String> {
         .unwrap_or_default();
     for (path, state) in folders {
         if state != FolderState::Syncing {
-            reasons.push(format!("{}: {}", crate::text::path(&path), state.line()));
+            let line = state.line();
+            reasons.push(format!(
+                "{}: {}",
+                crate::text::path(&path),
+                crate::text::escaped(&line)
+            ));
         }
     }
     if reasons.is_empty() && METRICS.folders_paused() {
