@@ -813,3 +813,71 @@ fn when(unix: u64) -> String {
         format!("in {}", humantime::format_duration(left))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_folder_not_there_or_with_a_wrong_target_is_not_syncing_before_it_is_paused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let folder = Folder {
+            path: dir.path().join("in"),
+            ..crate::filter::tests::folder(&[])
+        };
+        let pause = Pause {
+            until_ms: unix_ms() + 60_000,
+            delay_ms: 60_000,
+            reason: "the API is unreachable".into(),
+        };
+        let outage = Overall {
+            unwritable: None,
+            api_pause: Some(pause),
+        };
+        let state = |overall: &Overall| folder_state(&folder, &store, overall).unwrap();
+        let missing = state(&outage);
+        assert_eq!(missing.label(), "not syncing");
+        assert!(
+            missing
+                .line()
+                .starts_with("not syncing: not there (not mounted?); mount the share"),
+            "{}",
+            missing.line()
+        );
+
+        std::fs::create_dir(&folder.path).unwrap();
+        let wrong = "task T of run R does not exist (404)".to_string();
+        let key = target_key(&folder.target.key());
+        store.set_meta(&key, Some(&wrong)).await.unwrap();
+        let bad_target = state(&outage);
+        assert!(
+            bad_target
+                .line()
+                .starts_with(&format!("not syncing: {wrong}; fix the target")),
+            "{}",
+            bad_target.line()
+        );
+
+        store.set_meta::<String>(&key, None).await.unwrap();
+        assert!(state(&outage)
+            .line()
+            .starts_with("paused: the API is unreachable; next attempt in "));
+        let calm = Overall {
+            unwritable: None,
+            api_pause: None,
+        };
+        assert_eq!(state(&calm), FolderState::Syncing);
+        let held = Held {
+            count: 7,
+            synced: 12,
+            since: 0,
+        };
+        let held_key = guard::held_key(&folder.path);
+        store.set_meta(&held_key, Some(&held)).await.unwrap();
+        assert_eq!(
+            state(&calm).line(),
+            "paused: deletes held: 7 of 12 synced files are gone; uploads go on"
+        );
+    }
+}
