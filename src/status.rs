@@ -292,9 +292,13 @@ fn from_store(
     for folder in &config.folders {
         let records = by_folder.remove(&folder.path).unwrap_or_default();
         let state = folder_state(folder, store, &overall)?;
-        // One listing of the folder: what is there and not yet done is pending.
+        // One listing of the folder: what is there and not yet done is pending. Not of a
+        // folder whose root is in doubt: a bare mount point's files are not the share's.
         let mut on_disk = Vec::new();
-        if !matches!(&state, FolderState::NotSyncing(why) if why.starts_with(guard::NOT_THERE)) {
+        let root_in_doubt = store
+            .meta::<String>(&guard::paused_key(&folder.path))?
+            .is_some();
+        if !root_in_doubt {
             let _ = settle::walk(folder, &folder.path, &mut on_disk);
         }
         let waiting_for = waiting_for(&state, &overall, daemon_running);
