@@ -1843,12 +1843,13 @@ fn ca_file(base: &Path) -> impl Fn(&Value) -> Result<CaFile, Bad> + '_ {
 }
 
 /// The path as written (for messages) and canonicalized (so overlaps and
-/// symlinks are judged on what is really watched).
+/// symlinks are judged on what is really watched). A folder not there yet (a share not
+/// mounted at boot) is no config error: the daemon shows it as not syncing and waits for it.
 fn directory(value: &Value, base: &Path) -> Result<(String, PathBuf), Bad> {
     let path = path_in(base)(value)?;
     let written = value.as_str().unwrap_or_default().to_string();
     match fs::metadata(&path) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => invalid("no such directory"),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok((written, resolved(&path))),
         Err(error) => invalid(format!("cannot access: {error}")),
         Ok(meta) if !meta.is_dir() => invalid("not a directory"),
         Ok(_) => match fs::canonicalize(&path) {
@@ -2192,7 +2193,6 @@ folders:
                 "api.timeout \"abc\": not a duration (use e.g. 500ms, 2s, 5m)",
                 "api.concurrency 0: must be between 1 and 64",
                 "settle: expected a duration string, found a list",
-                "folders[0].path \"{dir}/missing\": no such directory",
                 "folders[0].task.capture_id: required",
                 "folders[1].path \"{dir}/file.txt\": not a directory",
                 "folders[1]: needs exactly one of task, kickoff, launch or route (found neither)",
@@ -2450,10 +2450,9 @@ folders:
     }
 
     #[test]
-    fn folder_paths_must_be_existing_directories() {
+    fn folder_paths_must_be_directories_and_a_missing_one_is_accepted() {
         let fx = Fixture::new();
         let text = minimal()
-            + "  - path: {dir}/nope\n    kickoff: {checklist_id: T, field_id: F}\n"
             + "  - path: file.txt\n    kickoff: {checklist_id: T, field_id: F}\n"
             + "  - path: \"\"\n    kickoff: {checklist_id: T, field_id: F}\n"
             + "  - kickoff: {checklist_id: T, field_id: F}\n"
@@ -2461,13 +2460,21 @@ folders:
         assert_eq!(
             fx.problems(&text),
             [
-                "folders[1].path \"{dir}/nope\": no such directory",
-                "folders[2].path \"file.txt\": not a directory",
-                "folders[3].path \"\": must not be empty",
-                "folders[4].path: required",
-                "folders[5].path: expected a path string, found a list",
+                "folders[1].path \"file.txt\": not a directory",
+                "folders[2].path \"\": must not be empty",
+                "folders[3].path: required",
+                "folders[4].path: expected a path string, found a list",
             ]
         );
+    }
+
+    #[test]
+    fn a_folder_not_there_yet_is_accepted_with_the_links_above_it_resolved() {
+        let fx = Fixture::new();
+        std::os::unix::fs::symlink(&fx.root, fx.root.join("link")).unwrap();
+        let text = yaml("", "").replace("{dir}/in", "{dir}/link/share/scans");
+        let config = fx.parse(&text);
+        assert_eq!(config.folders[0].path, fx.root.join("share/scans"));
     }
 
     #[test]

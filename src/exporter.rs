@@ -1,8 +1,10 @@
 //! Serves `/metrics` (Prometheus text) and `/healthz` on `metrics.listen`.
-//! Receives the counters, the API client and a way to build the status report; emits the
-//! exposition, each part rendered by the module that owns its data. Owns the HTTP listener.
+//! Receives the counters, the API client and ways to build the status report and each folder's
+//! state; emits the exposition, each part rendered by the module that owns its data, and the
+//! health answer. Owns the HTTP listener.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,16 +18,20 @@ use tracing::{info, warn};
 
 use crate::api::Client;
 use crate::metrics::{Exposition, METRICS};
-use crate::status::{self, StatusReport};
+use crate::status::{self, FolderState, StatusReport};
 
 /// Builds the store's view for the files gauge; `None` when the store cannot be read.
 pub type StatusSource = Arc<dyn Fn() -> Option<StatusReport> + Send + Sync>;
+
+/// Each configured folder's state, cheap enough to read on every health check.
+pub type HealthSource = Arc<dyn Fn() -> Vec<(PathBuf, FolderState)> + Send + Sync>;
 
 /// Serves until shutdown.
 pub async fn serve(
     addr: SocketAddr,
     api: Arc<Client>,
     status: StatusSource,
+    health: HealthSource,
     cancel: CancellationToken,
 ) {
     let listener = match TcpListener::bind(addr).await {
@@ -45,14 +51,14 @@ pub async fn serve(
                 Err(_) => continue,
             },
         };
-        let (api, status) = (api.clone(), status.clone());
+        let (api, status, health) = (api.clone(), status.clone(), health.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let (api, status) = (api.clone(), status.clone());
+                let (api, status, health) = (api.clone(), status.clone(), health.clone());
                 async move {
                     let (code, body) = match request.uri().path() {
                         "/metrics" => (StatusCode::OK, exposition(&api, status).await),
-                        "/healthz" => match degraded(&api) {
+                        "/healthz" => match degraded(&api, health).await {
                             None => (StatusCode::OK, "ok\n".into()),
                             Some(why) => (
                                 StatusCode::SERVICE_UNAVAILABLE,
@@ -88,11 +94,29 @@ async fn exposition(api: &Client, status: StatusSource) -> String {
     out.into_text()
 }
 
-/// `None` when healthy (requests flow and no folder is paused), else what is wrong.
-fn degraded(api: &Client) -> Option<String> {
+/// `None` when healthy (requests flow and every folder syncs), else what is wrong.
+async fn degraded(api: &Client, health: HealthSource) -> Option<String> {
+    let mut reasons = Vec::new();
     if let Some(reason) = api.held() {
-        return Some(format!("paused: {reason}"));
+        reasons.push(format!("paused: {reason}"));
+    } else if api.is_paused() {
+        reasons.push("requests are paused".to_string());
     }
-    (api.is_paused() || METRICS.folders_paused())
-        .then(|| "requests or folders are paused".to_string())
+    let folders = tokio::task::spawn_blocking(move || health())
+        .await
+        .unwrap_or_default();
+    for (path, state) in folders {
+        if state != FolderState::Syncing {
+            let line = state.line();
+            reasons.push(format!(
+                "{}: {}",
+                crate::text::path(&path),
+                crate::text::escaped(&line)
+            ));
+        }
+    }
+    if reasons.is_empty() && METRICS.folders_paused() {
+        reasons.push("folders are paused".to_string());
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }

@@ -40,6 +40,10 @@ pub enum RestoreError {
     Launch { folder: PathBuf },
     #[error("{failed} of {total} files could not be restored (see above)")]
     Failed { failed: usize, total: usize },
+    #[error(
+        "{folder} is not there (not mounted?); mount it first, or restore elsewhere with --to DIR"
+    )]
+    NotThere { folder: PathBuf },
 }
 
 /// What happened to one file of the field.
@@ -57,6 +61,12 @@ pub fn run(
     let folder = control::configured_folder(config, folder)?;
     if matches!(folder.target, Target::Launch(_)) {
         return Err(RestoreError::Launch {
+            folder: folder.path.clone(),
+        });
+    }
+    if to.is_none() && !folder.path.exists() {
+        // Creating it would put the files on the mount point, under the share.
+        return Err(RestoreError::NotThere {
             folder: folder.path.clone(),
         });
     }

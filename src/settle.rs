@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{After, Config, Folder, Target};
 use crate::filter;
-use crate::guard::Guard;
+use crate::guard::{self, Guard};
 use crate::metrics::METRICS;
 use crate::service::Heartbeat;
 use crate::store::{FileMeta, FileRecord, FileState, Store};
@@ -66,6 +66,11 @@ impl Settle {
             .folders
             .iter()
             .map(|folder| {
+                if !folder.path.exists() {
+                    // Not there (a share not mounted yet): the guard pauses it, and it is
+                    // watched or polled once it appears.
+                    return None;
+                }
                 if let Some((interval, why)) = watch::poll_interval(folder) {
                     info!(folder = %folder.path.display(), "polling every {} because {why}", humantime::format_duration(interval));
                     return Some(interval);
@@ -345,6 +350,12 @@ impl Settle {
     /// A folder that was removed and came back lost its watch with its old directory.
     fn rewatch(&mut self, index: usize) {
         let folder = &self.config.folders[index];
+        // A folder first seen now (not there at start) may be on a network filesystem.
+        if let Some((interval, why)) = watch::poll_interval(folder) {
+            info!(folder = %folder.path.display(), "polling every {} because {why}", humantime::format_duration(interval));
+            self.polls[index] = Some(interval);
+            return;
+        }
         if let Err(problem) = self.watch.add(folder) {
             warn!(folder = %folder.path.display(), "cannot watch the folder again: {problem}; polling it instead");
             self.polls[index] = Some(watch::AUTO_POLL_INTERVAL);
@@ -412,7 +423,7 @@ pub struct Scan {
 
 /// Compares `dir` (a folder or a directory inside one) with the store, reading no file.
 pub fn scan(folder: &Folder, dir: &Path, store: &Store) -> Result<Scan, String> {
-    let unreadable = |error: std::io::Error| format!("cannot read {}: {error}", dir.display());
+    let unreadable = |error: std::io::Error| guard::unreadable(dir, &error);
     let device = std::fs::metadata(dir).map_err(unreadable)?.dev();
     let mut on_disk = Vec::new();
     walk(folder, dir, &mut on_disk).map_err(unreadable)?;

@@ -290,7 +290,7 @@ async fn check(
         _ => settle::walk(folder, scope, &mut on_disk),
     };
     if let Err(error) = listed {
-        report.problem = Some(format!("cannot read {}: {error}", scope.display()));
+        report.problem = Some(crate::guard::unreadable(scope, &error));
         report.differ = 1;
         return report;
     }

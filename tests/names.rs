@@ -41,7 +41,7 @@ fn assert_one_event_per_line(log: &str) {
 
 /// What `status` prints, which must hold neither a raw escape nor a forged line.
 fn status(env: &Env) -> String {
-    let status = env.command(&["status"]);
+    let status = env.command(&["status", "--all"]);
     assert!(status.status.success(), "{}", describe(&status));
     let shown = status.stdout;
     assert!(!shown.contains('\u{1b}'), "{shown}");
