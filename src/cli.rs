@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiError};
 use crate::config::{After, Auth, Config, ConfigError, Credentials, Dedupe, Target};
-use crate::control::{self, Answer, ControlError, Request};
+use crate::control::{Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
-use crate::store::Store;
+use crate::oneshot::{control, runtime};
 use crate::store::StoreError;
 use crate::{caution, daemon, demo, plan, restore, service, status, text, verify};
 
@@ -263,18 +263,6 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Asks the running daemon, or with none running carries the request out on the store.
-fn control(config: &Config, request: Request) -> Result<Answer, ControlError> {
-    let runtime = runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
-    runtime.block_on(async {
-        if let Some(answer) = control::ask(config, &request).await? {
-            return Ok(answer);
-        }
-        let store = Store::open(&config.state_dir)?;
-        control::act(request, config, &store, false).await
-    })
-}
-
 fn print_done(answer: Answer) -> anyhow::Result<()> {
     match answer {
         Answer::Done { message } => {
@@ -284,12 +272,6 @@ fn print_done(answer: Answer) -> anyhow::Result<()> {
         Answer::Refused { message } => anyhow::bail!(text::escape(&message)),
         other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
     }
-}
-
-pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
 }
 
 /// What `check` prints: everything the daemon would act on, and never a secret.

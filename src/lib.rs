@@ -22,6 +22,7 @@ pub mod guard;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
+pub mod oneshot;
 pub mod open;
 pub mod plan;
 pub mod queue;

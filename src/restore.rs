@@ -15,6 +15,7 @@ use crate::api::{ApiError, Client, Sink};
 use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, ControlError, Request};
 use crate::field;
+use crate::oneshot;
 use crate::open;
 use crate::plan;
 use crate::route;
@@ -79,8 +80,7 @@ pub fn run(
         dir: dir.clone(),
         error,
     })?;
-    let runtime =
-        crate::cli::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
+    let runtime = oneshot::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
     runtime.block_on(async {
         let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
         let fields = fields(&api, folder, &dir)

@@ -16,6 +16,7 @@ use crate::api::{ApiError, Client, Hashing};
 use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::field;
+use crate::oneshot;
 use crate::open;
 use crate::plan;
 use crate::settle;
@@ -119,8 +120,7 @@ pub fn run(
     json: bool,
 ) -> Result<(), VerifyError> {
     let scopes = scopes(config, path)?;
-    let runtime =
-        crate::cli::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
+    let runtime = oneshot::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
     let report = runtime.block_on(async {
         // Every folder's records: a field may be fed by folders out of scope, and their files
         // are not "attached by hand".
