@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -19,7 +20,7 @@ use crate::api::{ApiError, Client, Run};
 use crate::config::{Config, Folder, Route, RouteBy, Target};
 use crate::field::{FieldHandle, Removals};
 use crate::store::{DeleteJob, FileMeta, FileRecord, FileState, Store};
-use crate::sync::{Subject, SyncError, Syncer};
+use crate::sync::{Routing, Subject, SyncError, Syncer};
 use crate::watch::Hint;
 
 /// Why a file directly in a route folder waits.
@@ -716,11 +717,25 @@ pub fn subfolder<'a>(folder: &Path, path: &'a Path) -> Option<&'a str> {
     first.as_os_str().to_str()
 }
 
+impl Routing for Router {
+    fn route<'a>(
+        &'a self,
+        syncer: &'a Syncer,
+        index: usize,
+        folder: &'a Folder,
+        route: &'a Route,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), SyncError>> {
+        syncer.route(self, index, folder, route, path).boxed()
+    }
+}
+
 impl Syncer {
     /// Brings one file of a route folder to the task of its subfolder's process, by the task
     /// path; records why when it cannot go (yet).
-    pub(crate) async fn route(
+    async fn route(
         &self,
+        router: &Router,
         index: usize,
         folder: &Folder,
         route: &Route,
@@ -732,7 +747,7 @@ impl Syncer {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 // Gone: its copies are in the task its record names, whatever runs now.
                 let Some(record) = record else { return Ok(()) };
-                let Some(field) = self.router.actor_for_key(&record.target) else {
+                let Some(field) = router.actor_for_key(&record.target) else {
                     return Ok(self.store.forget(path, &[]).await?);
                 };
                 let resolved = match field.verdict().await {
@@ -756,7 +771,7 @@ impl Syncer {
         let meta = FileMeta::of(&metadata);
         let resolution = match subfolder(&folder.path, path) {
             None => Resolution::Wait(IN_ROOT.into()),
-            Some(name) => match self.router.resolve(index, route, name).await {
+            Some(name) => match router.resolve(index, route, name).await {
                 Ok(resolution) => resolution,
                 Err(ApiError::Cancelled) => return Err(SyncError::Cancelled),
                 Err(error) => {
@@ -782,7 +797,7 @@ impl Syncer {
                 if record.as_ref().is_some_and(|r| r.settles(&meta)) {
                     return Ok(());
                 }
-                let field = self.bound_field(index, record.as_ref());
+                let field = self.bound_field(router, index, record.as_ref());
                 let subject = unrouted(folder, &field, path, record.as_ref());
                 let failed = subject.record(
                     meta,
@@ -806,7 +821,7 @@ impl Syncer {
         };
         let target = task.target(&process.id, route);
         let key = target.key();
-        let field = self.router.actor(&target);
+        let field = router.actor(&target);
         // A failure already recorded for this version has been explained (or needs no more).
         let failed_before = record.as_ref().is_some_and(|record| {
             record.meta == meta && matches!(record.state, FileState::Failed { .. })
@@ -838,13 +853,15 @@ impl Syncer {
         if failed_before {
             return Ok(());
         }
-        self.when_ended(index, route, &process, &subject).await
+        self.when_ended(router, index, route, &process, &subject)
+            .await
     }
 
     /// A file that failed may have failed because its process ended meanwhile (its task is
     /// then completed): the processes are read again, and if so its failure says that.
     async fn when_ended(
         &self,
+        router: &Router,
         index: usize,
         route: &Route,
         process: &Process,
@@ -856,7 +873,7 @@ impl Syncer {
         let FileState::Failed { error } = &record.state else {
             return Ok(());
         };
-        let ended = match self.router.ended(index, route, &process.id).await {
+        let ended = match router.ended(index, route, &process.id).await {
             Ok(Some(ended)) => ended,
             Ok(None) => return Ok(()),
             Err(ApiError::Cancelled) => return Err(SyncError::Cancelled),
@@ -872,9 +889,14 @@ impl Syncer {
     }
 
     /// The actor of the task a file's record names (its copies are there), else the folder's.
-    fn bound_field(&self, index: usize, record: Option<&FileRecord>) -> FieldHandle {
+    fn bound_field(
+        &self,
+        router: &Router,
+        index: usize,
+        record: Option<&FileRecord>,
+    ) -> FieldHandle {
         record
-            .and_then(|record| self.router.actor_for_key(&record.target))
+            .and_then(|record| router.actor_for_key(&record.target))
             .unwrap_or_else(|| self.fields[index].clone())
     }
 }

@@ -1,6 +1,7 @@
 //! Brings one path in line with its remote field: upload → attach → record; delete; replace.
-//! Receives settled `Job`s from the queue (those of launch folders go on to `launch`); emits
-//! API calls, field requests and store records.
+//! Receives settled `Job`s from the queue (those of launch folders go on to `launch`, those of
+//! route folders to `route` through the `Routing` it implements); emits API calls, field
+//! requests and store records.
 //! Owns the per-file decisions: what is new, changed, unchanged, rejected or gone, and the
 //! order of durable writes that lets a restart resume from the last state recorded. A file
 //! with no record is first matched against its field: a copy already there with the same
@@ -10,15 +11,15 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{stored_name, ApiError, Client, Hashing, Uploaded};
-use crate::config::{Config, Folder, Target};
+use crate::config::{Config, Folder, Route, Target};
 use crate::field::{FieldError, FieldHandle, OnItsWay, Resolved};
 use crate::filter;
 use crate::metrics::METRICS;
 use crate::open::{self, Identity};
-use crate::route::Router;
 use crate::settle::Job;
 use crate::store::{
     asset_filename, asset_id, now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store,
@@ -38,13 +39,28 @@ pub enum SyncError {
     Cancelled,
 }
 
+/// How a file of a route folder reaches the task of its process. `route` implements it, so
+/// that this stage hands such files over without knowing processes.
+pub trait Routing: Send + Sync {
+    /// Brings one file of route folder `index` to its process's task, or records why it
+    /// cannot go (yet).
+    fn route<'a>(
+        &'a self,
+        syncer: &'a Syncer,
+        index: usize,
+        folder: &'a Folder,
+        route: &'a Route,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), SyncError>>;
+}
+
 pub struct Syncer {
     config: Arc<Config>,
     pub(crate) store: Store,
     pub(crate) api: Arc<Client>,
     /// One handle per folder, in config order (folders with the same target share an actor).
     pub(crate) fields: Vec<FieldHandle>,
-    pub(crate) router: Arc<Router>,
+    router: Arc<dyn Routing>,
     /// Assets adopted or being compared for adoption, so two local files never adopt one asset.
     adopting: Mutex<HashSet<String>>,
     /// When this pipeline started (Unix nanoseconds): a file changed before then without a
@@ -119,7 +135,7 @@ impl Syncer {
         store: Store,
         api: Arc<Client>,
         fields: Vec<FieldHandle>,
-        router: Arc<Router>,
+        router: Arc<dyn Routing>,
     ) -> Syncer {
         Syncer {
             config,
@@ -150,7 +166,11 @@ impl Syncer {
             return;
         };
         let outcome = match (&folder.target, &subject) {
-            (Target::Route(route), _) => self.route(job.folder, folder, route, &job.path).await,
+            (Target::Route(route), _) => {
+                self.router
+                    .route(self, job.folder, folder, route, &job.path)
+                    .await
+            }
             (Target::Launch(launch), Some(subject)) => self.launch(subject, launch, &target).await,
             (_, Some(subject)) => self.reconcile(subject, &target).await,
             (_, None) => Ok(()),
