@@ -4,6 +4,7 @@
 //! follow the API contract strictly. Owns the server task and the shared in-memory world
 //! (tasks, checklists, assets, launched runs, issued tokens, request log).
 
+mod mint;
 mod multipart;
 mod oauth;
 mod routes;

@@ -1,20 +1,15 @@
-//! The fake's OAuth token endpoint: `POST /oauth/token` with the client credentials grant,
-//! answered as Laravel Passport answers it. Receives the request head and body; emits a fresh
-//! access token or an OAuth error body. Owns the one client it knows, the tokens it issued
+//! The fake's OAuth token book, behind `POST /oauth/token` (answered in `routes`) with the client
+//! credentials grant, as Laravel Passport answers it. Receives the grant's form fields; emits a
+//! fresh access token or an OAuth refusal. Owns the one client it knows, the tokens it issued
 //! with their expiry, and their revocation.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW};
-use hyper::http::request::Parts;
-use hyper::{Method, Response, StatusCode};
+use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use crate::fake::routes::{json_response, media_type, too_large, RequestBody};
-use crate::fake::state::{mix, Shared};
+use crate::fake::mint::mix;
 
 /// Where the endpoint listens, beside (not under) the API's `/api` prefix.
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -119,42 +114,5 @@ impl OAuth {
             "expires_in": self.lifetime_secs,
             "access_token": token,
         }))
-    }
-}
-
-/// Answers a request to `TOKEN_PATH`. Like Laravel, it reads form fields only from a
-/// form-urlencoded body: a JSON body arrives as no fields at all.
-pub(crate) fn respond(shared: &Shared, parts: &Parts, body: RequestBody) -> Response<Full<Bytes>> {
-    if parts.method != Method::POST {
-        let message = format!(
-            "The {} method is not supported for route oauth/token. Supported methods: POST.",
-            parts.method
-        );
-        let mut response =
-            json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"message": message}));
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
-        return response;
-    }
-    let RequestBody::Complete(body) = body else {
-        return too_large();
-    };
-    let form: BTreeMap<String, String> = if media_type(parts) == "application/x-www-form-urlencoded"
-    {
-        form_urlencoded::parse(&body).into_owned().collect()
-    } else {
-        BTreeMap::new()
-    };
-    match shared.lock().oauth.issue(&form) {
-        Ok(token) => json_response(StatusCode::OK, &token),
-        Err(refusal) => json_response(
-            refusal.status,
-            &json!({
-                "error": refusal.error,
-                "error_description": refusal.description,
-                "message": refusal.description,
-            }),
-        ),
     }
 }

@@ -1,8 +1,11 @@
-//! Routing and HTTP-level handling of authenticated requests.
+//! Routing and HTTP-level handling of authenticated requests, and of the OAuth token endpoint
+//! (whose grants the token book in `oauth` checks).
 //! Receives the request head and its fully read body; emits one complete response (JSON with
 //! Content-Type and Content-Length, or file content for downloads).
 //! Owns the route table, the organization check, upload framing rules (length required,
 //! multipart decoding) and the mapping of `ApiError` to the real service's error bodies.
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -257,6 +260,47 @@ fn json_input(parts: &Parts, body: &Bytes) -> Result<Value, ApiError> {
         Err(error) => Err(ApiError::BadRequest(format!(
             "The request body is not valid JSON: {error}"
         ))),
+    }
+}
+
+/// Answers a request to `TOKEN_PATH`. Like Laravel, it reads form fields only from a
+/// form-urlencoded body: a JSON body arrives as no fields at all.
+pub(crate) fn oauth_token(
+    shared: &Shared,
+    parts: &Parts,
+    body: RequestBody,
+) -> Response<Full<Bytes>> {
+    if parts.method != Method::POST {
+        let message = format!(
+            "The {} method is not supported for route oauth/token. Supported methods: POST.",
+            parts.method
+        );
+        let mut response =
+            json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"message": message}));
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let RequestBody::Complete(body) = body else {
+        return too_large();
+    };
+    let form: BTreeMap<String, String> = if media_type(parts) == "application/x-www-form-urlencoded"
+    {
+        form_urlencoded::parse(&body).into_owned().collect()
+    } else {
+        BTreeMap::new()
+    };
+    match shared.lock().oauth.issue(&form) {
+        Ok(token) => json_response(StatusCode::OK, &token),
+        Err(refusal) => json_response(
+            refusal.status,
+            &json!({
+                "error": refusal.error,
+                "error_description": refusal.description,
+                "message": refusal.description,
+            }),
+        ),
     }
 }
 

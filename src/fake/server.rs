@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::fake::oauth::{self, TOKEN_PATH};
+use crate::fake::oauth::TOKEN_PATH;
 use crate::fake::routes::{self, json_response, RequestBody};
 use crate::fake::state::Shared;
 use crate::fake::{FaultKind, MAX_BODY_BYTES};
@@ -113,7 +113,7 @@ async fn process(
     }
     let respond = |body| {
         if token_endpoint {
-            oauth::respond(shared, &parts, body)
+            routes::oauth_token(shared, &parts, body)
         } else {
             routes::dispatch(shared, &parts, body)
         }

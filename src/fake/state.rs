@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 mod runs;
 mod steps;
 
+use crate::fake::mint::mix;
 use crate::fake::oauth::OAuth;
 use crate::fake::{
     AssetSubject, DemoIds, FakeChecklist, FakeField, FakeTask, Fault, FaultKind, RequestRecord,
@@ -918,14 +919,6 @@ fn not_found_checklist() -> ApiError {
 
 fn not_found_asset() -> ApiError {
     ApiError::NotFound("No query results for model [Asset].".into())
-}
-
-/// splitmix64's finaliser: a bijection on u64 that scrambles well.
-pub(crate) fn mix(mut value: u64) -> u64 {
-    value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    value ^ (value >> 31)
 }
 
 /// The current UTC time as `2024-01-15T10:00:00Z`.
