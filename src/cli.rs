@@ -13,7 +13,7 @@ use crate::api::{self, ApiError};
 use crate::config::{After, Auth, Config, ConfigError, Credentials, Dedupe, Target};
 use crate::control::{Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
-use crate::oneshot::{control, runtime};
+use crate::oneshot::{control, open_store, runtime};
 use crate::store::StoreError;
 use crate::{caution, daemon, demo, plan, restore, service, status, text, verify};
 
@@ -250,7 +250,7 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
     }
     plan::verdict(&checks, &config)?;
     let store =
-        plan::open_store(&config).context("a dry run compares the folders with the state store")?;
+        open_store(&config).context("a dry run compares the folders with the state store")?;
     let planned = plan::plan(&config, &store, &checks)?;
     if json {
         println!(

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::{stored_name, ApiError, Client};
 use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Route, Target};
@@ -19,6 +18,7 @@ use crate::field::{self, FieldError};
 use crate::filter::humansize;
 use crate::guard;
 use crate::launch;
+use crate::oneshot::{client, ATTEMPTS};
 use crate::open;
 use crate::route;
 use crate::settle;
@@ -28,9 +28,6 @@ use crate::text;
 
 /// Longest the verification of all targets waits for the API.
 pub const DEADLINE: Duration = Duration::from_secs(30);
-/// Tries per request: one attempt and two retries, which the shared gate spaces about 1 and
-/// 2 seconds apart when the API is down.
-pub const ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -157,18 +154,6 @@ pub async fn verify_targets(
         checks.push(check);
     }
     Ok(checks)
-}
-
-/// A client for a command that must answer soon: `ATTEMPTS` tries per request. Token renewals
-/// run until the guard is dropped.
-pub fn client(
-    config: &crate::config::ApiConfig,
-    credentials: Credentials,
-) -> Result<(Client, tokio_util::sync::DropGuard), ApiError> {
-    let cancel = CancellationToken::new();
-    let guard = cancel.clone().drop_guard();
-    let api = Client::new(config, credentials, cancel)?.give_up_after(ATTEMPTS);
-    Ok((api, guard))
 }
 
 /// The verdict on one verification, and whether the API is in no state to be asked more.
@@ -930,14 +915,4 @@ pub fn to_json(checks: &[TargetCheck], plan: &Plan) -> serde_json::Value {
         "stranded": plan.stranded,
         "summary": plan.summary,
     })
-}
-
-/// The state store as `run` would find it: the daemon's, or before the first run an empty
-/// one, so that a dry run creates no state directory.
-pub fn open_store(config: &Config) -> Result<Store, StoreError> {
-    if Store::exists(&config.state_dir) {
-        Store::open(&config.state_dir)
-    } else {
-        Store::empty(&config.state_dir)
-    }
 }

@@ -17,7 +17,6 @@ use crate::control::{self, ControlError, Request};
 use crate::field;
 use crate::oneshot;
 use crate::open;
-use crate::plan;
 use crate::route;
 use crate::store::{
     asset_filename, asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, Store, StoreError,
@@ -82,7 +81,7 @@ pub fn run(
     })?;
     let runtime = oneshot::runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
     runtime.block_on(async {
-        let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
+        let (api, _stop_renewals) = oneshot::client(&config.api, credentials)?;
         let fields = fields(&api, folder, &dir)
             .await
             .map_err(|error| RestoreError::Field {

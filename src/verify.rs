@@ -18,7 +18,6 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::field;
 use crate::oneshot;
 use crate::open;
-use crate::plan;
 use crate::settle;
 use crate::store::{asset_filename, asset_id, FileMeta, FileRecord, FileState};
 use crate::sync;
@@ -134,7 +133,7 @@ pub fn run(
             .map(|(folder, _)| folder.path.clone())
             .zip(records(config, &everywhere).await?)
             .collect();
-        let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
+        let (api, _stop_renewals) = oneshot::client(&config.api, credentials)?;
         let progress = Progress::new(download);
         let mut folders = Vec::new();
         for (folder, scope) in &scopes {
@@ -231,7 +230,7 @@ async fn records(
                 Some(answer) => answer,
                 None => {
                     let opened =
-                        store.insert(plan::open_store(config).map_err(ControlError::from)?);
+                        store.insert(oneshot::open_store(config).map_err(ControlError::from)?);
                     control::act(request, config, opened, false).await?
                 }
             },
