@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod diagnose;
 pub mod exporter;
 pub mod fake;
 pub mod field;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{stored_name, ApiError, Client};
 use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Route, Target};
+use crate::diagnose;
 use crate::field::{self, FieldError};
 use crate::filter::humansize;
 use crate::guard;
@@ -93,7 +94,9 @@ pub async fn verify_targets(
     // Once the API is down or refuses the token, asking about more targets only adds waiting.
     let mut given_up: Option<Verdict> = None;
     let mut checks = Vec::with_capacity(config.folders.len());
-    for folder in &config.folders {
+    // The organization is asked about once, on the first target the API refuses or misses.
+    let mut organization_asked = false;
+    for (index, folder) in config.folders.iter().enumerate() {
         let key = folder.target.key();
         let verdict = match (verdicts.get(&key), &given_up) {
             (Some(verdict), _) => verdict.clone(),
@@ -101,8 +104,32 @@ pub async fn verify_targets(
             (None, None) => {
                 let verified =
                     tokio::time::timeout_at(deadline, field::verify(&folder.target, &api)).await;
-                let (verdict, give_up) = judge(verified, config, &api);
+                let (mut verdict, mut give_up) = judge(verified, config, &api);
+                if let Verdict::Wrong(problem) = &verdict {
+                    let diagnosed = tokio::time::timeout_at(deadline, async {
+                        if !organization_asked {
+                            organization_asked = true;
+                            if let Some(problem) = diagnose::organization(&api, &config.api).await {
+                                return Some(Verdict::Refused(problem));
+                            }
+                        }
+                        diagnose::target(&api, index, &folder.target)
+                            .await
+                            .map(|diagnosis| Verdict::Wrong(format!("{diagnosis} ({problem})")))
+                    })
+                    .await;
+                    if let Ok(Some(diagnosed)) = diagnosed {
+                        give_up = matches!(diagnosed, Verdict::Refused(_));
+                        verdict = diagnosed;
+                    }
+                }
                 given_up = match (&verdict, give_up) {
+                    (Verdict::Refused(problem), true) if problem.starts_with("api.") => {
+                        Some(Verdict::Refused(format!(
+                            "the API was not asked, as {} is wrong (see above)",
+                            problem.split(' ').next().unwrap_or_default()
+                        )))
+                    }
                     (Verdict::Refused(_), true) => Some(Verdict::Refused(
                         "the API was not asked, as it refused the credentials (see above)".into(),
                     )),
@@ -194,8 +221,12 @@ fn judge(
         return (Verdict::Refused(problem), true);
     }
     if error.is_retryable() {
+        let hint = match error {
+            ApiError::Decode { .. } => diagnose::base_url_hint(&config.api),
+            _ => "",
+        };
         let problem = format!(
-            "cannot reach the Tallyfy API at {} (gave up after {ATTEMPTS} attempts): {error}",
+            "cannot reach the Tallyfy API at {} (gave up after {ATTEMPTS} attempts): {error}{hint}",
             config.api.base_url
         );
         return (Verdict::Unverified(problem), true);
