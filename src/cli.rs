@@ -72,6 +72,18 @@ pub enum Command {
         #[arg(long)]
         online: bool,
     },
+    /// List what a folder can point at, by name and id: every template with its kick-off file
+    /// fields (and whether a launch folder fits it), every active process with its tasks' file
+    /// fields, and the route folders the templates' steps allow; each with a `folders:` entry
+    /// to paste into the config. Needs only `api:` in the config; sends only GETs.
+    Targets {
+        /// Print the list as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Show only the entries with a name (template, process, task, step or field) holding
+        /// this text, in any case.
+        filter: Option<String>,
+    },
     /// Show per folder and per file what is synced, pending, held, rejected or failed, and
     /// when each waiting file is tried next (asks the running daemon, else reads the store).
     Status {
@@ -166,6 +178,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 plan::verdict(&checks, &config)?;
             }
         }
+        Command::Targets { json, filter } => targets(&cli.config, json, filter.as_deref())?,
         Command::Status { json } => {
             let config = Config::load(&cli.config)?;
             match control(&config, Request::Status)? {
@@ -240,6 +253,36 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
         );
     } else {
         print!("\n{}", plan::render(&planned));
+    }
+    Ok(())
+}
+
+/// `targets`: needs only the config's `api` section.
+fn targets(file: &Path, json: bool, filter: Option<&str>) -> anyhow::Result<()> {
+    let config = Config::load_api_only(file)?;
+    let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+    let filter = filter.map(str::to_lowercase);
+    let catalog = runtime()?.block_on(async {
+        let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
+        anyhow::Ok(crate::targets::catalog(&api, &config.api).await?)
+    })?;
+    let entries = crate::targets::entries(&catalog);
+    if json {
+        let entries: Vec<_> = entries
+            .iter()
+            .filter(|entry| filter.as_deref().is_none_or(|filter| entry.matches(filter)))
+            .collect();
+        let document = serde_json::json!({
+            "templates": catalog.templates,
+            "processes": catalog.processes,
+            "entries": entries,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print!(
+            "{}",
+            crate::targets::render(&catalog, &entries, filter.as_deref())
+        );
     }
     Ok(())
 }
@@ -414,6 +457,9 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             || cause
                 .downcast_ref::<plan::PlanError>()
                 .is_some_and(plan::PlanError::is_config)
+            || cause
+                .downcast_ref::<crate::targets::TargetsError>()
+                .is_some_and(crate::targets::TargetsError::is_config)
             || matches!(
                 store,
                 Some(StoreError::Locked { .. } | StoreError::Open { .. })

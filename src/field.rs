@@ -1138,7 +1138,7 @@ fn text(field: &Value, key: &str) -> String {
 }
 
 /// The API has sent `required` as a boolean, a number and a string.
-fn is_required(field: &Value) -> bool {
+pub(crate) fn is_required(field: &Value) -> bool {
     match field.get("required") {
         Some(Value::Bool(required)) => *required,
         Some(Value::Number(number)) => number.as_u64().is_some_and(|n| n != 0),

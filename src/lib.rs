@@ -33,6 +33,7 @@ pub mod settle;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod targets;
 pub mod text;
 pub mod verify;
 pub mod watch;
