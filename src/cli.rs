@@ -84,6 +84,14 @@ pub enum Command {
         /// this text, in any case.
         filter: Option<String>,
     },
+    /// Write a first config by answering questions on a terminal: the organization, the token
+    /// (checked with one GET), a target picked from what `targets` lists, the local folder;
+    /// then offer `check --online`. Never replaces an existing config without --force.
+    Init {
+        /// Replace the config file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show per folder and per file what is synced, pending, held, rejected or failed, and
     /// when each waiting file is tried next (asks the running daemon, else reads the store).
     Status {
@@ -179,6 +187,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Targets { json, filter } => targets(&cli.config, json, filter.as_deref())?,
+        Command::Init { force } => crate::init::run(&cli.config, force)?,
         Command::Status { json } => {
             let config = Config::load(&cli.config)?;
             match control(&config, Request::Status)? {

@@ -19,7 +19,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::logging::LogFormat;
 
-const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
+pub const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
 const DEFAULT_STATE_DIR: &str = "/var/lib/tallyfy-sync";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONCURRENCY: usize = 4;
@@ -728,6 +728,15 @@ impl Config {
     /// right): for `targets`, which helps write it.
     pub fn load_api_only(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with(path, Folders::Ignored)
+    }
+
+    /// Like `from_yaml`, but `folders` is not read (see `load_api_only`).
+    pub fn from_yaml_api_only(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse(text, file, env, Folders::Ignored)
     }
 
     fn load_with(path: &Path, folders: Folders) -> Result<Config, ConfigError> {

@@ -19,6 +19,7 @@ pub mod fake;
 pub mod field;
 pub mod filter;
 pub mod guard;
+pub mod init;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
