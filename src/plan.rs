@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{stored_name, ApiError, Client};
 use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Route, Target};
 use crate::diagnose;
-use crate::field::{self, FieldError};
+use crate::field::{self, FieldError, Names};
 use crate::filter::humansize;
 use crate::guard;
 use crate::launch;
@@ -60,6 +60,9 @@ pub struct TargetCheck {
     pub target: String,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// What the API calls the target's parts, when it was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<Names>,
     /// Route folders: the active processes and the subfolder each maps to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<route::Mapped>>,
@@ -90,7 +93,7 @@ pub async fn verify_targets(
 ) -> Result<Vec<TargetCheck>, ApiError> {
     let (api, _stop_renewals) = client(&config.api, credentials)?;
     let deadline = Instant::now() + DEADLINE;
-    let mut verdicts: HashMap<String, Verdict> = HashMap::new();
+    let mut verdicts: HashMap<String, (Verdict, Option<Names>)> = HashMap::new();
     // Once the API is down or refuses the token, asking about more targets only adds waiting.
     let mut given_up: Option<Verdict> = None;
     let mut checks = Vec::with_capacity(config.folders.len());
@@ -98,25 +101,31 @@ pub async fn verify_targets(
     let mut organization_asked = false;
     for (index, folder) in config.folders.iter().enumerate() {
         let key = folder.target.key();
-        let verdict = match (verdicts.get(&key), &given_up) {
-            (Some(verdict), _) => verdict.clone(),
-            (None, Some(verdict)) => verdict.clone(),
+        let (verdict, names) = match (verdicts.get(&key), &given_up) {
+            (Some(known), _) => known.clone(),
+            (None, Some(verdict)) => (verdict.clone(), None),
             (None, None) => {
                 let verified =
                     tokio::time::timeout_at(deadline, field::verify(&folder.target, &api)).await;
+                let names = match &verified {
+                    Ok(Ok(resolved)) => {
+                        Some(process_named(&api, &folder.target, resolved.names.clone()).await)
+                    }
+                    _ => None,
+                };
                 let (mut verdict, mut give_up) = judge(verified, config, &api);
                 if let Verdict::Wrong(problem) = &verdict {
-                    let diagnosed = tokio::time::timeout_at(deadline, async {
-                        if !organization_asked {
-                            organization_asked = true;
-                            if let Some(problem) = diagnose::organization(&api, &config.api).await {
-                                return Some(Verdict::Refused(problem));
-                            }
-                        }
-                        diagnose::target(&api, index, &folder.target)
-                            .await
-                            .map(|diagnosis| Verdict::Wrong(format!("{diagnosis} ({problem})")))
-                    })
+                    let diagnosed = tokio::time::timeout_at(
+                        deadline,
+                        diagnosed(
+                            &api,
+                            config,
+                            index,
+                            folder,
+                            problem,
+                            &mut organization_asked,
+                        ),
+                    )
                     .await;
                     if let Ok(Some(diagnosed)) = diagnosed {
                         give_up = matches!(diagnosed, Verdict::Refused(_));
@@ -142,14 +151,15 @@ pub async fn verify_targets(
                     )),
                     (_, false) => None,
                 };
-                verdicts.insert(key, verdict.clone());
-                verdict
+                verdicts.insert(key, (verdict.clone(), names.clone()));
+                (verdict, names)
             }
         };
         let mut check = TargetCheck {
             folder: folder.path.clone(),
             target: folder.target.to_string(),
             verdict,
+            names,
             processes: None,
             active: Vec::new(),
         };
@@ -175,6 +185,42 @@ pub async fn verify_targets(
         checks.push(check);
     }
     Ok(checks)
+}
+
+/// A better verdict for a target the API did not find or refused (`problem`): the organization
+/// (asked about once) or the base URL named as wrong, or an id of the wrong kind named with its
+/// key; `None` when the first verdict stands.
+async fn diagnosed(
+    api: &Client,
+    config: &Config,
+    index: usize,
+    folder: &Folder,
+    problem: &str,
+    organization_asked: &mut bool,
+) -> Option<Verdict> {
+    // Found but unfit: the verdict already says what is wrong with it.
+    if !field::missing_or_forbidden(problem) {
+        return None;
+    }
+    if !std::mem::replace(organization_asked, true) {
+        if let Some(problem) = diagnose::organization(api, &config.api).await {
+            return Some(Verdict::Refused(problem));
+        }
+    }
+    diagnose::target(api, index, &folder.target)
+        .await
+        .map(|diagnosis| Verdict::Wrong(format!("{diagnosis} ({problem})")))
+}
+
+/// `names` with the process's name for a task target, when one GET gives it (a report can do
+/// without it).
+async fn process_named(api: &Client, target: &Target, mut names: Names) -> Names {
+    if let Target::Task { run_id, .. } = target {
+        if let Ok(Ok(run)) = tokio::time::timeout(DEADLINE, api.get_run(run_id)).await {
+            names.process = Some(run.name).filter(|name| !name.is_empty());
+        }
+    }
+    names
 }
 
 /// A client for a command that must answer soon: `ATTEMPTS` tries per request. Token renewals
@@ -250,9 +296,14 @@ pub fn render_checks(checks: &[TargetCheck]) -> String {
                 format!("not verified: {problem}")
             }
         };
+        // The names go next to the ids, so the line still ends with its verdict.
+        let names = match &check.names {
+            Some(names) if *names != Names::default() => format!(" ({names})"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {} → {}: {}",
+            "  {} → {}{names}: {}",
             text::path(&check.folder),
             check.target,
             text::escaped(&verdict)
