@@ -273,7 +273,7 @@ fn targets(file: &Path, json: bool, filter: Option<&str>) -> anyhow::Result<()> 
     let filter = filter.map(str::to_lowercase);
     let catalog = runtime()?.block_on(async {
         let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
-        anyhow::Ok(crate::targets::catalog(&api, &config.api).await?)
+        anyhow::Ok(crate::targets::catalog(&api).await?)
     })?;
     let entries = crate::targets::entries(&catalog);
     if json {

@@ -5,12 +5,12 @@
 //! process id belongs or the other way round. Owns nothing; changes nothing.
 
 use crate::api::{ApiError, Client};
-use crate::config::{ApiConfig, Target};
+use crate::config::Target;
 use crate::text;
 
 /// What a refused read of the organization's own lists says about `api.base_url` and
 /// `api.org_id`; `None` when it says nothing about them.
-pub fn api_problem(error: &ApiError, config: &ApiConfig) -> Option<String> {
+pub fn api_problem(error: &ApiError, api: &Client) -> Option<String> {
     match error {
         ApiError::Status {
             status: 403,
@@ -20,40 +20,39 @@ pub fn api_problem(error: &ApiError, config: &ApiConfig) -> Option<String> {
             "api.org_id {:?} is wrong: the API refuses this organization to the token (403: {}); \
              copy the organization id from Tallyfy (Settings > Organization), or use a token of \
              one of its members",
-            config.org_id,
+            api.org_id(),
             text::escaped(message)
         )),
         ApiError::Status { status: 404, .. } | ApiError::Decode { .. } => Some(format!(
             "api.base_url {} does not answer like the Tallyfy API ({}){}",
-            config.base_url,
+            api.base_url(),
             text::escaped(&error.to_string()),
-            base_url_hint(config)
+            base_url_hint(api.base_url())
         )),
         _ => None,
     }
 }
 
 /// "; the API lives under /api ..." when `api.base_url` does not end with `/api`.
-pub fn base_url_hint(config: &ApiConfig) -> &'static str {
-    if config
-        .base_url
-        .path()
-        .trim_end_matches('/')
-        .ends_with("/api")
-    {
+pub fn base_url_hint(base_url: &str) -> &'static str {
+    if base_url.trim_end_matches('/').ends_with("/api") {
         ""
     } else {
         "; the API lives under /api, e.g. https://go.tallyfy.com/api"
     }
 }
 
-/// One small GET that every organization answers: `Some(problem)` naming `api.base_url` or
-/// `api.org_id` when they are wrong.
-pub async fn organization(api: &Client, config: &ApiConfig) -> Option<String> {
-    match api.with_retries(|| api.probe_organization()).await {
-        Ok(()) => None,
-        Err(error) => api_problem(&error, config),
-    }
+/// One small GET that every organization answers, sent at most once per client:
+/// `Some(problem)` naming `api.base_url` or `api.org_id` when they are wrong, and whether this
+/// caller is the first to learn it (and so the one to report it).
+pub async fn organization(api: &Client) -> (Option<String>, bool) {
+    api.organization_problem(|| async {
+        match api.with_retries(|| api.probe_organization()).await {
+            Ok(()) => None,
+            Err(error) => api_problem(&error, api),
+        }
+    })
+    .await
 }
 
 /// For a target the API did not find: whether an id is of the wrong kind or names nothing,

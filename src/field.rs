@@ -491,13 +491,32 @@ impl Actor {
             }
             Err(FieldError::Cancelled) => return false,
             Err(error) => {
-                let why = error.to_string();
+                let mut why = error.to_string();
+                // A wrong organization or base URL fails every target alike: said once.
+                let organization = if missing_or_forbidden(&why) {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return false,
+                        found = crate::diagnose::organization(&self.api) => found,
+                    }
+                } else {
+                    (None, false)
+                };
                 let again =
                     matches!(&*readiness.borrow(), Readiness::Invalid(before) if *before == why);
-                if again {
-                    debug!(target = %self.target, %error, "the target is still wrong");
-                } else {
-                    error!(target = %self.target, %error, "folders mapped to this target are not synced until the config is fixed");
+                match organization {
+                    (Some(problem), first) => {
+                        if first {
+                            error!(org_id = %self.api.org_id(), base_url = %self.api.base_url(), "{problem}; no folder is synced until the config is fixed");
+                        }
+                        debug!(target = %self.target, %error, "not synced: {problem}");
+                        why = problem;
+                    }
+                    _ if again => {
+                        debug!(target = %self.target, %error, "the target is still wrong")
+                    }
+                    _ => {
+                        error!(target = %self.target, %error, "folders mapped to this target are not synced until the config is fixed")
+                    }
                 }
                 readiness.send_replace(Readiness::Invalid(why));
             }

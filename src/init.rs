@@ -75,7 +75,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
         self.say("Reading what the organization offers (GETs only)...")?;
         let catalog = runtime.block_on(async {
             let (client, _stop_renewals) = plan::client(&config.api, credentials.clone())?;
-            anyhow::Ok(targets::catalog(&client, &config.api).await?)
+            anyhow::Ok(targets::catalog(&client).await?)
         })?;
         let entries: Vec<Entry> = targets::entries(&catalog)
             .into_iter()
@@ -184,7 +184,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
                     .with_retries(|| client.probe_organization())
                     .await
                     .map_err(|error| {
-                        diagnose::api_problem(&error, &config.api).unwrap_or_else(|| {
+                        diagnose::api_problem(&error, &client).unwrap_or_else(|| {
                             if error.is_unauthorized() {
                                 format!("the API refused the token: {error}")
                             } else {

@@ -97,8 +97,6 @@ pub async fn verify_targets(
     // Once the API is down or refuses the token, asking about more targets only adds waiting.
     let mut given_up: Option<Verdict> = None;
     let mut checks = Vec::with_capacity(config.folders.len());
-    // The organization is asked about once, on the first target the API refuses or misses.
-    let mut organization_asked = false;
     for (index, folder) in config.folders.iter().enumerate() {
         let key = folder.target.key();
         let (verdict, names) = match (verdicts.get(&key), &given_up) {
@@ -115,18 +113,9 @@ pub async fn verify_targets(
                 };
                 let (mut verdict, mut give_up) = judge(verified, config, &api);
                 if let Verdict::Wrong(problem) = &verdict {
-                    let diagnosed = tokio::time::timeout_at(
-                        deadline,
-                        diagnosed(
-                            &api,
-                            config,
-                            index,
-                            folder,
-                            problem,
-                            &mut organization_asked,
-                        ),
-                    )
-                    .await;
+                    let diagnosed =
+                        tokio::time::timeout_at(deadline, diagnosed(&api, index, folder, problem))
+                            .await;
                     if let Ok(Some(diagnosed)) = diagnosed {
                         give_up = matches!(diagnosed, Verdict::Refused(_));
                         verdict = diagnosed;
@@ -190,22 +179,13 @@ pub async fn verify_targets(
 /// A better verdict for a target the API did not find or refused (`problem`): the organization
 /// (asked about once) or the base URL named as wrong, or an id of the wrong kind named with its
 /// key; `None` when the first verdict stands.
-async fn diagnosed(
-    api: &Client,
-    config: &Config,
-    index: usize,
-    folder: &Folder,
-    problem: &str,
-    organization_asked: &mut bool,
-) -> Option<Verdict> {
+async fn diagnosed(api: &Client, index: usize, folder: &Folder, problem: &str) -> Option<Verdict> {
     // Found but unfit: the verdict already says what is wrong with it.
     if !field::missing_or_forbidden(problem) {
         return None;
     }
-    if !std::mem::replace(organization_asked, true) {
-        if let Some(problem) = diagnose::organization(api, &config.api).await {
-            return Some(Verdict::Refused(problem));
-        }
+    if let (Some(problem), _) = diagnose::organization(api).await {
+        return Some(Verdict::Refused(problem));
     }
     diagnose::target(api, index, &folder.target)
         .await
@@ -268,7 +248,7 @@ fn judge(
     }
     if error.is_retryable() {
         let hint = match error {
-            ApiError::Decode { .. } => diagnose::base_url_hint(&config.api),
+            ApiError::Decode { .. } => diagnose::base_url_hint(config.api.base_url.as_str()),
             _ => "",
         };
         let problem = format!(

@@ -190,11 +190,8 @@ impl TargetsError {
 
 /// Reads everything a folder can point at: templates with their kick-off forms and steps,
 /// active processes with their tasks.
-pub async fn catalog(
-    api: &Client,
-    config: &crate::config::ApiConfig,
-) -> Result<Catalog, TargetsError> {
-    let failed = |error: ApiError| match crate::diagnose::api_problem(&error, config) {
+pub async fn catalog(api: &Client) -> Result<Catalog, TargetsError> {
+    let failed = |error: ApiError| match crate::diagnose::api_problem(&error, api) {
         Some(problem) => TargetsError::Config { problem },
         None => TargetsError::Api { error },
     };

@@ -68,7 +68,7 @@ async fn a_base_url_without_api_names_api_base_url() {
     let output = env.command(&["check", "--online"]);
     assert_wrong(
         &output,
-        &format!("api.base_url {bare}/ does not answer like the Tallyfy API"),
+        &format!("api.base_url {bare} does not answer like the Tallyfy API"),
     );
     assert!(
         output
@@ -155,4 +155,41 @@ async fn a_tab_in_the_yaml_says_yaml_uses_spaces_with_the_line() {
         "the parser's words stay: {}",
         describe(&output)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reports_a_wrong_org_id_once_not_per_folder() {
+    let env = Env::new().await;
+    replace_in_config(&env, &format!("org_id: {ORG}"), "org_id: someone-else");
+    let daemon = env.start();
+    daemon
+        .wait_for_log("no folder is synced until the config is fixed")
+        .await;
+    // Both targets were asked about, the organization once.
+    let deadline = std::time::Instant::now() + WAIT;
+    while env
+        .requests("GET", &format!("/runs/{RUN}/tasks/{TASK}"))
+        .is_empty()
+        || env
+            .requests("GET", &format!("/checklists/{KICKOFF_TEMPLATE}"))
+            .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "both targets asked");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let probes = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|request| request.path.ends_with("/checklists"))
+        .count();
+    assert_eq!(probes, 1, "the organization is asked about once");
+    let log = daemon.log();
+    assert!(daemon.stop().await.success());
+    assert_eq!(
+        log.matches("api.org_id \"someone-else\" is wrong").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("may not see"), "{log}");
 }

@@ -174,6 +174,9 @@ pub struct Client {
     on_pause: Option<PauseHook>,
     /// Most attempts `with_retries` makes; `None` for the daemon, which waits out any outage.
     attempts: Option<u32>,
+    /// What is wrong with `api.base_url` or `api.org_id` (`None`: nothing), once asked: every
+    /// target fails alike when they are wrong, and it is said once, not per folder.
+    organization: tokio::sync::OnceCell<Option<String>>,
     cancel: CancellationToken,
 }
 
@@ -211,8 +214,36 @@ impl Client {
             pause: std::sync::Mutex::new(None),
             on_pause: None,
             attempts: None,
+            organization: tokio::sync::OnceCell::new(),
             cancel,
         })
+    }
+
+    /// `api.base_url` as used, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn org_id(&self) -> &str {
+        &self.org
+    }
+
+    /// What `ask` finds wrong with the organization, asked at most once per client however
+    /// many callers want it; true for the caller whose `ask` ran (the one to report it).
+    pub async fn organization_problem<F, Fut>(&self, ask: F) -> (Option<String>, bool)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<String>>,
+    {
+        let mut asked = false;
+        let problem = self
+            .organization
+            .get_or_init(|| {
+                asked = true;
+                ask()
+            })
+            .await;
+        (problem.clone(), asked)
     }
 
     /// Calls `hook` whenever requests pause or resume, so the schedule can be saved.
