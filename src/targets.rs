@@ -108,6 +108,15 @@ pub struct Entry {
     target_yaml: String,
 }
 
+impl Named {
+    fn new(id: &str, name: &str) -> Named {
+        Named {
+            id: id.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
 impl Entry {
     /// The entry as a `folders:` list item for `path`, indented by `indent` spaces.
     pub fn folder_yaml(&self, path: &Path, indent: usize) -> String {
@@ -285,15 +294,9 @@ fn kickoff_field(field: &Value) -> Option<Field> {
 pub fn entries(catalog: &Catalog) -> Vec<Entry> {
     let mut entries = Vec::new();
     for template in &catalog.templates {
-        let named = Named {
-            id: template.id.clone(),
-            name: template.title.clone(),
-        };
+        let named = Named::new(&template.id, &template.title);
         for field in template.kickoff.iter().filter(|f| f.field_type == "file") {
-            let field_named = Named {
-                id: field.id.clone(),
-                name: field.label.clone(),
-            };
+            let field_named = Named::new(&field.id, &field.label);
             let kickoff_yaml = format!(
                 "kickoff:\n  checklist_id: {}   # {}\n  field_id: {}   # {}\n",
                 template.id,
@@ -344,18 +347,9 @@ pub fn entries(catalog: &Catalog) -> Vec<Entry> {
                 entries.push(entry(
                     Kind::Task,
                     process.template.clone(),
-                    Some(Named {
-                        id: process.id.clone(),
-                        name: process.name.clone(),
-                    }),
-                    Some(Named {
-                        id: task.id.clone(),
-                        name: task.title.clone(),
-                    }),
-                    Named {
-                        id: field.id.clone(),
-                        name: field.label.clone(),
-                    },
+                    Some(Named::new(&process.id, &process.name)),
+                    Some(Named::new(&task.id, &task.title)),
+                    Named::new(&field.id, &field.label),
                     (true, None),
                     yaml,
                 ));
@@ -375,19 +369,10 @@ pub fn entries(catalog: &Catalog) -> Vec<Entry> {
                 );
                 entries.push(entry(
                     Kind::Route,
-                    Named {
-                        id: template.id.clone(),
-                        name: template.title.clone(),
-                    },
+                    Named::new(&template.id, &template.title),
                     None,
-                    Some(Named {
-                        id: step.id.clone(),
-                        name: step.title.clone(),
-                    }),
-                    Named {
-                        id: field.id.clone(),
-                        name: field.label.clone(),
-                    },
+                    Some(Named::new(&step.id, &step.title)),
+                    Named::new(&field.id, &field.label),
                     (true, None),
                     yaml,
                 ));

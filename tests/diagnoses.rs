@@ -24,16 +24,10 @@ fn assert_wrong(output: &Output, expected: &str) {
     assert!(!output.stderr.contains("panicked"), "{}", describe(output));
 }
 
-fn replace_in_config(env: &Env, from: &str, to: &str) {
-    let yaml = std::fs::read_to_string(&env.config).unwrap();
-    assert!(yaml.contains(from), "{from:?} not in\n{yaml}");
-    env.write_raw_config(&yaml.replacen(from, to, 1));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_org_id_is_reported_once_naming_api_org_id_not_per_folder() {
     let env = Env::new().await;
-    replace_in_config(&env, &format!("org_id: {ORG}"), "org_id: someone-else");
+    env.replace_in_config(&format!("org_id: {ORG}"), "org_id: someone-else");
     let output = env.command(&["check", "--online"]);
     assert_wrong(&output, "api.org_id \"someone-else\" is wrong");
     assert_eq!(
@@ -64,7 +58,7 @@ async fn a_base_url_without_api_names_api_base_url() {
     let env = Env::new().await;
     let base = env.fake.base_url();
     let bare = base.trim_end_matches("/api").to_string();
-    replace_in_config(&env, &base, &bare);
+    env.replace_in_config(&base, &bare);
     let output = env.command(&["check", "--online"]);
     assert_wrong(
         &output,
@@ -82,8 +76,7 @@ async fn a_base_url_without_api_names_api_base_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_id_in_run_id_names_the_key_and_the_template() {
     let env = Env::new().await;
-    replace_in_config(
-        &env,
+    env.replace_in_config(
         &format!("run_id: {RUN}"),
         &format!("run_id: {KICKOFF_TEMPLATE}"),
     );
@@ -100,8 +93,7 @@ async fn a_template_id_in_run_id_names_the_key_and_the_template() {
 async fn a_process_id_in_checklist_id_names_the_key_and_the_template_to_use() {
     let env = Env::new().await;
     let run = env.fake.start_run(KICKOFF_TEMPLATE, "Intake ACME");
-    replace_in_config(
-        &env,
+    env.replace_in_config(
         &format!("checklist_id: {KICKOFF_TEMPLATE}"),
         &format!("checklist_id: {run}"),
     );
@@ -131,7 +123,7 @@ async fn a_task_id_the_process_lacks_is_named_with_the_tasks_it_has() {
         }],
     );
     let run = env.fake.start_run(KICKOFF_TEMPLATE, "Intake ACME");
-    replace_in_config(&env, &format!("run_id: {RUN}"), &format!("run_id: {run}"));
+    env.replace_in_config(&format!("run_id: {RUN}"), &format!("run_id: {run}"));
     let output = env.command(&["check", "--online"]);
     assert_wrong(
         &output,
@@ -144,7 +136,7 @@ async fn a_task_id_the_process_lacks_is_named_with_the_tasks_it_has() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tab_in_the_yaml_says_yaml_uses_spaces_with_the_line() {
     let env = Env::new().await;
-    replace_in_config(&env, "  timeout: 10s", "\ttimeout: 10s");
+    env.replace_in_config("  timeout: 10s", "\ttimeout: 10s");
     let output = env.command(&["check"]);
     assert_wrong(
         &output,
@@ -160,7 +152,7 @@ async fn a_tab_in_the_yaml_says_yaml_uses_spaces_with_the_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_reports_a_wrong_org_id_once_not_per_folder() {
     let env = Env::new().await;
-    replace_in_config(&env, &format!("org_id: {ORG}"), "org_id: someone-else");
+    env.replace_in_config(&format!("org_id: {ORG}"), "org_id: someone-else");
     let daemon = env.start();
     daemon
         .wait_for_log("no folder is synced until the config is fixed")
