@@ -559,13 +559,15 @@ pub fn render(catalog: &Catalog, entries: &[Entry], filter: Option<&str>) -> Str
         }
         let _ = writeln!(
             out,
-            "  template \"{}\" ({})",
+            "  template \"{}\" ({}){}",
             text::escaped(&template.title),
-            template.id
+            template.id,
+            if own.is_empty() {
+                ": no kick-off file field"
+            } else {
+                ""
+            }
         );
-        if own.is_empty() {
-            out.push_str("    no kick-off file field\n");
-        }
         for entry in own {
             shown(&mut out, entry);
         }
@@ -588,15 +590,17 @@ pub fn render(catalog: &Catalog, entries: &[Entry], filter: Option<&str>) -> Str
         }
         let _ = writeln!(
             out,
-            "  process \"{}\" ({}) of template \"{}\" ({})",
+            "  process \"{}\" ({}) of template \"{}\" ({}){}",
             text::escaped(&process.name),
             process.id,
             text::escaped(&process.template.name),
-            process.template.id
+            process.template.id,
+            if own.is_empty() {
+                ": no task with a file field"
+            } else {
+                ""
+            }
         );
-        if own.is_empty() {
-            out.push_str("    no task with a file field\n");
-        }
         for entry in own {
             shown(&mut out, entry);
         }
