@@ -71,7 +71,7 @@ pub struct Resolved {
 }
 
 /// The names the API gives a target's parts, shown next to the ids (ids alone are unreadable).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Names {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
@@ -81,6 +81,11 @@ pub struct Names {
     pub field: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+}
+
+/// The store's key for a target's names as last verified, for `status`.
+pub fn names_key(target: &Target) -> String {
+    format!("names:{}", target.key())
 }
 
 impl Names {
@@ -479,6 +484,16 @@ impl Actor {
         match verified {
             Ok((resolved, list)) => {
                 let names = &resolved.names;
+                if *names != Names::default() {
+                    // Only for `status`: a store that cannot take it costs nothing else.
+                    if let Err(error) = self
+                        .store
+                        .set_meta(&names_key(&self.target), Some(names))
+                        .await
+                    {
+                        debug!(target = %self.target, %error, "cannot record the target's names");
+                    }
+                }
                 info!(
                     target = %self.target,
                     template_title = names.template.as_deref(),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{unix_ms, Pause};
 use crate::config::Config;
+use crate::field::{names_key, Names};
 use crate::guard::{self, Held};
 use crate::metrics::{self, Exposition};
 use crate::recheck;
@@ -64,6 +65,9 @@ pub struct FolderReport {
     /// The target as configured, or a note that the folder left the config.
     pub target: String,
     pub counts: Counts,
+    /// What the API called the target's parts when the daemon last verified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Names>,
     /// Why the folder is paused (gone, unreadable, unmounted), if it is.
     pub paused: Option<String>,
     /// Deletes kept back by `max_delete` until `release-deletes`.
@@ -153,13 +157,16 @@ fn from_store(
     let mut folders = Vec::new();
     for folder in &config.folders {
         let records = by_folder.remove(&folder.path).unwrap_or_default();
-        folders.push(folder_report(
+        let mut report = folder_report(
             store,
             &folder.path,
             folder.target.to_string(),
             &records,
             waiting_for.as_ref(),
-        )?);
+        )?;
+        // Names are a courtesy: an unreadable record of them leaves the ids alone.
+        report.names = store.meta(&names_key(&folder.target)).unwrap_or(None);
+        folders.push(report);
     }
     for (folder, records) in by_folder {
         let target = "no longer in the config".to_string();
@@ -327,6 +334,7 @@ fn folder_report(
         path: folder.to_path_buf(),
         target,
         counts,
+        names: None,
         paused,
         held,
         files,
@@ -413,6 +421,9 @@ pub fn render(report: &StatusReport) -> String {
             c.rejected,
             c.failed
         );
+        if let Some(names) = &folder.names {
+            let _ = writeln!(out, "  in Tallyfy: {names}");
+        }
         if c.launched + c.duplicates > 0 {
             let _ = writeln!(
                 out,

@@ -81,3 +81,38 @@ async fn the_target_verified_log_line_carries_the_names_next_to_the_ids() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_names_under_each_folder_with_or_without_the_daemon() {
+    let (env, daemon) = Env::running().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while daemon.log().matches("target verified").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let task = format!(
+        "{} → task {TASK} in run {RUN}, field {CAPTURE}\n  0 synced, 0 pending, 0 held, 0 rejected, 0 failed\n  in Tallyfy: field \"Invoices\" of task \"Collect invoices\"\n",
+        env.tasks.display()
+    );
+    let kickoff = format!("  in Tallyfy: field \"Contract\" of template \"{KICKOFF_TITLE}\"\n");
+    let asked = env.command(&["status"]);
+    assert_eq!(asked.status.code(), Some(0), "{}", describe(&asked));
+    assert!(
+        asked.stdout.contains(&task) && asked.stdout.contains(&kickoff),
+        "{}",
+        describe(&asked)
+    );
+    assert!(daemon.stop().await.success());
+    let read = env.command(&["status"]);
+    assert!(
+        read.stdout.contains(&task) && read.stdout.contains(&kickoff),
+        "{}",
+        describe(&read)
+    );
+    let json = env.command(&["status", "--json"]);
+    assert!(
+        json.stdout.contains("\"task\": \"Collect invoices\""),
+        "{}",
+        describe(&json)
+    );
+}
