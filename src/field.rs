@@ -507,8 +507,9 @@ impl Actor {
             Err(FieldError::Cancelled) => return false,
             Err(error) => {
                 let mut why = error.to_string();
-                // A wrong organization or base URL fails every target alike: said once.
-                let organization = if missing_or_forbidden(&why) {
+                // A wrong organization fails every target alike (403): said once. A 404 is
+                // left as it is: a target gone costs the daemon no request more.
+                let organization = if forbidden(&why) {
                     tokio::select! {
                         _ = self.cancel.cancelled() => return false,
                         found = crate::diagnose::organization(&self.api) => found,
@@ -1319,7 +1320,11 @@ const FORBIDDEN: &str = " (403)";
 /// Whether a verdict is the API not finding or refusing a target's part (rather than finding
 /// it unfit), which a wrong organization, base URL or id of the wrong kind also causes.
 pub fn missing_or_forbidden(problem: &str) -> bool {
-    problem.ends_with(MISSING) || problem.ends_with(FORBIDDEN)
+    problem.ends_with(MISSING) || forbidden(problem)
+}
+
+fn forbidden(problem: &str) -> bool {
+    problem.ends_with(FORBIDDEN)
 }
 
 fn kickoff_value(prerun: &[Value], field_id: &str) -> Option<Vec<Value>> {
