@@ -9,12 +9,15 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{ApiError, Client, FormField};
 use crate::text;
 
+/// Templates or processes read at once.
+const READS_AT_ONCE: usize = 4;
 /// Where suggested folders go; the operator changes the path before pasting.
 const SUGGESTED_ROOT: &str = "/srv/tallyfy";
 /// Kick-off field types a launch folder can fill from the file's path, with the placeholder
@@ -204,63 +207,74 @@ pub async fn catalog(api: &Client) -> Result<Catalog, TargetsError> {
         Some(problem) => TargetsError::Config { problem },
         None => TargetsError::Api { error },
     };
-    let mut catalog = Catalog::default();
     let templates = api.with_retries(|| api.templates()).await.map_err(failed)?;
-    for template in templates {
-        let checklist = api
-            .with_retries(|| api.get_checklist(&template.id))
-            .await
-            .map_err(failed)?;
-        let steps = api
-            .with_retries(|| api.step_list(&template.id))
-            .await
-            .map_err(failed)?;
-        catalog.templates.push(TemplateInfo {
-            kickoff: checklist.prerun.iter().filter_map(kickoff_field).collect(),
-            steps: steps
-                .into_iter()
-                .map(|step| Step {
-                    id: step.id,
-                    title: step.title,
-                    fields: step.captures.iter().map(form_field).collect(),
-                })
-                .collect(),
-            id: template.id,
-            title: checklist.title,
-        });
-    }
-    let titles: HashMap<String, String> = catalog
-        .templates
+    // A few reads at once: a large organization's listing takes seconds, not minutes (the
+    // client's gate and `api.rate_limit` still pace them).
+    let templates: Vec<TemplateInfo> = stream::iter(templates)
+        .map(|template| async move {
+            let checklist = api.with_retries(|| api.get_checklist(&template.id)).await?;
+            let steps = api.with_retries(|| api.step_list(&template.id)).await?;
+            Ok::<_, ApiError>(TemplateInfo {
+                kickoff: checklist.prerun.iter().filter_map(kickoff_field).collect(),
+                steps: steps.into_iter().map(step).collect(),
+                id: template.id,
+                title: checklist.title,
+            })
+        })
+        .buffered(READS_AT_ONCE)
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    let titles: HashMap<&str, &str> = templates
         .iter()
-        .map(|template| (template.id.clone(), template.title.clone()))
+        .map(|template| (template.id.as_str(), template.title.as_str()))
         .collect();
     let runs = api
         .with_retries(|| api.all_active_runs())
         .await
         .map_err(failed)?;
-    for run in runs {
-        let tasks = api
-            .with_retries(|| api.run_tasks(&run.id))
-            .await
-            .map_err(failed)?;
-        catalog.processes.push(ProcessInfo {
-            template: Named {
-                name: titles.get(&run.checklist_id).cloned().unwrap_or_default(),
-                id: run.checklist_id,
-            },
-            id: run.id,
-            name: run.name,
-            tasks: tasks
-                .into_iter()
-                .map(|task| Step {
-                    id: task.id,
-                    title: task.title,
-                    fields: task.fields.iter().map(form_field).collect(),
+    let processes: Vec<ProcessInfo> = stream::iter(runs)
+        .map(|run| {
+            let titles = &titles;
+            async move {
+                let tasks = api.with_retries(|| api.run_tasks(&run.id)).await?;
+                Ok::<_, ApiError>(ProcessInfo {
+                    template: Named {
+                        name: titles
+                            .get(run.checklist_id.as_str())
+                            .map(|title| title.to_string())
+                            .unwrap_or_default(),
+                        id: run.checklist_id,
+                    },
+                    id: run.id,
+                    name: run.name,
+                    tasks: tasks
+                        .into_iter()
+                        .map(|task| Step {
+                            id: task.id,
+                            title: task.title,
+                            fields: task.fields.iter().map(form_field).collect(),
+                        })
+                        .collect(),
                 })
-                .collect(),
-        });
+            }
+        })
+        .buffered(READS_AT_ONCE)
+        .try_collect()
+        .await
+        .map_err(failed)?;
+    Ok(Catalog {
+        templates,
+        processes,
+    })
+}
+
+fn step(step: crate::api::Step) -> Step {
+    Step {
+        id: step.id,
+        title: step.title,
+        fields: step.captures.iter().map(form_field).collect(),
     }
-    Ok(catalog)
 }
 
 fn form_field(field: &FormField) -> Field {

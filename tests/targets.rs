@@ -128,6 +128,9 @@ async fn targets_lists_templates_processes_and_route_folders_by_name_with_only_a
             && r.query.as_deref().unwrap_or("").contains("page=2")),
         "the template list's second page was read"
     );
+    // Two list pages, a kick-off form and a step list per template, one process list, one
+    // task list per active process: nothing read twice.
+    assert_eq!(requests.len(), 2 + 103 * 2 + 1 + 1, "{requests:?}");
     // `folders: []` is accepted too.
     let file = config(dir.path(), &fake, "folders: []\n");
     let output = run_command(&["targets", "nothing-like-this"], Some(TOKEN), &file);
