@@ -72,10 +72,11 @@ pub enum Command {
         #[arg(long)]
         online: bool,
     },
-    /// List what a folder can point at, by name and id: every template with its kick-off file
-    /// fields (and whether a launch folder fits it), every active process with its tasks' file
-    /// fields, and the route folders the templates' steps allow; each with a `folders:` entry
-    /// to paste into the config. Needs only `api:` in the config; sends only GETs.
+    /// List what a folder can point at, by name and id, each with a `folders:` entry to paste.
+    ///
+    /// Every template with its kick-off file fields (and whether a launch folder fits it),
+    /// every active process with its tasks' file fields, and the route folders the templates'
+    /// steps allow. Needs only `api:` in the config; sends only GETs.
     Targets {
         /// Print the list as JSON, for scripts.
         #[arg(long)]
@@ -84,9 +85,11 @@ pub enum Command {
         /// this text, in any case.
         filter: Option<String>,
     },
-    /// Write a first config by answering questions on a terminal: the organization, the token
-    /// (checked with one GET), a target picked from what `targets` lists, the local folder;
-    /// then offer `check --online`. Never replaces an existing config without --force.
+    /// Write a first config by answering questions on a terminal.
+    ///
+    /// Asks for the organization and the token (checked with one GET), a target picked from
+    /// what `targets` lists and the local folder; then offers `check --online`. Never replaces
+    /// an existing config without --force, and refuses when stdin is not a terminal.
     Init {
         /// Replace the config file if it exists.
         #[arg(long)]
