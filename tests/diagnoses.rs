@@ -185,3 +185,24 @@ async fn the_daemon_reports_a_wrong_org_id_once_not_per_folder() {
     );
     assert!(!log.contains("may not see"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_url_answering_a_web_page_says_the_api_lives_under_api() {
+    let env = Env::new().await;
+    let base = env.fake.base_url();
+    env.replace_in_config(&base, base.trim_end_matches("/api"));
+    env.fake.inject(
+        tallyfy_sync::fake::Fault::once("", "", tallyfy_sync::fake::FaultKind::HtmlPage)
+            .times(usize::MAX),
+    );
+    let output = env.command(&["check", "--online"]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        output.stdout.contains("not JSON")
+            && output
+                .stdout
+                .contains("; the API lives under /api, e.g. https://go.tallyfy.com/api"),
+        "{}",
+        describe(&output)
+    );
+}
