@@ -8,7 +8,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigError, Credentials, Secret, DEFAULT_BASE_URL};
+use crate::config::{Auth, Config, ConfigError, Credentials, Secret, DEFAULT_BASE_URL};
 use crate::targets::{self, yaml_scalar, Entry};
 use crate::{diagnose, plan, text};
 
@@ -53,6 +53,9 @@ pub fn run(config: &Path, force: bool) -> anyhow::Result<()> {
     };
     wizard.run(config)
 }
+
+/// The token file the packaged systemd unit loads as the credential `tallyfy-token`.
+const UNIT_TOKEN: &str = "/etc/tallyfy-sync/token";
 
 /// What the answers about the API came to.
 struct Api {
@@ -150,12 +153,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
                     "Paste the personal access token (Settings > Integrations > REST API; not shown)",
                 )?)
             };
-            let yaml = format!(
-                "api:\n  base_url: {}\n  org_id: {}\n  auth: token\n  # The token itself is never in this file.\n  token_file: {}",
-                yaml_scalar(&base_url),
-                yaml_scalar(&org_id),
-                yaml_scalar(&token_file.to_string_lossy())
-            );
+            let yaml = api_yaml(&base_url, &org_id, &token_file);
             let config =
                 match Config::from_yaml_api_only(&yaml, &file, &|name| std::env::var_os(name)) {
                     Ok(config) => config,
@@ -347,12 +345,39 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
     }
 }
 
-/// The token pasted, else the one in the token file, never TALLYFY_ACCESS_TOKEN: the check
-/// must prove the token the config will use.
+/// The `api:` section. The packaged unit hands `UNIT_TOKEN` to the daemon as a credential:
+/// naming it as token_file would make the daemon's user read a file only root may read.
+fn api_yaml(base_url: &str, org_id: &str, token_file: &Path) -> String {
+    let token = if token_file == Path::new(UNIT_TOKEN) {
+        format!(
+            "  # The token is {UNIT_TOKEN}, which the systemd unit loads as the credential\n  \
+             # tallyfy-token; by hand: TALLYFY_ACCESS_TOKEN=$(sudo cat {UNIT_TOKEN}) tallyfy-sync ..."
+        )
+    } else {
+        format!(
+            "  # The token itself is never in this file.\n  token_file: {}",
+            yaml_scalar(&token_file.to_string_lossy())
+        )
+    };
+    format!(
+        "api:\n  base_url: {}\n  org_id: {}\n  auth: token\n{token}",
+        yaml_scalar(base_url),
+        yaml_scalar(org_id),
+    )
+}
+
+/// The token pasted, else the one in the token file (named in the config or not), never
+/// TALLYFY_ACCESS_TOKEN: the check must prove the token the service will use.
 fn credentials(api: &Api, config: &Config) -> Result<Credentials, ConfigError> {
     match &api.pasted {
         Some(secret) => Ok(Credentials::Token(secret.clone())),
-        None => Credentials::resolve(&config.api, &|_| None),
+        None => {
+            let mut from_file = config.api.clone();
+            from_file.auth = Auth::Token {
+                token_file: Some(api.token_file.clone()),
+            };
+            Credentials::resolve(&from_file, &|_| None)
+        }
     }
 }
 
@@ -413,6 +438,35 @@ impl Drop for EchoOff {
         if let Some(saved) = &self.0 {
             // SAFETY: restores the settings read in `new`.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, saved) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_the_unit_loads_is_left_to_the_unit_and_any_other_is_named() {
+        let by_unit = api_yaml("https://go.tallyfy.com/api", "org1", Path::new(UNIT_TOKEN));
+        assert!(!by_unit.contains("token_file:"), "{by_unit}");
+        assert!(
+            by_unit.contains("credential\n  # tallyfy-token;"),
+            "{by_unit}"
+        );
+        assert!(
+            by_unit.starts_with("api:\n  base_url: https://go.tallyfy.com/api\n  org_id: org1\n"),
+            "{by_unit}"
+        );
+        let own = api_yaml(
+            "https://go.tallyfy.com/api",
+            "org1",
+            Path::new("/opt/t/token"),
+        );
+        assert!(own.ends_with("  token_file: /opt/t/token"), "{own}");
+        for yaml in [by_unit, own] {
+            let config = Config::from_yaml_api_only(&yaml, Path::new("/etc/c.yaml"), &|_| None);
+            assert!(config.is_ok(), "{yaml}: {config:?}");
         }
     }
 }

@@ -503,11 +503,13 @@ fn comment(name: &str) -> String {
 /// A YAML scalar for `value`: plain when that is safe, else double-quoted (a JSON string is a
 /// valid YAML double-quoted scalar).
 pub fn yaml_scalar(value: &str) -> String {
+    // A colon is plain inside a URL; only ": " or a trailing one would start a mapping.
     let plain = !value.is_empty()
         && value
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+@".contains(c))
-        && !value.starts_with(['-', '@']);
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+@:".contains(c))
+        && !value.starts_with(['-', '@', ':'])
+        && !value.ends_with(':');
     if plain {
         value.to_string()
     } else {
