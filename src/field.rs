@@ -475,6 +475,20 @@ impl Actor {
         }
     }
 
+    /// Keeps the names for `status`, written only when they changed (a restart or another
+    /// verification of the same target writes nothing). Only for `status`: a store that cannot
+    /// take them costs nothing else.
+    async fn record_names(&self, names: &Names) {
+        let key = names_key(&self.target);
+        let known: Option<Names> = self.store.meta(&key).unwrap_or(None);
+        if *names == Names::default() || known.as_ref() == Some(names) {
+            return;
+        }
+        if let Err(error) = self.store.set_meta(&key, Some(names)).await {
+            debug!(target = %self.target, %error, "cannot record the target's names");
+        }
+    }
+
     /// Inspects the target and says what came of it on `readiness`; false when shutting down.
     async fn verify(&self, readiness: &watch::Sender<Readiness>) -> bool {
         let verified = tokio::select! {
@@ -484,16 +498,7 @@ impl Actor {
         match verified {
             Ok((resolved, list)) => {
                 let names = &resolved.names;
-                if *names != Names::default() {
-                    // Only for `status`: a store that cannot take it costs nothing else.
-                    if let Err(error) = self
-                        .store
-                        .set_meta(&names_key(&self.target), Some(names))
-                        .await
-                    {
-                        debug!(target = %self.target, %error, "cannot record the target's names");
-                    }
-                }
+                self.record_names(names).await;
                 info!(
                     target = %self.target,
                     template_title = names.template.as_deref(),
