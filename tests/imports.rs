@@ -112,20 +112,11 @@ fn lex(source: &str) -> Vec<Lexed> {
             } else {
                 i += 1;
             }
-        } else if c == 'r' && next == Some('#') && chars.get(i + 2).is_some_and(|&n| ident_start(n))
-        {
-            let start = i + 2;
-            i = start;
-            while i < chars.len() && ident_char(chars[i]) {
-                i += 1;
-            }
-            let name = chars[start..i].iter().collect();
-            tokens.push(Lexed {
-                token: Token::Ident(name),
-                line,
-            });
         } else if ident_start(c) {
-            let start = i;
+            // A raw identifier (`r#type`) is the name after `r#`; raw strings are taken above.
+            let raw = c == 'r' && next == Some('#');
+            let start = if raw { i + 2 } else { i };
+            i = start;
             while i < chars.len() && ident_char(chars[i]) {
                 i += 1;
             }
@@ -564,7 +555,7 @@ fn the_import_check_finds_circles_through_use_groups_super_paths_and_submodules(
              pub fn a<'a>(c: char) -> &'a str { if c == '{' { S } else { R } }\n\
              #[cfg(test)]\nmod tests {\n    use super::*;\n    use crate::fake::two;\n}\n",
         ),
-        ("b.rs", "pub fn b() { crate::a::a('x'); }\n"),
+        ("b.rs", "pub fn r#type() { crate::a::a('x'); }\n"),
         (
             "fake/mod.rs",
             "mod one;\nmod two;\npub use one::One;\npub struct Shared;\n",
