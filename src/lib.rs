@@ -20,6 +20,7 @@ pub mod filter;
 pub mod guard;
 pub mod launch;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod plan;
 pub mod queue;
