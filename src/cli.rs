@@ -145,10 +145,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { online } => {
             let config = Config::load(&cli.config)?;
-            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
-            print!("{}", describe(&config));
+            let located = Credentials::locate(&config.api, &|name| std::env::var_os(name))?;
+            print!("{}", describe(&config, &located.source));
             if online {
-                let checks = runtime()?.block_on(plan::verify_targets(&config, credentials))?;
+                let checks =
+                    runtime()?.block_on(plan::verify_targets(&config, located.credentials))?;
                 print!("{}", plan::render_checks(&checks));
                 plan::verdict(&checks, &config)?;
             }
@@ -259,14 +260,16 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// What `check` prints: everything the daemon would act on, and never a secret.
-fn describe(config: &Config) -> String {
+fn describe(config: &Config, secret_source: &str) -> String {
     let auth = match &config.api.auth {
-        Auth::Token { .. } => "token found".to_string(),
+        Auth::Token { .. } => format!("token from {secret_source}"),
         Auth::ClientCredentials {
             token_url,
             client_id,
             ..
-        } => format!("client credentials of client {client_id} at {token_url}; secret found"),
+        } => format!(
+            "client credentials of client {client_id} at {token_url}; secret from {secret_source}"
+        ),
     };
     let mut out = format!(
         "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; {auth}\nstate: {}\nsettle: {}\nfolders:\n",

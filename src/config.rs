@@ -18,6 +18,7 @@ use reqwest::Url;
 use serde_yaml::{Mapping, Value};
 
 use crate::logging::LogFormat;
+use crate::unit;
 
 const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
 const DEFAULT_STATE_DIR: &str = "/var/lib/tallyfy-sync";
@@ -586,6 +587,14 @@ pub enum Credentials {
     },
 }
 
+/// Credentials and where their secret came from, for `check` to show.
+#[derive(Debug)]
+pub struct Located {
+    pub credentials: Credentials,
+    /// Such as "environment variable TALLYFY_ACCESS_TOKEN" or "file /etc/t/token (api.token_file)".
+    pub source: String,
+}
+
 impl Credentials {
     /// With `auth: token`: TALLYFY_ACCESS_TOKEN, else api.token_file, else the systemd
     /// credential tallyfy-token. With `auth: client_credentials` the client secret the same
@@ -595,19 +604,42 @@ impl Credentials {
         api: &ApiConfig,
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Credentials, ConfigError> {
+        Credentials::locate(api, env).map(|located| located.credentials)
+    }
+
+    /// `resolve`, also saying where the secret came from. Outside systemd (no
+    /// `$CREDENTIALS_DIRECTORY`) the credential is read from the file the installed unit's
+    /// `LoadCredential=` names, so that a command run with sudo uses the service's secret. A
+    /// WARN says when the variable hides a file or credential that holds another secret, and
+    /// when an unreadable file gives way to the credential.
+    pub fn locate(
+        api: &ApiConfig,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Located, ConfigError> {
         match &api.auth {
-            Auth::Token { token_file } => TOKEN
-                .resolve(token_file.as_deref(), env)
-                .map(Credentials::Token),
+            Auth::Token { token_file } => {
+                let (token, source) = TOKEN.resolve(token_file.as_deref(), env)?;
+                Ok(Located {
+                    credentials: Credentials::Token(token),
+                    source,
+                })
+            }
             Auth::ClientCredentials {
                 token_url,
                 client_id,
                 client_secret_file,
-            } => Ok(Credentials::ClientCredentials {
-                token_url: token_url.clone(),
-                client_id: client_id.clone(),
-                client_secret: CLIENT_SECRET.resolve(client_secret_file.as_deref(), env)?,
-            }),
+            } => {
+                let (client_secret, source) =
+                    CLIENT_SECRET.resolve(client_secret_file.as_deref(), env)?;
+                Ok(Located {
+                    credentials: Credentials::ClientCredentials {
+                        token_url: token_url.clone(),
+                        client_id: client_id.clone(),
+                        client_secret,
+                    },
+                    source,
+                })
+            }
         }
     }
 }
@@ -647,11 +679,12 @@ impl SecretSource {
         )
     }
 
+    /// The secret and where it came from.
     fn resolve(
         &self,
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<OsString>,
-    ) -> Result<Secret, ConfigError> {
+    ) -> Result<(Secret, String), ConfigError> {
         let fail = |origin: &str, problem: String| ConfigError::Secret {
             what: self.what,
             origin: origin.to_string(),
@@ -668,6 +701,13 @@ impl SecretSource {
                 fail(origin, problem)
             })
         };
+        let file = file.map(|file| {
+            (
+                format!("file {} ({})", file.display(), self.key),
+                file.to_path_buf(),
+            )
+        });
+        let credential = self.credential(env);
         // A variable that is set but empty is an error rather than a fall-through:
         // silently picking another secret would hide the operator's mistake.
         if let Some(value) = env(self.variable) {
@@ -675,23 +715,91 @@ impl SecretSource {
             let text = value
                 .into_string()
                 .map_err(|_| fail(&origin, "not valid UTF-8".to_string()))?;
-            return parse(&origin, &text);
+            let secret = parse(&origin, &text)?;
+            if let Some((hidden, path)) =
+                file.or(credential.map(|(origin, path, _)| (origin, path)))
+            {
+                self.warn_if_hidden(&secret, &hidden, &path);
+            }
+            return Ok((secret, origin));
         }
-        let credentials = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty());
-        let (origin, file) = match (file, credentials) {
-            (Some(file), _) => (
-                format!("file {} ({})", file.display(), self.key),
-                file.to_path_buf(),
-            ),
-            (None, Some(dir)) => {
-                let file = Path::new(&dir).join(self.credential);
-                (format!("systemd credential {}", file.display()), file)
+        let (origin, path) = match (file, credential) {
+            (Some((origin, path)), credential) => match read_limited(&path, MAX_SECRET_BYTES) {
+                Ok(text) => return Ok((parse(&origin, &text)?, origin)),
+                Err(error) => match credential {
+                    Some((fallback, credential, _)) if credential.is_file() => {
+                        tracing::warn!(
+                            file = %path.display(),
+                            credential = %credential.display(),
+                            %error,
+                            "cannot read the {} {origin}; using the {fallback} instead",
+                            self.what,
+                        );
+                        (fallback, credential)
+                    }
+                    _ => return Err(fail(&origin, format!("cannot read it: {error}"))),
+                },
+            },
+            (None, Some((origin, path, hint))) => {
+                return read_limited(&path, MAX_SECRET_BYTES)
+                    .map_err(|error| fail(&origin, format!("cannot read it: {error}{hint}")))
+                    .and_then(|text| Ok((parse(&origin, &text)?, origin)));
             }
             (None, None) => return Err(fail(&self.places(), "none is set".to_string())),
         };
-        let text = read_limited(&file, MAX_SECRET_BYTES)
+        let text = read_limited(&path, MAX_SECRET_BYTES)
             .map_err(|error| fail(&origin, format!("cannot read it: {error}")))?;
-        parse(&origin, &text)
+        Ok((parse(&origin, &text)?, origin))
+    }
+
+    /// The systemd credential: in `$CREDENTIALS_DIRECTORY` under the service, else (a command
+    /// run by hand) the file the installed unit loads it from. With the origin to name and
+    /// what to add when it cannot be read.
+    fn credential(
+        &self,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Option<(String, PathBuf, String)> {
+        if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
+            let file = Path::new(&dir).join(self.credential);
+            return Some((
+                format!("systemd credential {}", file.display()),
+                file,
+                String::new(),
+            ));
+        }
+        let loaded = unit::load_credential(self.credential, env)?;
+        let origin = format!(
+            "file {} (LoadCredential={} in {})",
+            loaded.source.display(),
+            self.credential,
+            loaded.declared_in.display()
+        );
+        let hint = format!(
+            "; the service reads it as root: run this command with sudo, or set {}",
+            self.variable
+        );
+        Some((origin, loaded.source, hint))
+    }
+
+    /// One WARN when the variable hides a file or credential that holds another secret (or
+    /// cannot be read): a stale variable in a shell or a unit is otherwise invisible.
+    fn warn_if_hidden(&self, secret: &Secret, hidden: &str, path: &Path) {
+        let differs = match read_limited(path, MAX_SECRET_BYTES) {
+            Ok(text) => match Secret::parse(&text) {
+                Ok(other) if other == *secret => return,
+                _ => "holds another",
+            },
+            Err(_) => "cannot be read to compare",
+        };
+        tracing::warn!(
+            variable = self.variable,
+            file = %path.display(),
+            "{} from environment variable {} is used; the {hidden} {differs} {}: unset {} to use that one",
+            self.what,
+            self.variable,
+            self.word,
+            self.variable,
+        );
     }
 }
 
@@ -2657,6 +2765,8 @@ folders:
             vars.iter()
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| value.as_os_str().to_owned())
+                // No unit installed on this machine is looked at.
+                .or_else(|| (name == "SYSTEMD_UNIT_PATH").then(|| "/nonexistent".into()))
         };
         Ok(match Credentials::resolve(api, &env)? {
             Credentials::Token(token) => token,

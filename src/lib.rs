@@ -34,5 +34,6 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod unit;
 pub mod verify;
 pub mod watch;

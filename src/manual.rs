@@ -124,10 +124,10 @@ pub fn render(command: Command, out: &mut dyn Write) -> io::Result<()> {
             sections.text([roman(*text)]);
         }
     }
-    let at = page.find(".SH VERSION").unwrap_or(page.len());
-    out.write_all(page[..at].as_bytes())?;
+    let (head, tail) = page.split_at(page.find(".SH VERSION").unwrap_or(page.len()));
+    out.write_all(head.as_bytes())?;
     out.write_all(sections.to_roff().as_bytes())?;
-    out.write_all(page[at..].as_bytes())
+    out.write_all(tail.as_bytes())
 }
 
 /// The main page and one per subcommand (`tallyfy-sync-run.1`, ...) into `dir`.
