@@ -701,13 +701,25 @@ impl SecretSource {
                 fail(origin, problem)
             })
         };
-        let file = file.map(|file| {
-            (
-                format!("file {} ({})", file.display(), self.key),
-                file.to_path_buf(),
-            )
+        let file = file.map(|file| Place {
+            origin: format!("file {} ({})", file.display(), self.key),
+            path: file.to_path_buf(),
+            from_unit: false,
         });
         let credential = self.credential(env);
+        let read = |place: &Place| {
+            read_limited(&place.path, MAX_SECRET_BYTES).map_err(|error| {
+                let hint = if place.from_unit {
+                    format!(
+                        "; the service reads it as root: run this command with sudo, or set {}",
+                        self.variable
+                    )
+                } else {
+                    String::new()
+                };
+                fail(&place.origin, format!("cannot read it: {error}{hint}"))
+            })
+        };
         // A variable that is set but empty is an error rather than a fall-through:
         // silently picking another secret would hide the operator's mistake.
         if let Some(value) = env(self.variable) {
@@ -716,91 +728,92 @@ impl SecretSource {
                 .into_string()
                 .map_err(|_| fail(&origin, "not valid UTF-8".to_string()))?;
             let secret = parse(&origin, &text)?;
-            if let Some((hidden, path)) =
-                file.or(credential.map(|(origin, path, _)| (origin, path)))
-            {
-                self.warn_if_hidden(&secret, &hidden, &path);
+            if let Some(hidden) = file.or(credential) {
+                self.warn_if_hidden(&secret, &hidden);
             }
             return Ok((secret, origin));
         }
-        let (origin, path) = match (file, credential) {
-            (Some((origin, path)), credential) => match read_limited(&path, MAX_SECRET_BYTES) {
-                Ok(text) => return Ok((parse(&origin, &text)?, origin)),
+        let place = match (file, credential) {
+            (Some(file), credential) => match read_limited(&file.path, MAX_SECRET_BYTES) {
+                Ok(text) => return Ok((parse(&file.origin, &text)?, file.origin)),
                 Err(error) => match credential {
-                    Some((fallback, credential, _)) if credential.is_file() => {
+                    Some(credential) if credential.path.is_file() => {
                         tracing::warn!(
-                            file = %path.display(),
-                            credential = %credential.display(),
+                            file = %file.path.display(),
+                            credential = %credential.path.display(),
                             %error,
-                            "cannot read the {} {origin}; using the {fallback} instead",
+                            "cannot read the {} {}; using the {} instead",
                             self.what,
+                            file.origin,
+                            credential.origin,
                         );
-                        (fallback, credential)
+                        credential
                     }
-                    _ => return Err(fail(&origin, format!("cannot read it: {error}"))),
+                    _ => return Err(fail(&file.origin, format!("cannot read it: {error}"))),
                 },
             },
-            (None, Some((origin, path, hint))) => {
-                return read_limited(&path, MAX_SECRET_BYTES)
-                    .map_err(|error| fail(&origin, format!("cannot read it: {error}{hint}")))
-                    .and_then(|text| Ok((parse(&origin, &text)?, origin)));
-            }
+            (None, Some(credential)) => credential,
             (None, None) => return Err(fail(&self.places(), "none is set".to_string())),
         };
-        let text = read_limited(&path, MAX_SECRET_BYTES)
-            .map_err(|error| fail(&origin, format!("cannot read it: {error}")))?;
-        Ok((parse(&origin, &text)?, origin))
+        let text = read(&place)?;
+        Ok((parse(&place.origin, &text)?, place.origin))
     }
 
     /// The systemd credential: in `$CREDENTIALS_DIRECTORY` under the service, else (a command
-    /// run by hand) the file the installed unit loads it from. With the origin to name and
-    /// what to add when it cannot be read.
-    fn credential(
-        &self,
-        env: &dyn Fn(&str) -> Option<OsString>,
-    ) -> Option<(String, PathBuf, String)> {
+    /// run by hand) the file the installed unit loads it from.
+    fn credential(&self, env: &dyn Fn(&str) -> Option<OsString>) -> Option<Place> {
         if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
-            let file = Path::new(&dir).join(self.credential);
-            return Some((
-                format!("systemd credential {}", file.display()),
-                file,
-                String::new(),
-            ));
+            let path = Path::new(&dir).join(self.credential);
+            return Some(Place {
+                origin: format!("systemd credential {}", path.display()),
+                path,
+                from_unit: false,
+            });
         }
         let loaded = unit::load_credential(self.credential, env)?;
-        let origin = format!(
-            "file {} (LoadCredential={} in {})",
-            loaded.source.display(),
-            self.credential,
-            loaded.declared_in.display()
-        );
-        let hint = format!(
-            "; the service reads it as root: run this command with sudo, or set {}",
-            self.variable
-        );
-        Some((origin, loaded.source, hint))
+        Some(Place {
+            origin: format!(
+                "file {} (LoadCredential={} in {})",
+                loaded.source.display(),
+                self.credential,
+                loaded.declared_in.display()
+            ),
+            path: loaded.source,
+            from_unit: true,
+        })
     }
 
-    /// One WARN when the variable hides a file or credential that holds another secret (or
-    /// cannot be read): a stale variable in a shell or a unit is otherwise invisible.
-    fn warn_if_hidden(&self, secret: &Secret, hidden: &str, path: &Path) {
-        let differs = match read_limited(path, MAX_SECRET_BYTES) {
+    /// One WARN when the variable hides a file or credential that holds another secret, or
+    /// that the config or systemd names but cannot be read: a stale variable in a shell or a
+    /// unit is otherwise invisible. The unit's file unreadable to a user without root is no
+    /// sign of one.
+    fn warn_if_hidden(&self, secret: &Secret, hidden: &Place) {
+        let what = match read_limited(&hidden.path, MAX_SECRET_BYTES) {
             Ok(text) => match Secret::parse(&text) {
                 Ok(other) if other == *secret => return,
-                _ => "holds another",
+                _ => format!("holds another {}", self.word),
             },
-            Err(_) => "cannot be read to compare",
+            Err(_) if hidden.from_unit => return,
+            Err(error) => format!("cannot be read ({error}) to tell whether it holds another"),
         };
         tracing::warn!(
             variable = self.variable,
-            file = %path.display(),
-            "{} from environment variable {} is used; the {hidden} {differs} {}: unset {} to use that one",
+            file = %hidden.path.display(),
+            "{} from environment variable {} is used; the {} {what}: unset {} to use that one",
             self.what,
             self.variable,
-            self.word,
+            hidden.origin,
             self.variable,
         );
     }
+}
+
+/// A file a secret may be read from, and how to name it.
+struct Place {
+    origin: String,
+    path: PathBuf,
+    /// Named by the installed unit's `LoadCredential=`, read outside the service.
+    from_unit: bool,
 }
 
 fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
