@@ -222,8 +222,9 @@ esac
 check "install the package"
 # As README says; its dependencies are all in the container already, so no package list is
 # needed (ca-certificates is only recommended).
-inside sh -c 'cd /stage && DEBIAN_FRONTEND=noninteractive apt install -y -q --no-install-recommends ./tallyfy-sync_*.deb' ||
-    fail "apt install ./tallyfy-sync_*.deb failed"
+installed=$(inside sh -c 'cd /stage && DEBIAN_FRONTEND=noninteractive apt install -y -q --no-install-recommends ./tallyfy-sync_*.deb' 2>&1) ||
+    fail "apt install ./tallyfy-sync_*.deb failed: $installed"
+grep -E '^(Setting up|Creating)' <<<"$installed" || true
 files=$(inside dpkg -L tallyfy-sync)
 for file in /usr/bin/tallyfy-sync /usr/lib/systemd/system/$unit /usr/lib/sysusers.d/tallyfy-sync.conf \
     /etc/tallyfy-sync/config.yaml /usr/share/man/man1/tallyfy-sync.1.gz \
@@ -361,10 +362,18 @@ ping_advanced() { [ "$(show WatchdogTimestampMonotonic)" != "$first_ping" ]; }
 wait_until 10 ping_advanced || fail "systemd saw no watchdog ping in 10 s (WatchdogSec=4s)"
 echo "WatchdogUSec=$(show WatchdogUSec); pings arrive"
 
-check "reload"
+check "reload, with a token_file the service user cannot read"
+# The root-only token file named as api.token_file: the daemon falls back to the credential
+# systemd hands it, with a warning.
+inside sed -i "s|^  org_id: $org\$|&\n  token_file: /etc/tallyfy-sync/token|" /etc/tallyfy-sync/config.yaml
+inside grep -q '^  token_file: /etc/tallyfy-sync/token$' /etc/tallyfy-sync/config.yaml ||
+    fail "could not add api.token_file to the config"
 inside systemctl reload $unit || fail "systemctl reload failed"
 wait_until 10 sh -c "nsenter -t $leader -a journalctl -u $unit -o cat | grep -q 'reloaded the configuration'" ||
     fail "the daemon did not reload its configuration"
+fallback=$(inside journalctl -u $unit -o cat -p warning | grep 'cannot read the API token file /etc/tallyfy-sync/token (api.token_file); using the systemd credential' || true)
+echo "$fallback"
+[ "$(grep -c . <<<"$fallback")" = 1 ] || fail "expected one warning about the fallback to the credential"
 [ "$(inside systemctl is-active $unit)" = active ] || fail "not active after reload"
 [ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed on reload"
 echo "reloaded; still active as pid $main_pid"
