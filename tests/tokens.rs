@@ -18,6 +18,16 @@ fn command(env: &Env, args: &[&str], vars: &[(&str, &Path)]) -> Output {
     run_command_with_env(args, None, &env.config, &vars)
 }
 
+/// Asserts that the command printed `text`, on stdout or stderr.
+fn says(output: &Output, text: impl AsRef<str>) {
+    let text = text.as_ref();
+    assert!(
+        output.stdout.contains(text) || output.stderr.contains(text),
+        "no {text:?} in\n{}",
+        describe(output)
+    );
+}
+
 fn warnings(output: &Output) -> Vec<&str> {
     output
         .stderr
@@ -35,12 +45,9 @@ fn with_token_file(env: &Env, file: &Path) {
 async fn check_names_where_the_token_came_from() {
     let env = Env::new().await;
     let from_env = env.command(&["check"]);
-    assert!(
-        from_env
-            .stdout
-            .contains("; token from environment variable TALLYFY_ACCESS_TOKEN\n"),
-        "{}",
-        describe(&from_env)
+    says(
+        &from_env,
+        "; token from environment variable TALLYFY_ACCESS_TOKEN\n",
     );
 
     let credentials = env.dir.path().join("credentials");
@@ -54,26 +61,21 @@ async fn check_names_where_the_token_came_from() {
         "{}",
         describe(&from_credential)
     );
-    assert!(
-        from_credential.stdout.contains(&format!(
+    says(
+        &from_credential,
+        format!(
             "; token from systemd credential {}\n",
             credentials.join("tallyfy-token").display()
-        )),
-        "{}",
-        describe(&from_credential)
+        ),
     );
 
     let file = env.dir.path().join("token");
     std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
     with_token_file(&env, &file);
     let from_file = command(&env, &["check"], &vars);
-    assert!(
-        from_file.stdout.contains(&format!(
-            "; token from file {} (api.token_file)\n",
-            file.display()
-        )),
-        "{}",
-        describe(&from_file)
+    says(
+        &from_file,
+        format!("; token from file {} (api.token_file)\n", file.display()),
     );
     assert_eq!(warnings(&from_file), Vec::<&str>::new());
 }
@@ -92,12 +94,9 @@ async fn a_stale_token_variable_hiding_the_token_file_is_named_in_a_warning() {
     );
     // The variable wins, so the check fails with it; the warning says why and what to do.
     assert_eq!(stale.status.code(), Some(78), "{}", describe(&stale));
-    assert!(
-        stale
-            .stdout
-            .contains("; token from environment variable TALLYFY_ACCESS_TOKEN\n"),
-        "{}",
-        describe(&stale)
+    says(
+        &stale,
+        "; token from environment variable TALLYFY_ACCESS_TOKEN\n",
     );
     let warned = warnings(&stale);
     assert_eq!(warned.len(), 1, "{}", describe(&stale));
@@ -130,13 +129,12 @@ async fn an_unreadable_token_file_gives_way_to_the_systemd_credential_with_one_w
 
     let without = command(&env, &["check"], &[]);
     assert_eq!(without.status.code(), Some(78), "{}", describe(&without));
-    assert!(
-        without.stderr.contains(&format!(
+    says(
+        &without,
+        format!(
             "API token from file {} (api.token_file): cannot read it: Not a directory",
             unreadable.display()
-        )),
-        "{}",
-        describe(&without)
+        ),
     );
 
     let credentials = env.dir.path().join("credentials");
@@ -146,13 +144,9 @@ async fn an_unreadable_token_file_gives_way_to_the_systemd_credential_with_one_w
     let vars = [("CREDENTIALS_DIRECTORY", credentials.as_path())];
     let output = command(&env, &["check", "--online"], &vars);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    assert!(
-        output.stdout.contains(&format!(
-            "; token from systemd credential {}\n",
-            credential.display()
-        )),
-        "{}",
-        describe(&output)
+    says(
+        &output,
+        format!("; token from systemd credential {}\n", credential.display()),
     );
     let warned = warnings(&output);
     assert_eq!(warned.len(), 1, "{}", describe(&output));
@@ -187,14 +181,13 @@ async fn a_command_run_by_hand_reads_the_token_file_the_installed_unit_loads() {
 
     let check = command(&env, &["check", "--online"], &vars);
     assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
-    assert!(
-        check.stdout.contains(&format!(
+    says(
+        &check,
+        format!(
             "; token from file {} (LoadCredential=tallyfy-token in {})\n",
             token.display(),
             unit.display()
-        )),
-        "{}",
-        describe(&check)
+        ),
     );
     let verify = command(&env, &["verify"], &vars);
     assert_eq!(verify.status.code(), Some(0), "{}", describe(&verify));
@@ -205,15 +198,11 @@ async fn a_command_run_by_hand_reads_the_token_file_the_installed_unit_loads() {
     std::fs::create_dir(&token).unwrap();
     let refused = command(&env, &["verify"], &vars);
     assert_eq!(refused.status.code(), Some(78), "{}", describe(&refused));
-    assert!(
-        refused.stderr.contains(&format!(
+    says(&refused, format!(
             "API token from file {} (LoadCredential=tallyfy-token in {}): cannot read it: Is a directory (os error 21); the service reads it as root: run this command with sudo, or set TALLYFY_ACCESS_TOKEN",
             token.display(),
             unit.display()
-        )),
-        "{}",
-        describe(&refused)
-    );
+        ));
 
     // A drop-in that clears the unit's credentials leaves none to read.
     let drop_ins = units.join("tallyfy-sync.service.d");
