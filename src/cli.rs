@@ -19,6 +19,18 @@ use crate::{daemon, demo, plan, restore, service, status, text, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
+/// `reload` with no daemon to ask: LSB's "program is not running".
+pub const EXIT_NOT_RUNNING: u8 = 7;
+
+/// The running daemon refused to reload: its configuration stays.
+#[derive(Debug, thiserror::Error)]
+#[error("reload refused, the running configuration stays: {0}")]
+pub struct ReloadRefused(String);
+
+/// `reload` found no daemon listening on the control socket.
+#[derive(Debug, thiserror::Error)]
+#[error("no daemon answers at {0}: nothing to reload (is the service running, with this config's state_dir?)")]
+pub struct NotRunning(String);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +124,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
     },
+    /// Make the running daemon read its config file again and apply it, and say what changed.
+    /// Exit 0 when applied; 78 when the daemon refused the config (it keeps running with the
+    /// one it had; the errors are printed); 7 when no daemon runs.
+    Reload,
     /// Let the deletes that max_delete held back in FOLDER go to Tallyfy.
     ReleaseDeletes {
         /// A configured folder.
@@ -179,6 +195,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Retry { path } => {
             let config = Config::load(&cli.config)?;
             print_done(control(&config, Request::Retry { path })?)?;
+        }
+        Command::Reload => {
+            let config = Config::load(&cli.config)?;
+            reload(&config)?;
         }
         Command::ReleaseDeletes { folder } => {
             let config = Config::load(&cli.config)?;
@@ -254,6 +274,36 @@ fn control(config: &Config, request: Request) -> Result<Answer, ControlError> {
         let store = Store::open(&config.state_dir)?;
         control::act(request, config, &store, false).await
     })
+}
+
+/// `reload`: asks the daemon and waits until the new config is applied or refused.
+fn reload(config: &Config) -> anyhow::Result<()> {
+    let answer = runtime()?.block_on(control::ask(config, &Request::Reload))?;
+    match answer {
+        None => Err(NotRunning(text::path(&control::socket_path(config)).to_string()).into()),
+        Some(Answer::Reloaded { changes }) if changes.is_empty() => {
+            println!("reloaded: no changes");
+            Ok(())
+        }
+        Some(Answer::Reloaded { changes }) => {
+            println!("reloaded:");
+            for change in changes {
+                println!("  {}", text::escaped(&change));
+            }
+            Ok(())
+        }
+        // A config's errors come one per line: keep the lines, escape the rest.
+        Some(Answer::ReloadRefused { message }) => Err(ReloadRefused(
+            message
+                .lines()
+                .map(text::escape)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .into()),
+        Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
+        Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
 }
 
 fn print_done(answer: Answer) -> anyhow::Result<()> {
@@ -409,8 +459,14 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             ),
             Some(ApiError::Setup { .. })
         );
+        let metrics_port = matches!(
+            cause.downcast_ref::<daemon::DaemonError>(),
+            Some(daemon::DaemonError::Metrics(_))
+        ) || cause.is::<crate::exporter::BindError>();
         cause.is::<ConfigError>()
             || api_setup
+            || metrics_port
+            || cause.is::<ReloadRefused>()
             || cause
                 .downcast_ref::<plan::PlanError>()
                 .is_some_and(plan::PlanError::is_config)
@@ -419,5 +475,8 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 Some(StoreError::Locked { .. } | StoreError::Open { .. })
             )
     });
+    if error.chain().any(|cause| cause.is::<NotRunning>()) {
+        return ExitCode::from(EXIT_NOT_RUNNING);
+    }
     ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
 }

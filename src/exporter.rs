@@ -1,8 +1,10 @@
 //! Serves `/metrics` (Prometheus text) and `/healthz` on `metrics.listen`.
-//! Receives the counters, the API client and a way to build the status report; emits the
-//! exposition, each part rendered by the module that owns its data. Owns the HTTP listener.
+//! Receives the counters, the API client, a way to build the status report and each folder's
+//! state; emits the exposition, each part rendered by the module that owns its data. Owns the
+//! HTTP listener, bound once at start so that a taken port is a configuration error.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,27 +17,67 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::Client;
-use crate::metrics::{Exposition, METRICS};
+use crate::metrics::{self, Exposition, METRICS};
 use crate::status::{self, StatusReport};
 
 /// Builds the store's view for the files gauge; `None` when the store cannot be read.
 pub type StatusSource = Arc<dyn Fn() -> Option<StatusReport> + Send + Sync>;
+/// Each configured folder and whether it syncs now (its root is there and its target valid).
+pub type FoldersUp = Arc<dyn Fn() -> Vec<(PathBuf, bool)> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (metrics.listen): {error}; another process (another tallyfy-sync?) may hold the port: stop it or choose another port in metrics.listen")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub error: std::io::Error,
+}
+
+/// The metrics port, bound for the daemon's whole life: a reload hands each pipeline a copy,
+/// so scrapers never meet a closed port or, worse, another process on it.
+pub struct Listener {
+    /// As configured (port 0 stays 0), to tell whether a reload changed it.
+    pub configured: SocketAddr,
+    socket: StdListener,
+}
+
+impl Listener {
+    pub fn bind(addr: SocketAddr) -> Result<Listener, BindError> {
+        let bound = || -> std::io::Result<StdListener> {
+            let socket = StdListener::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        };
+        bound()
+            .map(|socket| Listener {
+                configured: addr,
+                socket,
+            })
+            .map_err(|error| BindError { addr, error })
+    }
+
+    fn copy(&self) -> std::io::Result<TcpListener> {
+        TcpListener::from_std(self.socket.try_clone()?)
+    }
+}
 
 /// Serves until shutdown.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: Arc<Listener>,
     api: Arc<Client>,
     status: StatusSource,
+    folders_up: FoldersUp,
     cancel: CancellationToken,
 ) {
-    let listener = match TcpListener::bind(addr).await {
+    let listener = match listener.copy() {
         Ok(listener) => listener,
         Err(error) => {
-            warn!(%addr, %error, "cannot serve metrics; carrying on without them");
+            warn!(addr = %listener.configured, %error, "cannot serve metrics; carrying on without them");
             return;
         }
     };
-    let addr = listener.local_addr().unwrap_or(addr);
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
     info!(%addr, "serving metrics at /metrics and health at /healthz");
     loop {
         let stream = tokio::select! {
@@ -45,13 +87,13 @@ pub async fn serve(
                 Err(_) => continue,
             },
         };
-        let (api, status) = (api.clone(), status.clone());
+        let (api, status, folders_up) = (api.clone(), status.clone(), folders_up.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let (api, status) = (api.clone(), status.clone());
+                let (api, status, folders_up) = (api.clone(), status.clone(), folders_up.clone());
                 async move {
                     let (code, body) = match request.uri().path() {
-                        "/metrics" => (StatusCode::OK, exposition(&api, status).await),
+                        "/metrics" => (StatusCode::OK, exposition(&api, status, &folders_up).await),
                         "/healthz" => match degraded(&api) {
                             None => (StatusCode::OK, "ok\n".into()),
                             Some(why) => (
@@ -74,13 +116,14 @@ pub async fn serve(
     }
 }
 
-async fn exposition(api: &Client, status: StatusSource) -> String {
+async fn exposition(api: &Client, status: StatusSource, folders_up: &FoldersUp) -> String {
     let report = tokio::task::spawn_blocking(move || status())
         .await
         .ok()
         .flatten();
     let mut out = Exposition::default();
     METRICS.render(&mut out);
+    metrics::render_folders_up(&folders_up(), &mut out);
     api.render_gauges(&mut out);
     if let Some(report) = &report {
         status::render_gauges(report, &mut out);

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -153,6 +154,15 @@ impl Metrics {
     /// The counters in Prometheus text.
     pub fn render(&self, out: &mut Exposition) {
         let get = |counter: &AtomicU64| counter.load(Relaxed) as f64;
+        out.metric(
+            "build_info",
+            "gauge",
+            "Always 1; the version of the running daemon is its label.",
+            &[(
+                format!("{{version=\"{}\"}}", escape(env!("CARGO_PKG_VERSION"))),
+                1.0,
+            )],
+        );
         out.one(
             "files_synced_total",
             "counter",
@@ -269,6 +279,26 @@ impl Metrics {
     pub fn folders_paused(&self) -> bool {
         self.folders_paused.load(Relaxed) > 0
     }
+}
+
+/// `folder_up`: 1 for each folder that syncs now, 0 for one that is paused (root gone,
+/// unreadable, unmounted) or whose target cannot be used (or is not verified yet).
+pub fn render_folders_up(folders: &[(PathBuf, bool)], out: &mut Exposition) {
+    let samples: Vec<(String, f64)> = folders
+        .iter()
+        .map(|(folder, up)| {
+            (
+                format!("{{folder=\"{}\"}}", escape(&folder.display().to_string())),
+                f64::from(u8::from(*up)),
+            )
+        })
+        .collect();
+    out.metric(
+        "folder_up",
+        "gauge",
+        "1 while the folder syncs; 0 while it is paused or its target cannot be used.",
+        &samples,
+    );
 }
 
 /// Prometheus text being written: `# HELP`, `# TYPE` and the samples of each metric.

@@ -120,3 +120,81 @@ async fn a_reload_during_uploads_and_a_pause_loses_nothing_and_sends_nothing_twi
     );
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_command_waits_for_the_daemon_and_says_what_changed() {
+    let env = Env::new().await;
+    let daemon = env.start();
+    daemon.wait_for_log("running").await;
+    let more = add_folder(&env, "more");
+    let reloaded = env.command(&["reload"]);
+    assert_eq!(reloaded.status.code(), Some(0), "{}", describe(&reloaded));
+    assert!(
+        reloaded.stdout.starts_with("reloaded:\n")
+            && reloaded
+                .stdout
+                .contains(&format!("folder added: {}", more.display())),
+        "{}",
+        describe(&reloaded)
+    );
+    // Answered once applied: the new folder syncs without waiting for anything else.
+    assert!(daemon.log().contains("reloaded the configuration"));
+    drop_file(&more, "added.pdf", b"a");
+    eventually(
+        "a file in the new folder is attached",
+        || filenames(&env.task_field()) == ["added.pdf"],
+        &daemon,
+    )
+    .await;
+    let again = env.command(&["reload"]);
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    assert_eq!(again.stdout, "reloaded: no changes\n");
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_the_daemon_refuses_exits_78_with_the_reason_and_the_old_config_runs_on() {
+    let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("serving metrics").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    env.write_raw_config(&good.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")));
+    let refused = env.command(&["reload"]);
+    assert_eq!(refused.status.code(), Some(78), "{}", describe(&refused));
+    assert!(
+        refused
+            .stderr
+            .contains("reload refused, the running configuration stays")
+            && refused.stderr.contains("metrics.listen"),
+        "{}",
+        describe(&refused)
+    );
+    drop_file(&env.tasks, "still.pdf", b"s");
+    eventually(
+        "the old config still syncs",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    // A config broken in itself is reported as such, without a daemon to ask.
+    env.write_raw_config(&good.replace("settle:", "settel:"));
+    let broken = env.command(&["reload"]);
+    assert_eq!(broken.status.code(), Some(78), "{}", describe(&broken));
+    assert!(broken.stderr.contains("settel"), "{}", describe(&broken));
+    assert!(daemon.exited().is_none());
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_command_without_a_daemon_exits_7() {
+    let env = Env::new().await;
+    let reloaded = env.command(&["reload"]);
+    assert_eq!(reloaded.status.code(), Some(7), "{}", describe(&reloaded));
+    assert!(
+        reloaded.stderr.contains("nothing to reload"),
+        "{}",
+        describe(&reloaded)
+    );
+}
