@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{After, Config, Folder, Target};
+use crate::filter;
 use crate::guard::Guard;
 use crate::metrics::METRICS;
 use crate::service::Heartbeat;
@@ -194,6 +195,10 @@ impl Settle {
         if (!folder.recursive && path.parent() != Some(folder.path.as_path()))
             || folder.excludes(path)
         {
+            return;
+        }
+        if path.file_name().is_some_and(filter::is_system_file) {
+            passed_over(path);
             return;
         }
         match std::fs::symlink_metadata(path) {
@@ -449,6 +454,10 @@ fn leaves_after_launch(folder: &Folder, record: &FileRecord) -> bool {
         && matches!(&folder.target, Target::Launch(launch) if launch.after != After::Keep)
 }
 
+fn passed_over(path: &Path) {
+    debug!(file = %path.display(), "ignored: a file the system or an office program keeps (Thumbs.db, desktop.ini, .DS_Store, ~$ lock file)");
+}
+
 /// Lists files (anything but directories) under `dir`, never following symbolic links and never
 /// entering hidden directories or where a launch folder moves its launched files. An unreadable
 /// subdirectory is skipped; an unreadable root is an error.
@@ -463,6 +472,10 @@ pub fn walk(
             continue;
         };
         let path = entry.path();
+        if filter::is_system_file(&entry.file_name()) && !metadata.is_dir() {
+            passed_over(&path);
+            continue;
+        }
         if metadata.is_dir() {
             let hidden = entry.file_name().as_encoded_bytes().first() == Some(&b'.');
             if folder.recursive && !hidden && !folder.excludes(&path) {

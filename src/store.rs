@@ -220,6 +220,22 @@ pub struct DeleteJob {
     pub target: String,
     pub path: PathBuf,
     pub asset: Asset,
+    /// Why it goes, for the log; jobs saved before this was recorded are `Removed`.
+    #[serde(default)]
+    pub kind: DeleteKind,
+}
+
+/// Why a remote asset is deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeleteKind {
+    /// The local file was removed.
+    #[default]
+    Removed,
+    /// An earlier version of a file that changed.
+    Replaced,
+    /// An upload never attached (it could not be, or its file changed meanwhile).
+    Orphan,
 }
 
 #[derive(Clone)]
@@ -382,6 +398,15 @@ impl Db {
             launches: tree("launches")?,
             flusher: spawn_flusher(db.clone()).map_err(|error| open_error(error.to_string()))?,
         })
+    }
+}
+
+/// What a failed transaction says to a person: the storage error's own words (no transaction
+/// here aborts on purpose).
+fn transaction_failure(error: TransactionError<()>) -> String {
+    match error {
+        TransactionError::Storage(error) => error.to_string(),
+        TransactionError::Abort(()) => "the write was abandoned".to_string(),
     }
 }
 
@@ -601,7 +626,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|error: TransactionError<()>| self.write_failed(format!("{error:?}")))?;
+            .map_err(|error: TransactionError<()>| self.write_failed(transaction_failure(error)))?;
         drop(db);
         self.flush().await
     }
@@ -703,7 +728,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|error: TransactionError<()>| self.write_failed(format!("{error:?}")))?;
+            .map_err(|error: TransactionError<()>| self.write_failed(transaction_failure(error)))?;
         drop(db);
         self.flush().await
     }
@@ -922,6 +947,7 @@ mod tests {
             target: "task:r/t/c".into(),
             path: path.into(),
             asset: Asset(serde_json::json!({"id": "a1"})),
+            kind: DeleteKind::Removed,
         };
         store
             .forget(path, std::slice::from_ref(&job))
