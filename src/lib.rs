@@ -22,6 +22,7 @@ pub mod launch;
 pub mod logging;
 pub mod metrics;
 pub mod plan;
+pub mod progress;
 pub mod queue;
 pub mod recheck;
 pub mod restore;

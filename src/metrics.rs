@@ -18,6 +18,8 @@ pub struct Metrics {
     launches_ok: AtomicU64,
     launches_failed: AtomicU64,
     bytes_uploaded: AtomicU64,
+    /// Uploads on the wire now (waiting for a slot or retrying included).
+    uploading: AtomicU64,
     retry_waits: AtomicU64,
     retry_wait_ms: AtomicU64,
     last_success_ms: AtomicU64,
@@ -45,6 +47,7 @@ pub static METRICS: Metrics = Metrics {
     launches_ok: AtomicU64::new(0),
     launches_failed: AtomicU64::new(0),
     bytes_uploaded: AtomicU64::new(0),
+    uploading: AtomicU64::new(0),
     retry_waits: AtomicU64::new(0),
     retry_wait_ms: AtomicU64::new(0),
     last_success_ms: AtomicU64::new(0),
@@ -64,6 +67,18 @@ pub struct Progress {
     pub queued: u64,
     pub done: u64,
     pub bytes: u64,
+    /// Successful uploads, and uploads in progress.
+    pub uploads: u64,
+    pub uploading: u64,
+}
+
+/// An upload in progress, counted until dropped.
+pub struct Uploading;
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        METRICS.uploading.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
@@ -98,6 +113,12 @@ impl Metrics {
         } else {
             self.launches_failed.fetch_add(1, Relaxed);
         }
+    }
+
+    /// An upload begins; it counts as in progress until the guard is dropped.
+    pub fn uploading(&self) -> Uploading {
+        self.uploading.fetch_add(1, Relaxed);
+        Uploading
     }
 
     pub fn retry_wait(&self, wait: std::time::Duration) {
@@ -148,6 +169,8 @@ impl Metrics {
             queued: self.jobs_queued.load(Relaxed),
             done: self.jobs_done.load(Relaxed),
             bytes: self.bytes_uploaded.load(Relaxed),
+            uploads: self.uploads_ok.load(Relaxed),
+            uploading: self.uploading.load(Relaxed),
         }
     }
 

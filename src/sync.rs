@@ -491,6 +491,7 @@ impl Syncer {
             if record.attached.is_some() { "changed; uploading the new version" } else { "uploading" },
             filter::humansize(meta.size)
         );
+        let uploading = METRICS.uploading();
         let uploaded = self
             .api
             .with_retries(|| async {
@@ -503,6 +504,7 @@ impl Syncer {
                     .await
             })
             .await;
+        drop(uploading);
         match uploaded {
             Ok(uploaded) => {
                 METRICS.uploaded(true, meta.size);

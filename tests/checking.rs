@@ -156,8 +156,21 @@ async fn verify_download_shows_its_progress_on_a_terminal_and_clears_it_before_t
             return;
         }
     };
-    assert!(shown.contains("\r\x1b[Kdownloading 1: a.pdf"), "{shown:?}");
-    assert!(shown.contains("\r\x1b[Kdownloading 2: b.pdf"), "{shown:?}");
+    let bar = |filled: usize, percent: &str| {
+        format!(
+            "\r\x1b[K[{}{}] {percent} downloading",
+            "#".repeat(filled),
+            "·".repeat(24 - filled)
+        )
+    };
+    assert!(
+        shown.contains(&format!("{} 1/2 files, ", bar(0, "  0%"))) && shown.contains(": a.pdf"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&format!("{} 2/2 files, ", bar(12, " 50%"))) && shown.contains(": b.pdf"),
+        "{shown:?}"
+    );
     let cleared = shown.rfind("\r\x1b[K").unwrap();
     let report = shown.find("2 in sync, 0 differ").expect("the report");
     assert!(cleared < report, "the progress is cleared first: {shown:?}");
