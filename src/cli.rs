@@ -251,7 +251,7 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
     }
     plan::verdict(&checks, &config)?;
     let store =
-        plan::open_store(&config).context("a dry run compares the folders with the state store")?;
+        dry_run_store(&config).context("a dry run compares the folders with the state store")?;
     let planned = plan::plan(&config, &store, &checks)?;
     if json {
         println!(
@@ -262,6 +262,17 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
         print!("\n{}", plan::render(&planned));
     }
     Ok(())
+}
+
+/// The store as the running daemon holds it (a copy it sends over the control socket, since
+/// its lock keeps others out), or with no daemon the one on disk.
+fn dry_run_store(config: &Config) -> anyhow::Result<Store> {
+    match runtime()?.block_on(control::ask(config, &Request::Dump))? {
+        None => Ok(plan::open_store(config)?),
+        Some(Answer::Dump { dump }) => Ok(Store::from_dump(&config.state_dir, dump)?),
+        Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
+        Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
 }
 
 /// Asks the running daemon, or with none running carries the request out on the store.

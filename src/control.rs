@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Folder};
 use crate::status::{self, StatusReport};
-use crate::store::{FileRecord, Store, StoreError};
+use crate::store::{Dump, FileRecord, Store, StoreError};
 use crate::watch::Hint;
 use crate::{guard, recheck};
 
@@ -58,6 +58,8 @@ pub enum Request {
     },
     /// Read the config file again and apply it; answered once it is applied or refused.
     Reload,
+    /// Everything in the store, for `run --dry-run`.
+    Dump,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +82,9 @@ pub enum Answer {
     /// The reload was refused and the running configuration stays: why.
     ReloadRefused {
         message: String,
+    },
+    Dump {
+        dump: Dump,
     },
 }
 
@@ -156,7 +161,10 @@ async fn answer(
         },
         Ok(Request::Reload) => reload(reloads).await,
         Ok(request) => {
-            let changes_store = !matches!(request, Request::Status | Request::Records { .. });
+            let changes_store = !matches!(
+                request,
+                Request::Status | Request::Records { .. } | Request::Dump
+            );
             match act(request, config, store, true).await {
                 Ok(answer) => {
                     // The daemon acts on what changed in the store at its next scan; make it
@@ -223,6 +231,9 @@ pub async fn act(
                         .map_or(true, |(_, record)| record.folder == folder)
                 })
                 .collect::<Result<_, _>>()?,
+        }),
+        Request::Dump => Ok(Answer::Dump {
+            dump: store.dump()?,
         }),
         Request::Reload => Err(ControlError::Refused(
             "no daemon is running to reload".to_string(),

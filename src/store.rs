@@ -410,7 +410,70 @@ fn transaction_failure(error: TransactionError<()>) -> String {
     }
 }
 
+/// Every entry of the store, for a process that cannot open it while the daemon holds its lock
+/// (`run --dry-run`): per tree, each key (hex, since paths need not be UTF-8) and its value.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Dump {
+    trees: Vec<(String, Vec<(String, serde_json::Value)>)>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+impl Db {
+    fn trees(&self) -> [(&'static str, &sled::Tree); 4] {
+        [
+            ("files", &self.files),
+            ("deletes", &self.deletes),
+            ("meta", &self.meta),
+            ("launches", &self.launches),
+        ]
+    }
+}
+
 impl Store {
+    /// A copy of every entry, read entry by entry (no snapshot: a write meanwhile may or may
+    /// not be in it, as for any reader).
+    pub fn dump(&self) -> Result<Dump, StoreError> {
+        let db = self.db()?;
+        let mut dump = Dump::default();
+        for (name, tree) in db.trees() {
+            let mut entries = Vec::with_capacity(tree.len());
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(|error| self.io(error))?;
+                entries.push((hex(&key), self.decode(&key, &value)?));
+            }
+            dump.trees.push((name.to_string(), entries));
+        }
+        Ok(dump)
+    }
+
+    /// A temporary store holding `dump`, to read as if it were the one in `dir`.
+    pub fn from_dump(dir: &Path, dump: Dump) -> Result<Store, StoreError> {
+        let store = Store::empty(dir)?;
+        let db = store.db()?;
+        for (name, entries) in dump.trees {
+            let Some((_, tree)) = db.trees().into_iter().find(|(known, _)| *known == name) else {
+                continue;
+            };
+            for (key, value) in entries {
+                let key = unhex(&key).ok_or_else(|| store.io(format!("not hex: {key}")))?;
+                tree.insert(key, encode(&value))
+                    .map_err(|error| store.io(error))?;
+            }
+        }
+        drop(db);
+        Ok(store)
+    }
+
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store::with_db(dir, Db::new(dir, open_db(dir)?)?, false))
     }
@@ -929,6 +992,22 @@ mod tests {
         assert!(error
             .to_string()
             .contains(&dir.path().display().to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_dump_read_into_a_temporary_store_holds_the_same_entries() {
+        use std::os::unix::ffi::OsStrExt;
+        let (dir, store) = temp_store();
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/f/caf\xe9.pdf"));
+        store.put(odd, &record(FileState::Synced)).await.unwrap();
+        store.set_meta("held:/f", Some(&7u32)).await.unwrap();
+        let dump: Dump =
+            serde_json::from_str(&serde_json::to_string(&store.dump().unwrap()).unwrap()).unwrap();
+        let copy = Store::from_dump(dir.path(), dump).unwrap();
+        assert_eq!(copy.get(odd).unwrap(), store.get(odd).unwrap());
+        assert_eq!(copy.meta::<u32>("held:/f").unwrap(), Some(7));
+        assert_eq!(unhex(&hex(b"\x00\xffa")), Some(b"\x00\xffa".to_vec()));
+        assert_eq!(unhex("abc"), None);
     }
 
     #[test]
