@@ -189,7 +189,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string_pretty(&report)?)
                 }
                 Answer::Status(report) => print!("{}", status::render(&report)),
-                other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+                other => return Err(other.unexpected().into()),
             }
         }
         Command::Retry { path } => {
@@ -271,7 +271,7 @@ fn dry_run_store(config: &Config) -> anyhow::Result<Store> {
         None => Ok(plan::open_store(config)?),
         Some(Answer::Dump { dump }) => Ok(Store::from_dump(&config.state_dir, dump)?),
         Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
-        Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Some(other) => Err(other.unexpected().into()),
     }
 }
 
@@ -313,7 +313,7 @@ fn reload(config: &Config) -> anyhow::Result<()> {
         )
         .into()),
         Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
-        Some(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Some(other) => Err(other.unexpected().into()),
     }
 }
 
@@ -324,7 +324,7 @@ fn print_done(answer: Answer) -> anyhow::Result<()> {
             Ok(())
         }
         Answer::Refused { message } => anyhow::bail!(text::escape(&message)),
-        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        other => Err(other.unexpected().into()),
     }
 }
 

@@ -88,6 +88,25 @@ pub enum Answer {
     },
 }
 
+impl Answer {
+    /// An answer the asker has no use for (a daemon of another version, say), as an error
+    /// that names its kind rather than dumping its content.
+    pub fn unexpected(&self) -> ControlError {
+        let kind = match self {
+            Answer::Status(_) => "status",
+            Answer::Records { .. } => "records",
+            Answer::Done { .. } => "done",
+            Answer::Refused { .. } => "refused",
+            Answer::Reloaded { .. } => "reloaded",
+            Answer::ReloadRefused { .. } => "reload-refused",
+            Answer::Dump { .. } => "dump",
+        };
+        ControlError::Refused(format!(
+            "the daemon gave an unexpected answer ({kind}); are it and this command the same version?"
+        ))
+    }
+}
+
 /// What a reload came to, sent back to whoever asked for it.
 pub type ReloadReply = oneshot::Sender<Answer>;
 

@@ -239,12 +239,7 @@ async fn records(
         match answer {
             Answer::Records { records } => all.push(records),
             Answer::Refused { message } => return Err(ControlError::Refused(message).into()),
-            other => {
-                return Err(ControlError::Refused(format!(
-                    "unexpected answer from the daemon: {other:?}"
-                ))
-                .into())
-            }
+            other => return Err(other.unexpected().into()),
         }
     }
     Ok(all)
