@@ -98,17 +98,7 @@ pub async fn run(
     let mut api = client(&config, credentials, &store, &cancel)?;
     // `tallyfy-sync reload` over the control socket; SIGHUP comes through `reloads`.
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadReply>(4);
-    let mut pipeline = Pipeline::start(
-        config.clone(),
-        store.clone(),
-        api.clone(),
-        metrics.clone(),
-        reload_tx.clone(),
-        &cancel,
-    )
-    .await;
-    announce_ready(&pipeline.status, &cancel).await;
-    pipeline.report_status();
+    let mut pipeline = Pipeline::ready(&config, &store, &api, &metrics, &reload_tx, &cancel).await;
     loop {
         let reply = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -137,17 +127,7 @@ pub async fn run(
             metrics = listener.map(Arc::new);
         }
         api = client(&config, credentials, &store, &cancel)?;
-        pipeline = Pipeline::start(
-            config.clone(),
-            store.clone(),
-            api.clone(),
-            metrics.clone(),
-            reload_tx.clone(),
-            &cancel,
-        )
-        .await;
-        announce_ready(&pipeline.status, &cancel).await;
-        pipeline.report_status();
+        pipeline = Pipeline::ready(&config, &store, &api, &metrics, &reload_tx, &cancel).await;
         info!(folders = config.folders.len(), "reloaded the configuration");
         if let Some(reply) = reply {
             let _ = reply.send(Answer::Reloaded { changes });
@@ -438,6 +418,30 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Starts a pipeline and reports it ready once its targets are verified (or after
+    /// `READY_WAIT`), with the watchdog and the status line running.
+    async fn ready(
+        config: &Arc<Config>,
+        store: &Store,
+        api: &Arc<Client>,
+        metrics: &Option<Arc<exporter::Listener>>,
+        reloads: &mpsc::Sender<ReloadReply>,
+        cancel: &CancellationToken,
+    ) -> Pipeline {
+        let mut pipeline = Pipeline::start(
+            config.clone(),
+            store.clone(),
+            api.clone(),
+            metrics.clone(),
+            reloads.clone(),
+            cancel,
+        )
+        .await;
+        announce_ready(&pipeline.status, cancel).await;
+        pipeline.report_status();
+        pipeline
+    }
+
     async fn start(
         config: Arc<Config>,
         store: Store,

@@ -53,7 +53,8 @@ async fn a_burst_logs_its_progress_with_uploads_bytes_and_time_left_and_status_s
         if status_seen.is_none() {
             let status = env.command(&["status", "--json"]);
             let report: Value = serde_json::from_str(&status.stdout).unwrap_or_default();
-            if report["progress"].is_object() {
+            // Once every file is taken (they settle one by one).
+            if report["progress"]["files_total"] == FILES {
                 let text = env.command(&["status"]);
                 status_seen = Some((report["progress"].clone(), text.stdout));
             }
@@ -155,23 +156,4 @@ async fn restore_shows_a_bar_on_a_terminal_and_clears_it_before_each_line() {
         "{}",
         describe(&piped)
     );
-}
-
-/// What `command` showed on a terminal of its own (`script` from util-linux); `None` (the test
-/// is skipped) where `script` cannot run.
-fn on_a_terminal(command: &str) -> Option<String> {
-    match std::process::Command::new("script")
-        .args(["-qec", command, "/dev/null"])
-        .env("TALLYFY_ACCESS_TOKEN", TOKEN)
-        .output()
-    {
-        Ok(output) => {
-            assert!(output.status.success(), "{output:?}");
-            Some(String::from_utf8_lossy(&output.stdout).into_owned())
-        }
-        Err(error) => {
-            eprintln!("skipped: cannot run script(1) for a terminal: {error}");
-            None
-        }
-    }
 }

@@ -22,6 +22,16 @@ fn add_folder(env: &Env, name: &str) -> std::path::PathBuf {
     dir
 }
 
+async fn a_file_in_it_is_attached(env: &Env, folder: &std::path::Path, daemon: &Daemon) {
+    drop_file(folder, "added.pdf", b"a");
+    eventually(
+        "a file in the new folder is attached",
+        || filenames(&env.task_field()) == ["added.pdf"],
+        daemon,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_starts_watching_a_folder_added_to_the_config() {
     let env = Env::new().await;
@@ -32,13 +42,7 @@ async fn sighup_starts_watching_a_folder_added_to_the_config() {
     daemon.signal(libc::SIGHUP);
     daemon.wait_for_log("reload: folder added").await;
     daemon.wait_for_log("reloaded the configuration").await;
-    drop_file(&more, "added.pdf", b"a");
-    eventually(
-        "a file in the new folder is attached",
-        || filenames(&env.task_field()) == ["added.pdf"],
-        &daemon,
-    )
-    .await;
+    a_file_in_it_is_attached(&env, &more, &daemon).await;
     assert_eq!(daemon.pid(), pid);
     assert!(daemon.exited().is_none());
     assert_eq!(daemon.stop().await.code(), Some(0));
@@ -139,13 +143,7 @@ async fn the_reload_command_waits_for_the_daemon_and_says_what_changed() {
     );
     // Answered once applied: the new folder syncs without waiting for anything else.
     assert!(daemon.log().contains("reloaded the configuration"));
-    drop_file(&more, "added.pdf", b"a");
-    eventually(
-        "a file in the new folder is attached",
-        || filenames(&env.task_field()) == ["added.pdf"],
-        &daemon,
-    )
-    .await;
+    a_file_in_it_is_attached(&env, &more, &daemon).await;
     let again = env.command(&["reload"]);
     assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
     assert_eq!(again.stdout, "reloaded: no changes\n");
