@@ -109,3 +109,37 @@ async fn metrics_show_the_version_and_which_folders_sync() {
         daemon.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_keep_their_port_across_a_reload() {
+    let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("serving metrics at /metrics").await;
+    let addr = daemon.metrics_addr();
+    let reloaded = env.command(&["reload"]);
+    assert_eq!(
+        reloaded.stdout,
+        "reloaded: no changes\n",
+        "{}",
+        describe(&reloaded)
+    );
+    let (status, text) = http_get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("tallyfy_sync_build_info{"), "{text}");
+    let served = daemon.log().matches("serving metrics at /metrics").count();
+    assert_eq!(
+        served,
+        2,
+        "a new pipeline serves the same port: {}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .lines()
+            .filter(|line| line.contains("serving metrics"))
+            .all(|line| line.contains(&addr)),
+        "{}",
+        daemon.log()
+    );
+}
