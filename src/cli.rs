@@ -40,8 +40,9 @@ pub struct NotRunning(String);
     after_long_help = "\
 Exit status: 0 success; 78 configuration error (bad config, no token or client secret, state \
 directory locked or unusable because of its path or permissions; with check --online or run \
---dry-run also a wrong target or refused credentials); 1 anything else (such as an API that \
-cannot be reached). A state directory on a full or read-only disk is no configuration error: \
+--dry-run also a wrong target or refused credentials; a taken metrics.listen port; a config \
+the daemon refused on reload); 7 reload with no daemon running; 1 anything else (such as an API \
+that cannot be reached). A state directory on a full or read-only disk is no configuration error: \
 run waits until it can write there.
 
 Environment: TALLYFY_SYNC_CONFIG (the config file), TALLYFY_ACCESS_TOKEN (the API token with \
