@@ -155,7 +155,8 @@ pub enum Command {
 }
 
 /// Logging starts once the format is known: after loading the config for `run` (nothing logs
-/// before; a config error reaches stderr through the caller), at once for the others.
+/// before; a config error reaches stderr through the caller, as JSON when the file asks for
+/// `log.format: json`), at once for the others.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Run { dry_run: false, .. }) {
         logging::init(LogFormat::Auto);
@@ -166,7 +167,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             json,
         } => dry_run(&cli.config, json)?,
         Command::Run { dry_run: false, .. } => {
-            let config = Config::load(&cli.config)?;
+            let config = Config::load(&cli.config).inspect_err(|_| {
+                logging::init(Config::log_format_of(&cli.config).unwrap_or_default())
+            })?;
             logging::init(config.log.format);
             let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();

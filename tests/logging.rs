@@ -136,6 +136,23 @@ async fn a_fatal_start_up_error_is_a_json_line_when_logs_are_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_error_is_a_json_line_when_the_config_asks_for_json_logs() {
+    let env = Env::with_config("log:\n  format: json\n", "").await;
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    env.write_raw_config(&good.replace("settle:", "settel:"));
+    let daemon = env.start();
+    assert_eq!(daemon.wait_exit().await.code(), Some(78));
+    let log = daemon.log();
+    let fatal: Value =
+        serde_json::from_str(log.trim_end()).unwrap_or_else(|error| panic!("{error}: {log}"));
+    assert_eq!(fatal["level"], "ERROR", "{fatal}");
+    assert!(
+        fatal["error"].as_str().unwrap().contains("settel"),
+        "{fatal}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_that_is_not_utf8_is_given_exactly_in_json_logs() {
     use std::os::unix::ffi::OsStrExt;
     let env = Env::with_config("log:\n  format: json\n", "").await;
