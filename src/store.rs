@@ -401,6 +401,35 @@ impl Db {
     }
 }
 
+/// sled hands out copies of its first I/O error with the original's debug text in place of its
+/// message (`Os { code: 28, kind: StorageFull, message: "No space left on device" }`); this
+/// puts back the words an `io::Error` shows (`No space left on device (os error 28)`).
+fn readable(text: String) -> String {
+    const START: &str = "Os { code: ";
+    let Some(at) = text.find(START) else {
+        return text;
+    };
+    let tail = &text[at..];
+    let parsed = (|| {
+        let close = tail.find("\" }")?;
+        let (code, rest) = tail[START.len()..close].split_once(',')?;
+        let code: i32 = code.parse().ok()?;
+        let (_, message) = rest.split_once("message: \"")?;
+        Some((
+            format!("{message} (os error {code})"),
+            at + close + "\" }".len(),
+        ))
+    })();
+    match parsed {
+        Some((words, end)) => format!(
+            "{}{words}{}",
+            &text[..at],
+            readable(text[end..].to_string())
+        ),
+        None => text,
+    }
+}
+
 /// What a failed transaction says to a person: the storage error's own words (no transaction
 /// here aborts on purpose).
 fn transaction_failure(error: TransactionError<()>) -> String {
@@ -616,7 +645,7 @@ impl Store {
     fn io(&self, error: impl ToString) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),
-            error: error.to_string(),
+            error: readable(error.to_string()),
         }
     }
 
@@ -1008,6 +1037,20 @@ mod tests {
         assert_eq!(copy.meta::<u32>("held:/f").unwrap(), Some(7));
         assert_eq!(unhex(&hex(b"\x00\xffa")), Some(b"\x00\xffa".to_vec()));
         assert_eq!(unhex("abc"), None);
+    }
+
+    #[test]
+    fn sleds_debug_text_of_an_io_error_becomes_its_words() {
+        let cloned = sled::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("{:?}", std::io::Error::from_raw_os_error(28)),
+        ));
+        assert_eq!(
+            readable(cloned.to_string()),
+            format!("IO error: {}", std::io::Error::from_raw_os_error(28))
+        );
+        assert_eq!(readable("plain words".into()), "plain words");
+        assert_eq!(readable("Os { code: x".into()), "Os { code: x");
     }
 
     #[test]
