@@ -127,6 +127,12 @@ pub fn finished(waiting: usize, caught_up: bool) -> Option<Backlog> {
     }
 }
 
+/// The queue stopped (shutdown, or a reload starting another): its backlog is no more; what
+/// was left of it is counted again by the next queue's first scan.
+pub fn abandoned() {
+    tally().take();
+}
+
 /// The current backlog's figures; `None` while there is none.
 pub fn current() -> Option<Backlog> {
     tally().as_ref().map(figures)

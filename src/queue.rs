@@ -146,6 +146,7 @@ pub async fn run(
             }
         }
     }
+    progress::abandoned();
     if !tasks.is_empty() {
         let left = tasks.len();
         if tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} })
