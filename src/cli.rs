@@ -15,7 +15,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{daemon, demo, plan, restore, service, status, text, verify};
+use crate::{caution, daemon, demo, plan, restore, service, status, text, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -85,14 +85,22 @@ pub enum Command {
         #[arg(long)]
         online: bool,
     },
-    /// Show per folder and per file what is synced, pending, held, rejected or failed, and
-    /// when each waiting file is tried next (asks the running daemon, else reads the store).
+    /// Show each folder's state (syncing, paused or not syncing, with why and the fix) and
+    /// counts, and the files that need attention: pending, held, rejected or failed, why each
+    /// waits and when it is tried next (asks the running daemon, else reads the store).
     Status {
-        /// Print the report as JSON, for scripts.
+        /// A folder, or a file or directory in one: only that.
+        path: Option<PathBuf>,
+        /// List every file, those in sync too.
+        #[arg(long)]
+        all: bool,
+        /// Print the report as JSON, for scripts (every file, always).
         #[arg(long)]
         json: bool,
     },
-    /// Try failed files again now (all of them, or those at or under PATH).
+    /// Try failed files again now; with PATH, make each file at or under it be in Tallyfy now,
+    /// whatever its state (synced, removed in Tallyfy, rejected or failed): its field is checked
+    /// and what is missing there is sent.
     Retry {
         /// A file or folder; all failed files when left out.
         path: Option<PathBuf>,
@@ -171,6 +179,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 logging::init(Config::log_format_of(&cli.config).unwrap_or_default())
             })?;
             logging::init(config.log.format);
+            for warning in caution::warnings(&config) {
+                tracing::warn!("{warning}");
+            }
             let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             let cancel = CancellationToken::new();
             let reloads = service::cancel_on_signals(cancel.clone())?;
@@ -180,20 +191,28 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
             print!("{}", describe(&config));
+            for warning in caution::warnings(&config) {
+                println!("warning: {}", text::escaped(&warning));
+            }
             if online {
                 let checks = runtime()?.block_on(plan::verify_targets(&config, credentials))?;
                 print!("{}", plan::render_checks(&checks));
                 plan::verdict(&checks, &config)?;
             }
         }
-        Command::Status { json } => {
+        Command::Status { path, all, json } => {
             let config = Config::load(&cli.config)?;
-            match control(&config, Request::Status)? {
-                Answer::Status(report) if json => {
-                    println!("{}", serde_json::to_string_pretty(&report)?)
-                }
-                Answer::Status(report) => print!("{}", status::render(&report)),
-                other => return Err(other.unexpected().into()),
+            let Answer::Status(mut report) = control(&config, Request::Status)? else {
+                anyhow::bail!("unexpected answer from the daemon");
+            };
+            let mut all = all;
+            if let Some(path) = &path {
+                all |= status::keep_only(&mut report, path).map_err(anyhow::Error::msg)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?)
+            } else {
+                print!("{}", status::render(&report, all))
             }
         }
         Command::Retry { path } => {
@@ -395,6 +414,12 @@ fn describe(config: &Config) -> String {
             options.push(format!(
                 "ignoring {}",
                 text::escaped(&folder.ignore.join(", "))
+            ));
+        }
+        if !folder.path.exists() {
+            options.push(format!(
+                "{} now: synced as soon as it appears",
+                crate::guard::NOT_THERE
             ));
         }
         out.push_str(&format!(

@@ -95,6 +95,38 @@ impl ProxyUrl {
         let _ = shown.set_password(None);
         shown.as_str().trim_end_matches('/').to_string()
     }
+
+    /// The password, if any: known to `text::redact` from now on, as written and decoded.
+    pub fn keep_password_secret(&self) {
+        if let Some(password) = self.0.password() {
+            crate::text::keep_secret(password);
+            crate::text::keep_secret(&percent_decoded(password));
+        }
+    }
+}
+
+/// `%XX` sequences as the bytes they stand for (a URL keeps its password encoded).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 impl std::fmt::Debug for ProxyUrl {
@@ -224,6 +256,10 @@ pub enum Target {
         step_id: Option<String>,
         checklist_id: Option<String>,
     },
+    /// A form field of a one-off task: a task that belongs to no process (`task` without
+    /// `run_id`). It differs from a task in a process only in where the task is read and written
+    /// and in what an upload names as its subject.
+    OneOff { task_id: String, capture_id: String },
     /// A kick-off (prerun) field of a template.
     Kickoff {
         checklist_id: String,
@@ -439,6 +475,15 @@ impl Target {
         })
     }
 
+    /// The process a task target's task belongs to: `None` for a one-off task (and for
+    /// targets that are not one task).
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Target::Task { run_id, .. } => Some(run_id),
+            _ => None,
+        }
+    }
+
     pub fn key(&self) -> String {
         match self {
             Target::Task {
@@ -447,6 +492,10 @@ impl Target {
                 capture_id,
                 ..
             } => format!("task:{run_id}/{task_id}/{capture_id}"),
+            Target::OneOff {
+                task_id,
+                capture_id,
+            } => format!("oneoff:{task_id}/{capture_id}"),
             Target::Kickoff {
                 checklist_id,
                 field_id,
@@ -481,6 +530,10 @@ impl fmt::Display for Target {
                 capture_id,
                 ..
             } => write!(f, "task {task_id} in run {run_id}, field {capture_id}"),
+            Target::OneOff {
+                task_id,
+                capture_id,
+            } => write!(f, "one-off task {task_id}, field {capture_id}"),
             Target::Kickoff {
                 checklist_id,
                 field_id,
@@ -597,7 +650,7 @@ impl Credentials {
     ) -> Result<Credentials, ConfigError> {
         match &api.auth {
             Auth::Token { token_file } => TOKEN
-                .resolve(token_file.as_deref(), env)
+                .resolve_kept(token_file.as_deref(), env)
                 .map(Credentials::Token),
             Auth::ClientCredentials {
                 token_url,
@@ -606,7 +659,7 @@ impl Credentials {
             } => Ok(Credentials::ClientCredentials {
                 token_url: token_url.clone(),
                 client_id: client_id.clone(),
-                client_secret: CLIENT_SECRET.resolve(client_secret_file.as_deref(), env)?,
+                client_secret: CLIENT_SECRET.resolve_kept(client_secret_file.as_deref(), env)?,
             }),
         }
     }
@@ -692,6 +745,17 @@ impl SecretSource {
         let text = read_limited(&file, MAX_SECRET_BYTES)
             .map_err(|error| fail(&origin, format!("cannot read it: {error}")))?;
         parse(&origin, &text)
+    }
+
+    /// `resolve`, and the secret found known to `text::redact` from then on.
+    fn resolve_kept(
+        &self,
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Secret, ConfigError> {
+        let secret = self.resolve(file, env)?;
+        crate::text::keep_secret(secret.expose());
+        Ok(secret)
     }
 }
 
@@ -865,6 +929,7 @@ fn walk(
             .collect();
         parsed.into_iter().collect()
     });
+    state_apart(&state_dir, &claimed, root.problems);
     root.finish();
     Some(Config {
         file: file.to_path_buf(),
@@ -878,6 +943,27 @@ fn walk(
         folders: folders?,
         log: log?,
     })
+}
+
+/// A folder that is, holds or lies inside the state directory would sync the store's own
+/// files, which change all the time, and could be made to overwrite them.
+fn state_apart(state_dir: &Path, claimed: &Claimed, problems: &Problems) {
+    let state = resolved(state_dir);
+    for (key, written, folder) in claimed {
+        let relation = if *folder == state {
+            "is"
+        } else if state.starts_with(folder) {
+            "contains"
+        } else if folder.starts_with(&state) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        problems.add(format!(
+            "{key} {written:?}: {relation} the state directory {} (state_dir), whose files the daemon keeps changing; keep the two apart",
+            state.display()
+        ));
+    }
 }
 
 /// Relative paths in the config mean "next to the config file": the daemon's
@@ -1162,20 +1248,63 @@ fn watch_mode(s: &mut Section<'_>) -> Option<WatchMode> {
     }
 }
 
+/// A task in a process (`run_id` given) or a one-off task (no `run_id`, or `one_off: true`).
 fn task_target(mut s: Section<'_>) -> Option<Target> {
-    let run_id = s.req("run_id", id);
+    let run_id = s.get("run_id", id);
     let task_id = s.req("task_id", id);
     let capture_id = s.req("capture_id", id);
     let step_id = s.opt("step_id", id);
     let checklist_id = s.opt("checklist_id", id);
+    let one_off = s.get("one_off", boolean);
+    let run_id = match (run_id, one_off) {
+        (Err(()), _) | (_, Err(())) => None,
+        (Ok(Some(_)), Ok(Some(true))) => {
+            let problem = format!(
+                "{}: a one-off task belongs to no process, yet run_id is set; remove one_off for a task in a process, or run_id for a one-off task",
+                s.at("one_off")
+            );
+            s.problems.add(problem);
+            None
+        }
+        (Ok(None), Ok(Some(false))) => {
+            let problem = format!(
+                "{}: required (one_off is false: the task belongs to a process)",
+                s.at("run_id")
+            );
+            s.problems.add(problem);
+            None
+        }
+        (Ok(run_id), Ok(_)) => Some(run_id),
+    };
+    // A one-off upload carrying either is refused: the task has no step and no template.
+    if let Some(None) = run_id {
+        let given = [
+            ("step_id", "step", step_id.is_some()),
+            ("checklist_id", "template", checklist_id.is_some()),
+        ];
+        for (key, what, _) in given.into_iter().filter(|(_, _, given)| *given) {
+            let problem = format!(
+                "{}: a one-off task has no {what}; remove it (or set run_id for a task in a process)",
+                s.at(key)
+            );
+            s.problems.add(problem);
+        }
+    }
     s.finish();
-    Some(Target::Task {
-        run_id: run_id?,
-        task_id: task_id?,
-        capture_id: capture_id?,
-        step_id,
-        checklist_id,
-    })
+    match run_id? {
+        Some(run_id) => Some(Target::Task {
+            run_id,
+            task_id: task_id?,
+            capture_id: capture_id?,
+            step_id,
+            checklist_id,
+        }),
+        None if step_id.is_some() || checklist_id.is_some() => None,
+        None => Some(Target::OneOff {
+            task_id: task_id?,
+            capture_id: capture_id?,
+        }),
+    }
 }
 
 fn kickoff_target(mut s: Section<'_>) -> Option<Target> {
@@ -1328,13 +1457,17 @@ impl Problems {
             Ok(parsed) => return Some(parsed),
             Err(bad) => bad,
         };
-        let shown = match scalar(value) {
-            Some(text) => format!("{path} {text}"),
-            None => path.to_string(),
+        let shown = match (&bad, scalar(value)) {
+            (Bad::Secret(_), _) | (_, None) => path.to_string(),
+            (Bad::Url(_), Some(_)) => {
+                let text = value.as_str().unwrap_or_default();
+                format!("{path} {:?}", crate::text::without_userinfo(text))
+            }
+            (_, Some(text)) => format!("{path} {text}"),
         };
         self.add(match bad {
             Bad::Type(expected) => format!("{shown}: expected {expected}, found {}", kind(value)),
-            Bad::Invalid(why) => format!("{shown}: {why}"),
+            Bad::Invalid(why) | Bad::Url(why) | Bad::Secret(why) => format!("{shown}: {why}"),
         });
         None
     }
@@ -1346,6 +1479,10 @@ enum Bad {
     Type(&'static str),
     /// The type is right but the value is not acceptable.
     Invalid(String),
+    /// A URL that is not acceptable: shown without what may be a user name and password.
+    Url(String),
+    /// The value holds a secret where none belongs: not shown at all.
+    Secret(String),
 }
 
 fn invalid<T>(why: impl Into<String>) -> Result<T, Bad> {
@@ -1614,10 +1751,21 @@ fn client_id(value: &Value) -> Result<String, Bad> {
 }
 
 fn https_url(value: &Value) -> Result<Url, Bad> {
-    match value {
-        Value::String(s) => https_url_from(s),
-        _ => Err(Bad::Type("a URL string")),
+    let Value::String(text) = value else {
+        return Err(Bad::Type("a URL string"));
+    };
+    let url = https_url_from(text).map_err(|bad| match bad {
+        Bad::Invalid(why) => Bad::Url(why),
+        other => other,
+    })?;
+    // The token and the client secret go in their own headers and fields; a password here
+    // would be printed wherever the URL is, and sent as a second credential.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Bad::Secret(
+            "must not hold a user name or password (user:password@); the token or client secret goes in its own file".into(),
+        ));
     }
+    Ok(url)
 }
 
 /// The token travels with every API request and the client secret to the token endpoint, so
@@ -1646,14 +1794,16 @@ fn proxy_url(value: &Value) -> Result<ProxyUrl, Bad> {
     let Value::String(text) = value else {
         return Err(Bad::Type("a URL string"));
     };
-    let url = Url::parse(text.trim()).or_else(|error| invalid(format!("{hint} ({error})")))?;
+    let url = Url::parse(text.trim()).map_err(|error| Bad::Url(format!("{hint} ({error})")))?;
     let usable = matches!(url.scheme(), "http" | "https")
         && url.host_str().is_some_and(|host| !host.is_empty())
         && reqwest::Proxy::all(url.as_str()).is_ok();
     if !usable {
-        return invalid(hint);
+        return Err(Bad::Url(hint.to_string()));
     }
-    Ok(ProxyUrl(url))
+    let proxy = ProxyUrl(url);
+    proxy.keep_password_secret();
+    Ok(proxy)
 }
 
 fn path_in(base: &Path) -> impl Fn(&Value) -> Result<PathBuf, Bad> + '_ {
@@ -1702,12 +1852,13 @@ fn ca_file(base: &Path) -> impl Fn(&Value) -> Result<CaFile, Bad> + '_ {
 }
 
 /// The path as written (for messages) and canonicalized (so overlaps and
-/// symlinks are judged on what is really watched).
+/// symlinks are judged on what is really watched). A folder not there yet (a share not
+/// mounted at boot) is no config error: the daemon shows it as not syncing and waits for it.
 fn directory(value: &Value, base: &Path) -> Result<(String, PathBuf), Bad> {
     let path = path_in(base)(value)?;
     let written = value.as_str().unwrap_or_default().to_string();
     match fs::metadata(&path) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => invalid("no such directory"),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok((written, resolved(&path))),
         Err(error) => invalid(format!("cannot access: {error}")),
         Ok(meta) if !meta.is_dir() => invalid("not a directory"),
         Ok(_) => match fs::canonicalize(&path) {
@@ -2051,7 +2202,6 @@ folders:
                 "api.timeout \"abc\": not a duration (use e.g. 500ms, 2s, 5m)",
                 "api.concurrency 0: must be between 1 and 64",
                 "settle: expected a duration string, found a list",
-                "folders[0].path \"{dir}/missing\": no such directory",
                 "folders[0].task.capture_id: required",
                 "folders[1].path \"{dir}/file.txt\": not a directory",
                 "folders[1]: needs exactly one of task, kickoff, launch or route (found neither)",
@@ -2309,10 +2459,9 @@ folders:
     }
 
     #[test]
-    fn folder_paths_must_be_existing_directories() {
+    fn folder_paths_must_be_directories_and_a_missing_one_is_accepted() {
         let fx = Fixture::new();
         let text = minimal()
-            + "  - path: {dir}/nope\n    kickoff: {checklist_id: T, field_id: F}\n"
             + "  - path: file.txt\n    kickoff: {checklist_id: T, field_id: F}\n"
             + "  - path: \"\"\n    kickoff: {checklist_id: T, field_id: F}\n"
             + "  - kickoff: {checklist_id: T, field_id: F}\n"
@@ -2320,13 +2469,21 @@ folders:
         assert_eq!(
             fx.problems(&text),
             [
-                "folders[1].path \"{dir}/nope\": no such directory",
-                "folders[2].path \"file.txt\": not a directory",
-                "folders[3].path \"\": must not be empty",
-                "folders[4].path: required",
-                "folders[5].path: expected a path string, found a list",
+                "folders[1].path \"file.txt\": not a directory",
+                "folders[2].path \"\": must not be empty",
+                "folders[3].path: required",
+                "folders[4].path: expected a path string, found a list",
             ]
         );
+    }
+
+    #[test]
+    fn a_folder_not_there_yet_is_accepted_with_the_links_above_it_resolved() {
+        let fx = Fixture::new();
+        std::os::unix::fs::symlink(&fx.root, fx.root.join("link")).unwrap();
+        let text = yaml("", "").replace("{dir}/in", "{dir}/link/share/scans");
+        let config = fx.parse(&text);
+        assert_eq!(config.folders[0].path, fx.root.join("share/scans"));
     }
 
     #[test]
@@ -2511,7 +2668,7 @@ folders:
             [
                 "folders[0].task.task_id: required",
                 "folders[0].task.capture_id: required",
-                "folders[0].task.step: unknown key (expected one of run_id, task_id, capture_id, step_id, checklist_id)",
+                "folders[0].task.step: unknown key (expected one of run_id, task_id, capture_id, step_id, checklist_id, one_off)",
                 "folders[1].kickoff.checklist_id: required",
                 "folders[1].kickoff.field_id: required",
             ]
@@ -2633,6 +2790,56 @@ folders:
         assert_eq!(task.to_string(), "task TASK in run RUN, field CAP");
         assert_eq!(kickoff.key(), "kickoff:TPL/FIELD");
         assert_eq!(kickoff.to_string(), "kick-off field FIELD of template TPL");
+        let one_off = Target::OneOff {
+            task_id: "TASK".into(),
+            capture_id: "CAP".into(),
+        };
+        assert_eq!(one_off.key(), "oneoff:TASK/CAP");
+        assert_eq!(one_off.to_string(), "one-off task TASK, field CAP");
+        assert_eq!(one_off.run_id(), None);
+        assert_eq!(task.run_id(), Some("RUN"));
+    }
+
+    #[test]
+    fn a_task_without_run_id_is_a_one_off_task() {
+        let fx = Fixture::new();
+        let one_off = Target::OneOff {
+            task_id: "TASK".into(),
+            capture_id: "CAP".into(),
+        };
+        let config = fx.parse(&minimal().replace("run_id: RUN, ", ""));
+        assert_eq!(config.folders[0].target, one_off);
+        let config = fx.parse(&minimal().replace("run_id: RUN", "one_off: true"));
+        assert_eq!(
+            config.folders[0].target, one_off,
+            "one_off: true says the same"
+        );
+        let config = fx.parse(&minimal().replace("CAP}", "CAP, one_off: false}"));
+        assert!(matches!(config.folders[0].target, Target::Task { .. }));
+    }
+
+    #[test]
+    fn a_one_off_task_with_a_process_step_or_template_is_refused_naming_the_key() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.problems(&minimal().replace("CAP}", "CAP, one_off: true}")),
+            ["folders[0].task.one_off: a one-off task belongs to no process, yet run_id is set; remove one_off for a task in a process, or run_id for a one-off task"]
+        );
+        assert_eq!(
+            fx.problems(&minimal().replace("run_id: RUN", "one_off: false")),
+            ["folders[0].task.run_id: required (one_off is false: the task belongs to a process)"]
+        );
+        assert_eq!(
+            fx.problems(&minimal().replace("run_id: RUN", "step_id: S, checklist_id: T")),
+            [
+                "folders[0].task.step_id: a one-off task has no step; remove it (or set run_id for a task in a process)",
+                "folders[0].task.checklist_id: a one-off task has no template; remove it (or set run_id for a task in a process)",
+            ]
+        );
+        assert_eq!(
+            fx.problems(&minimal().replace("run_id: RUN", "one_off: yes")),
+            ["folders[0].task.one_off \"yes\": expected true or false, found a string"]
+        );
     }
 
     fn api(token_file: Option<PathBuf>) -> ApiConfig {

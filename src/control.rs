@@ -231,8 +231,28 @@ pub async fn act(
             store,
             daemon_running,
         )?)),
-        Request::Retry { path } => {
-            let count = recheck::retry_failed(store, path.as_deref()).await?;
+        Request::Retry { path: Some(path) } => {
+            let retried = recheck::retry_path(store, &path).await?;
+            let shown = crate::text::path(&path);
+            let mut message = match (retried.queued, daemon_running) {
+                (0, _) => format!("no file under {shown} to send: the daemon knows none that could be (a file not synced yet is sent once it settles)"),
+                (n, true) => format!("{n} file(s) under {shown} queued: each is checked against its field in Tallyfy and sent if it is missing there"),
+                (n, false) => format!("{n} file(s) under {shown} will be checked against their field in Tallyfy and sent if missing when the daemon starts"),
+            };
+            if retried.launched > 0 {
+                message += &format!(
+                    "; {} launched file(s) left alone (each started a process already)",
+                    retried.launched
+                );
+            }
+            if retried.gone > 0 {
+                message += &format!("; {} file(s) gone locally, nothing to send", retried.gone);
+            }
+            info!(path = %path.display(), files = retried.queued, "retry requested");
+            Ok(Answer::Done { message })
+        }
+        Request::Retry { path: None } => {
+            let count = recheck::retry_failed(store).await?;
             let message = match (count, daemon_running) {
                 (0, _) => "no failed files to retry".to_string(),
                 (n, true) => format!("{n} failed file(s) queued again"),

@@ -24,11 +24,11 @@ use crate::retry::Backoff;
 use crate::route::Router;
 use crate::service::Reloads;
 use crate::settle::Settle;
-use crate::status::PAUSE_KEY;
+use crate::status::{FolderState, PAUSE_KEY};
 use crate::store::{self, Rebuilt, Store, StoreError, UNWRITABLE};
 use crate::sync::Syncer;
 use crate::watch::Hint;
-use crate::{control, exporter, filter, guard, queue, recheck, service, status, watch};
+use crate::{control, exporter, filter, queue, recheck, service, status, watch};
 
 /// Watcher hints waiting for the settle stage; beyond this the watcher asks for a rescan,
 /// which costs a folder listing and no request.
@@ -540,14 +540,17 @@ impl Pipeline {
             cancel.clone(),
         )));
         if let Some(listener) = metrics {
-            let folders_up = folders_up(&config, &store, &fields);
             let (config, store) = (config.clone(), store.clone());
+            let health = {
+                let (config, store) = (config.clone(), store.clone());
+                Arc::new(move || status::folder_states(&config, &store).unwrap_or_default())
+            };
             let status = Arc::new(move || status::build(&config, &store, true).ok());
             tasks.push(tokio::spawn(exporter::serve(
                 listener,
                 api.clone(),
                 status,
-                folders_up,
+                health,
                 cancel.clone(),
             )));
         }
@@ -577,8 +580,9 @@ impl Pipeline {
         info!(folders = config.folders.len(), settle = %humantime::format_duration(config.settle), "running; initial scan started");
         Pipeline {
             status: Status {
-                folders: config.folders.len(),
-                targets: actors.into_values().collect(),
+                config,
+                store,
+                targets: actors.into_iter().collect(),
                 api,
             },
             cancel,
@@ -622,70 +626,67 @@ impl Pipeline {
     }
 }
 
-/// Each folder and whether it syncs now: its root is there (the guard saves each pause in the
-/// store) and its target is verified and valid. Read per scrape: one store read per folder.
-fn folders_up(config: &Arc<Config>, store: &Store, fields: &[FieldHandle]) -> exporter::FoldersUp {
-    let (config, store) = (config.clone(), store.clone());
-    let fields = fields.to_vec();
-    Arc::new(move || {
-        config
-            .folders
-            .iter()
-            .zip(&fields)
-            .map(|(folder, field)| {
-                let paused = store
-                    .meta::<String>(&guard::paused_key(&folder.path))
-                    .ok()
-                    .flatten()
-                    .is_some();
-                let valid = matches!(field.ready().now_or_never(), Some(Some(_)));
-                (folder.path.clone(), valid && !paused)
-            })
-            .collect()
-    })
-}
-
 /// Tells the service manager that start-up is done once every target is verified (valid or
 /// not), or after `READY_WAIT` with a status saying what is still awaited.
 async fn announce_ready(status: &Status, cancel: &CancellationToken) {
-    let verified = futures_util::future::join_all(status.targets.iter().map(FieldHandle::ready));
+    let verified =
+        futures_util::future::join_all(status.targets.iter().map(|(_, target)| target.ready()));
     tokio::select! {
         _ = cancel.cancelled() => return,
         waited = tokio::time::timeout(READY_WAIT, verified) => if waited.is_err() {
             warn!(wait_secs = READY_WAIT.as_secs(), "the Tallyfy API has not confirmed every target yet; reporting ready anyway, their files wait until it does");
         },
     }
+    status.save_targets(&mut HashMap::new()).await;
     service::notify_ready(&status.line());
 }
 
-/// What the daemon tells `systemctl status`, from state that costs nothing to read.
+/// What the daemon tells `systemctl status` and saves for `status`, from state that costs
+/// nothing to read.
 #[derive(Clone)]
 struct Status {
-    folders: usize,
-    /// One handle per remote field.
-    targets: Vec<FieldHandle>,
+    config: Arc<Config>,
+    store: Store,
+    /// One handle per remote field, by target key.
+    targets: Vec<(String, FieldHandle)>,
     api: Arc<Client>,
 }
 
 impl Status {
     fn line(&self) -> String {
-        let (mut verifying, mut invalid) = (0, 0);
-        for target in &self.targets {
-            match target.ready().now_or_never() {
-                None => verifying += 1,
-                Some(None) => invalid += 1,
-                Some(Some(_)) => {}
-            }
-        }
-        let mut line = format!("watching {}", count(self.folders, "folder"));
+        let verifying = self
+            .targets
+            .iter()
+            .filter(|(_, target)| target.ready().now_or_never().is_none())
+            .count();
+        let mut line = format!("watching {}", count(self.config.folders.len(), "folder"));
         if verifying > 0 {
             line += &format!(
                 "; waiting for the Tallyfy API to verify {verifying} of {}",
                 count(self.targets.len(), "target")
             );
         }
-        if invalid > 0 {
-            line += &format!("; {} misconfigured (see the log)", count(invalid, "target"));
+        let states = status::folder_states(&self.config, &self.store).unwrap_or_default();
+        let not_syncing: Vec<String> = states
+            .iter()
+            .filter(|(_, state)| matches!(state, FolderState::NotSyncing(_)))
+            .map(|(path, state)| {
+                let why = state.why().unwrap_or_default();
+                // The reason, without the fix: the line must stay short.
+                let reason = why.split("; ").next().unwrap_or(why);
+                format!(
+                    "{} ({})",
+                    crate::text::path(path),
+                    crate::text::escaped(reason)
+                )
+            })
+            .collect();
+        if !not_syncing.is_empty() {
+            line += &format!(
+                "; {} not syncing: {} (see tallyfy-sync status)",
+                count(not_syncing.len(), "folder"),
+                not_syncing.join(", ")
+            );
         }
         if let Some(reason) = self.api.held() {
             line += &format!("; paused: {reason}");
@@ -696,16 +697,43 @@ impl Status {
         line
     }
 
-    /// Sends the line whenever it changes; without a service manager it returns at once.
-    async fn report_until(self, cancel: CancellationToken) {
-        if !service::notify_enabled() {
-            return;
+    /// Saves what is wrong with each target whose verification changed since `saved` (for
+    /// `status` and `/healthz`), leaving those still being verified as they were.
+    async fn save_targets(&self, saved: &mut HashMap<String, Option<String>>) {
+        for (key, target) in &self.targets {
+            let problem = match target.verdict().now_or_never() {
+                Some(Some(Ok(_))) => None,
+                Some(Some(Err(why))) => Some(why),
+                _ => continue,
+            };
+            if saved.get(key) == Some(&problem) {
+                continue;
+            }
+            match self
+                .store
+                .set_meta(&status::target_key(key), problem.as_ref())
+                .await
+            {
+                Ok(()) => {
+                    saved.insert(key.clone(), problem);
+                }
+                Err(error) => debug!(%error, "cannot save whether a target checks out"),
+            }
         }
+    }
+
+    /// Saves the targets' state and sends the line whenever it changes.
+    async fn report_until(self, cancel: CancellationToken) {
+        let mut saved = HashMap::new();
         let mut sent = self.line();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(STATUS_EVERY) => {}
+            }
+            self.save_targets(&mut saved).await;
+            if !service::notify_enabled() {
+                continue;
             }
             let line = self.line();
             if line != sent {
@@ -755,7 +783,7 @@ async fn retry_after_config_change(config: &Config, store: &Store) {
         return;
     }
     if previous.is_some() {
-        match recheck::retry_failed(store, None).await {
+        match recheck::retry_failed(store).await {
             Ok(0) => {}
             Ok(files) => info!(
                 files,

@@ -3,6 +3,8 @@
 //! changes and deletes files and prints what Tallyfy shows after each step. It keeps running
 //! for the user's own files until Ctrl-C.
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,7 +110,14 @@ fn prepare(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn write_config(dir: &Path, fake: &FakeTallyfy, ids: &DemoIds) -> anyhow::Result<PathBuf> {
-    std::fs::write(dir.join(".token"), TOKEN)?;
+    // Only its owner reads a token file, the demo's too.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(".token"))?
+        .write_all(TOKEN.as_bytes())?;
     let yaml = format!(
         "# Written by `tallyfy-sync demo`: the same keys a real installation uses.\n\
          api:\n  base_url: {base}\n  org_id: {ORG}\n  token_file: .token\n  concurrency: 4\n\

@@ -1,7 +1,8 @@
 //! Serves `/metrics` (Prometheus text) and `/healthz` on `metrics.listen`.
-//! Receives the counters, the API client, a way to build the status report and each folder's
-//! state; emits the exposition, each part rendered by the module that owns its data. Owns the
-//! HTTP listener, bound once at start so that a taken port is a configuration error.
+//! Receives the counters, the API client and ways to build the status report and each folder's
+//! state; emits the exposition, each part rendered by the module that owns its data, and the
+//! health answer. Owns the HTTP listener, bound once at start so that a taken port is a
+//! configuration error.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -18,12 +19,10 @@ use tracing::{info, warn};
 
 use crate::api::Client;
 use crate::metrics::{self, Exposition, METRICS};
-use crate::status::{self, StatusReport};
+use crate::status::{self, FolderState, StatusReport};
 
 /// Builds the store's view for the files gauge; `None` when the store cannot be read.
 pub type StatusSource = Arc<dyn Fn() -> Option<StatusReport> + Send + Sync>;
-/// Each configured folder and whether it syncs now (its root is there and its target valid).
-pub type FoldersUp = Arc<dyn Fn() -> Vec<(PathBuf, bool)> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} (metrics.listen): {error}; another process (another tallyfy-sync?) may hold the port: stop it or choose another port in metrics.listen")]
@@ -60,12 +59,15 @@ impl Listener {
     }
 }
 
+/// Each configured folder's state, cheap enough to read on every health check.
+pub type HealthSource = Arc<dyn Fn() -> Vec<(PathBuf, FolderState)> + Send + Sync>;
+
 /// Serves until shutdown.
 pub async fn serve(
     listener: Arc<Listener>,
     api: Arc<Client>,
     status: StatusSource,
-    folders_up: FoldersUp,
+    health: HealthSource,
     cancel: CancellationToken,
 ) {
     let listener = match listener.copy() {
@@ -87,14 +89,14 @@ pub async fn serve(
                 Err(_) => continue,
             },
         };
-        let (api, status, folders_up) = (api.clone(), status.clone(), folders_up.clone());
+        let (api, status, health) = (api.clone(), status.clone(), health.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let (api, status, folders_up) = (api.clone(), status.clone(), folders_up.clone());
+                let (api, status, health) = (api.clone(), status.clone(), health.clone());
                 async move {
                     let (code, body) = match request.uri().path() {
-                        "/metrics" => (StatusCode::OK, exposition(&api, status, &folders_up).await),
-                        "/healthz" => match degraded(&api) {
+                        "/metrics" => (StatusCode::OK, exposition(&api, status, health).await),
+                        "/healthz" => match degraded(&api, health).await {
                             None => (StatusCode::OK, "ok\n".into()),
                             Some(why) => (
                                 StatusCode::SERVICE_UNAVAILABLE,
@@ -116,14 +118,21 @@ pub async fn serve(
     }
 }
 
-async fn exposition(api: &Client, status: StatusSource, folders_up: &FoldersUp) -> String {
+async fn exposition(api: &Client, status: StatusSource, health: HealthSource) -> String {
     let report = tokio::task::spawn_blocking(move || status())
         .await
         .ok()
         .flatten();
+    let folders = tokio::task::spawn_blocking(move || health())
+        .await
+        .unwrap_or_default();
+    let up: Vec<(PathBuf, bool)> = folders
+        .into_iter()
+        .map(|(path, state)| (path, state == FolderState::Syncing))
+        .collect();
     let mut out = Exposition::default();
     METRICS.render(&mut out);
-    metrics::render_folders_up(&folders_up(), &mut out);
+    metrics::render_folders_up(&up, &mut out);
     api.render_gauges(&mut out);
     if let Some(report) = &report {
         status::render_gauges(report, &mut out);
@@ -131,11 +140,29 @@ async fn exposition(api: &Client, status: StatusSource, folders_up: &FoldersUp) 
     out.into_text()
 }
 
-/// `None` when healthy (requests flow and no folder is paused), else what is wrong.
-fn degraded(api: &Client) -> Option<String> {
+/// `None` when healthy (requests flow and every folder syncs), else what is wrong.
+async fn degraded(api: &Client, health: HealthSource) -> Option<String> {
+    let mut reasons = Vec::new();
     if let Some(reason) = api.held() {
-        return Some(format!("paused: {reason}"));
+        reasons.push(format!("paused: {reason}"));
+    } else if api.is_paused() {
+        reasons.push("requests are paused".to_string());
     }
-    (api.is_paused() || METRICS.folders_paused())
-        .then(|| "requests or folders are paused".to_string())
+    let folders = tokio::task::spawn_blocking(move || health())
+        .await
+        .unwrap_or_default();
+    for (path, state) in folders {
+        if state != FolderState::Syncing {
+            let line = state.line();
+            reasons.push(format!(
+                "{}: {}",
+                crate::text::path(&path),
+                crate::text::escaped(&line)
+            ));
+        }
+    }
+    if reasons.is_empty() && METRICS.folders_paused() {
+        reasons.push("folders are paused".to_string());
+    }
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }

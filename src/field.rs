@@ -66,6 +66,9 @@ pub struct Resolved {
     pub upload: UploadTarget,
     /// For a launch target, what launching needs to know of the template.
     pub launch: Option<LaunchForm>,
+    /// What people call the target (a task's title, its field's label), for `check` to show
+    /// next to the ids, when the verification read them.
+    pub names: Option<String>,
 }
 
 /// A verified launch target's template.
@@ -320,12 +323,15 @@ pub struct Snapshot {
 pub async fn read(target: &Target, api: &Client) -> Result<Snapshot, ApiError> {
     match target {
         Target::Task {
-            run_id,
             task_id,
             capture_id,
             ..
+        }
+        | Target::OneOff {
+            task_id,
+            capture_id,
         } => {
-            let mut task = api.get_task(run_id, task_id).await?;
+            let mut task = api.get_task(target.run_id(), task_id).await?;
             let value = task
                 .fields
                 .into_iter()
@@ -865,15 +871,18 @@ impl Actor {
         match (&self.target, checklist) {
             (
                 Target::Task {
-                    run_id,
                     task_id,
                     capture_id,
                     ..
+                }
+                | Target::OneOff {
+                    task_id,
+                    capture_id,
                 },
                 _,
             ) => {
                 self.api
-                    .put_task_field(run_id, task_id, capture_id, &list)
+                    .put_task_field(self.target.run_id(), task_id, capture_id, &list)
                     .await
             }
             (
@@ -915,21 +924,32 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
 async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>), FieldError> {
     match target {
         Target::Task {
-            run_id,
             task_id,
             capture_id,
-            step_id,
-            checklist_id,
+            ..
+        }
+        | Target::OneOff {
+            task_id,
+            capture_id,
         } => {
+            // The task as messages name it: "in run" where it is there, "of run" where it is not.
+            let (what, missing) = match target.run_id() {
+                Some(run_id) => (
+                    format!("task {task_id} in run {run_id}"),
+                    format!("task {task_id} of run {run_id}"),
+                ),
+                None => (
+                    format!("one-off task {task_id}"),
+                    format!("one-off task {task_id}"),
+                ),
+            };
             let task = api
-                .with_retries(|| api.get_task(run_id, task_id))
+                .with_retries(|| api.get_task(target.run_id(), task_id))
                 .await
-                .map_err(|error| {
-                    unreachable_target(error, &format!("task {task_id} of run {run_id}"))
-                })?;
+                .map_err(|error| unreachable_target(error, &missing))?;
             if task.status.eq_ignore_ascii_case("completed") {
                 return Err(FieldError::Invalid(format!(
-                    "task {task_id} in run {run_id} is completed, and Tallyfy does not allow changes to completed tasks"
+                    "{what} is completed, and Tallyfy does not allow changes to completed tasks"
                 )));
             }
             let Some(field) = task.fields.iter().find(|field| field.id == *capture_id) else {
@@ -939,37 +959,27 @@ async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>)
                     .map(|f| format!("{} ({:?}, {})", f.id, f.label, f.field_type))
                     .collect();
                 return Err(FieldError::Invalid(format!(
-                    "task {task_id} in run {run_id} has no form field with capture id {capture_id}; its fields are: {}",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    "{what} has no form field with capture id {capture_id}; its fields are: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             };
             if field.field_type != "file" {
                 return Err(FieldError::Invalid(format!(
-                    "field {capture_id} ({:?}) of task {task_id} is a {} field, not a file field",
+                    "field {capture_id} ({:?}) of {what} is a {} field, not a file field",
                     field.label, field.field_type
                 )));
             }
-            let missing = |what: &str| {
-                FieldError::Invalid(format!("task {task_id} in run {run_id} did not say its {what}; set it as folders[].task.{what}"))
-            };
-            let step_id = step_id
-                .clone()
-                .or(task.step_id)
-                .ok_or_else(|| missing("step_id"))?;
-            let checklist_id = checklist_id
-                .clone()
-                .or(task.checklist_id)
-                .ok_or_else(|| missing("checklist_id"))?;
+            let upload = task_upload(target, (task_id, capture_id), &what, &task)?;
             let list = api::into_list(field.value.clone());
             Ok((
                 Resolved {
-                    upload: UploadTarget::Task {
-                        run_id: run_id.clone(),
-                        capture_id: capture_id.clone(),
-                        step_id,
-                        checklist_id,
-                    },
+                    upload,
                     launch: None,
+                    names: Some(format!("task {:?}, field {:?}", task.title, field.label)),
                 },
                 list,
             ))
@@ -987,6 +997,7 @@ async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>)
                         checklist_id: checklist_id.clone(),
                     },
                     launch: None,
+                    names: None,
                 },
                 list,
             ))
@@ -1053,11 +1064,59 @@ async fn inspect(target: &Target, api: &Client) -> Result<(Resolved, Vec<Value>)
                         title: checklist.title,
                         limits,
                     }),
+                    names: None,
                 },
                 // A launch folder's files go to processes it starts, into no field it keeps.
                 Vec::new(),
             ))
         }
+    }
+}
+
+/// What the uploads to a verified task's field send: a task in a process names its run, step
+/// and template (from the config, else from the task); a one-off task names only itself, and
+/// must indeed be in no process.
+fn task_upload(
+    target: &Target,
+    (task_id, capture_id): (&str, &str),
+    what: &str,
+    task: &api::Task,
+) -> Result<UploadTarget, FieldError> {
+    match (target, &task.run_id) {
+        (
+            Target::Task {
+                run_id,
+                step_id,
+                checklist_id,
+                ..
+            },
+            _,
+        ) => {
+            let missing = |key: &str| {
+                FieldError::Invalid(format!(
+                    "{what} did not say its {key}; set it as folders[].task.{key}"
+                ))
+            };
+            Ok(UploadTarget::Task {
+                run_id: run_id.clone(),
+                capture_id: capture_id.to_string(),
+                step_id: step_id
+                    .clone()
+                    .or_else(|| task.step_id.clone())
+                    .ok_or_else(|| missing("step_id"))?,
+                checklist_id: checklist_id
+                    .clone()
+                    .or_else(|| task.checklist_id.clone())
+                    .ok_or_else(|| missing("checklist_id"))?,
+            })
+        }
+        (_, Some(run_id)) => Err(FieldError::Invalid(format!(
+            "{what} belongs to process {run_id}, so it is no one-off task; set folders[].task.run_id: {run_id}"
+        ))),
+        (_, None) => Ok(UploadTarget::OneOff {
+            task_id: task_id.to_string(),
+            capture_id: capture_id.to_string(),
+        }),
     }
 }
 
@@ -1126,6 +1185,7 @@ fn route_resolved(route: &Route) -> Resolved {
             checklist_id: route.checklist_id.clone(),
         },
         launch: None,
+        names: None,
     }
 }
 

@@ -131,6 +131,17 @@ pub fn check(folder: &Folder, path: &Path, metadata: &std::fs::Metadata) -> Resu
     Ok(())
 }
 
+/// Whether `dir`, a directory in `folder`, is hidden or lies in a hidden one: a name under the
+/// folder starts with a dot (`.Trash-1000`, `.git`, a subfolder renamed `.old`). Nothing in
+/// one is ever taken, however it got there: the same rule for scans, watch events and renames.
+pub fn hidden_dir(folder: &Folder, dir: &Path) -> bool {
+    dir.strip_prefix(&folder.path).is_ok_and(|inside| {
+        inside
+            .components()
+            .any(|name| name.as_os_str().as_encoded_bytes().first() == Some(&b'.'))
+    })
+}
+
 pub fn humansize(bytes: u64) -> String {
     const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -180,6 +191,27 @@ pub(crate) mod tests {
             std::fs::write(&path, b"x").unwrap();
         }
         check(folder, &path, &std::fs::symlink_metadata(&path).unwrap())
+    }
+
+    #[test]
+    fn a_directory_is_hidden_when_any_name_under_the_folder_starts_with_a_dot() {
+        let mut folder = folder(&[]);
+        folder.path = "/srv/.shares/in".into();
+        for hidden in [
+            "/srv/.shares/in/.Trash-1000",
+            "/srv/.shares/in/.Trash-1000/files",
+            "/srv/.shares/in/a/.old/b",
+        ] {
+            assert!(hidden_dir(&folder, Path::new(hidden)), "{hidden}");
+        }
+        // The folder's own path may hold a dot: only what lies under it counts.
+        for shown in [
+            "/srv/.shares/in",
+            "/srv/.shares/in/a/b",
+            "/srv/.shares/in/a.b",
+        ] {
+            assert!(!hidden_dir(&folder, Path::new(shown)), "{shown}");
+        }
     }
 
     #[test]

@@ -55,6 +55,18 @@ pub fn is_released(store: &Store, folder: &Path) -> bool {
     store.meta::<bool>(&release_key(folder)).ok().flatten() == Some(true)
 }
 
+/// Why a folder whose root is missing cannot sync: at boot a share mounted later is the usual cause.
+pub const NOT_THERE: &str = "not there (not mounted?)";
+
+/// What is wrong with a folder (or a directory in it) that cannot be listed.
+pub fn unreadable(dir: &Path, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        NOT_THERE.to_string()
+    } else {
+        format!("cannot read {}: {error}", dir.display())
+    }
+}
+
 /// Why a folder must pause, from its root as a scan found it (`Err`: unreadable) and the
 /// device it was first seen on (`None`: never seen, so anything goes); `None` when it may sync.
 pub fn root_problem(known: Option<u64>, device: &Result<u64, String>) -> Option<String> {

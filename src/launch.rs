@@ -13,6 +13,7 @@ use crate::api::{ApiError, Run};
 use crate::config::{After, Dedupe, Folder, Launch, Placeholder};
 use crate::field::{LaunchForm, Resolved, MAX_RUN_NAME};
 use crate::metrics::METRICS;
+use crate::open::{self, Identity};
 use crate::store::{
     asset_id, now_unix, Asset, DeleteKind, FileMeta, FileRecord, FileState, RunRef,
 };
@@ -110,11 +111,11 @@ impl Syncer {
         // Only this version's content counts: what an earlier one at this path sent does not.
         next.hash = None;
         if launch.dedupe == Dedupe::Content {
-            let hash = sync::hash_file(path)
+            let hash = open::hash_async(&subject.folder.path, path)
                 .await
                 .map_err(|error| SyncError::Read {
                     path: path.to_path_buf(),
-                    error,
+                    error: error.into(),
                 })?;
             let claim = self
                 .store
@@ -146,7 +147,9 @@ impl Syncer {
                 return self.after_launch(subject, launch, next, meta).await;
             }
         }
-        let Some((mut record, uploaded)) = self.send(subject, target, meta, next).await? else {
+        let seen = Identity::of(&metadata);
+        let sent = self.send(subject, target, meta, seen, next).await?;
+        let Some((mut record, uploaded)) = sent else {
             return self.release(subject, claimed.as_deref()).await;
         };
         let id = uploaded.asset.id().unwrap_or_default();
@@ -281,9 +284,18 @@ impl Syncer {
                 }
                 return Ok(());
             }
-            After::Delete => std::fs::remove_file(path).map(|()| "deleted it".to_string()),
-            After::Move { to } => move_into(&subject.folder.path, path, to)
-                .map(|moved| format!("moved it to {}", crate::text::path(&moved))),
+            After::Delete => open::remove(&subject.folder.path, path)
+                .map(|()| "deleted it".to_string())
+                .map_err(std::io::Error::from),
+            After::Move { to } => {
+                let (folder, from, to) =
+                    (subject.folder.path.clone(), path.to_path_buf(), to.clone());
+                // A copy to another file system takes as long as the file is big.
+                tokio::task::spawn_blocking(move || move_into(&folder, &from, &to))
+                    .await
+                    .unwrap_or_else(|error| Err(std::io::Error::other(error)))
+                    .map(|moved| format!("moved it to {}", crate::text::path(&moved)))
+            }
         };
         match done {
             Ok(what) => {
@@ -544,16 +556,18 @@ fn move_into(folder: &Path, path: &Path, to: &Path) -> std::io::Result<PathBuf> 
         if candidate.symlink_metadata().is_ok() {
             continue;
         }
-        match std::fs::rename(path, &candidate) {
+        match open::rename(folder, path, &candidate).map_err(std::io::Error::from) {
             Ok(()) => return Ok(candidate),
+            // Taken a moment ago: the next number.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(error) if error.raw_os_error() == Some(libc::EXDEV) => {
                 // Another filesystem: copy under a hidden name, so a crash never leaves a
                 // partial copy under the real one, then put it in place and remove the original.
                 let name = candidate.file_name().unwrap_or_default().to_string_lossy();
                 let partial = candidate.with_file_name(format!(".{name}.part"));
-                std::fs::copy(path, &partial)?;
+                copy(folder, path, &partial)?;
                 std::fs::rename(&partial, &candidate)?;
-                std::fs::remove_file(path)?;
+                open::remove(folder, path)?;
                 return Ok(candidate);
             }
             Err(error) => return Err(error),
@@ -567,6 +581,21 @@ fn move_into(folder: &Path, path: &Path, to: &Path) -> std::io::Result<PathBuf> 
             wanted.display()
         ),
     ))
+}
+
+/// Copies a launched file as `open` reads it, keeping its permissions as `std::fs::copy` does.
+fn copy(folder: &Path, path: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut source = open::file(folder, path)?;
+    let mut copy = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(source.metadata.permissions().mode() & 0o7777)
+        .open(to)?;
+    std::io::copy(&mut source.file, &mut copy)?;
+    copy.sync_all()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! shared circuit breaker, and `store` (sled) remembering it all across restarts.
 
 pub mod api;
+pub mod caution;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -21,6 +22,7 @@ pub mod guard;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
+pub mod open;
 pub mod plan;
 pub mod progress;
 pub mod queue;

@@ -130,7 +130,7 @@ pub fn init(format: LogFormat) {
                     .with_target(false)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(|| Redacting(std::io::stderr())),
             )
         }
     };
@@ -336,11 +336,29 @@ fn journal_name(field: &str) -> String {
     format!("{name:.64}")
 }
 
+/// JSON lines with every known secret redacted: the formatter hands over one whole event per
+/// write.
+struct Redacting<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(bytes);
+        self.0.write_all(crate::text::redact(&text).as_bytes())?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Journal fields keep the exact text, but never a secret.
 struct FieldVisitor<'a>(&'a mut Vec<u8>);
 
 impl Visit for FieldVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() != "message" {
+            let value = crate::text::redact(value);
             put(self.0, &journal_name(field.name()), value.as_bytes());
         }
     }
@@ -349,6 +367,7 @@ impl Visit for FieldVisitor<'_> {
         if field.name() != "message" {
             let mut text = String::new();
             let _ = write!(text, "{value:?}");
+            let text = crate::text::redact(&text);
             put(self.0, &journal_name(field.name()), text.as_bytes());
         }
     }

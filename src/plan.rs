@@ -19,6 +19,7 @@ use crate::field::{self, FieldError};
 use crate::filter::humansize;
 use crate::guard;
 use crate::launch;
+use crate::open;
 use crate::route;
 use crate::settle;
 use crate::store::{Asset, FileMeta, FileRecord, FileState, Store, StoreError};
@@ -57,6 +58,9 @@ impl PlanError {
 pub struct TargetCheck {
     pub folder: PathBuf,
     pub target: String,
+    /// What people call the target (a task's title and its field's label), when read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<String>,
     #[serde(flatten)]
     pub verdict: Verdict,
     /// Route folders: the active processes and the subfolder each maps to.
@@ -89,18 +93,22 @@ pub async fn verify_targets(
 ) -> Result<Vec<TargetCheck>, ApiError> {
     let (api, _stop_renewals) = client(&config.api, credentials)?;
     let deadline = Instant::now() + DEADLINE;
-    let mut verdicts: HashMap<String, Verdict> = HashMap::new();
+    let mut verdicts: HashMap<String, (Verdict, Option<String>)> = HashMap::new();
     // Once the API is down or refuses the token, asking about more targets only adds waiting.
     let mut given_up: Option<Verdict> = None;
     let mut checks = Vec::with_capacity(config.folders.len());
     for folder in &config.folders {
         let key = folder.target.key();
-        let verdict = match (verdicts.get(&key), &given_up) {
-            (Some(verdict), _) => verdict.clone(),
-            (None, Some(verdict)) => verdict.clone(),
+        let (verdict, names) = match (verdicts.get(&key), &given_up) {
+            (Some(known), _) => known.clone(),
+            (None, Some(verdict)) => (verdict.clone(), None),
             (None, None) => {
                 let verified =
                     tokio::time::timeout_at(deadline, field::verify(&folder.target, &api)).await;
+                let names = match &verified {
+                    Ok(Ok(resolved)) => resolved.names.clone(),
+                    _ => None,
+                };
                 let (verdict, give_up) = judge(verified, config, &api);
                 given_up = match (&verdict, give_up) {
                     (Verdict::Refused(_), true) => Some(Verdict::Refused(
@@ -115,13 +123,14 @@ pub async fn verify_targets(
                     )),
                     (_, false) => None,
                 };
-                verdicts.insert(key, verdict.clone());
-                verdict
+                verdicts.insert(key, (verdict.clone(), names.clone()));
+                (verdict, names)
             }
         };
         let mut check = TargetCheck {
             folder: folder.path.clone(),
             target: folder.target.to_string(),
+            names,
             verdict,
             processes: None,
             active: Vec::new(),
@@ -219,9 +228,14 @@ pub fn render_checks(checks: &[TargetCheck]) -> String {
                 format!("not verified: {problem}")
             }
         };
+        let names = check
+            .names
+            .as_ref()
+            .map(|names| format!(" ({})", text::escaped(names)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {} → {}: {}",
+            "  {} → {}{names}: {}",
             text::path(&check.folder),
             check.target,
             text::escaped(&verdict)
@@ -555,7 +569,7 @@ fn plan_folder(
                 }
             }
             Next::CompareContent { record, hash } => {
-                if sync::content_hash(&path).ok().as_ref() == Some(&hash) {
+                if open::hash(&folder.path, &path).ok().as_ref() == Some(&hash) {
                     Action::Unchanged { path }
                 } else {
                     upload(path, meta, Some(&record))
@@ -626,7 +640,7 @@ fn launch_action(
         _ => {}
     }
     if launch.dedupe == Dedupe::Content {
-        if let Ok(hash) = sync::content_hash(&path) {
+        if let Ok(hash) = open::hash(&folder.path, &path) {
             if let Some(claim) = store.content_claim(&folder.path, &hash)? {
                 if claim.path != path || claim.run.is_some() {
                     let run = claim.run.map(|run| run.name);

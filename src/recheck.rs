@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::api::{unix_ms, Client};
 use crate::config::{Config, Target};
 use crate::field::{self, FieldError};
-use crate::store::{FileRecord, FileState, Store, StoreError};
+use crate::store::{FileMeta, FileRecord, FileState, Store, StoreError};
 use crate::watch::Hint;
 
 /// Where the next check of a target is saved (Unix milliseconds).
@@ -140,17 +140,73 @@ async fn check(
     Ok(())
 }
 
-/// Marks failed files (all, or those at or under `path`) to be uploaded again; the next scan
-/// takes them. Returns how many.
-pub async fn retry_failed(store: &Store, path: Option<&Path>) -> Result<usize, StoreError> {
-    let wanted =
-        path.map(|path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
-    let failed = failed(store, |file, _| {
-        wanted
-            .as_ref()
-            .is_none_or(|wanted| file == wanted || file.starts_with(wanted))
-    })?;
+/// Marks every failed file to be uploaded again; the next scan takes them. Returns how many.
+pub async fn retry_failed(store: &Store) -> Result<usize, StoreError> {
+    let failed = failed(store, |_, _| true)?;
     Ok(retry(store, failed).await?.len())
+}
+
+/// What `retry PATH` did with the files the store knows at or under PATH.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Retried {
+    /// Checked against their field at their next turn and sent if missing there.
+    pub queued: usize,
+    /// Launch folders: files that started a process are never sent twice.
+    pub launched: usize,
+    /// Gone locally: nothing to send.
+    pub gone: usize,
+}
+
+/// `retry PATH`: makes every file the store knows at or under `path` be in Tallyfy, whatever
+/// its state. A file unchanged since it synced (or since it was removed in Tallyfy) forgets
+/// its asset, so that its next turn looks for it in the field, adopts it when it is there with
+/// the same content, and uploads it when it is not; a failed or rejected file is tried again.
+/// One read of the records under `path`.
+pub async fn retry_path(store: &Store, path: &Path) -> Result<Retried, StoreError> {
+    let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut found: Vec<(PathBuf, FileRecord)> = store
+        .get(&wanted)?
+        .map(|record| (wanted.clone(), record))
+        .into_iter()
+        .collect();
+    for record in store.records_under(&wanted) {
+        found.push(record?);
+    }
+    let mut retried = Retried::default();
+    for (file, mut record) in found {
+        let on_disk = FileMeta::read(&file);
+        match record.state {
+            FileState::Launched { .. } | FileState::Duplicate { .. } => {
+                retried.launched += 1;
+                continue;
+            }
+            _ if on_disk.is_none() => {
+                retried.gone += 1;
+                continue;
+            }
+            // On their way already: the next scan takes them.
+            FileState::Uploading
+            | FileState::Uploaded { .. }
+            | FileState::Launching { .. }
+            | FileState::Waiting { .. } => {}
+            FileState::Synced | FileState::Removed => {
+                // Changed since: its next upload replaces the asset it holds, as usual.
+                if on_disk == Some(record.meta) {
+                    record.attached = None;
+                }
+                record.state = FileState::Uploading;
+                record.attempts = 0;
+                store.put(&file, &record).await?;
+            }
+            FileState::Rejected { .. } | FileState::Failed { .. } => {
+                record.state = FileState::Uploading;
+                record.attempts = 0;
+                store.put(&file, &record).await?;
+            }
+        }
+        retried.queued += 1;
+    }
+    Ok(retried)
 }
 
 fn failed(

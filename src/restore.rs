@@ -15,13 +15,13 @@ use crate::api::{ApiError, Client, Sink};
 use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, ControlError, Request};
 use crate::field;
+use crate::open;
 use crate::plan;
 use crate::progress::Bar;
 use crate::route;
 use crate::store::{
     asset_filename, asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, Store, StoreError,
 };
-use crate::sync::content_hash;
 use crate::text;
 
 /// Longest file name most Linux filesystems take, in bytes.
@@ -41,6 +41,10 @@ pub enum RestoreError {
     Launch { folder: PathBuf },
     #[error("{failed} of {total} files could not be restored (see above)")]
     Failed { failed: usize, total: usize },
+    #[error(
+        "{folder} is not there (not mounted?); mount it first, or restore elsewhere with --to DIR"
+    )]
+    NotThere { folder: PathBuf },
 }
 
 /// What happened to one file of the field.
@@ -58,6 +62,12 @@ pub fn run(
     let folder = control::configured_folder(config, folder)?;
     if matches!(folder.target, Target::Launch(_)) {
         return Err(RestoreError::Launch {
+            folder: folder.path.clone(),
+        });
+    }
+    if to.is_none() && !folder.path.exists() {
+        // Creating it would put the files on the mount point, under the share.
+        return Err(RestoreError::NotThere {
             folder: folder.path.clone(),
         });
     }
@@ -112,7 +122,8 @@ pub fn run(
                 println!("FAILED         {}  asset {}: cannot create {}: {}", text::escaped(&name), text::escaped(&id), text::path(&field.dir), text::escaped(&error.to_string()));
                 continue;
             }
-            let restored = restore_one(&api, &field.dir, &id, &name, &bar).await;
+            let restored =
+                restore_one(&api, &field.dir, &id, &name, stated_size(asset), &bar).await;
             bar.finish();
             bar.clear();
             match restored {
@@ -260,11 +271,20 @@ impl Drop for Temporary {
     }
 }
 
+/// The size the asset's metadata states, when it states one: a download may not exceed it.
+fn stated_size(asset: &Value) -> u64 {
+    asset
+        .get("size")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::MAX)
+}
+
 async fn restore_one(
     api: &Client,
     dir: &Path,
     id: &str,
     name: &str,
+    limit: u64,
     bar: &Bar,
 ) -> Result<Outcome, String> {
     // Hidden and `.part`: the daemon never takes it for a file to sync.
@@ -280,7 +300,7 @@ async fn restore_one(
         hasher: blake3::Hasher::new(),
         bar,
     });
-    api.with_retries(|| api.download(id, &sink))
+    api.with_retries(|| api.download_at_most(id, limit, &sink))
         .await
         .map_err(|error| error.to_string())?;
     let sink = sink
@@ -294,7 +314,7 @@ async fn restore_one(
         let path = dir.join(numbered(name, n));
         match std::fs::symlink_metadata(&path) {
             Ok(metadata) if metadata.is_file() => {
-                if content_hash(&path).ok().as_deref() == Some(hash.as_str()) {
+                if open::hash_async(dir, &path).await.ok().as_deref() == Some(hash.as_str()) {
                     return Ok(Outcome::AlreadyThere(path));
                 }
                 continue;
@@ -332,7 +352,7 @@ async fn record(
         folder: folder.path.clone(),
         target: target.to_string(),
         meta: FileMeta::of(&metadata),
-        hash: content_hash(path).ok(),
+        hash: open::hash_async(&folder.path, path).await.ok(),
         attached: Some(Asset(asset.clone())),
         state: FileState::Synced,
         updated: now_unix(),

@@ -671,6 +671,10 @@ fn ended_reason(process: &Process, status: &str) -> String {
 
 /// Creates a subfolder for each active process that has none; removes nothing.
 fn create_folders(folder: &Folder, route: &Route, active: &[Process]) {
+    if !folder.path.is_dir() {
+        // Not there (a share not mounted): the folder itself is never created here.
+        return;
+    }
     for process in active {
         let name = folder_name(process, &same_folder(active, process), route.by);
         let path = folder.path.join(&name);

@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{After, Config, Folder, Target};
 use crate::filter;
-use crate::guard::Guard;
+use crate::guard::{self, Guard};
 use crate::metrics::METRICS;
 use crate::service::Heartbeat;
 use crate::store::{FileMeta, FileRecord, FileState, Store};
@@ -66,6 +66,11 @@ impl Settle {
             .folders
             .iter()
             .map(|folder| {
+                if !folder.path.exists() {
+                    // Not there (a share not mounted yet): the guard pauses it, and it is
+                    // watched or polled once it appears.
+                    return None;
+                }
                 if let Some((interval, why)) = watch::poll_interval(folder) {
                     info!(folder = %folder.path.display(), "polling every {} because {why}", humantime::format_duration(interval));
                     return Some(interval);
@@ -194,6 +199,9 @@ impl Settle {
         }
         if (!folder.recursive && path.parent() != Some(folder.path.as_path()))
             || folder.excludes(path)
+            || path
+                .parent()
+                .is_some_and(|dir| filter::hidden_dir(folder, dir))
         {
             return;
         }
@@ -203,7 +211,7 @@ impl Settle {
         }
         match std::fs::symlink_metadata(path) {
             Ok(metadata) if metadata.is_dir() => {
-                if folder.recursive {
+                if folder.recursive && !filter::hidden_dir(folder, path) {
                     self.scan_into(index, path.to_path_buf()).await;
                 }
             }
@@ -346,6 +354,12 @@ impl Settle {
     /// A folder that was removed and came back lost its watch with its old directory.
     fn rewatch(&mut self, index: usize) {
         let folder = &self.config.folders[index];
+        // A folder first seen now (not there at start) may be on a network filesystem.
+        if let Some((interval, why)) = watch::poll_interval(folder) {
+            info!(folder = %folder.path.display(), "polling every {} because {why}", humantime::format_duration(interval));
+            self.polls[index] = Some(interval);
+            return;
+        }
         if let Err(problem) = self.watch.add(folder) {
             warn!(folder = %folder.path.display(), "cannot watch the folder again: {problem}; polling it instead");
             self.polls[index] = Some(watch::AUTO_POLL_INTERVAL);
@@ -413,7 +427,7 @@ pub struct Scan {
 
 /// Compares `dir` (a folder or a directory inside one) with the store, reading no file.
 pub fn scan(folder: &Folder, dir: &Path, store: &Store) -> Result<Scan, String> {
-    let unreadable = |error: std::io::Error| format!("cannot read {}: {error}", dir.display());
+    let unreadable = |error: std::io::Error| guard::unreadable(dir, &error);
     let device = std::fs::metadata(dir).map_err(unreadable)?.dev();
     let mut on_disk = Vec::new();
     walk(folder, dir, &mut on_disk).map_err(unreadable)?;
@@ -477,8 +491,7 @@ pub fn walk(
             continue;
         }
         if metadata.is_dir() {
-            let hidden = entry.file_name().as_encoded_bytes().first() == Some(&b'.');
-            if folder.recursive && !hidden && !folder.excludes(&path) {
+            if folder.recursive && !filter::hidden_dir(folder, &path) && !folder.excludes(&path) {
                 if let Err(error) = walk(folder, &path, out) {
                     debug!(dir = %path.display(), %error, "skipping unreadable directory");
                 }

@@ -1,6 +1,7 @@
 //! `tallyfy-sync status`: where every folder and file stands.
-//! Receives the config and a store (the daemon's own, asked over the control socket, or opened
-//! directly when no daemon runs); emits a `StatusReport` that renders as text or JSON. Owns the
+//! Receives the config, a store (the daemon's own, asked over the control socket, or opened
+//! directly when no daemon runs) and one listing of each folder; emits a `StatusReport` that
+//! renders as text or JSON. Owns each folder's state (syncing, paused, not syncing) and the
 //! per-file wording: state, asset, attempts, next attempt and why a file waits.
 
 use std::collections::BTreeMap;
@@ -10,16 +11,139 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{unix_ms, Pause};
-use crate::config::Config;
+use crate::config::{Config, Folder};
 use crate::guard::{self, Held};
 use crate::metrics::{self, Exposition};
 use crate::progress::{self, Backlog};
-use crate::recheck;
-use crate::store::{FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE};
-use crate::text;
+use crate::store::{
+    FileMeta, FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE,
+};
+use crate::{recheck, settle, text};
 
 /// Where the daemon saves the request pause in the store.
 pub const PAUSE_KEY: &str = "api-pause";
+
+/// Where the daemon saves what is wrong with a target (absent while it checks out).
+pub fn target_key(target: &str) -> String {
+    format!("target-problem:{target}")
+}
+
+/// Where a folder stands as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderState {
+    Syncing,
+    /// Waits by itself: an outage, a rate limit, a refused token, a state directory that cannot
+    /// be written, deletes held by `max_delete`. The text says why.
+    Paused(String),
+    /// Needs someone: the folder is not there, or its target is wrong. The text says why and
+    /// what fixes it.
+    NotSyncing(String),
+}
+
+impl FolderState {
+    /// "syncing", "paused" or "not syncing".
+    pub fn label(&self) -> &'static str {
+        match self {
+            FolderState::Syncing => "syncing",
+            FolderState::Paused(_) => "paused",
+            FolderState::NotSyncing(_) => "not syncing",
+        }
+    }
+
+    pub fn why(&self) -> Option<&str> {
+        match self {
+            FolderState::Syncing => None,
+            FolderState::Paused(why) | FolderState::NotSyncing(why) => Some(why),
+        }
+    }
+
+    /// "syncing", "paused: why" or "not syncing: why".
+    pub fn line(&self) -> String {
+        match self.why() {
+            None => self.label().to_string(),
+            Some(why) => format!("{}: {why}", self.label()),
+        }
+    }
+}
+
+/// What holds every folder at once.
+struct Overall {
+    unwritable: Option<String>,
+    api_pause: Option<Pause>,
+}
+
+impl Overall {
+    fn read(store: &Store, daemon_running: bool) -> Result<Overall, StoreError> {
+        Ok(Overall {
+            unwritable: store.unwritable(),
+            api_pause: store
+                .meta::<Pause>(PAUSE_KEY)?
+                .filter(|pause| pause.until_ms > unix_ms() || daemon_running),
+        })
+    }
+}
+
+/// How often the daemon looks for a folder that is not there, as the fix says.
+const LOOKED_FOR: &str = "looked for every 5 s";
+
+/// A configured folder's state, from what the daemon saved (one read per key, no file).
+fn folder_state(
+    folder: &Folder,
+    store: &Store,
+    overall: &Overall,
+) -> Result<FolderState, StoreError> {
+    let root: Option<String> = if folder.path.exists() {
+        store.meta(&guard::paused_key(&folder.path))?
+    } else {
+        Some(guard::NOT_THERE.to_string())
+    };
+    if let Some(problem) = root {
+        let fix = if problem == guard::NOT_THERE {
+            format!("mount the share or create the folder; it is synced as soon as it appears ({LOOKED_FOR})")
+        } else {
+            format!("it syncs again once the folder is back as it was ({LOOKED_FOR})")
+        };
+        return Ok(FolderState::NotSyncing(format!("{problem}; {fix}")));
+    }
+    if let Some(problem) = store.meta::<String>(&target_key(&folder.target.key()))? {
+        return Ok(FolderState::NotSyncing(format!(
+            "{problem}; fix the target in the config or in Tallyfy, then run `systemctl reload tallyfy-sync`"
+        )));
+    }
+    if let Some(error) = &overall.unwritable {
+        return Ok(FolderState::Paused(format!(
+            "{UNWRITABLE} ({error}); resumes once a write succeeds"
+        )));
+    }
+    if let Some(pause) = &overall.api_pause {
+        return Ok(FolderState::Paused(format!(
+            "{}; next attempt {}",
+            pause.reason,
+            when(pause.until_ms)
+        )));
+    }
+    if let Some(held) = store.meta::<Held>(&guard::held_key(&folder.path))? {
+        return Ok(FolderState::Paused(format!(
+            "deletes held: {} of {} synced files are gone; uploads go on",
+            held.count, held.synced
+        )));
+    }
+    Ok(FolderState::Syncing)
+}
+
+/// Every configured folder's state, reading no file record: for `/healthz` and the service
+/// manager's status line.
+pub fn folder_states(
+    config: &Config,
+    store: &Store,
+) -> Result<Vec<(PathBuf, FolderState)>, StoreError> {
+    let overall = Overall::read(store, true)?;
+    config
+        .folders
+        .iter()
+        .map(|folder| Ok((folder.path.clone(), folder_state(folder, store, &overall)?)))
+        .collect()
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -67,12 +191,31 @@ pub struct FolderReport {
     pub path: PathBuf,
     /// The target as configured, or a note that the folder left the config.
     pub target: String,
+    /// syncing, paused or not syncing.
+    #[serde(default)]
+    pub state: String,
+    /// Why it is paused or not syncing, and what fixes it.
+    #[serde(default)]
+    pub why: Option<String>,
     pub counts: Counts,
+    /// Unix seconds of the latest file synced (or process started).
+    #[serde(default)]
+    pub last_success: Option<u64>,
+    /// The file that has waited longest (pending or failed), by name, and since when.
+    #[serde(default)]
+    pub oldest_waiting: Option<Waited>,
     /// Why the folder is paused (gone, unreadable, unmounted), if it is.
     pub paused: Option<String>,
     /// Deletes kept back by `max_delete` until `release-deletes`.
     pub held: Option<Held>,
     pub files: Vec<FileReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Waited {
+    pub name: String,
+    /// Unix seconds.
+    pub since: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +238,17 @@ pub struct FileReport {
     /// The name Tallyfy stored, when it is not the file's own (see "Filenames" in the README).
     #[serde(default)]
     pub stored_as: Option<String>,
+    /// Unix seconds since the file is in this state (for a file not recorded yet, its
+    /// modification time).
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+impl FileReport {
+    /// Whether the default view lists it: anything but a file in sync or a process started.
+    pub fn needs_attention(&self) -> bool {
+        !matches!(self.state.as_str(), "synced" | "launched")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,23 +283,7 @@ fn from_store(
     store: &Store,
     daemon_running: bool,
 ) -> Result<StatusReport, StoreError> {
-    let api_pause = store
-        .meta::<Pause>(PAUSE_KEY)?
-        .filter(|pause| pause.until_ms > unix_ms() || daemon_running);
-    let state_dir_unwritable = store.unwritable();
-    // What files wait for: a state directory that cannot be written comes first, since it
-    // holds requests even when the API answers.
-    let waiting_for = match (&state_dir_unwritable, &api_pause) {
-        (Some(_), _) => Some(Waiting {
-            reason: UNWRITABLE,
-            until_ms: None,
-        }),
-        (None, Some(pause)) => Some(Waiting {
-            reason: &pause.reason,
-            until_ms: Some(pause.until_ms),
-        }),
-        (None, None) => None,
-    };
+    let overall = Overall::read(store, daemon_running)?;
     let mut by_folder: BTreeMap<PathBuf, Vec<(PathBuf, FileRecord)>> = BTreeMap::new();
     for record in store.records() {
         let (path, record) = record?;
@@ -157,23 +295,39 @@ fn from_store(
     let mut folders = Vec::new();
     for folder in &config.folders {
         let records = by_folder.remove(&folder.path).unwrap_or_default();
-        folders.push(folder_report(
+        let state = folder_state(folder, store, &overall)?;
+        // One listing of the folder: what is there and not yet done is pending. Not of a
+        // folder whose root is in doubt: a bare mount point's files are not the share's.
+        let mut on_disk = Vec::new();
+        let root_in_doubt = store
+            .meta::<String>(&guard::paused_key(&folder.path))?
+            .is_some();
+        if !root_in_doubt {
+            let _ = settle::walk(folder, &folder.path, &mut on_disk);
+        }
+        let waiting_for = waiting_for(&state, &overall, daemon_running);
+        let mut report = folder_report(
             store,
             &folder.path,
             folder.target.to_string(),
             &records,
-            waiting_for.as_ref(),
-        )?);
+            on_disk,
+            &waiting_for,
+        )?;
+        report.state = state.label().to_string();
+        report.why = state.why().map(str::to_string);
+        folders.push(report);
     }
     for (folder, records) in by_folder {
         let target = "no longer in the config".to_string();
-        folders.push(folder_report(
-            store,
-            &folder,
-            target,
-            &records,
-            waiting_for.as_ref(),
-        )?);
+        let waiting_for = Waiting {
+            reason: "the folder is no longer in the config".to_string(),
+            until_ms: None,
+        };
+        let mut report = folder_report(store, &folder, target, &records, Vec::new(), &waiting_for)?;
+        report.state = "not syncing".to_string();
+        report.why = Some("no longer in the config; its files stay as they are".to_string());
+        folders.push(report);
     }
     let deletes_pending = store
         .pending_deletes()?
@@ -186,8 +340,8 @@ fn from_store(
     Ok(StatusReport {
         state_dir: store.path().to_path_buf(),
         daemon_running,
-        api_pause,
-        state_dir_unwritable,
+        api_pause: overall.api_pause,
+        state_dir_unwritable: overall.unwritable,
         folders,
         deletes_pending,
         // Shown until the operator has dealt with the damaged copy it points to.
@@ -201,10 +355,36 @@ fn from_store(
     })
 }
 
-/// Why unfinished files wait, and until when if that is known.
-struct Waiting<'a> {
-    reason: &'a str,
+/// What an unfinished file of a syncing folder is doing.
+const IN_PROGRESS: &str = "in progress";
+
+/// Why a folder's unfinished files wait, and until when if that is known.
+struct Waiting {
+    reason: String,
     until_ms: Option<u64>,
+}
+
+/// What a folder's unfinished files wait for: what stops the folder first (a state directory
+/// that cannot be written holds requests even when the API answers), else their turn.
+fn waiting_for(state: &FolderState, overall: &Overall, daemon_running: bool) -> Waiting {
+    let (reason, until_ms) = match (state, &overall.unwritable, &overall.api_pause) {
+        (FolderState::NotSyncing(_), _, _) => {
+            ("the folder is not syncing (see above)".to_string(), None)
+        }
+        (_, Some(_), _) => (UNWRITABLE.to_string(), None),
+        (_, None, Some(pause)) => (pause.reason.clone(), Some(pause.until_ms)),
+        _ if daemon_running => {
+            return Waiting {
+                reason: IN_PROGRESS.to_string(),
+                until_ms: None,
+            }
+        }
+        _ => ("the daemon to run".to_string(), None),
+    };
+    Waiting {
+        reason: format!("waiting: {reason}"),
+        until_ms,
+    }
 }
 
 fn folder_report(
@@ -212,28 +392,45 @@ fn folder_report(
     folder: &Path,
     target: String,
     records: &[(PathBuf, FileRecord)],
-    waiting_for: Option<&Waiting>,
+    on_disk: Vec<(PathBuf, FileMeta)>,
+    waiting: &Waiting,
 ) -> Result<FolderReport, StoreError> {
     let held: Option<Held> = store.meta(&guard::held_key(folder))?;
     let paused: Option<String> = store.meta(&guard::paused_key(folder))?;
     let mut counts = Counts::default();
     let mut files = Vec::with_capacity(records.len());
+    let mut on_disk: std::collections::HashMap<PathBuf, FileMeta> = on_disk.into_iter().collect();
+    let mut last_success: Option<u64> = None;
     // When each target is next checked for its failed files, read once per target.
     let mut checks: BTreeMap<String, Option<u64>> = BTreeMap::new();
-    for (path, record) in records {
-        let name = path
-            .strip_prefix(folder)
+    let name_of = |path: &Path| {
+        path.strip_prefix(folder)
             .unwrap_or(path)
             .display()
-            .to_string();
+            .to_string()
+    };
+    for (path, record) in records {
+        let name = name_of(path);
         let attached = record.attached.as_ref().and_then(|asset| asset.id());
-        let waiting = || match waiting_for {
-            Some(waiting) => (format!("waiting: {}", waiting.reason), waiting.until_ms),
-            None => ("in progress".to_string(), None),
-        };
+        let pending = || (waiting.reason.clone(), waiting.until_ms);
         let gone = held.is_some() && std::fs::symlink_metadata(path).is_err();
+        let disk = on_disk.remove(path);
+        // Changed on disk since it was last handled: it is looked at again.
+        let changed = disk.is_some_and(|meta| meta != record.meta)
+            && matches!(
+                record.state,
+                FileState::Synced
+                    | FileState::Removed
+                    | FileState::Rejected { .. }
+                    | FileState::Failed { .. }
+            );
         let mut run_id = None;
         let (state, asset_id, detail, next_attempt_ms) = match &record.state {
+            _ if changed => {
+                counts.pending += 1;
+                let (why, next) = pending();
+                ("pending", attached, format!("changed; {why}"), next)
+            }
             FileState::Synced if gone => {
                 counts.held += 1;
                 let detail = "gone locally; remote copy kept until release-deletes".to_string();
@@ -241,22 +438,23 @@ fn folder_report(
             }
             FileState::Synced => {
                 counts.synced += 1;
+                last_success = last_success.max(Some(record.updated));
                 ("synced", attached, String::new(), None)
             }
             FileState::Removed => {
                 counts.removed += 1;
                 let detail =
-                    "removed in Tallyfy; not uploaded again unless the file changes".to_string();
+                    "removed in Tallyfy; not uploaded again unless the file changes or `tallyfy-sync retry PATH` asks".to_string();
                 ("removed", attached, detail, None)
             }
             FileState::Uploading => {
                 counts.pending += 1;
-                let (why, next) = waiting();
+                let (why, next) = pending();
                 ("pending", None, format!("uploading; {why}"), next)
             }
             FileState::Uploaded { asset } => {
                 counts.pending += 1;
-                let (why, next) = waiting();
+                let (why, next) = pending();
                 let detail = format!("uploaded, not yet attached; {why}");
                 ("pending", asset.id(), detail, next)
             }
@@ -278,12 +476,13 @@ fn folder_report(
             }
             FileState::Launching { asset, name, .. } => {
                 counts.pending += 1;
-                let (why, next) = waiting();
+                let (why, next) = pending();
                 let detail = format!("starting process '{}'; {why}", crate::text::escaped(name));
                 ("launching", asset.id(), detail, next)
             }
             FileState::Launched { run } => {
                 counts.launched += 1;
+                last_success = last_success.max(Some(record.updated));
                 run_id = Some(run.id.clone());
                 let detail = format!("started process '{}'", crate::text::escaped(&run.name));
                 ("launched", None, detail, None)
@@ -329,12 +528,46 @@ fn folder_report(
             detail,
             next_attempt_ms,
             stored_as,
+            since: Some(record.updated),
         });
     }
+    // On disk and never recorded: new files, settling, queued, or held back with the folder.
+    let mut new: Vec<(PathBuf, FileMeta)> = on_disk.into_iter().collect();
+    new.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, meta) in new {
+        counts.pending += 1;
+        files.push(FileReport {
+            name: name_of(&path),
+            state: "pending".to_string(),
+            asset_id: None,
+            run_id: None,
+            attempts: 0,
+            detail: match waiting.reason.as_str() {
+                IN_PROGRESS => "new; settling, then uploaded".to_string(),
+                why => format!("new; {why}"),
+            },
+            next_attempt_ms: waiting.until_ms,
+            stored_as: None,
+            since: u64::try_from(meta.mtime_ns / 1_000_000_000).ok(),
+        });
+    }
+    let oldest_waiting = files
+        .iter()
+        .filter(|file| matches!(file.state.as_str(), "pending" | "launching" | "failed"))
+        .filter_map(|file| Some((file.since?, &file.name)))
+        .min()
+        .map(|(since, name)| Waited {
+            name: name.clone(),
+            since,
+        });
     Ok(FolderReport {
         path: folder.to_path_buf(),
         target,
+        state: String::new(),
+        why: None,
         counts,
+        last_success,
+        oldest_waiting,
         paused,
         held,
         files,
@@ -374,8 +607,46 @@ pub fn render_gauges(report: &StatusReport, out: &mut Exposition) {
     );
 }
 
-/// The report as people read it.
-pub fn render(report: &StatusReport) -> String {
+/// Keeps only the folder or files at or under `path` (as given, or through a link); true when
+/// that narrowed a folder to some of its files. An error names the configured folders when
+/// `path` is in none of them.
+pub fn keep_only(report: &mut StatusReport, path: &Path) -> Result<bool, String> {
+    let wanted = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let known: Vec<String> = report
+        .folders
+        .iter()
+        .map(|folder| text::path(&folder.path).to_string())
+        .collect();
+    report
+        .folders
+        .retain(|folder| folder.path.starts_with(&wanted) || wanted.starts_with(&folder.path));
+    if report.folders.is_empty() {
+        return Err(format!(
+            "{} is in no configured folder (configured: {})",
+            text::path(path),
+            known.join(", ")
+        ));
+    }
+    let mut narrowed = false;
+    for folder in &mut report.folders {
+        if let Ok(inside) = wanted.strip_prefix(&folder.path) {
+            if !inside.as_os_str().is_empty() {
+                narrowed = true;
+                folder
+                    .files
+                    .retain(|file| Path::new(&file.name).starts_with(inside));
+            }
+        }
+    }
+    report
+        .deletes_pending
+        .retain(|job| job.path.starts_with(&wanted));
+    Ok(narrowed)
+}
+
+/// The report as people read it: each folder's state and counts first, then per folder the
+/// files that need attention (all of them with `all`, or when a file was asked for by path).
+pub fn render(report: &StatusReport, all: bool) -> String {
     let mut out = String::new();
     let source = if report.daemon_running {
         "daemon running"
@@ -394,11 +665,10 @@ pub fn render(report: &StatusReport) -> String {
         );
     }
     if let Some(rebuilt) = &report.store_rebuilt {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(rebuilt.at);
         let _ = writeln!(
             out,
             "store rebuilt at {}: the old one was damaged ({}) and is kept in {}; files were matched against their fields and adopted where Tallyfy already held them",
-            humantime::format_rfc3339_seconds(at),
+            at(rebuilt.at),
             text::escaped(&rebuilt.error),
             text::path(&rebuilt.moved_to)
         );
@@ -409,6 +679,19 @@ pub fn render(report: &StatusReport) -> String {
             "requests paused: {}; next attempt {}",
             text::escaped(&pause.reason),
             when(pause.until_ms)
+        );
+    }
+    let _ = writeln!(out, "folders:");
+    for folder in &report.folders {
+        let c = &folder.counts;
+        let _ = writeln!(
+            out,
+            "  {}: {} ({} synced, {} pending, {} failed)",
+            text::path(&folder.path),
+            folder.state,
+            c.synced + c.launched,
+            c.pending,
+            c.failed
         );
     }
     for folder in &report.folders {
@@ -424,6 +707,11 @@ pub fn render(report: &StatusReport) -> String {
             c.rejected,
             c.failed
         );
+        let state = match &folder.why {
+            Some(why) => format!("{}: {}", folder.state, text::escaped(why)),
+            None => folder.state.clone(),
+        };
+        let _ = writeln!(out, "  state: {state}");
         if c.launched + c.duplicates > 0 {
             let _ = writeln!(
                 out,
@@ -437,9 +725,6 @@ pub fn render(report: &StatusReport) -> String {
         if c.waiting > 0 {
             let _ = writeln!(out, "  {} waiting for their process", c.waiting);
         }
-        if let Some(paused) = &folder.paused {
-            let _ = writeln!(out, "  PAUSED: {}", text::escaped(paused));
-        }
         if let Some(held) = &folder.held {
             let _ = writeln!(
                 out,
@@ -449,7 +734,12 @@ pub fn render(report: &StatusReport) -> String {
                 text::path(&folder.path)
             );
         }
+        let mut unlisted = 0;
         for file in &folder.files {
+            if !all && !file.needs_attention() {
+                unlisted += 1;
+                continue;
+            }
             let mut line = format!("  {:<9} {}", file.state, text::escaped(&file.name));
             if let Some(asset) = &file.asset_id {
                 let _ = write!(line, "  asset {asset}");
@@ -469,7 +759,32 @@ pub fn render(report: &StatusReport) -> String {
             if let Some(next) = file.next_attempt_ms {
                 let _ = write!(line, "; next attempt {}", when(next));
             }
+            if let Some(since) = file.since.filter(|_| file.needs_attention()) {
+                let _ = write!(line, "; since {}", at(since));
+            }
             let _ = writeln!(out, "{line}");
+        }
+        // After the files, so that a file's first line in the report is its own.
+        let mut times = Vec::new();
+        if let Some(last) = folder.last_success {
+            times.push(format!("last success {}", at(last)));
+        }
+        if let Some(oldest) = &folder.oldest_waiting {
+            times.push(format!(
+                "oldest waiting {} since {}",
+                text::escaped(&oldest.name),
+                at(oldest.since)
+            ));
+        }
+        if !times.is_empty() {
+            let _ = writeln!(out, "  {}", times.join("; "));
+        }
+        if unlisted > 0 {
+            let files = if unlisted == 1 { "file" } else { "files" };
+            let _ = writeln!(
+                out,
+                "  ({unlisted} {files} in sync not listed; `tallyfy-sync status --all` lists them)"
+            );
         }
     }
     if !report.deletes_pending.is_empty() {
@@ -490,6 +805,20 @@ pub fn render(report: &StatusReport) -> String {
     out
 }
 
+/// "2026-12-07 14:03:22 UTC (5m ago)", from Unix seconds.
+fn at(unix: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    let stamp = humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replacen('T', " ", 1)
+        .replace('Z', " UTC");
+    let ago = std::time::SystemTime::now()
+        .duration_since(time)
+        .map_or(0, |ago| ago.as_secs());
+    let ago = humantime::format_duration(std::time::Duration::from_secs(ago));
+    format!("{stamp} ({ago} ago)")
+}
+
 /// "in 42s" or "now", from Unix milliseconds.
 fn when(unix: u64) -> String {
     let left = std::time::Duration::from_secs(unix.saturating_sub(unix_ms()).div_ceil(1000));
@@ -497,5 +826,73 @@ fn when(unix: u64) -> String {
         "now".to_string()
     } else {
         format!("in {}", humantime::format_duration(left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_folder_not_there_or_with_a_wrong_target_is_not_syncing_before_it_is_paused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let folder = Folder {
+            path: dir.path().join("in"),
+            ..crate::filter::tests::folder(&[])
+        };
+        let pause = Pause {
+            until_ms: unix_ms() + 60_000,
+            delay_ms: 60_000,
+            reason: "the API is unreachable".into(),
+        };
+        let outage = Overall {
+            unwritable: None,
+            api_pause: Some(pause),
+        };
+        let state = |overall: &Overall| folder_state(&folder, &store, overall).unwrap();
+        let missing = state(&outage);
+        assert_eq!(missing.label(), "not syncing");
+        assert!(
+            missing
+                .line()
+                .starts_with("not syncing: not there (not mounted?); mount the share"),
+            "{}",
+            missing.line()
+        );
+
+        std::fs::create_dir(&folder.path).unwrap();
+        let wrong = "task T of run R does not exist (404)".to_string();
+        let key = target_key(&folder.target.key());
+        store.set_meta(&key, Some(&wrong)).await.unwrap();
+        let bad_target = state(&outage);
+        assert!(
+            bad_target
+                .line()
+                .starts_with(&format!("not syncing: {wrong}; fix the target")),
+            "{}",
+            bad_target.line()
+        );
+
+        store.set_meta::<String>(&key, None).await.unwrap();
+        assert!(state(&outage)
+            .line()
+            .starts_with("paused: the API is unreachable; next attempt in "));
+        let calm = Overall {
+            unwritable: None,
+            api_pause: None,
+        };
+        assert_eq!(state(&calm), FolderState::Syncing);
+        let held = Held {
+            count: 7,
+            synced: 12,
+            since: 0,
+        };
+        let held_key = guard::held_key(&folder.path);
+        store.set_meta(&held_key, Some(&held)).await.unwrap();
+        assert_eq!(
+            state(&calm).line(),
+            "paused: deletes held: 7 of 12 synced files are gone; uploads go on"
+        );
     }
 }

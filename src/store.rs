@@ -9,6 +9,7 @@
 //! again, reopening the database, since sled refuses every write after one I/O error.
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -322,10 +323,15 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         path: dir.to_path_buf(),
         error,
     };
-    std::fs::create_dir_all(dir).map_err(|error| match is_unwritable(&error) {
-        true => unwritable(&error),
-        false => open_error(&error),
-    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|error| match is_unwritable(&error) {
+            true => unwritable(&error),
+            false => open_error(&error),
+        })?;
+    make_private(dir);
     let opened = std::panic::catch_unwind(|| {
         sled::Config::new()
             .path(dir.join("store"))
@@ -334,6 +340,8 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             .flush_every_ms(None)
             .open()
     });
+    // sled made its files as the umask says.
+    make_private(dir);
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Io(io))) if io.to_string().contains("could not acquire lock") => {
@@ -365,6 +373,52 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
                 .unwrap_or_else(|| "sled panicked while reading it".into());
             Err(damaged(why))
         }
+    }
+}
+
+/// Makes the state directory private to the daemon's user whatever the umask (every path and
+/// asset id is in there): the directory and the database (`store`, and damaged ones moved
+/// aside as `store.corrupt-*`) lose their group and other bits: directories 0700, files 0600.
+/// Files sled makes later are out of reach all the same, inside a 0700 directory. Only what
+/// this user owns is changed, and a failure (a read-only disk) leaves it as it was: the store
+/// works the same either way.
+fn make_private(dir: &Path) {
+    restrict(dir);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| entry.file_name().as_bytes().starts_with(b"store"))
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| entry.path())
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        restrict(&dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => dirs.push(entry.path()),
+                Ok(kind) if kind.is_file() => restrict(&entry.path()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Takes group and other permissions from a file or directory this user owns.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mode = metadata.mode() & 0o7777;
+    if metadata.uid() == me && !metadata.file_type().is_symlink() && mode & 0o077 != 0 {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077));
     }
 }
 
@@ -601,7 +655,12 @@ impl Store {
     /// error), then a record flushed into it. Clears `unwritable` on success.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let file = self.path.join(PROBE_FILE);
-        let written = std::fs::File::create(&file)
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
             .and_then(|mut probe| {
                 std::io::Write::write_all(&mut probe, &unix_nanos().to_le_bytes())?;
                 probe.sync_all()
@@ -1051,6 +1110,56 @@ mod tests {
         );
         assert_eq!(readable("plain words".into()), "plain words");
         assert_eq!(readable("Os { code: x".into()), "Os { code: x");
+    }
+
+    /// Modes of the state directory and of everything under it, beside their paths.
+    fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut modes = vec![(
+            dir.to_path_buf(),
+            std::fs::metadata(dir).unwrap().mode() & 0o777,
+        )];
+        let mut dirs = vec![dir.join("store")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let metadata = entry.metadata().unwrap();
+                if metadata.is_dir() {
+                    dirs.push(entry.path());
+                }
+                modes.push((entry.path(), metadata.mode() & 0o777));
+            }
+        }
+        modes
+    }
+
+    #[tokio::test]
+    async fn the_state_directory_and_the_store_files_are_private_even_when_made_public_before() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        store
+            .put(Path::new("/f/a.pdf"), &record(FileState::Synced))
+            .await
+            .unwrap();
+        drop(store);
+        let made = modes(&state);
+        assert!(made.len() > 2, "{made:?}");
+        for (path, mode) in &made {
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+        assert_eq!(made[0].1, 0o700);
+        // As an earlier version left them under umask 022.
+        for (path, _) in &made {
+            let public = if path.is_dir() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(public)).unwrap();
+        }
+        let store = Store::open(&state).unwrap();
+        assert!(store.get(Path::new("/f/a.pdf")).unwrap().is_some());
+        for (path, mode) in modes(&state) {
+            let private = if path.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, private, "{}", path.display());
+        }
     }
 
     #[test]

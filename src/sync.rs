@@ -7,7 +7,6 @@
 //! content is adopted (recorded, not uploaded), so a lost store never doubles a field.
 
 use std::collections::HashSet;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +18,7 @@ use crate::field::{FieldError, FieldHandle, OnItsWay, Resolved};
 use crate::filter;
 use crate::logging;
 use crate::metrics::METRICS;
+use crate::open::{self, Identity};
 use crate::route::Router;
 use crate::settle::Job;
 use crate::store::{
@@ -200,15 +200,20 @@ impl Syncer {
             Next::Attach { record, asset } => self.attach(subject, record, asset).await,
             Next::CompareContent { record, hash } => {
                 // Touched or rewritten with the same bytes: no upload, just remember the new metadata.
-                if hash_file(path).await.ok().as_ref() == Some(&hash) {
+                let now = open::hash_async(&subject.folder.path, path).await;
+                if now.ok().as_ref() == Some(&hash) {
                     debug!(file = %subject.path.display(), "content unchanged");
                     let mut unchanged = record;
                     unchanged.meta = meta;
                     return Ok(self.store.put(path, &unchanged).await?);
                 }
-                self.upload(subject, target, meta, Some(record)).await
+                let seen = Identity::of(&metadata);
+                self.upload(subject, target, meta, seen, Some(record)).await
             }
-            Next::Upload { previous } => self.upload(subject, target, meta, previous).await,
+            Next::Upload { previous } => {
+                let seen = Identity::of(&metadata);
+                self.upload(subject, target, meta, seen, previous).await
+            }
         }
     }
 
@@ -324,7 +329,9 @@ impl Syncer {
                 path: subject.path.to_path_buf(),
                 error,
             };
-            let hash = hash_file(subject.path).await.map_err(read)?;
+            let hash = open::hash_async(&subject.folder.path, subject.path)
+                .await
+                .map_err(|error| read(error.into()))?;
             // Hashed while it changed: compare nothing; its next event brings it back.
             let now = std::fs::symlink_metadata(subject.path).map_err(read)?;
             if FileMeta::of(&now) != meta {
@@ -431,13 +438,15 @@ impl Syncer {
         subject: &Subject<'_>,
         target: &Resolved,
         meta: FileMeta,
+        seen: Identity,
         previous: Option<FileRecord>,
     ) -> Result<(), SyncError> {
         if self.adopt(subject, meta, previous.as_ref()).await? {
             return Ok(());
         }
         let record = subject.record(meta, FileState::Uploading, previous.as_ref());
-        let Some((mut record, uploaded)) = self.send(subject, target, meta, record).await? else {
+        let sent = self.send(subject, target, meta, seen, record).await?;
+        let Some((mut record, uploaded)) = sent else {
             return Ok(());
         };
         let path = subject.path;
@@ -467,14 +476,15 @@ impl Syncer {
         self.attach(subject, record, asset).await
     }
 
-    /// Uploads the settled version `meta` of the file, with `record` (its next state) made
-    /// `Uploading` durably first. `None` when it was not sent and that is dealt with: recorded
-    /// as failed, or left for the file's next change.
+    /// Uploads the settled version `meta` of the file (`seen` as it was found then), with
+    /// `record` (its next state) made `Uploading` durably first. `None` when it was not sent
+    /// and that is dealt with: recorded as failed, or left for the file's next change.
     pub(crate) async fn send(
         &self,
         subject: &Subject<'_>,
         target: &Resolved,
         meta: FileMeta,
+        seen: Identity,
         mut record: FileRecord,
     ) -> Result<Option<(FileRecord, Uploaded<'_>)>, SyncError> {
         let path = subject.path;
@@ -495,10 +505,13 @@ impl Syncer {
         let uploaded = self
             .api
             .with_retries(|| async {
-                let file = open_unchanged(path, &meta).map_err(|detail| ApiError::File {
-                    path: path.to_path_buf(),
-                    detail,
-                })?;
+                let file =
+                    open_unchanged(subject, seen)
+                        .await
+                        .map_err(|detail| ApiError::File {
+                            path: path.to_path_buf(),
+                            detail,
+                        })?;
                 self.api
                     .upload(path, file, &file_name, meta.size, &target.upload)
                     .await
@@ -765,30 +778,14 @@ pub(crate) fn unchanged(path: &Path, meta: &FileMeta) -> bool {
     FileMeta::read(path).as_ref() == Some(meta)
 }
 
-/// Opens the file without following a link, and checks it is still the version that settled.
-fn open_unchanged(path: &Path, meta: &FileMeta) -> Result<tokio::fs::File, String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|error| error.to_string())?;
-    let opened = file.metadata().map_err(|error| error.to_string())?;
-    if opened.ino() != meta.inode || opened.len() != meta.size {
-        return Err("the file was replaced or resized after it settled".into());
-    }
-    Ok(tokio::fs::File::from_std(file))
-}
-
-pub(crate) async fn hash_file(path: &Path) -> std::io::Result<String> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || content_hash(&path))
+/// Opens the file as `open` does (every time, retries too: a FIFO or a link can be swapped
+/// in between two attempts), and checks it is still the version that settled.
+async fn open_unchanged(subject: &Subject<'_>, seen: Identity) -> Result<tokio::fs::File, String> {
+    let opened = open::file_async(&subject.folder.path, subject.path)
         .await
-        .map_err(std::io::Error::other)?
-}
-
-/// blake3 of a file's content (hex), as recorded for what was uploaded.
-pub fn content_hash(path: &Path) -> std::io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
-    Ok(hasher.finalize().to_hex().to_string())
+        .map_err(|error| error.to_string())?;
+    if Identity::of(&opened.metadata) != seen {
+        return Err("the file was replaced or changed after it settled".into());
+    }
+    Ok(tokio::fs::File::from_std(opened.file))
 }

@@ -15,11 +15,12 @@ use crate::api::{ApiError, Client, Hashing, Sink};
 use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::field;
+use crate::open;
 use crate::plan;
 use crate::progress::Bar;
 use crate::settle;
 use crate::store::{asset_filename, asset_id, FileMeta, FileRecord, FileState};
-use crate::sync::{self, content_hash};
+use crate::sync;
 use crate::text;
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +285,7 @@ async fn check(
         _ => settle::walk(folder, scope, &mut on_disk),
     };
     if let Err(error) = listed {
-        report.problem = Some(format!("cannot read {}: {error}", scope.display()));
+        report.problem = Some(crate::guard::unreadable(scope, &error));
         report.differ = 1;
         return report;
     }
@@ -347,14 +348,17 @@ async fn check(
             continue;
         };
         progress.start(&file.name);
-        let expected = records
+        let recorded = records
             .get(&path)
             .filter(|record| {
                 std::fs::symlink_metadata(&path)
                     .is_ok_and(|metadata| FileMeta::of(&metadata) == record.meta)
             })
-            .and_then(|record| record.hash.clone())
-            .or_else(|| content_hash(&path).ok());
+            .and_then(|record| record.hash.clone());
+        let expected = match recorded {
+            Some(hash) => Some(hash),
+            None => open::hash_async(&folder.path, &path).await.ok(),
+        };
         let sink = Mutex::new(Counting {
             hashing: Hashing::default(),
             bar: progress,
@@ -556,7 +560,8 @@ async fn judge(
     }
     if record.meta != meta {
         // Touched or rewritten: only different bytes make it a change.
-        let same = content_hash(path)
+        let same = open::hash_async(&folder.path, path)
+            .await
             .ok()
             .is_some_and(|hash| record.hash.as_deref() == Some(hash.as_str()));
         if !same {

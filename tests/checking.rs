@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use tallyfy_sync::fake::AssetSubject;
+use tallyfy_sync::fake::{AssetSubject, Fault, FaultKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_each_difference_sends_only_gets_and_exits_1_until_all_agree() {
@@ -279,6 +279,16 @@ async fn files_restored_into_their_folder_are_recorded_so_the_daemon_sends_nothi
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
 
+/// `restore` of the tasks folder into `dir`.
+fn restore_tasks_into(env: &Env, dir: &std::path::Path) -> Output {
+    env.command(&[
+        "restore",
+        env.tasks.to_str().unwrap(),
+        "--to",
+        dir.to_str().unwrap(),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_names_each_file_it_could_not_get_and_exits_1() {
     let env = Env::new().await;
@@ -288,12 +298,7 @@ async fn restore_names_each_file_it_could_not_get_and_exits_1() {
     ];
     env.fake.set_task_field(RUN, TASK, CAPTURE, json!(field));
     let dir = env.dir.path().join("out");
-    let restored = env.command(&[
-        "restore",
-        env.tasks.to_str().unwrap(),
-        "--to",
-        dir.to_str().unwrap(),
-    ]);
+    let restored = restore_tasks_into(&env, &dir);
     assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
     assert!(
         restored.stdout.contains("FAILED") && restored.stdout.contains("lost.pdf"),
@@ -305,5 +310,63 @@ async fn restore_names_each_file_it_could_not_get_and_exits_1() {
         std::fs::read_dir(&dir).unwrap().count(),
         1,
         "no temporary file left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_takes_no_download_larger_than_the_file_can_be_nor_a_portal_page_and_exits_1() {
+    let env = Env::new().await;
+    let huge = vec![b'x'; 101 << 20];
+    let mut stated = hand_asset(&env, "stated.pdf", b"%PDF longer than stated");
+    stated["size"] = json!(5);
+    let portal = hand_asset(&env, "portal.pdf", b"%PDF behind a portal");
+    let field = vec![
+        hand_asset(&env, "good.pdf", b"%PDF good"),
+        hand_asset(&env, "huge.pdf", &huge),
+        stated,
+        portal.clone(),
+    ];
+    drop(huge);
+    env.fake.set_task_field(RUN, TASK, CAPTURE, json!(field));
+    let portal_path = format!("/file/{}/dl", portal["id"].as_str().unwrap());
+    env.fake
+        .inject(Fault::once("GET", &portal_path, FaultKind::HtmlPage).times(100));
+    let dir = env.dir.path().join("out");
+    let restored = restore_tasks_into(&env, &dir);
+    assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
+    let failed = |name: &str, why: &str| {
+        restored
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("FAILED") && line.contains(name) && line.contains(why))
+    };
+    assert!(
+        failed("huge.pdf", &format!("larger than {} bytes", 100 << 20)),
+        "{}",
+        describe(&restored)
+    );
+    assert!(
+        failed("stated.pdf", "larger than 5 bytes"),
+        "{}",
+        describe(&restored)
+    );
+    assert!(
+        failed("portal.pdf", "a page (text/html) came in place of the file"),
+        "{}",
+        describe(&restored)
+    );
+    assert!(
+        restored.stdout.contains("1 of 4 files"),
+        "{}",
+        describe(&restored)
+    );
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["good.pdf"],
+        "nothing else written, no temporary file left"
     );
 }

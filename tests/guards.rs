@@ -172,7 +172,7 @@ async fn an_unmounted_share_pauses_its_folder_until_it_is_mounted_again() {
     daemon.wait_for_log("it is now on another filesystem").await;
     let status = env.command(&["status"]).stdout;
     assert!(
-        status.contains("PAUSED: it is now on another filesystem"),
+        status.contains("state: not syncing: it is now on another filesystem"),
         "{status}"
     );
     // The bare mount point: what lands there is not the share's and is not uploaded.
@@ -357,4 +357,96 @@ async fn a_failed_file_is_tried_again_when_only_its_permissions_change() {
         &daemon,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_not_there_at_start_is_shown_not_syncing_and_synced_once_it_appears() {
+    let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
+    std::fs::remove_dir(&env.tasks).unwrap();
+    let daemon = env.start();
+    daemon
+        .wait_for_log("folder paused: not there (not mounted?)")
+        .await;
+    drop_file(&env.kickoff, "other.pdf", b"the other folder syncs");
+    eventually(
+        "the other folder syncs meanwhile",
+        || env.kickoff_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert!(
+        daemon.exited().is_none(),
+        "a missing folder stopped the daemon"
+    );
+
+    let status = env.command(&["status"]);
+    assert!(status.status.success(), "{}", describe(&status));
+    let summary = format!("  {}: not syncing (0 synced", env.tasks.display());
+    assert!(status.stdout.contains(&summary), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("state: not syncing: not there (not mounted?); mount the share"),
+        "{}",
+        status.stdout
+    );
+    let (code, health) = http_get(&format!("http://{}/healthz", daemon.metrics_addr())).await;
+    assert_eq!(code, 503, "{health}");
+    assert!(
+        health.contains(&format!(
+            "{}: not syncing: not there (not mounted?)",
+            env.tasks.display()
+        )),
+        "{health}"
+    );
+    let verified = env.command(&["verify"]);
+    assert!(
+        verified
+            .stdout
+            .contains("NOT CHECKED: not there (not mounted?)")
+            && verified.stdout.contains("other.pdf"),
+        "verify checks the other folder and names the missing one\n{}",
+        describe(&verified)
+    );
+    let retried = env.command(&["retry", env.tasks.to_str().unwrap()]);
+    assert!(retried.status.success(), "{}", describe(&retried));
+    let checked = env.command(&["check"]);
+    assert!(checked.status.success(), "{}", describe(&checked));
+    assert!(
+        checked
+            .stdout
+            .contains("not there (not mounted?) now: synced as soon as it appears"),
+        "{}",
+        describe(&checked)
+    );
+    let restored = env.command(&["restore", env.tasks.to_str().unwrap()]);
+    assert_eq!(restored.status.code(), Some(1), "{}", describe(&restored));
+    assert!(
+        restored.stderr.contains("is not there (not mounted?)") && !env.tasks.exists(),
+        "restore does not create the folder on the bare mount point\n{}",
+        describe(&restored)
+    );
+
+    std::fs::create_dir(&env.tasks).unwrap();
+    daemon
+        .wait_for_log("folder is back; syncing it again")
+        .await;
+    drop_file(&env.tasks, "late.pdf", b"mounted at last");
+    eventually(
+        "the folder syncs once it appears, watched, without a restart",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (code, health) = http_get(&format!("http://{}/healthz", daemon.metrics_addr())).await;
+        if code == 200 {
+            assert_eq!(health, "ok\n");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {health}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon.stop().await.code(), Some(0));
 }

@@ -101,7 +101,7 @@ impl Launching {
     }
 
     fn status(&self) -> Output {
-        self.env.command(&["status"])
+        self.env.command(&["status", "--all"])
     }
 
     /// `check --online` exits 78 and says each of `needles`.

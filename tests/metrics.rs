@@ -143,3 +143,65 @@ async fn metrics_keep_their_port_across_a_reload() {
         daemon.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_waiting_out_an_outage_are_counted_and_listed_as_pending_with_why_and_when() {
+    let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
+    let outage = tallyfy_sync::fake::FaultKind::Status {
+        status: 503,
+        body: "down for maintenance".into(),
+        retry_after: None,
+    };
+    env.fake
+        .inject(tallyfy_sync::fake::Fault::once("", "", outage).times(usize::MAX));
+    let daemon = env.start();
+    daemon.wait_for_log("serving metrics at /metrics").await;
+    for name in ["a.pdf", "b.pdf", "c.pdf"] {
+        drop_file(&env.tasks, name, name.as_bytes());
+    }
+    let addr = daemon.metrics_addr();
+    let pending = format!(
+        "tallyfy_sync_files{{folder=\"{}\",state=\"pending\"}} 3\n",
+        env.tasks.display()
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let (metrics, status) = loop {
+        let (_, metrics) = http_get(&format!("http://{addr}/metrics")).await;
+        let status = env.command(&["status"]).stdout;
+        if (metrics.contains(&pending) && status.contains("paused: "))
+            || std::time::Instant::now() > deadline
+        {
+            break (metrics, status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains(&pending), "{metrics}");
+    assert!(
+        status.contains(&format!(
+            "  {}: paused (0 synced, 3 pending, 0 failed)",
+            env.tasks.display()
+        )),
+        "{status}"
+    );
+    for name in ["a.pdf", "b.pdf", "c.pdf"] {
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("  pending ") && line.contains(name))
+            .unwrap_or_else(|| panic!("{name} is not listed as pending:\n{status}"));
+        assert!(
+            line.contains("waiting: ") && line.contains("; next attempt "),
+            "{line}\n{status}"
+        );
+    }
+    let (code, health) = http_get(&format!("http://{addr}/healthz")).await;
+    assert_eq!(code, 503, "{health}");
+
+    env.fake.clear_faults();
+    eventually(
+        "the files attach once the API is back",
+        || env.task_field().len() == 3,
+        &daemon,
+    )
+    .await;
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}

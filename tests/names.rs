@@ -41,7 +41,7 @@ fn assert_one_event_per_line(log: &str) {
 
 /// What `status` prints, which must hold neither a raw escape nor a forged line.
 fn status(env: &Env) -> String {
-    let status = env.command(&["status"]);
+    let status = env.command(&["status", "--all"]);
     assert!(status.status.success(), "{}", describe(&status));
     let shown = status.stdout;
     assert!(!shown.contains('\u{1b}'), "{shown}");
@@ -235,4 +235,34 @@ async fn a_dry_run_shows_odd_names_escaped_with_the_name_tallyfy_would_store() {
         .find(|action| action["path"] != odd["path"])
         .unwrap();
     assert!(plain.get("stored_as").is_none(), "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_format_characters_in_a_name_are_escaped_in_the_log_status_and_verify() {
+    // U+202E shows "invoice[RLO]fdp.exe" as "invoiceexe.pdf"; U+200B hides between letters.
+    let spoofing = "invoice\u{202e}fdp.exe\u{200b}.pdf";
+    let shown = "invoice\\u{202e}fdp.exe\\u{200b}.pdf";
+    let raw = ['\u{202e}', '\u{200b}'];
+    let env = Env::with_config("log:\n  format: text\n", "").await;
+    let daemon = env.start();
+    daemon.wait_for_log("target verified").await;
+    drop_file(&env.tasks, spoofing, b"x");
+    eventually(
+        "the file is attached and logged",
+        || daemon.log().contains("attached "),
+        &daemon,
+    )
+    .await;
+    let log = daemon.log();
+    assert!(log.contains(shown), "{log}");
+    assert!(!log.contains(raw), "{log}");
+
+    let status = status(&env);
+    assert!(status.contains(shown), "{status}");
+    assert!(!status.contains(raw), "{status}");
+    assert!(daemon.stop().await.success());
+
+    let verified = env.command(&["verify"]);
+    assert!(verified.stdout.contains(shown), "{}", describe(&verified));
+    assert!(!verified.stdout.contains(raw), "{}", describe(&verified));
 }

@@ -279,3 +279,81 @@ async fn a_ca_file_that_cannot_be_read_is_a_config_error_naming_the_key() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_refusing_its_password_is_named_with_its_407_not_as_an_unreachable_api() {
+    let (env, authority, front) = behind_tls(Env::new().await).await;
+    let ca_file = authority.write(&env, "company-ca.pem");
+    let proxy = ConnectProxy::refusing().await;
+    let with_password = proxy
+        .url()
+        .replacen("http://", "http://operator:Wr0ngPassw0rd@", 1);
+    serve_config_over(
+        &env,
+        &front,
+        &format!(
+            "  ca_file: {}\n  proxy: {with_password}\n",
+            ca_file.display()
+        ),
+    );
+    let refused = format!(
+        "the proxy {} refused the credentials (HTTP 407 Proxy Authentication Required)",
+        proxy.url()
+    );
+    let check = env.command(&["check", "--online"]);
+    assert_ne!(check.status.code(), Some(0), "{}", describe(&check));
+    let shown = format!("{}{}", check.stdout, check.stderr);
+    assert!(shown.contains(&refused), "{}", describe(&check));
+    assert!(!shown.contains("unreachable"), "{}", describe(&check));
+    assert!(!shown.contains("Wr0ngPassw0rd"), "{}", describe(&check));
+
+    let daemon = env.start();
+    daemon.wait_for_log(&refused).await;
+    let log = daemon.log();
+    assert!(!log.contains("unreachable"), "{log}");
+    assert!(!log.contains("Wr0ngPassw0rd"), "{log}");
+    assert!(
+        proxy.targets().iter().all(|target| *target == front.host()),
+        "{:?}",
+        proxy.targets()
+    );
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_proxy_in_the_environment_is_reported_by_check_and_at_start() {
+    let env = Env::new().await;
+    let cases = [
+        (
+            "HTTPS_PROXY",
+            "http://operator:Pr0xyPassw0rd@proxy.example.com:99999",
+            "environment variable HTTPS_PROXY \"http://***@proxy.example.com:99999\": not a proxy URL (invalid port number); requests go directly, not through it",
+        ),
+        (
+            "ALL_PROXY",
+            "socks5://proxy.example.com:1080",
+            "environment variable ALL_PROXY \"socks5://proxy.example.com:1080\": the scheme socks5:// is not supported (only http:// and https:// proxies); requests sent to it fail",
+        ),
+        (
+            "https_proxy",
+            "http://operator:Pr0xy@Passw0rd@proxy.example.com:3128",
+            "environment variable https_proxy \"http://***@proxy.example.com:3128\": more than one @ (write an @ in the user name or password as %40); requests go directly, not through it",
+        ),
+    ];
+    for (variable, value, warning) in cases {
+        let vars = [(variable, OsStr::new(value))];
+        let check = run_command_with_env(&["check"], Some(TOKEN), &env.config, &vars);
+        assert!(check.status.success(), "{}", describe(&check));
+        assert!(
+            check.stdout.contains(&format!("warning: {warning}\n")),
+            "{warning}\n{}",
+            describe(&check)
+        );
+        assert!(!check.stdout.contains("Passw0rd"), "{}", describe(&check));
+    }
+    let (variable, value, warning) = cases[0];
+    let daemon = env.start_with_env(TOKEN, &[(variable, OsStr::new(value))]);
+    daemon.wait_for_log(warning).await;
+    assert!(!daemon.log().contains("Pr0xyPassw0rd"), "{}", daemon.log());
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}

@@ -124,7 +124,7 @@ impl Routing {
     /// What `status` prints; empty while it cannot ask (the daemon's control socket may open
     /// a moment after its start is logged), so callers poll it with `eventually`.
     fn status(&self) -> String {
-        let output = self.env.command(&["status"]);
+        let output = self.env.command(&["status", "--all"]);
         if output.status.success() {
             output.stdout
         } else {

@@ -216,3 +216,72 @@ async fn sighup_is_logged_and_does_not_stop_the_daemon() {
     .await;
     assert!(daemon.stop().await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_whose_task_is_completed_says_not_syncing_everywhere_and_lists_its_files() {
+    let env = Env::with_config("metrics:\n  listen: 127.0.0.1:0\n", "").await;
+    env.fake.set_task_status(RUN, TASK, "completed");
+    let mut manager = ServiceManager::new(&env);
+    let daemon = manager.start(&env);
+    let ready = manager.wait_for("READY=1", &daemon).await;
+    let line = ready
+        .lines()
+        .find(|line| line.starts_with("STATUS="))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "STATUS=watching 2 folders; 1 folder not syncing: {} (the target is misconfigured: task {TASK} in run {RUN} is completed",
+            env.tasks.display()
+        )),
+        "{ready:?}"
+    );
+    drop_file(&env.tasks, "stuck.pdf", b"%PDF waits");
+    drop_file(&env.kickoff, "fine.pdf", b"%PDF goes");
+    eventually(
+        "the other folder syncs",
+        || env.kickoff_field().len() == 1,
+        &daemon,
+    )
+    .await;
+
+    let status = env.command(&["status"]);
+    assert!(status.status.success(), "{}", describe(&status));
+    let text = &status.stdout;
+    let top = format!(
+        "folders:\n  {}: not syncing (0 synced, 1 pending, 0 failed)\n  {}: syncing (1 synced, 0 pending, 0 failed)\n",
+        env.tasks.display(),
+        env.kickoff.display()
+    );
+    assert!(text.contains(&top), "{text}");
+    assert!(
+        text.contains("  state: not syncing: the target is misconfigured: task task1 in run run1 is completed")
+            && text.contains("then run `systemctl reload tallyfy-sync`"),
+        "{text}"
+    );
+    let stuck = text
+        .lines()
+        .find(|line| line.starts_with("  pending "))
+        .unwrap_or_default();
+    assert!(
+        stuck.starts_with("  pending   stuck.pdf  new; waiting: the folder is not syncing"),
+        "{text}"
+    );
+    assert_eq!(env.uploads(), 1, "nothing is sent to a completed task");
+
+    let (code, health) = http_get(&format!("http://{}/healthz", daemon.metrics_addr())).await;
+    assert_eq!(code, 503, "{health}");
+    assert!(
+        health.contains(&format!(
+            "{}: not syncing: the target is misconfigured: task {TASK} in run {RUN} is completed",
+            env.tasks.display()
+        )),
+        "{health}"
+    );
+    let (_, metrics) = http_get(&format!("http://{}/metrics", daemon.metrics_addr())).await;
+    let pending = format!(
+        "tallyfy_sync_files{{folder=\"{}\",state=\"pending\"}} 1\n",
+        env.tasks.display()
+    );
+    assert!(metrics.contains(&pending), "{metrics}");
+    assert!(daemon.stop().await.success());
+}

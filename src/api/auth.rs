@@ -58,9 +58,11 @@ pub enum TokenSource {
 impl TokenSource {
     /// Must be called within a tokio runtime: for client credentials it starts the task that
     /// renews tokens ahead of their expiry, until `cancel`.
+    /// `proxy`: the proxy the token endpoint is reached through, as shown to people.
     pub fn new(
         credentials: Credentials,
         http: reqwest::Client,
+        proxy: Option<String>,
         cancel: CancellationToken,
     ) -> TokenSource {
         match credentials {
@@ -75,6 +77,7 @@ impl TokenSource {
             } => {
                 let issuer = Arc::new(Issuer {
                     http,
+                    proxy,
                     token_url,
                     client_id,
                     client_secret,
@@ -125,6 +128,7 @@ impl TokenSource {
 
 pub struct Issuer {
     http: reqwest::Client,
+    proxy: Option<String>,
     token_url: Url,
     client_id: String,
     client_secret: Secret,
@@ -247,6 +251,7 @@ impl Issuer {
         // Counted from the request: the server started its clock no earlier.
         let expires_at = sent + lifetime;
         let renew_at = expires_at - lifetime / RENEW_AHEAD;
+        crate::text::keep_secret(token.expose());
         let bearer = Bearer {
             token,
             generation: cache.fetches,
@@ -333,7 +338,9 @@ impl Issuer {
 
     /// `POST token_url` with the client credentials grant.
     async fn request(&self) -> Result<(Secret, Duration), ApiError> {
-        let transport = |error: reqwest::Error| super::network::failed(Endpoint::Token, &error);
+        let transport = |error: reqwest::Error| {
+            super::network::failed(Endpoint::Token, &error, self.proxy.as_deref())
+        };
         let response = self
             .http
             .post(self.token_url.clone())
@@ -350,6 +357,15 @@ impl Issuer {
             .map_err(transport)?;
         let status = response.status().as_u16();
         METRICS.request(Endpoint::Token.label(), status);
+        if response.status().is_redirection() {
+            return Err(self.redirected(status, &response));
+        }
+        if response.status() == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Err(super::network::proxy_refusal(
+                Endpoint::Token,
+                self.proxy.as_deref(),
+            ));
+        }
         let retry_after = super::retry_after(&response);
         let body = response.bytes().await.map_err(transport)?;
         match status {
@@ -394,6 +410,26 @@ impl Issuer {
         Ok((token, lifetime))
     }
 
+    /// A redirect is never followed (the client credentials would go with it): the error
+    /// says where it points, by origin only (the rest of a URL may carry anything).
+    fn redirected(&self, status: u16, response: &reqwest::Response) -> ApiError {
+        let target = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|location| location.to_str().ok())
+            .and_then(|location| self.token_url.join(location).ok())
+            .map(|target| target.origin().ascii_serialization());
+        let detail = match target {
+            Some(origin) => format!(
+                "HTTP {status}: it redirects to {origin}; redirects of the token endpoint are not followed, so that the client secret goes nowhere else: set api.token_url to the final URL"
+            ),
+            None => format!(
+                "HTTP {status}: it redirects; redirects of the token endpoint are not followed, so that the client secret goes nowhere else: set api.token_url to the final URL"
+            ),
+        };
+        self.no_token(detail)
+    }
+
     fn no_token(&self, detail: String) -> ApiError {
         ApiError::NoToken {
             token_url: self.token_url.to_string(),
@@ -408,7 +444,9 @@ fn oauth_message(body: &[u8]) -> String {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = |key| json.get(key).and_then(Value::as_str);
     match (text("error"), text("error_description").or(text("message"))) {
-        (Some(code), Some(description)) => format!("{description} ({code})"),
+        (Some(code), Some(description)) => {
+            crate::text::redact(&format!("{description} ({code})")).into_owned()
+        }
         _ => error::error_message(body),
     }
 }
@@ -441,6 +479,7 @@ mod tests {
         TokenSource::new(
             credentials,
             reqwest::Client::new(),
+            None,
             CancellationToken::new(),
         )
     }
@@ -527,6 +566,7 @@ mod tests {
         let tokens = TokenSource::new(
             Credentials::Token(token),
             reqwest::Client::new(),
+            None,
             CancellationToken::new(),
         );
         let bearer = tokens.bearer().await.unwrap();

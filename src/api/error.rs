@@ -10,6 +10,9 @@ pub enum Endpoint {
     Upload,
     GetTask,
     PutTask,
+    /// A one-off task (one in no process), at its own route.
+    GetOneOffTask,
+    PutOneOffTask,
     GetChecklist,
     PutChecklist,
     DeleteFile,
@@ -28,8 +31,9 @@ impl Endpoint {
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::Upload => "upload",
-            Endpoint::GetTask => "get_task",
-            Endpoint::PutTask => "put_task",
+            // One series for every task: a one-off task is read and written like any other.
+            Endpoint::GetTask | Endpoint::GetOneOffTask => "get_task",
+            Endpoint::PutTask | Endpoint::PutOneOffTask => "put_task",
             Endpoint::GetChecklist => "get_checklist",
             Endpoint::PutChecklist => "put_checklist",
             Endpoint::DeleteFile => "delete_file",
@@ -50,6 +54,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::Upload => "upload (POST /file)",
             Endpoint::GetTask => "read task (GET /runs/…/tasks/…)",
             Endpoint::PutTask => "update task (PUT /runs/…/tasks/…)",
+            Endpoint::GetOneOffTask => "read one-off task (GET /tasks/…)",
+            Endpoint::PutOneOffTask => "update one-off task (PUT /tasks/…)",
             Endpoint::GetChecklist => "read template (GET /checklists/…)",
             Endpoint::PutChecklist => "update template (PUT /checklists/…)",
             Endpoint::DeleteFile => "delete file (DELETE /file/…)",
@@ -97,6 +103,10 @@ pub enum ApiError {
         host: String,
         reason: String,
     },
+    /// The proxy wants credentials, or refused the ones in its URL (407): like an untrusted
+    /// certificate, nothing gets through until an administrator fixes them.
+    #[error("{endpoint}: the proxy {proxy} refused the credentials (HTTP 407 Proxy Authentication Required): check the user name and password of api.proxy or HTTPS_PROXY")]
+    ProxyRefused { endpoint: Endpoint, proxy: String },
     /// The HTTP client could not be set up, e.g. the certificate store is unusable.
     #[error("cannot set up the HTTPS client: {detail}")]
     Setup { detail: String },
@@ -105,6 +115,9 @@ pub enum ApiError {
     /// What a download was written to failed (a full disk, say): not the API's doing.
     #[error("download of asset {asset}: {detail}")]
     Sink { asset: String, detail: String },
+    /// A download larger than it can be: abandoned before it fills the disk.
+    #[error("download of asset {asset}: larger than {limit} bytes, more than the file can be; abandoned")]
+    TooLarge { asset: String, limit: u64 },
     #[error("shutting down")]
     Cancelled,
 }
@@ -143,10 +156,13 @@ impl ApiError {
         }
     }
 
-    /// The server's certificate was refused: like a refused token, nothing works until an
-    /// operator acts, so requests wait rather than fail.
+    /// The server's certificate, or the proxy our credentials, was refused: like a refused
+    /// token, nothing works until an operator acts, so requests wait rather than fail.
     pub fn is_untrusted(&self) -> bool {
-        matches!(self, ApiError::Untrusted { .. })
+        matches!(
+            self,
+            ApiError::Untrusted { .. } | ApiError::ProxyRefused { .. }
+        )
     }
 
     pub fn status(&self) -> Option<u16> {
@@ -181,8 +197,13 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(delay.min(RETRY_AFTER_CAP))
 }
 
-/// The operator-facing message from one of the API's several error body shapes.
+/// The operator-facing message from one of the API's several error body shapes, with every
+/// secret in use redacted: a server may echo the request, its credentials included.
 pub fn error_message(body: &[u8]) -> String {
+    crate::text::redact(&message_of(body)).into_owned()
+}
+
+fn message_of(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
         return excerpt(&text);

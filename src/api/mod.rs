@@ -27,7 +27,7 @@ pub use gate::{unix_ms, Pause};
 use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 pub use multipart::stored_name;
-pub use network::proxy_for;
+pub use network::{environment_proxy_problems, proxy_for};
 
 use crate::config::{ApiConfig, Credentials};
 use crate::metrics::{Exposition, METRICS};
@@ -81,6 +81,11 @@ pub enum UploadTarget {
         step_id: String,
         checklist_id: String,
     },
+    /// A field of a one-off task: the task itself is the subject, with no step or template.
+    OneOff {
+        task_id: String,
+        capture_id: String,
+    },
     Kickoff {
         checklist_id: String,
     },
@@ -111,6 +116,8 @@ pub struct Task {
     pub id: String,
     pub title: String,
     pub status: String,
+    /// The process the task belongs to; `None` for a one-off task.
+    pub run_id: Option<String>,
     pub step_id: Option<String>,
     pub checklist_id: Option<String>,
     pub fields: Vec<FormField>,
@@ -152,6 +159,8 @@ pub struct Step {
 
 pub struct Client {
     http: reqwest::Client,
+    /// The proxy requests to the API go through, as shown to people.
+    proxy: Option<String>,
     base: String,
     org: String,
     tokens: TokenSource,
@@ -180,17 +189,32 @@ impl Client {
     ) -> Result<Client, ApiError> {
         // Proxies come from `api.proxy`, or from HTTPS_PROXY, HTTP_PROXY and NO_PROXY, which
         // reqwest reads unless told not to: what a company network's administrator expects.
-        let http = network::proxy(network::trust(reqwest::Client::builder(), config), config)
-            .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .tcp_nodelay(true)
+        let builder = || {
+            network::proxy(network::trust(reqwest::Client::builder(), config), config)
+                .user_agent(concat!("tallyfy-sync/", env!("CARGO_PKG_VERSION")))
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+                .tcp_nodelay(true)
+        };
+        let setup = |error: reqwest::Error| ApiError::Setup {
+            detail: describe(&error),
+        };
+        let http = builder().build().map_err(setup)?;
+        // A redirect would post the client secret to wherever it points: the token endpoint
+        // is asked at the URL configured and nowhere else.
+        let token_http = builder()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|error| ApiError::Setup {
-                detail: describe(&error),
-            })?;
-        let tokens = TokenSource::new(credentials, http.clone(), cancel.clone());
+            .map_err(setup)?;
+        let token_proxy = match &credentials {
+            Credentials::ClientCredentials { token_url, .. } => {
+                network::proxy_for(token_url, config)
+            }
+            Credentials::Token(_) => None,
+        };
+        let tokens = TokenSource::new(credentials, token_http, token_proxy, cancel.clone());
         Ok(Client {
+            proxy: network::proxy_for(&config.base_url, config),
             http,
             base: config.base_url.as_str().trim_end_matches('/').to_string(),
             org: config.org_id.clone(),
@@ -336,7 +360,7 @@ impl Client {
                 self.report(pass, Outcome::Inconclusive, None);
                 return local;
             }
-            let error = network::failed(endpoint, &error);
+            let error = network::failed(endpoint, &error, self.proxy.as_deref());
             let outcome = if error.is_untrusted() {
                 Outcome::Untrusted
             } else {
@@ -379,6 +403,11 @@ impl Client {
             Err(error) => return Err(transport(pass, error)),
         };
         METRICS.request(endpoint.label(), status.as_u16());
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            let error = network::proxy_refusal(endpoint, self.proxy.as_deref());
+            self.report(pass, Outcome::Untrusted, Some(&error));
+            return Err(error);
+        }
         let error = ApiError::Status {
             endpoint,
             status: status.as_u16(),
@@ -412,12 +441,15 @@ impl Client {
             Some(ApiError::Untrusted { host, reason, .. }) => Some((host, reason)),
             _ => None,
         };
+        let proxy_refused = cause.filter(|cause| matches!(cause, ApiError::ProxyRefused { .. }));
         match transition {
             Some(Transition::Closed(pause)) => self.set_pause(Some(Pause {
                 until_ms: unix_ms() + pause.as_millis() as u64,
                 delay_ms: pause.as_millis() as u64,
                 reason: if let Some((host, reason)) = untrusted {
                     format!("cannot trust {host}: {reason}")
+                } else if let Some(refused) = proxy_refused {
+                    refused.to_string()
                 } else if no_token {
                     "cannot get an access token from api.token_url".to_string()
                 } else if unauthorized {
@@ -445,6 +477,13 @@ impl Client {
                     )
                 }
             }
+            Some(Transition::Closed(pause)) if proxy_refused.is_some() => error!(
+                http_status = 407,
+                next_probe_secs = pause.as_secs_f64().ceil(),
+                "{}; pausing all requests and probing again in {}",
+                proxy_refused.map(ToString::to_string).unwrap_or_default(),
+                humantime::format_duration(round(pause))
+            ),
             Some(Transition::Closed(pause)) if no_token => error!(
                 error = %cause.map(ToString::to_string).unwrap_or_default(),
                 next_probe_secs = pause.as_secs_f64().ceil(),
@@ -591,6 +630,14 @@ impl Client {
                 ("step_id", step_id.as_str()),
                 ("checklist_id", checklist_id.as_str()),
             ]),
+            UploadTarget::OneOff {
+                task_id,
+                capture_id,
+            } => fields.extend([
+                ("subject_type", "Task"),
+                ("subject_id", task_id.as_str()),
+                ("uploaded_from", capture_id.as_str()),
+            ]),
             UploadTarget::Kickoff { checklist_id } => fields.extend([
                 ("subject_type", "Checklist"),
                 ("subject_id", checklist_id.as_str()),
@@ -637,26 +684,29 @@ impl Client {
         })
     }
 
-    pub async fn get_task(&self, run_id: &str, task_id: &str) -> Result<Task, ApiError> {
+    /// Reads a task of process `run_id`, or with `None` a one-off task (one in no process).
+    pub async fn get_task(&self, run_id: Option<&str>, task_id: &str) -> Result<Task, ApiError> {
+        let (path, read, _) = task_route(run_id, task_id);
         let request = self
-            .request(Method::GET, &format!("runs/{run_id}/tasks/{task_id}"))
+            .request(Method::GET, &path)
             .query(&[("with", "form_fields")]);
-        parse_task(self.send(Endpoint::GetTask, request).await?)
+        parse_task(self.send(read, request).await?)
     }
 
     /// Replaces a task field's value; returns the field's value as the answer shows it, or
     /// `None` when the answer does not list the field (the API drops unknown keys silently).
     pub async fn put_task_field(
         &self,
-        run_id: &str,
+        run_id: Option<&str>,
         task_id: &str,
         capture_id: &str,
         value: &[Value],
     ) -> Result<Option<Vec<Value>>, ApiError> {
+        let (path, _, write) = task_route(run_id, task_id);
         let request = self
-            .request(Method::PUT, &format!("runs/{run_id}/tasks/{task_id}"))
+            .request(Method::PUT, &path)
             .json(&json!({ "taskdata": { capture_id: value } }));
-        let mut data = self.send(Endpoint::PutTask, request).await?;
+        let mut data = self.send(write, request).await?;
         Ok(data
             .get_mut("taskdata")
             .and_then(|taskdata| taskdata.get_mut(capture_id))
@@ -722,6 +772,27 @@ impl Client {
         asset_id: &str,
         sink: &std::sync::Mutex<impl Sink>,
     ) -> Result<u64, ApiError> {
+        self.download_at_most(asset_id, MAX_DOWNLOAD_BYTES, sink)
+            .await
+    }
+
+    /// Like `download`, abandoned as soon as the answer says or turns out to be larger than
+    /// `limit` (at most the 100 MiB Tallyfy stores): an endless body must not fill the disk.
+    /// An HTML page in place of the file (a proxy's or portal's) is a strange answer, not the
+    /// file.
+    pub async fn download_at_most(
+        &self,
+        asset_id: &str,
+        limit: u64,
+        sink: &std::sync::Mutex<impl Sink>,
+    ) -> Result<u64, ApiError> {
+        let limit = limit.min(MAX_DOWNLOAD_BYTES);
+        let too_large = || {
+            Body::Local(ApiError::TooLarge {
+                asset: asset_id.to_string(),
+                limit,
+            })
+        };
         let sink = |use_it: &mut dyn FnMut(&mut dyn Sink) -> std::io::Result<()>| {
             let mut sink = sink.lock().unwrap_or_else(|poison| poison.into_inner());
             use_it(&mut *sink)
@@ -741,9 +812,23 @@ impl Client {
             request,
             || None,
             |mut response| async move {
+                if let Some(kind) = page_type(&response) {
+                    return Err(Body::Strange(ApiError::Decode {
+                        endpoint: Endpoint::Download,
+                        detail: format!(
+                            "a page ({kind}) came in place of the file: a proxy's or a login portal's?"
+                        ),
+                    }));
+                }
+                if response.content_length().is_some_and(|length| length > limit) {
+                    return Err(too_large());
+                }
                 let mut size = 0u64;
                 while let Some(chunk) = response.chunk().await.map_err(Body::Transport)? {
                     size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(too_large());
+                    }
                     sink(&mut |sink| sink.write(&chunk)).map_err(|error| {
                         Body::Local(ApiError::Sink {
                             asset: asset_id.to_string(),
@@ -756,6 +841,21 @@ impl Client {
         )
         .await
     }
+}
+
+/// The content type of an answer that is a web page rather than a file: no file Tallyfy takes
+/// is HTML.
+fn page_type(response: &reqwest::Response) -> Option<String> {
+    let kind = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    let essence = kind.split(';').next().unwrap_or_default().trim();
+    ["text/html", "application/xhtml+xml"]
+        .iter()
+        .any(|page| essence.eq_ignore_ascii_case(page))
+        .then(|| crate::text::escape(essence))
 }
 
 /// Why reading a 2xx answer's body failed: the connection (an outage), or where the body went.
@@ -964,6 +1064,23 @@ fn text(value: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// Where a task is read and written (under its process, or on its own for a one-off task),
+/// with the endpoints of its read and of its write.
+fn task_route(run_id: Option<&str>, task_id: &str) -> (String, Endpoint, Endpoint) {
+    match run_id {
+        Some(run_id) => (
+            format!("runs/{run_id}/tasks/{task_id}"),
+            Endpoint::GetTask,
+            Endpoint::PutTask,
+        ),
+        None => (
+            format!("tasks/{task_id}"),
+            Endpoint::GetOneOffTask,
+            Endpoint::PutOneOffTask,
+        ),
+    }
+}
+
 /// Takes the task apart rather than copying it: a field's value can list thousands of assets.
 fn parse_task(mut data: Value) -> Result<Task, ApiError> {
     let fields = form_fields(data.get_mut("form_fields").map(Value::take));
@@ -975,6 +1092,7 @@ fn parse_task(mut data: Value) -> Result<Task, ApiError> {
         id: text(&data, "id").unwrap_or_default(),
         title: text(&data, "title").unwrap_or_default(),
         status: text(&data, "status").unwrap_or_default(),
+        run_id: text(&data, "run_id").filter(|run_id| !run_id.is_empty()),
         step_id: text(&data, "step_id"),
         checklist_id: text(&data, "checklist_id"),
         fields,
@@ -1034,5 +1152,72 @@ fn describe(error: &reqwest::Error) -> String {
         full.find(" for url (")
             .map_or(full.clone(), |at| full[..at].to_string())
     };
-    crate::text::with_causes(head, error)
+    crate::text::redact(&crate::text::with_causes(head, error)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Auth, Secret};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with a chunked body that never ends, as a broken
+    /// or hostile server can: no Content-Length gives it away.
+    async fn endless_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => request.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = [b'x'; 65536];
+                    loop {
+                        let frame = [b"10000\r\n".as_slice(), &chunk, b"\r\n"].concat();
+                        if socket.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_endless_download_is_abandoned_past_its_limit() {
+        let addr = endless_server().await;
+        let config = ApiConfig {
+            base_url: reqwest::Url::parse(&format!("http://{addr}/api")).unwrap(),
+            org_id: "org".into(),
+            auth: Auth::Token { token_file: None },
+            timeout: Duration::from_secs(10),
+            concurrency: 1,
+            rate_limit: None,
+            ca_file: None,
+            proxy: None,
+        };
+        let credentials = Credentials::Token(Secret::parse("token").unwrap());
+        let api = Client::new(&config, credentials, CancellationToken::new()).unwrap();
+        let sink = std::sync::Mutex::new(Hashing::default());
+        let error = api
+            .download_at_most("a1", 1 << 20, &sink)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ApiError::TooLarge { limit, .. } if limit == 1 << 20),
+            "{error}"
+        );
+        assert!(!error.is_retryable());
+    }
 }

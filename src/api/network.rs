@@ -49,10 +49,89 @@ fn warn_unreadable_store_variables() {
     }
 }
 
+/// The variables reqwest takes a proxy from when `api.proxy` is not set, in its order.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// What is wrong with each proxy variable of the environment that reqwest would skip without
+/// a word (and so connect directly), as "HTTPS_PROXY \"http://***@proxy:99999\": why"; none
+/// when `api.proxy` replaces them. The passwords of the usable ones become known secrets.
+pub fn environment_proxy_problems(config: &ApiConfig) -> Vec<String> {
+    if config.proxy.is_some() {
+        return Vec::new();
+    }
+    PROXY_VARIABLES
+        .iter()
+        .filter_map(|variable| {
+            let value = std::env::var(variable).ok()?;
+            let value = value.trim();
+            if value.is_empty() {
+                return None;
+            }
+            let problem = proxy_problem(value)?;
+            Some(format!(
+                "environment variable {variable} {:?}: {problem}",
+                crate::text::without_userinfo(value)
+            ))
+        })
+        .collect()
+}
+
+/// Why reqwest cannot use `value` as a proxy and what it does instead, or `None` when it can
+/// (its password then kept secret).
+fn proxy_problem(value: &str) -> Option<String> {
+    let ignored = "; requests go directly, not through it";
+    // Like reqwest and curl, a value without a scheme means http://.
+    let text = if value.contains("://") {
+        value.to_string()
+    } else {
+        format!("http://{value}")
+    };
+    let url = match Url::parse(&text) {
+        Ok(url) => url,
+        Err(error) => return Some(format!("not a proxy URL ({error}){ignored}")),
+    };
+    let authority = text
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .unwrap_or_default();
+    let problem = if !matches!(url.scheme(), "http" | "https") {
+        // The client was built without SOCKS: it would speak HTTP to a SOCKS proxy.
+        let outcome = if url.scheme().starts_with("socks") {
+            "; requests sent to it fail"
+        } else {
+            ignored
+        };
+        format!(
+            "the scheme {}:// is not supported (only http:// and https:// proxies){outcome}",
+            crate::text::escape(url.scheme())
+        )
+    } else if url.host_str().is_none_or(str::is_empty) {
+        format!("no host{ignored}")
+    } else if authority.matches('@').count() > 1 {
+        format!("more than one @ (write an @ in the user name or password as %40){ignored}")
+    } else if text.parse::<hyper::Uri>().is_err() {
+        format!("not a URL the HTTP client can use{ignored}")
+    } else {
+        crate::config::ProxyUrl(url).keep_password_secret();
+        return None;
+    };
+    Some(problem)
+}
+
 /// `api.proxy` for every request, with NO_PROXY from the environment; without it, reqwest
 /// reads HTTPS_PROXY, HTTP_PROXY and NO_PROXY itself.
 pub fn proxy(builder: ClientBuilder, config: &ApiConfig) -> ClientBuilder {
     let Some(proxy) = &config.proxy else {
+        // The passwords of the proxies in the environment are secrets too.
+        let _ = environment_proxy_problems(config);
         return builder;
     };
     match reqwest::Proxy::all(proxy.0.as_str()) {
@@ -91,9 +170,13 @@ pub fn proxy_for(url: &Url, config: &ApiConfig) -> Option<String> {
     ))
 }
 
-/// A request that got no answer, as an `ApiError`: `Untrusted` when the TLS handshake failed
+/// A request that got no answer, as an `ApiError`: `ProxyRefused` when the proxy (`proxy`,
+/// as shown) answered the tunnel's CONNECT with 407, `Untrusted` when the TLS handshake failed
 /// on the server's certificate, `Transport` otherwise.
-pub fn failed(endpoint: Endpoint, error: &reqwest::Error) -> ApiError {
+pub fn failed(endpoint: Endpoint, error: &reqwest::Error, proxy: Option<&str>) -> ApiError {
+    if proxy_refused(error) {
+        return proxy_refusal(endpoint, proxy);
+    }
     match refused_certificate(error) {
         Some(problem) => ApiError::Untrusted {
             endpoint,
@@ -105,6 +188,31 @@ pub fn failed(endpoint: Endpoint, error: &reqwest::Error) -> ApiError {
             detail: super::describe(error),
         },
     }
+}
+
+/// The proxy asked for credentials (407), or refused the ones it got.
+pub fn proxy_refusal(endpoint: Endpoint, proxy: Option<&str>) -> ApiError {
+    ApiError::ProxyRefused {
+        endpoint,
+        proxy: proxy.unwrap_or("in between").to_string(),
+    }
+}
+
+/// hyper-util reports a CONNECT answered 407 with an error type of its own that it does not
+/// export (and reqwest passes on as "tunnel error: ..."): its message is all there is to
+/// recognise it by.
+fn proxy_refused(error: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if current
+            .to_string()
+            .ends_with("proxy authorization required")
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 fn host(url: &Url) -> String {
@@ -244,6 +352,23 @@ mod tests {
             reason(&CertificateError::NotValidYet, Endpoint::Upload).contains("clock"),
             "a certificate from the future means a wrong clock"
         );
+    }
+
+    #[test]
+    fn proxy_urls_reqwest_would_skip_or_fail_on_are_told_apart_from_usable_ones() {
+        for usable in [
+            "http://proxy.example.com:3128",
+            "proxy.example.com:3128",
+            "https://user:p%40ss@proxy.example.com",
+        ] {
+            assert_eq!(proxy_problem(usable), None, "{usable}");
+        }
+        let problem = |value| proxy_problem(value).unwrap_or_default();
+        assert!(problem("http://proxy.example.com:99999")
+            .starts_with("not a proxy URL (invalid port number); requests go directly"));
+        assert!(problem("ftp://proxy.example.com").contains("requests go directly"));
+        assert!(problem("socks5h://proxy.example.com").ends_with("requests sent to it fail"));
+        assert!(problem("http://u:p@ss@proxy.example.com").starts_with("more than one @"));
     }
 
     #[test]

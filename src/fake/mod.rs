@@ -44,9 +44,14 @@ pub struct FakeTallyfy {
     addr: SocketAddr,
 }
 
-/// A task of a run with its form fields.
+/// The `run_id` of a one-off task: one that belongs to no process, served at
+/// `/tasks/{task_id}` (and not under any run), uploaded to with `subject_type: Task`.
+pub const ONE_OFF: &str = "";
+
+/// A task of a run, or a one-off task, with its form fields.
 #[derive(Debug, Clone)]
 pub struct FakeTask {
+    /// `ONE_OFF` for a one-off task.
     pub run_id: String,
     pub task_id: String,
     pub checklist_id: String,
@@ -55,6 +60,21 @@ pub struct FakeTask {
     /// "active" or "completed"; completed tasks refuse updates with 422.
     pub status: String,
     pub fields: Vec<FakeField>,
+}
+
+impl FakeTask {
+    /// A one-off task: in no process, so with no step and no template.
+    pub fn one_off(task_id: &str, title: &str, fields: Vec<FakeField>) -> FakeTask {
+        FakeTask {
+            run_id: ONE_OFF.into(),
+            task_id: task_id.into(),
+            checklist_id: String::new(),
+            step_id: String::new(),
+            title: title.into(),
+            status: "active".into(),
+            fields,
+        }
+    }
 }
 
 /// A form field (capture) of a task or a kick-off (prerun) field of a checklist.
@@ -88,6 +108,7 @@ pub struct FakeChecklist {
 /// Where a hand-made asset was uploaded to.
 #[derive(Debug, Clone)]
 pub enum AssetSubject {
+    /// A field of a task; `run_id` is `ONE_OFF` for a one-off task.
     Task {
         run_id: String,
         task_id: String,
@@ -158,6 +179,9 @@ pub enum FaultKind {
     HtmlPage,
     /// Act, then answer with the first half of the body (a proxy that cut it short).
     CutShort,
+    /// Answer with this redirect status and `Location` without acting, as a server that moved
+    /// (or one that wants what the client would send on).
+    Redirect { status: u16, location: String },
 }
 
 impl Fault {
@@ -328,6 +352,8 @@ impl FakeTallyfy {
             .set_asset_content(asset_id, Bytes::copy_from_slice(content));
     }
 
+    /// Sets a task's status ("completed" makes it refuse updates); `run_id` is `ONE_OFF` for
+    /// a one-off task.
     pub fn set_task_status(&self, run_id: &str, task_id: &str, status: &str) {
         self.shared.lock().set_task_status(run_id, task_id, status);
     }

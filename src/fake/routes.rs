@@ -13,8 +13,8 @@ use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::fake::multipart;
 use crate::fake::state::{ApiError, Shared, UploadForm};
+use crate::fake::{multipart, ONE_OFF};
 
 /// A request body as read by the server.
 pub(crate) enum RequestBody {
@@ -28,7 +28,11 @@ enum Route<'a> {
     File(&'a str),
     FileDownload(&'a str),
     Asset(&'a str),
-    Task { run_id: &'a str, task_id: &'a str },
+    /// A task of a process, or with no `run_id` a one-off task (`/tasks/{task_id}`).
+    Task {
+        run_id: Option<&'a str>,
+        task_id: &'a str,
+    },
     Checklist(&'a str),
     Runs,
     Run(&'a str),
@@ -64,7 +68,14 @@ fn match_route(path: &str) -> Option<(&str, Route<'_>)> {
         ["file", asset] => Route::File(asset),
         ["file", asset, "dl"] => Route::FileDownload(asset),
         ["assets", asset] => Route::Asset(asset),
-        ["runs", run_id, "tasks", task_id] => Route::Task { run_id, task_id },
+        ["runs", run_id, "tasks", task_id] => Route::Task {
+            run_id: Some(run_id),
+            task_id,
+        },
+        ["tasks", task_id] => Route::Task {
+            run_id: None,
+            task_id,
+        },
         ["checklists", checklist] => Route::Checklist(checklist),
         ["runs"] => Route::Runs,
         ["runs", run_id] => Route::Run(run_id),
@@ -126,11 +137,15 @@ pub(crate) fn dispatch(shared: &Shared, parts: &Parts, body: RequestBody) -> Res
             let with_form_fields = query_has(parts.uri.query(), "with", "form_fields");
             shared
                 .lock()
-                .task_json(run_id, task_id, with_form_fields)
+                .task_json(run_id.unwrap_or(ONE_OFF), task_id, with_form_fields)
                 .map(data)
         }
         (Route::Task { run_id, task_id }, _) => json_input(parts, &body)
-            .and_then(|input| shared.lock().update_task(run_id, task_id, &input))
+            .and_then(|input| {
+                shared
+                    .lock()
+                    .update_task(run_id.unwrap_or(ONE_OFF), task_id, &input)
+            })
             .map(data),
         (Route::Checklist(id), &Method::GET) if query_has(parts.uri.query(), "with", "steps") => {
             shared.lock().checklist_with_steps(id).map(data)

@@ -142,6 +142,15 @@ async fn process(
                 Bytes::from_static(MAINTENANCE_PAGE.as_bytes()),
             ))
         }
+        Some(FaultKind::Redirect { status, location }) => {
+            let mut response = fault_response(status, String::new(), None);
+            if let Ok(location) = hyper::header::HeaderValue::from_str(&location) {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::LOCATION, location);
+            }
+            return Ok(response);
+        }
         Some(FaultKind::CutShort) => {
             let response = respond(body);
             let status = response.status();

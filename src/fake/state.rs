@@ -16,7 +16,7 @@ mod steps;
 use crate::fake::oauth::OAuth;
 use crate::fake::{
     AssetSubject, DemoIds, FakeChecklist, FakeField, FakeTask, Fault, FaultKind, RequestRecord,
-    StoredAsset, ALLOWED_EXTENSIONS, MAX_FILE_BYTES,
+    StoredAsset, ALLOWED_EXTENSIONS, MAX_FILE_BYTES, ONE_OFF,
 };
 
 /// State shared by the handle and every connection task.
@@ -191,6 +191,11 @@ impl State {
         subject: AssetSubject,
     ) -> Value {
         let (subject_type, subject_id, uploaded_from, step_id, checklist_id) = match subject {
+            AssetSubject::Task {
+                run_id,
+                task_id,
+                capture_id,
+            } if run_id == ONE_OFF => ("Task", task_id, capture_id, None, None),
             AssetSubject::Task {
                 run_id,
                 task_id,
@@ -424,7 +429,7 @@ impl State {
         let uploaded_from = text("uploaded_from");
         match subject_type.as_deref() {
             None => errors.push(("subject_type", "The subject type field is required.".into())),
-            Some("Run" | "Checklist") => {}
+            Some("Run" | "Checklist" | "Task") => {}
             Some(_) => errors.push((
                 "subject_type",
                 "The selected subject type is invalid.".into(),
@@ -440,7 +445,26 @@ impl State {
             {
                 errors.push(("subject_id", "The selected subject id is invalid.".into()))
             }
+            (Some("Task"), Some(task_id))
+                if !self
+                    .tasks
+                    .contains_key(&(ONE_OFF.to_string(), task_id.to_string())) =>
+            {
+                errors.push(("subject_id", "The selected subject id is invalid.".into()))
+            }
             _ => {}
+        }
+        // A one-off task has no step and no template: an upload naming either is refused
+        // (Laravel's `prohibited_if:subject_type,Task`).
+        if subject_type.as_deref() == Some("Task") {
+            for (field, name) in [("step_id", "step id"), ("checklist_id", "checklist id")] {
+                if text(field).is_some() {
+                    errors.push((
+                        field,
+                        format!("The {name} field is prohibited when subject type is Task."),
+                    ));
+                }
+            }
         }
         if uploaded_from.is_none() {
             errors.push((
@@ -513,13 +537,18 @@ impl State {
                         continue;
                     }
                     let reachable = |asset: &AssetRecord| {
-                        asset.subject_type == "Run"
-                            && asset.subject_id == task.run_id
-                            && asset.uploaded_from == field.id
-                            && (!asset.via_api
-                                || (asset.step_id.as_deref() == Some(task.step_id.as_str())
-                                    && asset.checklist_id.as_deref()
-                                        == Some(task.checklist_id.as_str())))
+                        asset.uploaded_from == field.id
+                            && if task.run_id == ONE_OFF {
+                                asset.subject_type == "Task" && asset.subject_id == task.task_id
+                            } else {
+                                asset.subject_type == "Run"
+                                    && asset.subject_id == task.run_id
+                                    && (!asset.via_api
+                                        || (asset.step_id.as_deref()
+                                            == Some(task.step_id.as_str())
+                                            && asset.checklist_id.as_deref()
+                                                == Some(task.checklist_id.as_str())))
+                            }
                     };
                     match self.resolve_files(value, &format!("taskdata.{key}"), reachable) {
                         Ok(list) => updates.push((index, Value::Array(list))),
@@ -690,7 +719,7 @@ impl State {
     /// endpoint may, so that clients learn to use `/dl`.
     pub fn asset_content(&self, asset_id: &str, inline: bool) -> Result<(String, Bytes), ApiError> {
         let record = self.assets.get(asset_id).ok_or_else(not_found_asset)?;
-        if inline && record.subject_type == "Run" {
+        if inline && matches!(record.subject_type.as_str(), "Run" | "Task") {
             return Err(not_found_asset());
         }
         Ok((
@@ -811,11 +840,13 @@ fn render_task(task: &FakeTask, with_form_fields: bool) -> Value {
         .iter()
         .map(|field| (field.id.clone(), field.value.clone()))
         .collect();
+    // A one-off task is in no process, so it has no run, template or step.
+    let none_if_one_off = |id: &str| (task.run_id != ONE_OFF).then(|| id.to_string());
     let mut object = json!({
         "id": task.task_id,
-        "run_id": task.run_id,
-        "checklist_id": task.checklist_id,
-        "step_id": task.step_id,
+        "run_id": none_if_one_off(&task.run_id),
+        "checklist_id": none_if_one_off(&task.checklist_id),
+        "step_id": none_if_one_off(&task.step_id),
         "title": task.title,
         "status": task.status,
         "taskdata": taskdata,

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::fake::state::UploadForm;
 use crate::fake::{
     AssetSubject, FakeChecklist, FakeField, FakeStep, FakeTallyfy, FakeTask, Fault, FaultKind,
-    MAX_FILE_BYTES,
+    MAX_FILE_BYTES, ONE_OFF,
 };
 
 const ORG: &str = "org0000000000000000000000000001";
@@ -29,6 +29,8 @@ const TEXT_CAPTURE: &str = "capture_text";
 const CHECKLIST: &str = "checklist1";
 const KO_FILE: &str = "ko_file";
 const KO_TEXT: &str = "ko_text";
+/// A one-off task (in no process) with the same two fields as the run's task.
+const ONE_OFF_TASK: &str = "oneoff1";
 
 fn field(id: &str, field_type: &str, value: Value) -> FakeField {
     FakeField {
@@ -58,6 +60,11 @@ async fn fake() -> FakeTallyfy {
     let fake = FakeTallyfy::start(ORG, TOKEN).await.expect("fake starts");
     fake.add_task(task(RUN, TASK));
     fake.add_task(task("run2", "task2"));
+    fake.add_task(FakeTask::one_off(
+        ONE_OFF_TASK,
+        "Sign the NDA",
+        task(ONE_OFF, ONE_OFF_TASK).fields,
+    ));
     fake.add_checklist(FakeChecklist {
         id: CHECKLIST.to_string(),
         title: "Onboarding".to_string(),
@@ -135,6 +142,16 @@ impl Api {
         ];
         self.upload(filename, content, &fields).await
     }
+}
+
+/// What an upload to a one-off task's file field sends: the task itself as the subject.
+fn one_off_fields(task_id: &str) -> [(&str, &str); 4] {
+    [
+        ("subject_type", "Task"),
+        ("subject_id", task_id),
+        ("uploaded_from", CAPTURE),
+        ("source", "local"),
+    ]
 }
 
 fn task_fields(run_id: &str) -> [(&str, &str); 6] {
@@ -714,6 +731,93 @@ async fn put_with_an_asset_uploaded_without_step_and_template_drops_it_silently(
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.json()["data"]["taskdata"][CAPTURE], json!([]));
     assert_eq!(fake.assets().len(), 2, "the unreachable assets stay stored");
+}
+
+// ----- one-off tasks -----
+
+#[tokio::test]
+async fn a_one_off_task_is_served_at_its_own_route_and_belongs_to_no_run() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    let answer = send(
+        api.get(&format!("/tasks/{ONE_OFF_TASK}"))
+            .query(&[("with", "form_fields")]),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let data = &answer.json()["data"];
+    assert_eq!(data["id"], ONE_OFF_TASK);
+    assert_eq!(data["title"], "Sign the NDA");
+    for key in ["run_id", "step_id", "checklist_id"] {
+        assert_eq!(data[key], Value::Null, "{key}");
+    }
+    assert_eq!(data["form_fields"]["data"][0]["id"], CAPTURE);
+    let run_task = send(api.get(&format!("/tasks/{TASK}"))).await;
+    assert_eq!(
+        run_task.status,
+        StatusCode::NOT_FOUND,
+        "a task of a process is no one-off task"
+    );
+}
+
+#[tokio::test]
+async fn a_one_off_upload_is_attached_to_its_task_and_to_no_other() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    let path = format!("/tasks/{ONE_OFF_TASK}");
+    let uploaded = api
+        .upload("nda.pdf", b"signed", &one_off_fields(ONE_OFF_TASK))
+        .await;
+    let asset = uploaded.json()["data"].clone();
+    assert_eq!(
+        asset["subject"],
+        json!({"id": ONE_OFF_TASK, "type": "Task"})
+    );
+    let to_the_run = json!({"taskdata": {CAPTURE: [asset.clone()]}});
+    send(api.put(&task_path(RUN, TASK), &to_the_run)).await;
+    assert!(
+        fake.task_field(RUN, TASK, CAPTURE).is_empty(),
+        "another task's asset is dropped"
+    );
+    let process_asset = api.upload_to_task("run.pdf", b"run").await.json()["data"].clone();
+    let body = json!({"taskdata": {CAPTURE: [asset.clone(), process_asset]}});
+    let response = send(api.put(&path, &body)).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(
+        ids(&fake.task_field(ONE_OFF, ONE_OFF_TASK, CAPTURE)),
+        ids(std::slice::from_ref(&asset))
+    );
+    fake.set_task_status(ONE_OFF, ONE_OFF_TASK, "completed");
+    let refused = send(api.put(&path, &json!({"taskdata": {CAPTURE: []}}))).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fake.task_field(ONE_OFF, ONE_OFF_TASK, CAPTURE).len(), 1);
+}
+
+#[tokio::test]
+async fn a_one_off_upload_naming_a_step_or_template_is_rejected() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    let mut fields = one_off_fields(ONE_OFF_TASK).to_vec();
+    fields.extend([("step_id", STEP), ("checklist_id", TEMPLATE)]);
+    let response = api.upload("nda.pdf", b"x", &fields).await;
+    assert_eq!(response.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let errors = &response.json()["errors"];
+    assert_eq!(
+        errors["step_id"][0],
+        "The step id field is prohibited when subject type is Task."
+    );
+    assert_eq!(
+        errors["checklist_id"][0],
+        "The checklist id field is prohibited when subject type is Task."
+    );
+    let unknown = api.upload("nda.pdf", b"x", &one_off_fields(TASK)).await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a run's task is no subject"
+    );
+    assert!(unknown.json()["errors"]["subject_id"].is_array());
+    assert!(fake.assets().is_empty());
 }
 
 #[tokio::test]

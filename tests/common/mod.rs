@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tallyfy_sync::fake::{FakeChecklist, FakeField, FakeTallyfy, FakeTask, RequestRecord};
+use tallyfy_sync::fake::{FakeChecklist, FakeField, FakeTallyfy, FakeTask, RequestRecord, ONE_OFF};
 
 pub const ORG: &str = "org1";
 pub const TOKEN: &str = "secret-token-123";
@@ -26,6 +26,11 @@ pub const KICKOFF_TEMPLATE: &str = "tpl2";
 pub const KICKOFF_FIELD: &str = "ko1";
 pub const KICKOFF_TEXT: &str = "ko2";
 pub const KICKOFF_TITLE: &str = "Contract intake";
+/// A one-off task (in no process) with a file field, for `Env::one_off`.
+pub const ONE_OFF_TASK: &str = "oneoff1";
+pub const ONE_OFF_TITLE: &str = "Sign the NDA";
+pub const ONE_OFF_CAPTURE: &str = "nda1";
+pub const ONE_OFF_LABEL: &str = "Signed NDA";
 /// Long enough that the daemon sees a quiet file, short enough for fast tests.
 pub const SETTLE: &str = "300ms";
 pub const CLIENT_ID: &str = "client-7";
@@ -98,6 +103,38 @@ impl Env {
         };
         env.write_config(top_extra, folder_extra);
         env
+    }
+
+    /// The default environment, with a one-off task added and the task folder (`tasks`)
+    /// mapped to its file field instead of the process's task.
+    pub async fn one_off() -> Env {
+        Env::one_off_with_config("", "").await
+    }
+
+    /// `Env::one_off`, its config written as `Env::with_config` writes it.
+    pub async fn one_off_with_config(top_extra: &str, folder_extra: &str) -> Env {
+        let env = Env::with_config(top_extra, folder_extra).await;
+        env.fake.add_task(FakeTask::one_off(
+            ONE_OFF_TASK,
+            ONE_OFF_TITLE,
+            vec![
+                field(ONE_OFF_CAPTURE, ONE_OFF_LABEL, "file", json!([])),
+                field("nda2", "Counterparty", "text", json!("ACME")),
+            ],
+        ));
+        let yaml = std::fs::read_to_string(&env.config).unwrap();
+        let task =
+            format!("      run_id: {RUN}\n      task_id: {TASK}\n      capture_id: {CAPTURE}\n");
+        assert!(yaml.contains(&task), "{yaml}");
+        let one_off =
+            format!("      task_id: {ONE_OFF_TASK}\n      capture_id: {ONE_OFF_CAPTURE}\n");
+        env.write_raw_config(&yaml.replacen(&task, &one_off, 1));
+        env
+    }
+
+    /// The one-off task's file field (with `Env::one_off`).
+    pub fn one_off_field(&self) -> Vec<Value> {
+        self.fake.task_field(ONE_OFF, ONE_OFF_TASK, ONE_OFF_CAPTURE)
     }
 
     /// The default environment with its daemon started and both targets verified.
@@ -510,6 +547,25 @@ pub fn drop_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
     path
+}
+
+/// Drops `name` into `dir` and waits until `field` (a field's value as the fake holds it) lists
+/// it; returns its asset id.
+pub async fn attached(
+    daemon: &Daemon,
+    dir: &Path,
+    name: &str,
+    content: &[u8],
+    field: impl Fn() -> Vec<Value>,
+) -> String {
+    drop_file(dir, name, content);
+    eventually(
+        &format!("{name} is attached"),
+        || filenames(&field()).contains(&name.to_string()),
+        daemon,
+    )
+    .await;
+    id_of(&field(), name)
 }
 
 /// A GET of `url`: the status and the body.

@@ -130,13 +130,22 @@ pub struct ConnectProxy {
 
 impl ConnectProxy {
     pub async fn start() -> ConnectProxy {
+        ConnectProxy::listen(false).await
+    }
+
+    /// A proxy that refuses every CONNECT with 407, as it does the wrong password.
+    pub async fn refusing() -> ConnectProxy {
+        ConnectProxy::listen(true).await
+    }
+
+    async fn listen(refuse: bool) -> ConnectProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let targets = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&targets);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(tunnel(client, Arc::clone(&seen)));
+                tokio::spawn(tunnel(client, Arc::clone(&seen), refuse));
             }
         });
         ConnectProxy {
@@ -163,8 +172,9 @@ impl Drop for ConnectProxy {
     }
 }
 
-/// Reads `CONNECT host:port HTTP/1.1` and its headers, then relays bytes both ways.
-async fn tunnel(client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+/// Reads `CONNECT host:port HTTP/1.1` and its headers, then relays bytes both ways (or, when
+/// `refuse`, answers 407).
+async fn tunnel(client: TcpStream, seen: Arc<Mutex<Vec<String>>>, refuse: bool) {
     let mut reader = BufReader::new(client);
     let mut request = String::new();
     if reader.read_line(&mut request).await.is_err() {
@@ -187,6 +197,13 @@ async fn tunnel(client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
         return;
     };
     seen.lock().unwrap().push(target.to_string());
+    if refuse {
+        let _ = reader
+            .get_mut()
+            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nproxy-authenticate: Basic realm=\"corp\"\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        return;
+    }
     let Ok(mut upstream) = TcpStream::connect(target).await else {
         let _ = reader
             .get_mut()
