@@ -22,6 +22,16 @@ fn add_folder(env: &Env, name: &str) -> std::path::PathBuf {
     dir
 }
 
+async fn the_old_config_still_syncs(env: &Env, daemon: &Daemon) {
+    drop_file(&env.tasks, "still.pdf", b"s");
+    eventually(
+        "the old config still syncs",
+        || env.task_field().len() == 1,
+        daemon,
+    )
+    .await;
+}
+
 async fn a_file_in_it_is_attached(env: &Env, folder: &std::path::Path, daemon: &Daemon) {
     drop_file(folder, "added.pdf", b"a");
     eventually(
@@ -64,13 +74,7 @@ async fn a_broken_config_on_reload_is_refused_and_the_old_one_keeps_running() {
         "{}",
         daemon.log()
     );
-    drop_file(&env.tasks, "still.pdf", b"s");
-    eventually(
-        "the old config still syncs",
-        || env.task_field().len() == 1,
-        &daemon,
-    )
-    .await;
+    the_old_config_still_syncs(&env, &daemon).await;
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
 
@@ -169,13 +173,7 @@ async fn a_reload_the_daemon_refuses_exits_78_with_the_reason_and_the_old_config
         "{}",
         describe(&refused)
     );
-    drop_file(&env.tasks, "still.pdf", b"s");
-    eventually(
-        "the old config still syncs",
-        || env.task_field().len() == 1,
-        &daemon,
-    )
-    .await;
+    the_old_config_still_syncs(&env, &daemon).await;
     // A config broken in itself is reported as such, without a daemon to ask.
     env.write_raw_config(&good.replace("settle:", "settel:"));
     let broken = env.command(&["reload"]);
