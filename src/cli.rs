@@ -11,33 +11,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiError};
 use crate::config::{After, Auth, Config, ConfigError, Credentials, Dedupe, Target};
-use crate::control::{Answer, ControlError, Request};
+use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::oneshot::{client, control, open_store, runtime};
-use crate::store::StoreError;
-use crate::{caution, daemon, demo, plan, restore, service, status, text, verify};
+use crate::store::{Store, StoreError};
+use crate::{caution, daemon, demo, manual, plan, restore, service, status, text, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
+/// `reload` with no daemon to ask: LSB's "program is not running".
+pub const EXIT_NOT_RUNNING: u8 = 7;
+
+/// The running daemon refused to reload: its configuration stays.
+#[derive(Debug, thiserror::Error)]
+#[error("reload refused, the running configuration stays: {0}")]
+pub struct ReloadRefused(String);
+
+/// `reload` found no daemon listening on the control socket.
+#[derive(Debug, thiserror::Error)]
+#[error("no daemon answers at {0}: nothing to reload (is the service running, with this config's state_dir?)")]
+pub struct NotRunning(String);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tallyfy-sync",
     version,
     about = "Keeps local hot folders in sync with file fields in Tallyfy",
-    after_long_help = "\
-Exit status: 0 success; 78 configuration error (bad config, no token or client secret, state \
-directory locked or unusable because of its path or permissions; with check --online or run \
---dry-run also a wrong target or refused credentials); 1 anything else (such as an API that \
-cannot be reached). A state directory on a full or read-only disk is no configuration error: \
-run waits until it can write there.
-
-Environment: TALLYFY_SYNC_CONFIG (the config file), TALLYFY_ACCESS_TOKEN (the API token with \
-api.auth: token), TALLYFY_CLIENT_SECRET (the OAuth client secret with api.auth: \
-client_credentials), CREDENTIALS_DIRECTORY (systemd credentials tallyfy-token and \
-tallyfy-client-secret), STATE_DIRECTORY (default state directory), RUST_LOG (log filter).
-
-Files: /etc/tallyfy-sync/config.yaml (the config), /var/lib/tallyfy-sync (the state)."
+    after_long_help = manual::epilogue()
 )]
 pub struct Cli {
     /// The config file.
@@ -143,6 +143,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
     },
+    /// Make the running daemon read its config file again and apply it, and say what changed.
+    /// Exit 0 when applied; 78 when the daemon refused the config (it keeps running with the
+    /// one it had; the errors are printed); 7 when no daemon runs.
+    Reload,
     /// Let the deletes that max_delete held back in FOLDER go to Tallyfy.
     ReleaseDeletes {
         /// A configured folder.
@@ -160,7 +164,6 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), e.g. `tallyfy-sync man | man -l -`.
-    #[command(hide = true)]
     Man {
         /// Write the pages of the command and of every subcommand into this directory instead.
         #[arg(long)]
@@ -169,7 +172,8 @@ pub enum Command {
 }
 
 /// Logging starts once the format is known: after loading the config for `run` (nothing logs
-/// before; a config error reaches stderr through the caller), at once for the others.
+/// before; a config error reaches stderr through the caller, as JSON when the file asks for
+/// `log.format: json`), at once for the others.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Run { dry_run: false, .. }) {
         logging::init(LogFormat::Auto);
@@ -180,7 +184,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             json,
         } => dry_run(&cli.config, json)?,
         Command::Run { dry_run: false, .. } => {
-            let config = Config::load(&cli.config)?;
+            let config = Config::load(&cli.config).inspect_err(|_| {
+                logging::init(Config::log_format_of(&cli.config).unwrap_or_default())
+            })?;
             logging::init(config.log.format);
             for warning in caution::warnings(&config) {
                 tracing::warn!("{warning}");
@@ -192,13 +198,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { online } => {
             let config = Config::load(&cli.config)?;
-            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
-            print!("{}", describe(&config));
+            let located = Credentials::locate(&config.api, &|name| std::env::var_os(name))?;
+            print!("{}", describe(&config, &located.source));
             for warning in caution::warnings(&config) {
                 println!("warning: {}", text::escaped(&warning));
             }
             if online {
-                let checks = runtime()?.block_on(plan::verify_targets(&config, credentials))?;
+                let checks =
+                    runtime()?.block_on(plan::verify_targets(&config, located.credentials))?;
                 print!("{}", plan::render_checks(&checks));
                 plan::verdict(&checks, &config)?;
             }
@@ -224,6 +231,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             print_done(control(&config, Request::Retry { path })?)?;
         }
+        Command::Reload => {
+            let config = Config::load(&cli.config)?;
+            reload(&config)?;
+        }
         Command::ReleaseDeletes { folder } => {
             let config = Config::load(&cli.config)?;
             print_done(control(&config, Request::ReleaseDeletes { folder })?)?;
@@ -248,15 +259,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(demo::run(dir, cancel, reloads))?;
         }
         Command::Completions { shell } => {
-            let mut command = Cli::command();
-            let name = command.get_name().to_string();
-            clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+            manual::completions(shell, Cli::command(), &mut std::io::stdout())?
         }
-        Command::Man { dir: None } => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?
+        Command::Man { dir: None } => manual::render(Cli::command(), &mut std::io::stdout())?,
+        Command::Man { dir: Some(dir) } => {
+            manual::write_pages(Cli::command(), &dir)
+                .with_context(|| format!("writing the manual pages to {}", dir.display()))?;
         }
-        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
-            .with_context(|| format!("writing the manual pages to {}", dir.display()))?,
     }
     Ok(())
 }
@@ -275,7 +284,7 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
     }
     plan::verdict(&checks, &config)?;
     let store =
-        open_store(&config).context("a dry run compares the folders with the state store")?;
+        dry_run_store(&config).context("a dry run compares the folders with the state store")?;
     let planned = plan::plan(&config, &store, &checks)?;
     if json {
         println!(
@@ -318,6 +327,47 @@ fn targets(file: &Path, json: bool, filter: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The store as the running daemon holds it (a copy it sends over the control socket, since
+/// its lock keeps others out), or with no daemon the one on disk.
+fn dry_run_store(config: &Config) -> anyhow::Result<Store> {
+    match runtime()?.block_on(control::ask(config, &Request::Dump))? {
+        None => Ok(open_store(config)?),
+        Some(Answer::Dump { dump }) => Ok(Store::from_dump(&config.state_dir, dump)?),
+        Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
+        Some(other) => Err(other.unexpected().into()),
+    }
+}
+
+/// `reload`: asks the daemon and waits until the new config is applied or refused.
+fn reload(config: &Config) -> anyhow::Result<()> {
+    let answer = runtime()?.block_on(control::ask(config, &Request::Reload))?;
+    match answer {
+        None => Err(NotRunning(text::path(&control::socket_path(config)).to_string()).into()),
+        Some(Answer::Reloaded { changes }) if changes.is_empty() => {
+            println!("reloaded: no changes");
+            Ok(())
+        }
+        Some(Answer::Reloaded { changes }) => {
+            println!("reloaded:");
+            for change in changes {
+                println!("  {}", text::escaped(&change));
+            }
+            Ok(())
+        }
+        // A config's errors come one per line: keep the lines, escape the rest.
+        Some(Answer::ReloadRefused { message }) => Err(ReloadRefused(
+            message
+                .lines()
+                .map(text::escape)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .into()),
+        Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
+        Some(other) => Err(other.unexpected().into()),
+    }
+}
+
 fn print_done(answer: Answer) -> anyhow::Result<()> {
     match answer {
         Answer::Done { message } => {
@@ -325,19 +375,21 @@ fn print_done(answer: Answer) -> anyhow::Result<()> {
             Ok(())
         }
         Answer::Refused { message } => anyhow::bail!(text::escape(&message)),
-        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        other => Err(other.unexpected().into()),
     }
 }
 
 /// What `check` prints: everything the daemon would act on, and never a secret.
-fn describe(config: &Config) -> String {
+fn describe(config: &Config, secret_source: &str) -> String {
     let auth = match &config.api.auth {
-        Auth::Token { .. } => "token found".to_string(),
+        Auth::Token { .. } => format!("token from {secret_source}"),
         Auth::ClientCredentials {
             token_url,
             client_id,
             ..
-        } => format!("client credentials of client {client_id} at {token_url}; secret found"),
+        } => format!(
+            "client credentials of client {client_id} at {token_url}; secret from {secret_source}"
+        ),
     };
     let mut out = format!(
         "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; {auth}\nstate: {}\nsettle: {}\nfolders:\n",
@@ -471,8 +523,14 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             ),
             Some(ApiError::Setup { .. })
         );
+        let metrics_port = matches!(
+            cause.downcast_ref::<daemon::DaemonError>(),
+            Some(daemon::DaemonError::Metrics(_))
+        ) || cause.is::<crate::exporter::BindError>();
         cause.is::<ConfigError>()
             || api_setup
+            || metrics_port
+            || cause.is::<ReloadRefused>()
             || cause
                 .downcast_ref::<plan::PlanError>()
                 .is_some_and(plan::PlanError::is_config)
@@ -484,5 +542,8 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 Some(StoreError::Locked { .. } | StoreError::Open { .. })
             )
     });
+    if error.chain().any(|cause| cause.is::<NotRunning>()) {
+        return ExitCode::from(EXIT_NOT_RUNNING);
+    }
     ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
 }
