@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::api::{self, ApiError, Client, FormField, UploadTarget};
 use crate::config::{RemoteRemoved, Route, Target};
 use crate::metrics::METRICS;
-use crate::store::{asset_id, now_unix, Asset, DeleteJob, FileState, Store};
+use crate::store::{asset_filename, asset_id, now_unix, Asset, DeleteJob, FileState, Store};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
 const MAX_BATCH: usize = 500;
@@ -105,7 +105,7 @@ enum Request {
     },
     /// The field's value as it is now.
     Read {
-        reply: oneshot::Sender<Result<Vec<Value>, FieldError>>,
+        reply: oneshot::Sender<Result<Arc<FieldValue>, FieldError>>,
     },
 }
 
@@ -147,6 +147,26 @@ impl OnItsWay {
 impl Drop for OnItsWay {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+tokio::task_local! {
+    /// The queue's place of the file the current task works on, when it runs under one.
+    pub static PLACE: Place;
+}
+
+/// A file's place among those the queue lets work at once. Given back as soon as the file's
+/// request is in its field's inbox: while it waits for the field's batch another file can be
+/// uploaded, so uploads keep flowing instead of pausing for every batch.
+pub struct Place(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+
+impl Place {
+    pub fn new(permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Place {
+        Place(std::sync::Mutex::new(permit))
+    }
+
+    fn give_back(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -283,8 +303,9 @@ impl FieldHandle {
         answer.await.unwrap_or(Err(FieldError::Cancelled))
     }
 
-    /// The field's value as it is now (requests that arrive together share one read).
-    pub async fn read(&self) -> Result<Vec<Value>, FieldError> {
+    /// The field's value as it is now (requests that arrive together share one read, and
+    /// every file looking at it shares one copy).
+    pub async fn read(&self) -> Result<Arc<FieldValue>, FieldError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Read { reply })
@@ -297,6 +318,7 @@ impl FieldHandle {
     async fn send(&self, request: Request, file: &OnItsWay) -> Result<(), FieldError> {
         let sent = self.requests.send(request).await;
         file.release();
+        let _ = PLACE.try_with(Place::give_back);
         sent.map_err(|_| FieldError::Cancelled)
     }
 
@@ -313,6 +335,70 @@ impl FieldHandle {
 pub struct Snapshot {
     pub list: Vec<Value>,
     checklist: Option<api::Checklist>,
+}
+
+/// A field's value as read once, shared by every file that looks at it while it is fresh: a
+/// file asks it for the assets of its own name instead of copying or scanning the whole list,
+/// which in a field of thousands of files would make each file cost as much as the field.
+pub struct FieldValue {
+    list: Vec<Value>,
+    /// Positions in `list` by stored file name.
+    by_name: HashMap<String, Vec<usize>>,
+    ids: HashSet<String>,
+    /// The assets the store's records claimed when a file first asked (see `claimed`).
+    claimed: std::sync::Mutex<Option<Arc<HashSet<String>>>>,
+}
+
+impl FieldValue {
+    pub fn new(list: Vec<Value>) -> FieldValue {
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut ids = HashSet::with_capacity(list.len());
+        for (index, asset) in list.iter().enumerate() {
+            if let Some(name) = asset_filename(asset) {
+                by_name.entry(name.to_string()).or_default().push(index);
+            }
+            if let Some(id) = asset_id(asset) {
+                ids.insert(id);
+            }
+        }
+        FieldValue {
+            list,
+            by_name,
+            ids,
+            claimed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The assets stored under file name `name`.
+    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|index| &self.list[*index])
+    }
+
+    pub fn lists(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// The asset ids `records` finds claimed, computed by the first file that asks and shared
+    /// with the others while this value is the field's latest: one pass over the records per
+    /// read of the field, not one per file. An asset in this value that a file of ours uploaded
+    /// was recorded before it could be attached, so before this value was read; one adopted
+    /// since is guarded by the caller's own set of adoptions.
+    pub fn claimed<E>(
+        &self,
+        records: impl FnOnce() -> Result<HashSet<String>, E>,
+    ) -> Result<Arc<HashSet<String>>, E> {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(claimed) = claimed.as_ref() {
+            return Ok(claimed.clone());
+        }
+        let found = Arc::new(records()?);
+        *claimed = Some(found.clone());
+        Ok(found)
+    }
 }
 
 /// Reads a field's value (one GET), as the actor does before each write and as `verify` and
@@ -365,7 +451,7 @@ struct Actor {
     store: Store,
     removals: Removals,
     /// The field's value as last read or written, and when.
-    known: std::sync::Mutex<Option<(Instant, Vec<Value>)>>,
+    known: std::sync::Mutex<Option<(Instant, Arc<FieldValue>)>>,
     attach_delay: Duration,
     expected: Arc<Expected>,
     reverify: Arc<Notify>,
@@ -431,7 +517,8 @@ impl Actor {
             Ok((resolved, list)) => {
                 info!(target = %self.target, "target verified");
                 readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
-                self.notice_removals(&list, true).await;
+                self.notice_removals(Arc::new(FieldValue::new(list)), true)
+                    .await;
             }
             Err(FieldError::Cancelled) => return false,
             Err(error) => {
@@ -514,10 +601,10 @@ impl Actor {
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .filter(|(at, _)| at.elapsed() < READ_FRESH)
-                .map(|(_, list)| list.clone());
+                .map(|(_, value)| value.clone());
             match fresh {
-                Some(list) => {
-                    let _ = reply.send(Ok(list));
+                Some(value) => {
+                    let _ = reply.send(Ok(value));
                     return false;
                 }
                 None => batch.push(Request::Read { reply }),
@@ -570,27 +657,18 @@ impl Actor {
                 Request::Delete { .. } | Request::Read { .. } => None,
             })
             .collect();
-        let outcome = api.with_retries(|| self.update(&attach, &removed)).await;
-        let list = match &outcome {
-            Ok(Some(list)) => Some(list.clone()),
-            _ => None,
-        };
-        // The ids the field lists now, looked up once per file rather than by scanning.
-        let outcome = match outcome {
+        // The field as it is now, indexed once and shared with every read of the batch.
+        let outcome = match api.with_retries(|| self.update(&attach, &removed)).await {
             Err(ApiError::Cancelled) => return,
             Err(error) => Err(error.to_string()),
-            Ok(list) => Ok(list.map(|list| {
-                list.iter()
-                    .filter_map(asset_id)
-                    .collect::<HashSet<String>>()
-            })),
+            Ok(list) => Ok(list.map(|list| Arc::new(FieldValue::new(list)))),
         };
         for request in pending {
             match request {
                 Request::Attach { asset, reply, .. } => {
                     let id = asset.id().unwrap_or_default();
                     let result = match &outcome {
-                        Ok(Some(listed)) if listed.contains(&id) => Ok(()),
+                        Ok(Some(listed)) if listed.lists(&id) => Ok(()),
                         Ok(Some(_)) => Err(FieldError::NotListed {
                             target: self.target.to_string(),
                             asset: id,
@@ -607,7 +685,7 @@ impl Actor {
                 Request::Delete { job, reply } => {
                     let id = job.asset.id().unwrap_or_default();
                     let result = match &outcome {
-                        Ok(Some(listed)) if listed.contains(&id) => {
+                        Ok(Some(listed)) if listed.lists(&id) => {
                             warn!(file = %job.path.display(), asset_id = %id, "the field still lists a deleted asset");
                             Ok(())
                         }
@@ -623,10 +701,10 @@ impl Actor {
                     }
                 }
                 Request::Read { reply } => {
-                    let result = match (&list, &outcome) {
-                        (Some(list), _) => Ok(list.clone()),
-                        (None, Err(error)) => Err(FieldError::Refused(error.clone())),
-                        (None, Ok(_)) => Err(FieldError::Invalid(format!(
+                    let result = match &outcome {
+                        Ok(Some(value)) => Ok(value.clone()),
+                        Err(error) => Err(FieldError::Refused(error.clone())),
+                        Ok(None) => Err(FieldError::Invalid(format!(
                             "the API did not show the field of {}",
                             self.target
                         ))),
@@ -635,8 +713,8 @@ impl Actor {
                 }
             }
         }
-        if let Some(list) = list {
-            self.notice_removals(&list, false).await;
+        if let Ok(Some(value)) = outcome {
+            self.notice_removals(value, false).await;
         }
     }
 
@@ -644,7 +722,10 @@ impl Actor {
     async fn check_removals(&self) {
         let api = &self.api;
         match api.with_retries(|| self.read()).await {
-            Ok(snapshot) => self.notice_removals(&snapshot.list, true).await,
+            Ok(snapshot) => {
+                self.notice_removals(Arc::new(FieldValue::new(snapshot.list)), true)
+                    .await
+            }
             Err(ApiError::Cancelled) => {}
             Err(error) => {
                 warn!(target = %self.target, %error, "cannot read the field to look for files removed in Tallyfy; trying again later")
@@ -656,19 +737,14 @@ impl Actor {
     /// (`remote_removed: leave`) or put them back (`restore`). Unless `thorough`, the store is
     /// only searched when an asset seen in the field before has left it since, so that a
     /// burst of new files into a big folder costs no pass over its records per batch.
-    async fn notice_removals(&self, list: &[Value], thorough: bool) {
-        let listed: HashSet<String> = list.iter().filter_map(asset_id).collect();
+    async fn notice_removals(&self, listed: Arc<FieldValue>, thorough: bool) {
         let previous = self
             .known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .replace((Instant::now(), list.to_vec()));
-        let shrank = previous.is_none_or(|(_, previous)| {
-            previous
-                .iter()
-                .filter_map(asset_id)
-                .any(|id| !listed.contains(&id))
-        });
+            .replace((Instant::now(), listed.clone()));
+        let shrank =
+            previous.is_none_or(|(_, previous)| previous.ids.iter().any(|id| !listed.lists(id)));
         if !thorough && !shrank {
             return;
         }
@@ -687,7 +763,7 @@ impl Actor {
                             .attached
                             .as_ref()
                             .and_then(Asset::id)
-                            .is_some_and(|id| !listed.contains(&id))
+                            .is_some_and(|id| !listed.lists(&id))
                 })
                 .collect();
             for (path, mut record) in gone {

@@ -1,24 +1,29 @@
 //! Runs settled jobs through `sync`, many files at once but one job per path at a time.
 //! Receives `Job`s from the settle stage; a job for a path already in progress marks it to run
 //! again when the current one ends, so no two workers ever handle the same file. Owns the
-//! in-flight set and the bounded drain at shutdown.
+//! in-flight set, the places of files at work (a file waiting for its field's batch gives its
+//! place to the next one) and the bounded drain at shutdown.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::field::{Place, PLACE};
 use crate::filter;
 use crate::metrics::METRICS;
 use crate::settle::Job;
 use crate::sync::Syncer;
 
+/// Files in progress at most, per place at work: those beyond `limit` wait for their field's
+/// batch, which holds at most 500.
+const IN_PROGRESS_PER_PLACE: usize = 4;
 /// How long in-flight work may run on after a shutdown request.
 pub const DRAIN: Duration = Duration::from_secs(10);
 /// Long work (an initial sync, a scanner's burst) logs its progress this often; on a terminal
@@ -105,6 +110,8 @@ impl Batch {
     }
 }
 
+/// Runs the jobs, at most `limit` files at work at once (reading, uploading, recording); files
+/// that wait for their field's batch do not count, up to `IN_PROGRESS_PER_PLACE` × `limit`.
 pub async fn run(
     mut jobs: mpsc::Receiver<Job>,
     syncer: Arc<Syncer>,
@@ -116,10 +123,18 @@ pub async fn run(
     let mut ids: HashMap<tokio::task::Id, PathBuf> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut batch: Option<Batch> = None;
-    let spawn = |tasks: &mut JoinSet<()>, ids: &mut HashMap<tokio::task::Id, PathBuf>, job: Job| {
+    let places = Arc::new(Semaphore::new(limit.max(1)));
+    let most = limit.max(1) * IN_PROGRESS_PER_PLACE;
+    // A place taken for the next job, so that a job is only received once it can start.
+    let mut free: Option<OwnedSemaphorePermit> = None;
+    let spawn = |tasks: &mut JoinSet<()>,
+                 ids: &mut HashMap<tokio::task::Id, PathBuf>,
+                 job: Job,
+                 place: Option<OwnedSemaphorePermit>| {
         let syncer = syncer.clone();
         let path = job.path.clone();
-        let handle = tasks.spawn(async move { syncer.process(&job).await });
+        let work = PLACE.scope(Place::new(place), async move { syncer.process(&job).await });
+        let handle = tasks.spawn(work);
         ids.insert(handle.id(), path);
     };
     loop {
@@ -130,14 +145,17 @@ pub async fn run(
                     batch.report(jobs.len());
                 }
             }
-            job = jobs.recv(), if tasks.len() < limit => {
+            place = places.clone().acquire_owned(), if free.is_none() => {
+                free = place.ok();
+            }
+            job = jobs.recv(), if free.is_some() && tasks.len() < most => {
                 let Some(job) = job else { break };
                 batch.get_or_insert_with(Batch::new).received += 1;
                 match in_flight.get_mut(&job.path) {
                     Some((_, again)) => *again = true,
                     None => {
                         in_flight.insert(job.path.clone(), (job.clone(), false));
-                        spawn(&mut tasks, &mut ids, job);
+                        spawn(&mut tasks, &mut ids, job, free.take());
                     }
                 }
             }
@@ -167,7 +185,9 @@ pub async fn run(
                 let Some(path) = ids.remove(&id) else { continue };
                 if let Some((job, true)) = in_flight.remove(&path) {
                     in_flight.insert(path, (job.clone(), false));
-                    spawn(&mut tasks, &mut ids, job);
+                    // It takes the place of the task that ended, so it is not kept waiting.
+                    let place = free.take().or_else(|| places.clone().try_acquire_owned().ok());
+                    spawn(&mut tasks, &mut ids, job, place);
                 }
             }
         }
