@@ -14,7 +14,10 @@ use crate::config::Config;
 use crate::guard::{self, Held};
 use crate::metrics::{self, Exposition};
 use crate::recheck;
-use crate::store::{FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE};
+use crate::settle::{Changing, CHANGING_KEY};
+use crate::store::{
+    now_unix, FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE,
+};
 use crate::text;
 
 /// Where the daemon saves the request pause in the store.
@@ -36,6 +39,9 @@ pub struct StatusReport {
     /// When the store was found damaged and rebuilt from the fields, if it was.
     #[serde(default)]
     pub store_rebuilt: Option<Rebuilt>,
+    /// Files that keep changing, which wait longer before each upload.
+    #[serde(default)]
+    pub changing: Vec<Changing>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -190,6 +196,16 @@ fn from_store(
         store_rebuilt: store
             .meta::<Rebuilt>(REBUILT_KEY)?
             .filter(|rebuilt| rebuilt.moved_to.exists()),
+        // Only a running daemon holds files back.
+        changing: match daemon_running {
+            true => store
+                .meta::<Vec<Changing>>(CHANGING_KEY)?
+                .unwrap_or_default(),
+            false => Vec::new(),
+        }
+        .into_iter()
+        .filter(|changing| changing.until > now_unix())
+        .collect(),
     })
 }
 
@@ -390,6 +406,15 @@ pub fn render(report: &StatusReport) -> String {
             humantime::format_rfc3339_seconds(at),
             text::escaped(&rebuilt.error),
             text::path(&rebuilt.moved_to)
+        );
+    }
+    for changing in &report.changing {
+        let _ = writeln!(
+            out,
+            "keeps changing: {} (replaced {} times in a row); each upload waits for {} of quiet",
+            text::path(&changing.path),
+            changing.replaced,
+            humantime::format_duration(std::time::Duration::from_millis(changing.quiet_ms))
         );
     }
     if let Some(pause) = &report.api_pause {
