@@ -178,6 +178,20 @@ pub struct FieldHandle {
     expected: Arc<Expected>,
     /// Asks the actor to inspect an invalid target again.
     reverify: Arc<Notify>,
+    known: Arc<Known>,
+}
+
+/// The field's value as the actor last read or written it, and when.
+type Known = std::sync::Mutex<Option<(Instant, Arc<FieldValue>)>>;
+
+/// The value in `known`, while it is under `READ_FRESH` old.
+fn fresh(known: &Known) -> Option<Arc<FieldValue>> {
+    known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < READ_FRESH)
+        .map(|(_, value)| value.clone())
 }
 
 impl FieldHandle {
@@ -195,12 +209,13 @@ impl FieldHandle {
         let (ready_tx, readiness) = watch::channel(Readiness::Verifying);
         let expected = Arc::new(Expected::default());
         let reverify = Arc::new(Notify::new());
+        let known = Arc::new(Known::default());
         let actor = Actor {
             target,
             api,
             store,
             removals,
-            known: std::sync::Mutex::new(None),
+            known: known.clone(),
             attach_delay,
             expected: expected.clone(),
             reverify: reverify.clone(),
@@ -213,6 +228,7 @@ impl FieldHandle {
                 readiness,
                 expected,
                 reverify,
+                known,
             },
             task,
         )
@@ -304,8 +320,13 @@ impl FieldHandle {
     }
 
     /// The field's value as it is now (requests that arrive together share one read, and
-    /// every file looking at it shares one copy).
+    /// every file looking at it shares one copy). While the value last read or written is
+    /// fresh it answers at once, even while the actor is busy writing the field: new files
+    /// go on to their uploads instead of waiting for each write.
     pub async fn read(&self) -> Result<Arc<FieldValue>, FieldError> {
+        if let Some(value) = fresh(&self.known) {
+            return Ok(value);
+        }
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Read { reply })
@@ -450,8 +471,7 @@ struct Actor {
     api: Arc<Client>,
     store: Store,
     removals: Removals,
-    /// The field's value as last read or written, and when.
-    known: std::sync::Mutex<Option<(Instant, Arc<FieldValue>)>>,
+    known: Arc<Known>,
     attach_delay: Duration,
     expected: Arc<Expected>,
     reverify: Arc<Notify>,
@@ -595,14 +615,7 @@ impl Actor {
     /// written answers, while that is under `READ_FRESH` old; true when it was added.
     fn take(&self, request: Request, batch: &mut Vec<Request>) -> bool {
         if let Request::Read { reply } = request {
-            let fresh = self
-                .known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .filter(|(at, _)| at.elapsed() < READ_FRESH)
-                .map(|(_, value)| value.clone());
-            match fresh {
+            match fresh(&self.known) {
                 Some(value) => {
                     let _ = reply.send(Ok(value));
                     return false;
