@@ -1324,3 +1324,39 @@ fn refuse_all(batch: Vec<Request>, why: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_field_value_finds_assets_by_stored_name_and_reads_the_claims_once() {
+        let value = FieldValue::new(vec![
+            json!({"id": "a1", "filename": "scan.pdf"}),
+            json!({"id": "a2", "filename": "other.pdf"}),
+            json!({"id": "a3", "filename": "scan.pdf"}),
+        ]);
+        let named: Vec<&str> = value
+            .named("scan.pdf")
+            .filter_map(|asset| asset["id"].as_str())
+            .collect();
+        assert_eq!(named, ["a1", "a3"]);
+        assert_eq!(value.named("missing.pdf").count(), 0);
+        assert!(value.lists("a2") && !value.lists("a4"));
+
+        let reads = AtomicUsize::new(0);
+        let records = || {
+            reads.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, ()>(HashSet::from(["a1".to_string()]))
+        };
+        assert!(value.claimed(records).unwrap().contains("a1"));
+        assert!(value.claimed(records).unwrap().contains("a1"));
+        assert_eq!(reads.load(Ordering::Relaxed), 1);
+        // A failed read of the records is not kept: the next file reads them again.
+        let other = FieldValue::new(Vec::new());
+        assert!(other.claimed(|| Err::<HashSet<String>, _>("busy")).is_err());
+        assert!(other.claimed(records).is_ok());
+        assert_eq!(reads.load(Ordering::Relaxed), 2);
+    }
+}
