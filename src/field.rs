@@ -362,9 +362,9 @@ pub struct Snapshot {
 /// file asks it for the assets of its own name instead of copying or scanning the whole list,
 /// which in a field of thousands of files would make each file cost as much as the field.
 pub struct FieldValue {
-    list: Vec<Value>,
-    /// Positions in `list` by stored file name.
-    by_name: HashMap<String, Vec<usize>>,
+    /// Each asset as JSON text, by stored file name: a field of 20,000 files takes a few MiB
+    /// so, several times that parsed.
+    by_name: HashMap<String, Vec<Box<str>>>,
     ids: HashSet<String>,
     /// The assets the store's records claimed when a file first asked (see `claimed`).
     claimed: std::sync::Mutex<Option<Arc<HashSet<String>>>>,
@@ -372,18 +372,20 @@ pub struct FieldValue {
 
 impl FieldValue {
     pub fn new(list: Vec<Value>) -> FieldValue {
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_name: HashMap<String, Vec<Box<str>>> = HashMap::new();
         let mut ids = HashSet::with_capacity(list.len());
-        for (index, asset) in list.iter().enumerate() {
-            if let Some(name) = asset_filename(asset) {
-                by_name.entry(name.to_string()).or_default().push(index);
-            }
-            if let Some(id) = asset_id(asset) {
+        for asset in list {
+            if let Some(id) = asset_id(&asset) {
                 ids.insert(id);
+            }
+            if let Some(name) = asset_filename(&asset) {
+                by_name
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(asset.to_string().into_boxed_str());
             }
         }
         FieldValue {
-            list,
             by_name,
             ids,
             claimed: std::sync::Mutex::new(None),
@@ -391,12 +393,12 @@ impl FieldValue {
     }
 
     /// The assets stored under file name `name`.
-    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Value> + 'a {
+    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = Value> + 'a {
         self.by_name
             .get(name)
             .into_iter()
             .flatten()
-            .map(|index| &self.list[*index])
+            .filter_map(|text| serde_json::from_str(text).ok())
     }
 
     pub fn lists(&self, id: &str) -> bool {
@@ -1337,9 +1339,9 @@ mod tests {
             json!({"id": "a2", "filename": "other.pdf"}),
             json!({"id": "a3", "filename": "scan.pdf"}),
         ]);
-        let named: Vec<&str> = value
+        let named: Vec<String> = value
             .named("scan.pdf")
-            .filter_map(|asset| asset["id"].as_str())
+            .filter_map(|asset| Some(asset["id"].as_str()?.to_string()))
             .collect();
         assert_eq!(named, ["a1", "a3"]);
         assert_eq!(value.named("missing.pdf").count(), 0);

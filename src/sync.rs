@@ -244,7 +244,6 @@ impl Syncer {
         let same_name: Vec<serde_json::Value> = value
             .named(&stored)
             .filter(|asset| asset_id(asset).is_some_and(|id| !own.contains(&id)))
-            .cloned()
             .collect();
         if same_name.is_empty() {
             return Ok(false);
