@@ -175,7 +175,7 @@ EOF
 printf 'folders: not a list\n' >"$stage/broken.yaml"
 # A short watchdog, so that the test sees systemd accept the pings.
 printf '[Service]\nWatchdogSec=4s\n' >"$stage/watchdog.conf"
-# What README says a launch folder with after: move needs under the hardened unit.
+# What docs/folders.md says a launch folder with after: move needs under the hardened unit.
 printf '[Service]\nReadWritePaths=%s\n' "$new_invoices" >"$stage/launch.conf"
 
 step "boot"
