@@ -554,7 +554,16 @@ impl Actor {
             let first = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = check.tick() => {
-                    if matches!(&*readiness.borrow(), Readiness::Ready(_)) {
+                    let invalid = matches!(&*readiness.borrow(), Readiness::Invalid(_));
+                    if invalid {
+                        // What was wrong may have been fixed in Tallyfy (a task reopened, a
+                        // permission granted): the folder then resumes by itself, for one
+                        // read per rescan, and its waiting files go at the next scan.
+                        inspected = Instant::now();
+                        if !self.verify(&readiness).await {
+                            return;
+                        }
+                    } else if matches!(&*readiness.borrow(), Readiness::Ready(_)) {
                         self.check_removals().await;
                     }
                     continue;
