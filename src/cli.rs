@@ -72,6 +72,29 @@ pub enum Command {
         #[arg(long)]
         online: bool,
     },
+    /// List what a folder can point at, by name and id, each with a `folders:` entry to paste.
+    ///
+    /// Every template with its kick-off file fields (and whether a launch folder fits it),
+    /// every active process with its tasks' file fields, and the route folders the templates'
+    /// steps allow. Needs only `api:` in the config; sends only GETs.
+    Targets {
+        /// Print the list as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Show only the entries with a name (template, process, task, step or field) holding
+        /// this text, in any case.
+        filter: Option<String>,
+    },
+    /// Write a first config by answering questions on a terminal.
+    ///
+    /// Asks for the organization and the token (checked with one GET), a target picked from
+    /// what `targets` lists and the local folder; then offers `check --online`. Never replaces
+    /// an existing config without --force, and refuses when stdin is not a terminal.
+    Init {
+        /// Replace the config file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show each folder's state (syncing, paused or not syncing, with why and the fix) and
     /// counts, and the files that need attention: pending, held, rejected or failed, why each
     /// waits and when it is tried next (asks the running daemon, else reads the store).
@@ -180,6 +203,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 plan::verdict(&checks, &config)?;
             }
         }
+        Command::Targets { json, filter } => targets(&cli.config, json, filter.as_deref())?,
+        Command::Init { force } => crate::init::run(&cli.config, force)?,
         Command::Status { path, all, json } => {
             let config = Config::load(&cli.config)?;
             let Answer::Status(mut report) = control(&config, Request::Status)? else {
@@ -259,6 +284,36 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
         );
     } else {
         print!("\n{}", plan::render(&planned));
+    }
+    Ok(())
+}
+
+/// `targets`: needs only the config's `api` section.
+fn targets(file: &Path, json: bool, filter: Option<&str>) -> anyhow::Result<()> {
+    let config = Config::load_api_only(file)?;
+    let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
+    let filter = filter.map(str::to_lowercase);
+    let catalog = runtime()?.block_on(async {
+        let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
+        anyhow::Ok(crate::targets::catalog(&api).await?)
+    })?;
+    let entries = crate::targets::entries(&catalog);
+    if json {
+        let entries: Vec<_> = entries
+            .iter()
+            .filter(|entry| filter.as_deref().is_none_or(|filter| entry.matches(filter)))
+            .collect();
+        let document = serde_json::json!({
+            "templates": catalog.templates,
+            "processes": catalog.processes,
+            "entries": entries,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print!(
+            "{}",
+            crate::targets::render(&catalog, &entries, filter.as_deref())
+        );
     }
     Ok(())
 }
@@ -439,6 +494,9 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             || cause
                 .downcast_ref::<plan::PlanError>()
                 .is_some_and(plan::PlanError::is_config)
+            || cause
+                .downcast_ref::<crate::targets::TargetsError>()
+                .is_some_and(crate::targets::TargetsError::is_config)
             || matches!(
                 store,
                 Some(StoreError::Locked { .. } | StoreError::Open { .. })

@@ -41,20 +41,32 @@ pub async fn run(dir: PathBuf, cancel: CancellationToken, reloads: Reloads) -> a
         "tallyfy-sync demo: a local Tallyfy stand-in is listening on {}",
         fake.base_url()
     );
+    let task = fake.run_tasks(&ids.run_id).into_iter().next();
+    let label = task
+        .as_ref()
+        .and_then(|task| task.fields.iter().find(|field| field.id == ids.capture_id))
+        .map(|field| field.label.clone())
+        .unwrap_or_default();
     println!(
-        "  {}/  → task form field {:?}",
+        "  {}/  → field \"{}\" ({}) of task \"{}\" ({}) in run {}",
         text::path(&invoices),
-        ids.capture_id
+        text::escaped(&label),
+        ids.capture_id,
+        text::escaped(&task.map(|task| task.title).unwrap_or_default()),
+        ids.task_id,
+        ids.run_id
     );
     println!(
-        "  {}/ → kick-off field {:?} of template {:?}",
+        "  {}/ → kick-off field {} of template \"{}\" ({})",
         text::path(&contracts),
         ids.field_id,
+        text::escaped(&fake.checklist_title(&ids.checklist_id)),
         ids.checklist_id
     );
     println!(
-        "  {}/ → one \"Invoice approval\" process per file (template {:?})",
+        "  {}/ → one process per file of template \"{}\" ({})",
         text::path(&new_invoices),
+        text::escaped(&fake.checklist_title(&ids.approval_id)),
         ids.approval_id
     );
     println!(

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{stored_name, ApiError, Client};
 use crate::config::{After, Config, Credentials, Dedupe, Folder, Launch, Route, Target};
-use crate::field::{self, FieldError};
+use crate::diagnose;
+use crate::field::{self, FieldError, Names};
 use crate::filter::humansize;
 use crate::guard;
 use crate::launch;
@@ -58,11 +59,11 @@ impl PlanError {
 pub struct TargetCheck {
     pub folder: PathBuf,
     pub target: String,
-    /// What people call the target (a task's title and its field's label), when read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub names: Option<String>,
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// What the API calls the target's parts, when it was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<Names>,
     /// Route folders: the active processes and the subfolder each maps to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<route::Mapped>>,
@@ -93,11 +94,11 @@ pub async fn verify_targets(
 ) -> Result<Vec<TargetCheck>, ApiError> {
     let (api, _stop_renewals) = client(&config.api, credentials)?;
     let deadline = Instant::now() + DEADLINE;
-    let mut verdicts: HashMap<String, (Verdict, Option<String>)> = HashMap::new();
+    let mut verdicts: HashMap<String, (Verdict, Option<Names>)> = HashMap::new();
     // Once the API is down or refuses the token, asking about more targets only adds waiting.
     let mut given_up: Option<Verdict> = None;
     let mut checks = Vec::with_capacity(config.folders.len());
-    for folder in &config.folders {
+    for (index, folder) in config.folders.iter().enumerate() {
         let key = folder.target.key();
         let (verdict, names) = match (verdicts.get(&key), &given_up) {
             (Some(known), _) => known.clone(),
@@ -106,11 +107,28 @@ pub async fn verify_targets(
                 let verified =
                     tokio::time::timeout_at(deadline, field::verify(&folder.target, &api)).await;
                 let names = match &verified {
-                    Ok(Ok(resolved)) => resolved.names.clone(),
+                    Ok(Ok(resolved)) => {
+                        Some(process_named(&api, &folder.target, resolved.names.clone()).await)
+                    }
                     _ => None,
                 };
-                let (verdict, give_up) = judge(verified, config, &api);
+                let (mut verdict, mut give_up) = judge(verified, config, &api);
+                if let Verdict::Wrong(problem) = &verdict {
+                    let diagnosed =
+                        tokio::time::timeout_at(deadline, diagnosed(&api, index, folder, problem))
+                            .await;
+                    if let Ok(Some(diagnosed)) = diagnosed {
+                        give_up = matches!(diagnosed, Verdict::Refused(_));
+                        verdict = diagnosed;
+                    }
+                }
                 given_up = match (&verdict, give_up) {
+                    (Verdict::Refused(problem), true) if problem.starts_with("api.") => {
+                        Some(Verdict::Refused(format!(
+                            "the API was not asked, as {} is wrong (see above)",
+                            problem.split(' ').next().unwrap_or_default()
+                        )))
+                    }
                     (Verdict::Refused(_), true) => Some(Verdict::Refused(
                         "the API was not asked, as it refused the credentials (see above)".into(),
                     )),
@@ -130,8 +148,8 @@ pub async fn verify_targets(
         let mut check = TargetCheck {
             folder: folder.path.clone(),
             target: folder.target.to_string(),
-            names,
             verdict,
+            names,
             processes: None,
             active: Vec::new(),
         };
@@ -157,6 +175,33 @@ pub async fn verify_targets(
         checks.push(check);
     }
     Ok(checks)
+}
+
+/// A better verdict for a target the API did not find or refused (`problem`): the organization
+/// (asked about once) or the base URL named as wrong, or an id of the wrong kind named with its
+/// key; `None` when the first verdict stands.
+async fn diagnosed(api: &Client, index: usize, folder: &Folder, problem: &str) -> Option<Verdict> {
+    // Found but unfit: the verdict already says what is wrong with it.
+    if !field::missing_or_forbidden(problem) {
+        return None;
+    }
+    if let (Some(problem), _) = diagnose::organization(api).await {
+        return Some(Verdict::Refused(problem));
+    }
+    diagnose::target(api, index, &folder.target)
+        .await
+        .map(|diagnosis| Verdict::Wrong(format!("{diagnosis} ({problem})")))
+}
+
+/// `names` with the process's name for a task target, when one GET gives it (a report can do
+/// without it).
+async fn process_named(api: &Client, target: &Target, mut names: Names) -> Names {
+    if let Target::Task { run_id, .. } = target {
+        if let Ok(Ok(run)) = tokio::time::timeout(DEADLINE, api.get_run(run_id)).await {
+            names.process = Some(run.name).filter(|name| !name.is_empty());
+        }
+    }
+    names
 }
 
 /// A client for a command that must answer soon: `ATTEMPTS` tries per request. Token renewals
@@ -203,8 +248,12 @@ fn judge(
         return (Verdict::Refused(problem), true);
     }
     if error.is_retryable() {
+        let hint = match error {
+            ApiError::Decode { .. } => diagnose::base_url_hint(config.api.base_url.as_str()),
+            _ => "",
+        };
         let problem = format!(
-            "cannot reach the Tallyfy API at {} (gave up after {ATTEMPTS} attempts): {error}",
+            "cannot reach the Tallyfy API at {} (gave up after {ATTEMPTS} attempts): {error}{hint}",
             config.api.base_url
         );
         return (Verdict::Unverified(problem), true);
@@ -228,11 +277,11 @@ pub fn render_checks(checks: &[TargetCheck]) -> String {
                 format!("not verified: {problem}")
             }
         };
-        let names = check
-            .names
-            .as_ref()
-            .map(|names| format!(" ({})", text::escaped(names)))
-            .unwrap_or_default();
+        // The names go next to the ids, so the line still ends with its verdict.
+        let names = match &check.names {
+            Some(names) if *names != Names::default() => format!(" ({names})"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
             "  {} → {}{names}: {}",

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{unix_ms, Pause};
 use crate::config::{Config, Folder};
+use crate::field::{names_key, Names};
 use crate::guard::{self, Held};
 use crate::metrics::{self, Exposition};
 use crate::store::{
@@ -200,6 +201,9 @@ pub struct FolderReport {
     /// The file that has waited longest (pending or failed), by name, and since when.
     #[serde(default)]
     pub oldest_waiting: Option<Waited>,
+    /// What the API called the target's parts when the daemon last verified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Names>,
     /// Why the folder is paused (gone, unreadable, unmounted), if it is.
     pub paused: Option<String>,
     /// Deletes kept back by `max_delete` until `release-deletes`.
@@ -312,6 +316,8 @@ fn from_store(
         )?;
         report.state = state.label().to_string();
         report.why = state.why().map(str::to_string);
+        // Names are a courtesy: an unreadable record of them leaves the ids alone.
+        report.names = store.meta(&names_key(&folder.target)).unwrap_or(None);
         folders.push(report);
     }
     for (folder, records) in by_folder {
@@ -560,6 +566,7 @@ fn folder_report(
         counts,
         last_success,
         oldest_waiting,
+        names: None,
         paused,
         held,
         files,
@@ -701,6 +708,9 @@ pub fn render(report: &StatusReport, all: bool) -> String {
             None => folder.state.clone(),
         };
         let _ = writeln!(out, "  state: {state}");
+        if let Some(names) = &folder.names {
+            let _ = writeln!(out, "  in Tallyfy: {names}");
+        }
         if c.launched + c.duplicates > 0 {
             let _ = writeln!(
                 out,

@@ -506,6 +506,13 @@ async fn the_demo_tours_its_folders_and_stops_cleanly_on_sigint() {
     let (stdout, stderr) = (read(&out), read(&err));
     let both = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("Invoice 2041.pdf"), "{both}");
+    // Names next to ids, in the tour and in the log.
+    assert!(
+        stdout.contains("of task \"Review the signed contract\"")
+            && stdout.contains("of template \"Customer onboarding\""),
+        "{both}"
+    );
+    assert!(stderr.contains("field_label=\"Signed contract\""), "{both}");
     for needle in [
         "uploaded",
         "attached",

@@ -52,12 +52,6 @@ fn verdict<'a>(output: &'a Output, folder: &std::path::Path) -> &'a str {
         .unwrap_or_else(|| panic!("no verdict on {}; {}", folder.display(), describe(output)))
 }
 
-fn replace_in_config(env: &Env, from: &str, to: &str) {
-    let yaml = std::fs::read_to_string(&env.config).unwrap();
-    assert!(yaml.contains(from), "{yaml}");
-    env.write_raw_config(&yaml.replacen(from, to, 1));
-}
-
 fn unavailable() -> FaultKind {
     FaultKind::Status {
         status: 503,
@@ -100,7 +94,7 @@ async fn check_online_says_target_ok_for_every_folder_and_sends_only_gets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_online_exits_78_naming_a_capture_id_the_task_does_not_have() {
     let env = Env::new().await;
-    replace_in_config(&env, "capture_id: cap1", "capture_id: cap9");
+    env.replace_in_config("capture_id: cap1", "capture_id: cap9");
     let output = env.command(&["check", "--online"]);
     assert_exit(&output, EXIT_CONFIG);
     let task = verdict(&output, &env.tasks);
@@ -133,8 +127,7 @@ async fn check_online_exits_1_within_seconds_when_the_api_is_unreachable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    replace_in_config(
-        &env,
+    env.replace_in_config(
         &format!("base_url: {}", env.fake.base_url()),
         &format!("base_url: http://127.0.0.1:{closed}/api"),
     );

@@ -242,7 +242,7 @@ async fn check_online_names_the_one_off_tasks_title_and_field_label_and_the_dry_
     assert_eq!(
         line,
         format!(
-            "  {} → one-off task {ONE_OFF_TASK}, field {ONE_OFF_CAPTURE} (task \"{ONE_OFF_TITLE}\", field \"{ONE_OFF_LABEL}\"): target OK",
+            "  {} → one-off task {ONE_OFF_TASK}, field {ONE_OFF_CAPTURE} (field \"{ONE_OFF_LABEL}\" of task \"{ONE_OFF_TITLE}\"): target OK",
             env.tasks.display()
         )
     );

@@ -22,6 +22,8 @@ pub enum Endpoint {
     Download,
     GetRun,
     ListTasks,
+    ListTemplates,
+    ListSteps,
     /// The OAuth token endpoint (`api.token_url`).
     Token,
 }
@@ -43,6 +45,8 @@ impl Endpoint {
             Endpoint::Download => "download",
             Endpoint::GetRun => "get_run",
             Endpoint::ListTasks => "list_tasks",
+            Endpoint::ListTemplates => "list_templates",
+            Endpoint::ListSteps => "list_steps",
             Endpoint::Token => "token",
         }
     }
@@ -65,6 +69,8 @@ impl std::fmt::Display for Endpoint {
             Endpoint::Download => "download (GET /file/…/dl)",
             Endpoint::GetRun => "read process (GET /runs/…)",
             Endpoint::ListTasks => "list a process's tasks (GET /runs/…/tasks)",
+            Endpoint::ListTemplates => "list templates (GET /checklists)",
+            Endpoint::ListSteps => "list a template's steps (GET /checklists/…/steps)",
             Endpoint::Token => "get an access token (POST api.token_url)",
         })
     }

@@ -140,6 +140,8 @@ pub struct Run {
     /// `active`, `complete`, `problem`, `archived`, ... ("" when the answer does not say).
     pub status: String,
     pub summary: String,
+    /// The template it was started from ("" when the answer does not say).
+    pub checklist_id: String,
     /// The kick-off values by field id, when the answer carries them (`null` otherwise).
     pub prerun: Value,
 }
@@ -148,6 +150,13 @@ pub struct Run {
 const PER_PAGE: u32 = 100;
 /// Pages followed at most in one list, so a server that never says "last page" cannot loop us.
 const MAX_PAGES: u32 = 1000;
+
+/// A template (blueprint), as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub id: String,
+    pub title: String,
+}
 
 /// A step of a template, with the form fields (captures) its tasks carry.
 #[derive(Debug, Clone)]
@@ -174,6 +183,9 @@ pub struct Client {
     on_pause: Option<PauseHook>,
     /// Most attempts `with_retries` makes; `None` for the daemon, which waits out any outage.
     attempts: Option<u32>,
+    /// What is wrong with `api.base_url` or `api.org_id` (`None`: nothing), once asked: every
+    /// target fails alike when they are wrong, and it is said once, not per folder.
+    organization: tokio::sync::OnceCell<Option<String>>,
     cancel: CancellationToken,
 }
 
@@ -226,8 +238,36 @@ impl Client {
             pause: std::sync::Mutex::new(None),
             on_pause: None,
             attempts: None,
+            organization: tokio::sync::OnceCell::new(),
             cancel,
         })
+    }
+
+    /// `api.base_url` as used, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn org_id(&self) -> &str {
+        &self.org
+    }
+
+    /// What `ask` finds wrong with the organization, asked at most once per client however
+    /// many callers want it; true for the caller whose `ask` ran (the one to report it).
+    pub async fn organization_problem<F, Fut>(&self, ask: F) -> (Option<String>, bool)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<String>>,
+    {
+        let mut asked = false;
+        let problem = self
+            .organization
+            .get_or_init(|| {
+                asked = true;
+                ask()
+            })
+            .await;
+        (problem.clone(), asked)
     }
 
     /// Calls `hook` whenever requests pause or resume, so the schedule can be saved.
@@ -939,18 +979,53 @@ impl Client {
         let Value::Array(steps) = steps else {
             return Ok(None);
         };
-        Ok(Some(
-            steps
-                .into_iter()
-                .filter_map(|mut step| {
-                    Some(Step {
-                        id: text(&step, "id")?,
-                        title: text(&step, "title").unwrap_or_default(),
-                        captures: form_fields(step.get_mut("captures").map(Value::take)),
-                    })
+        Ok(Some(steps.into_iter().filter_map(parse_step).collect()))
+    }
+
+    /// Every template of the organization (id and title), all pages followed.
+    pub async fn templates(&self) -> Result<Vec<Template>, ApiError> {
+        Ok(self
+            .all_pages(Endpoint::ListTemplates, "checklists", &[])
+            .await?
+            .iter()
+            .filter_map(|item| {
+                Some(Template {
+                    id: text(item, "id")?,
+                    title: text(item, "title").unwrap_or_default(),
                 })
-                .collect(),
-        ))
+            })
+            .collect())
+    }
+
+    /// A template's steps with their form fields from `GET /checklists/{id}/steps`, all pages
+    /// followed (the route's default page holds only 10 steps).
+    pub async fn step_list(&self, checklist_id: &str) -> Result<Vec<Step>, ApiError> {
+        Ok(self
+            .all_pages(
+                Endpoint::ListSteps,
+                &format!("checklists/{checklist_id}/steps"),
+                &[("with", "captures")],
+            )
+            .await?
+            .into_iter()
+            .filter_map(parse_step)
+            .collect())
+    }
+
+    /// Every active process of the organization, all pages followed.
+    pub async fn all_active_runs(&self) -> Result<Vec<Run>, ApiError> {
+        self.runs(&[("status", "active")]).await
+    }
+
+    /// One page of the template list, to learn whether `api.base_url` and `api.org_id` lead
+    /// to an organization this token may read, at the cost of one small GET.
+    pub async fn probe_organization(&self) -> Result<(), ApiError> {
+        let request = self
+            .request(Method::GET, "checklists")
+            .query(&[("page", 1), ("per_page", 1)]);
+        self.answer(Endpoint::ListTemplates, request, || None)
+            .await
+            .map(|_| ())
     }
 
     /// The `data` items of every page of a paginated list.
@@ -984,6 +1059,14 @@ impl Client {
     }
 }
 
+fn parse_step(mut step: Value) -> Option<Step> {
+    Some(Step {
+        id: text(&step, "id")?,
+        title: text(&step, "title").unwrap_or_default(),
+        captures: form_fields(step.get_mut("captures").map(Value::take)),
+    })
+}
+
 fn parse_run(endpoint: Endpoint, data: &Value) -> Result<Run, ApiError> {
     let id = text(data, "id").ok_or_else(|| ApiError::Decode {
         endpoint,
@@ -994,6 +1077,7 @@ fn parse_run(endpoint: Endpoint, data: &Value) -> Result<Run, ApiError> {
         name: text(data, "name").unwrap_or_default(),
         status: text(data, "status").unwrap_or_default(),
         summary: text(data, "summary").unwrap_or_default(),
+        checklist_id: text(data, "checklist_id").unwrap_or_default(),
         prerun: data.get("prerun").cloned().unwrap_or(Value::Null),
     })
 }
@@ -1038,7 +1122,10 @@ fn checked_answer(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
     if endpoint == Endpoint::DeleteFile {
         return Ok(Value::Null);
     }
-    let lists = matches!(endpoint, Endpoint::ListRuns | Endpoint::ListTasks);
+    let lists = matches!(
+        endpoint,
+        Endpoint::ListRuns | Endpoint::ListTasks | Endpoint::ListTemplates | Endpoint::ListSteps
+    );
     match json.get("data") {
         Some(Value::Object(_)) if !lists => Ok(json),
         Some(Value::Array(_)) if lists || endpoint == Endpoint::GetAsset => Ok(json),

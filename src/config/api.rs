@@ -14,7 +14,7 @@ use super::raw::{id, invalid, path_in, positive_duration, Bad, Section};
 use super::secret::{Secret, CLIENT_SECRET, TOKEN};
 use super::{read_bytes_limited, ConfigError};
 
-pub(super) const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
+pub const DEFAULT_BASE_URL: &str = "https://go.tallyfy.com/api";
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const DEFAULT_CONCURRENCY: usize = 4;
 const MAX_CONCURRENCY: u64 = 64;

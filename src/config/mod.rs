@@ -12,7 +12,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-pub use api::{ApiConfig, Auth, CaFile, Credentials, ProxyUrl, RateLimit};
+pub use api::{ApiConfig, Auth, CaFile, Credentials, ProxyUrl, RateLimit, DEFAULT_BASE_URL};
 pub use folder::{Folder, RemoteRemoved, WatchMode, MAX_DELETE_MIN_FILES};
 pub use secret::{Malformed, Secret};
 pub use target::{
@@ -128,11 +128,30 @@ fn read_bytes_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 impl Config {
     /// Reads the file, then `from_yaml` with the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, Folders::Required)
+    }
+
+    /// Like `load`, but `folders` is not read at all (it may be absent, empty or not yet
+    /// right): for `targets`, which helps write it.
+    pub fn load_api_only(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, Folders::Ignored)
+    }
+
+    /// Like `from_yaml`, but `folders` is not read (see `load_api_only`).
+    pub fn from_yaml_api_only(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse(text, file, env, Folders::Ignored)
+    }
+
+    fn load_with(path: &Path, folders: Folders) -> Result<Config, ConfigError> {
         let text = read_limited(path, MAX_CONFIG_BYTES).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        Config::from_yaml(&text, path, &|name| std::env::var_os(name))
+        Config::parse(&text, path, &|name| std::env::var_os(name), folders)
     }
 
     /// `file` anchors relative paths and names the file in messages; `env` is
@@ -142,6 +161,15 @@ impl Config {
         file: &Path,
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Config, ConfigError> {
+        Config::parse(text, file, env, Folders::Required)
+    }
+
+    fn parse(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<OsString>,
+        folders: Folders,
+    ) -> Result<Config, ConfigError> {
         let problems = Problems::default();
         let label = file
             .file_name()
@@ -149,7 +177,7 @@ impl Config {
             .to_string_lossy();
         let config = match serde_yaml::from_str::<Value>(text) {
             Err(error) => {
-                problems.add(syntax_problem(&label, &error));
+                problems.add(syntax_problem(&label, &error, text));
                 None
             }
             Ok(Value::Null) => {
@@ -158,7 +186,12 @@ impl Config {
                 ));
                 None
             }
-            Ok(Value::Mapping(map)) => walk(Section::new(String::new(), map, &problems), file, env),
+            Ok(Value::Mapping(map)) => walk(
+                Section::new(String::new(), map, &problems),
+                file,
+                env,
+                folders,
+            ),
             Ok(other) => {
                 problems.add(format!(
                     "{label}: expected a mapping of settings, found {}",
@@ -183,9 +216,9 @@ impl Config {
     }
 }
 
-fn syntax_problem(label: &str, error: &serde_yaml::Error) -> String {
+fn syntax_problem(label: &str, error: &serde_yaml::Error, text: &str) -> String {
     let message = error.to_string();
-    match error.location() {
+    let problem = match error.location() {
         Some(at) => {
             // serde_yaml appends the location to its message; it is moved to the front.
             let suffix = format!(" at line {} column {}", at.line(), at.column());
@@ -197,13 +230,53 @@ fn syntax_problem(label: &str, error: &serde_yaml::Error) -> String {
             )
         }
         None => format!("{label}: {message}"),
+    };
+    match indentation_hint(text, error.location().map(|at| at.line())) {
+        Some(hint) => format!("{problem} ({hint})"),
+        None => problem,
     }
+}
+
+/// The parser's words on a tab or a misplaced indent rarely say so: the likely cause, named
+/// with its line. A tab in a line's indentation is the first suspect (editors insert them
+/// unseen); short of one, an error on an indented line points at its indentation.
+fn indentation_hint(text: &str, line: Option<usize>) -> Option<String> {
+    let tabbed = text.lines().position(|line| {
+        line.chars()
+            .take_while(|c| c.is_whitespace())
+            .any(|c| c == '\t')
+    });
+    if let Some(index) = tabbed {
+        return Some(format!(
+            "YAML uses spaces, not tabs: line {} is indented with a tab",
+            index + 1
+        ));
+    }
+    let line = line?;
+    let indented = text
+        .lines()
+        .nth(line.checked_sub(1)?)
+        .is_some_and(|text| text.starts_with(' '));
+    indented.then(|| {
+        format!(
+            "check the indentation of line {line} and the lines above it: YAML uses spaces, not tabs, and the keys of one mapping line up"
+        )
+    })
+}
+
+/// Whether a config must list its folders.
+#[derive(Clone, Copy, PartialEq)]
+enum Folders {
+    Required,
+    /// Not read: a command that needs only `api` (and `state_dir`, `log`).
+    Ignored,
 }
 
 fn walk(
     mut root: Section<'_>,
     file: &Path,
     env: &dyn Fn(&str) -> Option<OsString>,
+    wanted: Folders,
 ) -> Option<Config> {
     let base = config_dir(file);
     let api = match root.get("api", mapping) {
@@ -239,10 +312,17 @@ fn walk(
         Ok(map) => log_config(root.child("log", map.unwrap_or_default())),
         Err(()) => None,
     };
-    let folders = root.req("folders", |value| match value {
-        Value::Sequence(items) if items.is_empty() => invalid("must list at least one folder"),
-        _ => list(value),
-    });
+    let folders = match wanted {
+        Folders::Required => root.req("folders", |value| match value {
+            Value::Sequence(items) if items.is_empty() => invalid("must list at least one folder"),
+            _ => list(value),
+        }),
+        Folders::Ignored => {
+            root.known.push("folders");
+            root.map.shift_remove("folders");
+            Some(Vec::new())
+        }
+    };
     let mut claimed = Vec::new();
     let folders: Option<Vec<Folder>> = folders.and_then(|items| {
         // Collected into a Vec first so that every folder is checked, not just

@@ -70,8 +70,8 @@ pub(super) fn invalid<T>(why: impl Into<String>) -> Result<T, Bad> {
 /// ones the error lists as expected.
 pub(super) struct Section<'p> {
     pub(super) path: String,
-    map: Mapping,
-    known: Vec<&'static str>,
+    pub(super) map: Mapping,
+    pub(super) known: Vec<&'static str>,
     pub(super) problems: &'p Problems,
 }
 

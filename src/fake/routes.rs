@@ -34,6 +34,8 @@ enum Route<'a> {
         task_id: &'a str,
     },
     Checklist(&'a str),
+    Checklists,
+    Steps(&'a str),
     Runs,
     Run(&'a str),
     RunTasks(&'a str),
@@ -44,7 +46,11 @@ impl Route<'_> {
         match self {
             Route::Upload => &[Method::POST],
             Route::File(_) | Route::Asset(_) => &[Method::GET, Method::DELETE],
-            Route::FileDownload(_) | Route::Run(_) | Route::RunTasks(_) => &[Method::GET],
+            Route::FileDownload(_)
+            | Route::Run(_)
+            | Route::RunTasks(_)
+            | Route::Checklists
+            | Route::Steps(_) => &[Method::GET],
             Route::Runs => &[Method::GET, Method::POST],
             Route::Task { .. } | Route::Checklist(_) => &[Method::GET, Method::PUT],
         }
@@ -77,6 +83,8 @@ fn match_route(path: &str) -> Option<(&str, Route<'_>)> {
             task_id,
         },
         ["checklists", checklist] => Route::Checklist(checklist),
+        ["checklists"] => Route::Checklists,
+        ["checklists", checklist, "steps"] => Route::Steps(checklist),
         ["runs"] => Route::Runs,
         ["runs", run_id] => Route::Run(run_id),
         ["runs", run_id, "tasks"] => Route::RunTasks(run_id),
@@ -189,6 +197,8 @@ pub(crate) fn dispatch(shared: &Shared, parts: &Parts, body: RequestBody) -> Res
                 data(run)
             }),
         (Route::Run(id), _) => shared.lock().run_json(id).map(data),
+        (Route::Checklists, _) => shared.lock().list_checklists(path, parts.uri.query()),
+        (Route::Steps(id), _) => shared.lock().list_steps(id, path, parts.uri.query()),
         (Route::RunTasks(id), _) => shared.lock().list_run_tasks(id, path, parts.uri.query()),
     };
     match outcome {

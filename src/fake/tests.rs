@@ -1602,3 +1602,40 @@ async fn every_run_gets_a_task_per_step_listed_page_by_page_and_completing_it_cl
     let missing = send(api.get("/runs/nope/tasks")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn templates_and_a_templates_steps_are_listed_ten_a_page_by_default() {
+    let fake = fake().await;
+    let api = Api::new(&fake);
+    let steps: Vec<FakeStep> = (0..12)
+        .map(|n| FakeStep {
+            id: format!("step-{n:02}"),
+            title: format!("Step {n}"),
+            fields: vec![field(&format!("cap-{n}"), "file", Value::Null)],
+        })
+        .collect();
+    fake.add_steps(CHECKLIST, steps);
+    let first = send(api.get(&format!("/checklists/{CHECKLIST}/steps"))).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let first = first.json();
+    assert_eq!(first["data"].as_array().unwrap().len(), 10);
+    assert_eq!(first["meta"]["pagination"]["total_pages"], 2);
+    assert_eq!(first["data"][0]["captures"]["data"][0]["id"], "cap-0");
+    let last = send(api.get(&format!("/checklists/{CHECKLIST}/steps?page=2")))
+        .await
+        .json();
+    assert_eq!(last["data"][1]["title"], "Step 11");
+    let unknown = send(api.get("/checklists/nope/steps")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    let templates = send(api.get("/checklists?per_page=100")).await;
+    assert_eq!(templates.status, StatusCode::OK);
+    assert_eq!(
+        templates.json()["data"],
+        json!([{"id": CHECKLIST, "title": "Onboarding"}])
+    );
+    let too_many = send(api.get("/checklists?per_page=101")).await;
+    assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let post = send(api.headers(api.client.post(api.url("/checklists")))).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+}

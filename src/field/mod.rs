@@ -9,7 +9,10 @@
 
 mod verify;
 
-pub use verify::{verify, LaunchForm, Resolved, MAX_RUN_NAME};
+pub(crate) use verify::is_required;
+pub use verify::{
+    missing_or_forbidden, names_key, verify, LaunchForm, Names, Resolved, MAX_RUN_NAME,
+};
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -27,7 +30,7 @@ use crate::api::{self, ApiError, Client};
 use crate::config::{RemoteRemoved, Target};
 use crate::metrics::METRICS;
 use crate::store::{asset_id, now_unix, Asset, DeleteJob, FileState, Store};
-use verify::inspect;
+use verify::{forbidden, inspect};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
 const MAX_BATCH: usize = 500;
@@ -403,6 +406,20 @@ impl Actor {
         }
     }
 
+    /// Keeps the names for `status`, written only when they changed (a restart or another
+    /// verification of the same target writes nothing). Only for `status`: a store that cannot
+    /// take them costs nothing else.
+    async fn record_names(&self, names: &Names) {
+        let key = names_key(&self.target);
+        let known: Option<Names> = self.store.meta(&key).unwrap_or(None);
+        if *names == Names::default() || known.as_ref() == Some(names) {
+            return;
+        }
+        if let Err(error) = self.store.set_meta(&key, Some(names)).await {
+            debug!(target = %self.target, %error, "cannot record the target's names");
+        }
+    }
+
     /// Inspects the target and says what came of it on `readiness`; false when shutting down.
     async fn verify(&self, readiness: &watch::Sender<Readiness>) -> bool {
         let verified = tokio::select! {
@@ -411,19 +428,47 @@ impl Actor {
         };
         match verified {
             Ok((resolved, list)) => {
-                info!(target = %self.target, "target verified");
+                let names = &resolved.names;
+                self.record_names(names).await;
+                info!(
+                    target = %self.target,
+                    template_title = names.template.as_deref(),
+                    task_title = names.task.as_deref(),
+                    field_label = names.field.as_deref(),
+                    "target verified"
+                );
                 readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
                 self.notice_removals(&list, true).await;
             }
             Err(FieldError::Cancelled) => return false,
             Err(error) => {
-                let why = error.to_string();
+                let mut why = error.to_string();
+                // A wrong organization fails every target alike (403): said once. A 404 is
+                // left as it is: a target gone costs the daemon no request more.
+                let organization = if forbidden(&why) {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return false,
+                        found = crate::diagnose::organization(&self.api) => found,
+                    }
+                } else {
+                    (None, false)
+                };
                 let again =
                     matches!(&*readiness.borrow(), Readiness::Invalid(before) if *before == why);
-                if again {
-                    debug!(target = %self.target, %error, "the target is still wrong");
-                } else {
-                    error!(target = %self.target, %error, "folders mapped to this target are not synced until the config is fixed");
+                match organization {
+                    (Some(problem), first) => {
+                        if first {
+                            error!(org_id = %self.api.org_id(), base_url = %self.api.base_url(), "{problem}; no folder is synced until the config is fixed");
+                        }
+                        debug!(target = %self.target, %error, "not synced: {problem}");
+                        why = problem;
+                    }
+                    _ if again => {
+                        debug!(target = %self.target, %error, "the target is still wrong")
+                    }
+                    _ => {
+                        error!(target = %self.target, %error, "folders mapped to this target are not synced until the config is fixed")
+                    }
                 }
                 readiness.send_replace(Readiness::Invalid(why));
             }

@@ -19,9 +19,60 @@ pub struct Resolved {
     pub upload: UploadTarget,
     /// For a launch target, what launching needs to know of the template.
     pub launch: Option<LaunchForm>,
-    /// What people call the target (a task's title, its field's label), for `check` to show
-    /// next to the ids, when the verification read them.
-    pub names: Option<String>,
+    /// What the API calls the target's parts, as the verifying reads showed them.
+    pub names: Names,
+}
+
+/// The names the API gives a target's parts, shown next to the ids (ids alone are unreadable).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Names {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+/// The store's key for a target's names as last verified, for `status`.
+pub fn names_key(target: &Target) -> String {
+    format!("names:{}", target.key())
+}
+
+impl Names {
+    fn of(task: Option<&str>, field: &str, template: Option<&str>) -> Names {
+        let named = |name: &str| (!name.is_empty()).then(|| name.to_string());
+        Names {
+            process: None,
+            task: task.and_then(named),
+            field: named(field),
+            template: template.and_then(named),
+        }
+    }
+}
+
+impl std::fmt::Display for Names {
+    /// `field "Invoices" of task "Collect" in process "ACME"`, the parts that are known.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            ("field", &self.field, ""),
+            ("task", &self.task, "of "),
+            ("process", &self.process, "in "),
+            ("template", &self.template, "of "),
+        ];
+        let mut first = true;
+        for (what, name, joint) in parts {
+            if let Some(name) = name {
+                let joint = if first { "" } else { joint };
+                let space = if first { "" } else { " " };
+                write!(f, "{space}{joint}{what} \"{}\"", crate::text::escaped(name))?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A verified launch target's template.
@@ -110,7 +161,7 @@ pub(super) async fn inspect(
                 Resolved {
                     upload,
                     launch: None,
-                    names: Some(format!("task {:?}, field {:?}", task.title, field.label)),
+                    names: Names::of(Some(&task.title), &field.label, None),
                 },
                 list,
             ))
@@ -128,7 +179,7 @@ pub(super) async fn inspect(
                         checklist_id: checklist_id.clone(),
                     },
                     launch: None,
-                    names: None,
+                    names: Names::of(None, &text(field, "label"), Some(&checklist.title)),
                 },
                 list,
             ))
@@ -138,7 +189,14 @@ pub(super) async fn inspect(
         Target::Launch(launch) => {
             let checklist_id = &launch.checklist_id;
             let checklist = read_template(api, checklist_id).await?;
-            file_field(&checklist.prerun, checklist_id, &launch.field_id)?;
+            let names = Names::of(
+                None,
+                &text(
+                    file_field(&checklist.prerun, checklist_id, &launch.field_id)?,
+                    "label",
+                ),
+                Some(&checklist.title),
+            );
             let mut limits = HashMap::new();
             for (id, value) in &launch.fields {
                 let field = kickoff_field(&checklist.prerun, checklist_id, id)?;
@@ -195,7 +253,7 @@ pub(super) async fn inspect(
                         title: checklist.title,
                         limits,
                     }),
-                    names: None,
+                    names,
                 },
                 // A launch folder's files go to processes it starts, into no field it keeps.
                 Vec::new(),
@@ -289,7 +347,10 @@ async fn verify_route(api: &Client, route: &Route) -> Result<Resolved, FieldErro
         }
     };
     match fields.iter().find(|(_, field)| field.id == *capture_id) {
-        Some((_, field)) if field.field_type == "file" => Ok(route_resolved(route)),
+        Some((step, field)) if field.field_type == "file" => Ok(Resolved {
+            names: Names::of(Some(step), &field.label, None),
+            ..route_resolved(route)
+        }),
         Some((step, field)) => Err(FieldError::Invalid(format!(
             "field {capture_id} ({:?}) of step {step:?} of template {checklist_id} is a {} field, not a file field",
             field.label, field.field_type
@@ -316,7 +377,7 @@ fn route_resolved(route: &Route) -> Resolved {
             checklist_id: route.checklist_id.clone(),
         },
         launch: None,
-        names: None,
+        names: Names::default(),
     }
 }
 
@@ -336,7 +397,7 @@ fn text(field: &Value, key: &str) -> String {
 }
 
 /// The API has sent `required` as a boolean, a number and a string.
-fn is_required(field: &Value) -> bool {
+pub(crate) fn is_required(field: &Value) -> bool {
     match field.get("required") {
         Some(Value::Bool(required)) => *required,
         Some(Value::Number(number)) => number.as_u64().is_some_and(|n| n != 0),
@@ -401,8 +462,21 @@ fn file_field<'a>(
 /// A target the API says is missing or forbidden is a config mistake, not a passing failure.
 fn unreachable_target(error: ApiError, what: &str) -> FieldError {
     match error.status() {
-        Some(404) => FieldError::Invalid(format!("{what} does not exist (404)")),
-        Some(403) => FieldError::Invalid(format!("the token's user may not see {what} (403)")),
+        Some(404) => FieldError::Invalid(format!("{what} does not exist{MISSING}")),
+        Some(403) => FieldError::Invalid(format!("the token's user may not see {what}{FORBIDDEN}")),
         _ => FieldError::from(error),
     }
+}
+
+const MISSING: &str = " (404)";
+const FORBIDDEN: &str = " (403)";
+
+/// Whether a verdict is the API not finding or refusing a target's part (rather than finding
+/// it unfit), which a wrong organization, base URL or id of the wrong kind also causes.
+pub fn missing_or_forbidden(problem: &str) -> bool {
+    problem.ends_with(MISSING) || forbidden(problem)
+}
+
+pub(super) fn forbidden(problem: &str) -> bool {
+    problem.ends_with(FORBIDDEN)
 }

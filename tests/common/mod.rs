@@ -171,6 +171,13 @@ impl Env {
         std::fs::write(&self.config, yaml).unwrap();
     }
 
+    /// Rewrites the config with the first `from` replaced by `to` (which must be there).
+    pub fn replace_in_config(&self, from: &str, to: &str) {
+        let yaml = std::fs::read_to_string(&self.config).unwrap();
+        assert!(yaml.contains(from), "{from:?} not in\n{yaml}");
+        self.write_raw_config(&yaml.replacen(from, to, 1));
+    }
+
     /// The usual set-up, but authenticating with OAuth client credentials at the fake's token
     /// endpoint (which knows CLIENT_ID and CLIENT_SECRET, and issues tokens that last
     /// `lifetime_secs`); the daemon reads `secret` from the file `api.client_secret_file` names.

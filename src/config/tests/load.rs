@@ -226,7 +226,19 @@ fn a_syntax_error_names_line_and_column() {
     let problems = fx.problems("api:\n  org_id: ORG\n  timeout: 1s\n   concurrency: 4\n");
     assert_eq!(
         problems,
-        ["config.yaml line 4 column 15: mapping values are not allowed in this context"]
+        ["config.yaml line 4 column 15: mapping values are not allowed in this context (check the indentation of line 4 and the lines above it: YAML uses spaces, not tabs, and the keys of one mapping line up)"]
+    );
+}
+
+#[test]
+fn a_tab_in_the_indentation_is_named_with_its_line() {
+    let fx = Fixture::new();
+    let problems = fx.problems("api:\n  org_id: ORG\n\ttimeout: 1s\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("config.yaml line 3 column 1: ")
+            && problems[0].ends_with("(YAML uses spaces, not tabs: line 3 is indented with a tab)"),
+        "{problems:?}"
     );
 }
 

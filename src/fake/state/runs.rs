@@ -259,6 +259,16 @@ impl State {
         Ok(run)
     }
 
+    /// `GET /checklists`: every template, paginated like the process list.
+    pub fn list_checklists(&self, url: &str, query: Option<&str>) -> Result<Value, ApiError> {
+        let templates = self
+            .checklists
+            .values()
+            .map(|checklist| json!({"id": checklist.id, "title": checklist.title}))
+            .collect();
+        page_of(url, &query_params(query), templates)
+    }
+
     pub fn run_json(&self, run_id: &str) -> Result<Value, ApiError> {
         self.runs
             .list

@@ -143,8 +143,24 @@ impl State {
         if self.steps.unlisted {
             return Ok(checklist);
         }
-        let steps: Vec<Value> = self
-            .steps
+        checklist["steps"] = json!({ "data": self.render_steps(checklist_id) });
+        Ok(checklist)
+    }
+
+    /// `GET /checklists/{id}/steps`: the template's steps with their captures, paginated
+    /// (10 a page unless `per_page` says otherwise, as the real route does).
+    pub fn list_steps(
+        &self,
+        checklist_id: &str,
+        url: &str,
+        query: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        self.checklist_json(checklist_id)?;
+        page_of(url, &query_params(query), self.render_steps(checklist_id))
+    }
+
+    fn render_steps(&self, checklist_id: &str) -> Vec<Value> {
+        self.steps
             .by_template
             .get(checklist_id)
             .into_iter()
@@ -172,8 +188,6 @@ impl State {
                     "captures": {"data": captures},
                 })
             })
-            .collect();
-        checklist["steps"] = json!({ "data": steps });
-        Ok(checklist)
+            .collect()
     }
 }
