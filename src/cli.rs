@@ -15,7 +15,7 @@ use crate::control::{self, Answer, ControlError, Request};
 use crate::logging::{self, LogFormat};
 use crate::store::Store;
 use crate::store::StoreError;
-use crate::{caution, daemon, demo, plan, restore, service, status, text, verify};
+use crate::{caution, daemon, demo, manual, plan, restore, service, status, text, verify};
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
@@ -25,19 +25,7 @@ pub const EXIT_CONFIG: u8 = 78;
     name = "tallyfy-sync",
     version,
     about = "Keeps local hot folders in sync with file fields in Tallyfy",
-    after_long_help = "\
-Exit status: 0 success; 78 configuration error (bad config, no token or client secret, state \
-directory locked or unusable because of its path or permissions; with check --online or run \
---dry-run also a wrong target or refused credentials); 1 anything else (such as an API that \
-cannot be reached). A state directory on a full or read-only disk is no configuration error: \
-run waits until it can write there.
-
-Environment: TALLYFY_SYNC_CONFIG (the config file), TALLYFY_ACCESS_TOKEN (the API token with \
-api.auth: token), TALLYFY_CLIENT_SECRET (the OAuth client secret with api.auth: \
-client_credentials), CREDENTIALS_DIRECTORY (systemd credentials tallyfy-token and \
-tallyfy-client-secret), STATE_DIRECTORY (default state directory), RUST_LOG (log filter).
-
-Files: /etc/tallyfy-sync/config.yaml (the config), /var/lib/tallyfy-sync (the state)."
+    after_long_help = manual::epilogue()
 )]
 pub struct Cli {
     /// The config file.
@@ -160,7 +148,6 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), e.g. `tallyfy-sync man | man -l -`.
-    #[command(hide = true)]
     Man {
         /// Write the pages of the command and of every subcommand into this directory instead.
         #[arg(long)]
@@ -192,13 +179,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { online } => {
             let config = Config::load(&cli.config)?;
-            let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
-            print!("{}", describe(&config));
+            let located = Credentials::locate(&config.api, &|name| std::env::var_os(name))?;
+            print!("{}", describe(&config, &located.source));
             for warning in caution::warnings(&config) {
                 println!("warning: {}", text::escaped(&warning));
             }
             if online {
-                let checks = runtime()?.block_on(plan::verify_targets(&config, credentials))?;
+                let checks =
+                    runtime()?.block_on(plan::verify_targets(&config, located.credentials))?;
                 print!("{}", plan::render_checks(&checks));
                 plan::verdict(&checks, &config)?;
             }
@@ -248,15 +236,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(demo::run(dir, cancel, reloads))?;
         }
         Command::Completions { shell } => {
-            let mut command = Cli::command();
-            let name = command.get_name().to_string();
-            clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+            manual::completions(shell, Cli::command(), &mut std::io::stdout())?
         }
-        Command::Man { dir: None } => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?
+        Command::Man { dir: None } => manual::render(Cli::command(), &mut std::io::stdout())?,
+        Command::Man { dir: Some(dir) } => {
+            manual::write_pages(Cli::command(), &dir)
+                .with_context(|| format!("writing the manual pages to {}", dir.display()))?;
         }
-        Command::Man { dir: Some(dir) } => clap_mangen::generate_to(Cli::command(), &dir)
-            .with_context(|| format!("writing the manual pages to {}", dir.display()))?,
     }
     Ok(())
 }
@@ -348,14 +334,16 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// What `check` prints: everything the daemon would act on, and never a secret.
-fn describe(config: &Config) -> String {
+fn describe(config: &Config, secret_source: &str) -> String {
     let auth = match &config.api.auth {
-        Auth::Token { .. } => "token found".to_string(),
+        Auth::Token { .. } => format!("token from {secret_source}"),
         Auth::ClientCredentials {
             token_url,
             client_id,
             ..
-        } => format!("client credentials of client {client_id} at {token_url}; secret found"),
+        } => format!(
+            "client credentials of client {client_id} at {token_url}; secret from {secret_source}"
+        ),
     };
     let mut out = format!(
         "config {} is valid\napi: {} (organization {}), timeout {}, {} uploads at once; {auth}\nstate: {}\nsettle: {}\nfolders:\n",

@@ -703,14 +703,14 @@ pub fn render(report: &StatusReport, all: bool) -> String {
             c.rejected,
             c.failed
         );
+        if let Some(names) = &folder.names {
+            let _ = writeln!(out, "  in Tallyfy: {names}");
+        }
         let state = match &folder.why {
             Some(why) => format!("{}: {}", folder.state, text::escaped(why)),
             None => folder.state.clone(),
         };
         let _ = writeln!(out, "  state: {state}");
-        if let Some(names) = &folder.names {
-            let _ = writeln!(out, "  in Tallyfy: {names}");
-        }
         if c.launched + c.duplicates > 0 {
             let _ = writeln!(
                 out,

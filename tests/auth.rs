@@ -167,8 +167,9 @@ async fn check_describes_client_credentials_and_names_a_missing_secret() {
     let output = env.command(&["check"]);
     assert!(output.status.success(), "{}", output.stderr);
     let expected = format!(
-        "client credentials of client {CLIENT_ID} at {}; secret found",
-        env.fake.token_url()
+        "client credentials of client {CLIENT_ID} at {}; secret from file {} (api.client_secret_file)",
+        env.fake.token_url(),
+        env.dir.path().join("client-secret").display()
     );
     assert!(output.stdout.contains(&expected), "{}", output.stdout);
     assert!(!output.stdout.contains(CLIENT_SECRET));

@@ -123,7 +123,9 @@ async fn check_on_a_valid_config_prints_every_folder_with_its_target_and_never_t
         describe(&output)
     );
     assert!(
-        output.stdout.contains("token found"),
+        output
+            .stdout
+            .contains("; token from environment variable TALLYFY_ACCESS_TOKEN\n"),
         "{}",
         describe(&output)
     );

@@ -6,14 +6,14 @@ use std::process::{Command, Output};
 use clap::CommandFactory;
 use tallyfy_sync::cli::Cli;
 
-/// The subcommands `--help` lists (`man` is hidden, `help` is clap's own).
+/// The subcommands `--help` lists (but `help`, which is clap's own and has no page).
 fn subcommands() -> Vec<String> {
     let names: Vec<String> = Cli::command()
         .get_subcommands()
         .filter(|command| !command.is_hide_set())
         .map(|command| command.get_name().to_string())
         .collect();
-    for expected in ["run", "check", "status", "demo", "completions"] {
+    for expected in ["run", "check", "status", "demo", "completions", "man"] {
         assert!(names.iter().any(|name| name == expected), "{names:?}");
     }
     names
@@ -80,7 +80,7 @@ fn an_unknown_shell_is_refused_with_the_ones_supported() {
 }
 
 #[test]
-fn the_man_page_documents_every_subcommand_exit_status_and_environment() {
+fn the_man_page_documents_every_subcommand_exit_status_environment_and_files() {
     let page = stdout(&tallyfy_sync(&["man"]));
     assert!(page.contains(".TH tallyfy-sync 1"), "{page}");
     for command in subcommands() {
@@ -92,13 +92,36 @@ fn the_man_page_documents_every_subcommand_exit_status_and_environment() {
             "the page lacks {command}"
         );
     }
-    for text in [
-        "\\-\\-config",
-        "78 configuration error",
+    // Every page it points to is generated; clap's `help` has none.
+    assert!(!page.contains("tallyfy\\-sync\\-help"), "{page}");
+    let section = |title: &str| {
+        let start = page
+            .find(&format!(".SH \"{title}\""))
+            .or_else(|| page.find(&format!(".SH {title}\n")))
+            .unwrap_or_else(|| panic!("no {title} section in {page}"));
+        let rest = &page[start + 4..];
+        rest[..rest.find("\n.SH ").unwrap_or(rest.len())].to_string()
+    };
+    let exit = section("EXIT STATUS");
+    assert!(
+        exit.contains("78") && exit.contains("configuration error"),
+        "{exit}"
+    );
+    let environment = section("ENVIRONMENT");
+    for variable in [
+        "TALLYFY_ACCESS_TOKEN",
         "TALLYFY_CLIENT_SECRET",
+        "CREDENTIALS_DIRECTORY",
+        "TALLYFY_SYNC_CONFIG",
     ] {
-        assert!(page.contains(text), "the page lacks {text}");
+        assert!(environment.contains(variable), "{environment}");
     }
+    let files = section("FILES");
+    assert!(files.contains("/etc/tallyfy\\-sync/config.yaml"), "{files}");
+    assert!(files.contains("/etc/tallyfy\\-sync/token"), "{files}");
+    assert!(page.contains("\\-\\-config"), "the page lacks --config");
+    // The sections replace the plain-text epilogue `--help` prints.
+    assert!(!page.contains("Exit status: 0"), "{page}");
 }
 
 #[test]
@@ -126,13 +149,69 @@ fn man_with_a_directory_writes_a_page_per_subcommand() {
 }
 
 #[test]
-fn help_lists_completions_but_not_the_man_command() {
+fn help_lists_completions_and_man_and_states_the_exit_status() {
     let help = stdout(&tallyfy_sync(&["--help"]));
-    assert!(help.contains("completions"), "{help}");
+    for command in ["completions ", "man "] {
+        assert!(
+            help.lines()
+                .any(|line| line.trim_start().starts_with(command)),
+            "{help}"
+        );
+    }
+    assert!(help.contains("Exit status: 0: success."), "{help}");
     assert!(
-        !help
-            .lines()
-            .any(|line| line.trim_start().starts_with("man ")),
+        help.contains("Files: /etc/tallyfy-sync/config.yaml"),
         "{help}"
     );
+}
+
+/// What bash offers for `words` when the cursor is on the last one, with the script the
+/// binary prints loaded as a user's shell would load it.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let script = stdout(&tallyfy_sync(&["completions", "bash"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tallyfy-sync");
+    std::fs::write(&file, &script).unwrap();
+    let line = words.join(" ");
+    // The function name is read from `complete -p`, as bash itself finds it.
+    let driver = r#"
+        source "$1"; shift
+        function=$(complete -p tallyfy-sync | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
+        [ -n "$function" ] || { echo "no completion function for tallyfy-sync" >&2; exit 1; }
+        COMP_WORDS=("$@")
+        COMP_CWORD=$(($# - 1))
+        COMP_LINE="$*"
+        COMP_POINT=${#COMP_LINE}
+        previous=""
+        [ $# -ge 2 ] && previous=${COMP_WORDS[COMP_CWORD - 1]}
+        "$function" tallyfy-sync "${COMP_WORDS[COMP_CWORD]}" "$previous"
+        printf '%s\n' "${COMPREPLY[@]}"
+    "#;
+    let output = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", driver, "bash"])
+        .arg(&file)
+        .args(words)
+        .output()
+        .expect("bash runs");
+    let offered = stdout(&output);
+    assert!(!line.is_empty());
+    offered.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn bash_completes_the_options_of_the_subcommand_typed() {
+    let run = bash_completes(&["tallyfy-sync", "run", "--"]);
+    for option in ["--dry-run", "--json", "--config", "--help"] {
+        assert!(
+            run.iter().any(|word| word == option),
+            "run --<TAB>: {run:?}"
+        );
+    }
+    assert!(!run.iter().any(|word| word == "--online"), "{run:?}");
+    let check = bash_completes(&["tallyfy-sync", "check", "--"]);
+    assert!(check.iter().any(|word| word == "--online"), "{check:?}");
+    let deletes = bash_completes(&["tallyfy-sync", "release-deletes", "--"]);
+    assert!(deletes.iter().any(|word| word == "--config"), "{deletes:?}");
+    let top = bash_completes(&["tallyfy-sync", "ve"]);
+    assert_eq!(top, ["verify"]);
 }

@@ -146,6 +146,14 @@ pub enum Credentials {
     },
 }
 
+/// Credentials and where their secret came from, for `check` to show.
+#[derive(Debug)]
+pub struct Located {
+    pub credentials: Credentials,
+    /// Such as "environment variable TALLYFY_ACCESS_TOKEN" or "file /etc/t/token (api.token_file)".
+    pub source: String,
+}
+
 impl Credentials {
     /// With `auth: token`: TALLYFY_ACCESS_TOKEN, else api.token_file, else the systemd
     /// credential tallyfy-token. With `auth: client_credentials` the client secret the same
@@ -155,19 +163,42 @@ impl Credentials {
         api: &ApiConfig,
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Credentials, ConfigError> {
+        Credentials::locate(api, env).map(|located| located.credentials)
+    }
+
+    /// `resolve`, also saying where the secret came from. Outside systemd (no
+    /// `$CREDENTIALS_DIRECTORY`) the credential is read from the file the installed unit's
+    /// `LoadCredential=` names, so that a command run with sudo uses the service's secret. A
+    /// WARN says when the variable hides a file or credential that holds another secret, and
+    /// when an unreadable file gives way to the credential.
+    pub fn locate(
+        api: &ApiConfig,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Located, ConfigError> {
         match &api.auth {
-            Auth::Token { token_file } => TOKEN
-                .resolve_kept(token_file.as_deref(), env)
-                .map(Credentials::Token),
+            Auth::Token { token_file } => {
+                let (token, source) = TOKEN.resolve_kept(token_file.as_deref(), env)?;
+                Ok(Located {
+                    credentials: Credentials::Token(token),
+                    source,
+                })
+            }
             Auth::ClientCredentials {
                 token_url,
                 client_id,
                 client_secret_file,
-            } => Ok(Credentials::ClientCredentials {
-                token_url: token_url.clone(),
-                client_id: client_id.clone(),
-                client_secret: CLIENT_SECRET.resolve_kept(client_secret_file.as_deref(), env)?,
-            }),
+            } => {
+                let (client_secret, source) =
+                    CLIENT_SECRET.resolve_kept(client_secret_file.as_deref(), env)?;
+                Ok(Located {
+                    credentials: Credentials::ClientCredentials {
+                        token_url: token_url.clone(),
+                        client_id: client_id.clone(),
+                        client_secret,
+                    },
+                    source,
+                })
+            }
         }
     }
 }

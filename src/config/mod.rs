@@ -12,7 +12,9 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-pub use api::{ApiConfig, Auth, CaFile, Credentials, ProxyUrl, RateLimit, DEFAULT_BASE_URL};
+pub use api::{
+    ApiConfig, Auth, CaFile, Credentials, Located, ProxyUrl, RateLimit, DEFAULT_BASE_URL,
+};
 pub use folder::{Folder, RemoteRemoved, WatchMode, MAX_DELETE_MIN_FILES};
 pub use secret::{Malformed, Secret};
 pub use target::{

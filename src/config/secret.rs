@@ -4,9 +4,10 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{read_limited, ConfigError};
+use crate::unit;
 
 // Like MAX_CONFIG_BYTES: keeps a mistyped path (say /dev/zero) from eating all memory.
 const MAX_SECRET_BYTES: u64 = 64 << 10;
@@ -87,11 +88,12 @@ impl SecretSource {
         )
     }
 
+    /// The secret and where it came from.
     fn resolve(
         &self,
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<OsString>,
-    ) -> Result<Secret, ConfigError> {
+    ) -> Result<(Secret, String), ConfigError> {
         let fail = |origin: &str, problem: String| ConfigError::Secret {
             what: self.what,
             origin: origin.to_string(),
@@ -108,6 +110,25 @@ impl SecretSource {
                 fail(origin, problem)
             })
         };
+        let file = file.map(|file| Place {
+            origin: format!("file {} ({})", file.display(), self.key),
+            path: file.to_path_buf(),
+            from_unit: false,
+        });
+        let credential = self.credential(env);
+        let read = |place: &Place| {
+            read_limited(&place.path, MAX_SECRET_BYTES).map_err(|error| {
+                let hint = if place.from_unit {
+                    format!(
+                        "; the service reads it as root: run this command with sudo, or set {}",
+                        self.variable
+                    )
+                } else {
+                    String::new()
+                };
+                fail(&place.origin, format!("cannot read it: {error}{hint}"))
+            })
+        };
         // A variable that is set but empty is an error rather than a fall-through:
         // silently picking another secret would hide the operator's mistake.
         if let Some(value) = env(self.variable) {
@@ -115,23 +136,36 @@ impl SecretSource {
             let text = value
                 .into_string()
                 .map_err(|_| fail(&origin, "not valid UTF-8".to_string()))?;
-            return parse(&origin, &text);
-        }
-        let credentials = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty());
-        let (origin, file) = match (file, credentials) {
-            (Some(file), _) => (
-                format!("file {} ({})", file.display(), self.key),
-                file.to_path_buf(),
-            ),
-            (None, Some(dir)) => {
-                let file = Path::new(&dir).join(self.credential);
-                (format!("systemd credential {}", file.display()), file)
+            let secret = parse(&origin, &text)?;
+            if let Some(hidden) = file.or(credential) {
+                self.warn_if_hidden(&secret, &hidden);
             }
+            return Ok((secret, origin));
+        }
+        let place = match (file, credential) {
+            (Some(file), credential) => match read_limited(&file.path, MAX_SECRET_BYTES) {
+                Ok(text) => return Ok((parse(&file.origin, &text)?, file.origin)),
+                Err(error) => match credential {
+                    Some(credential) if credential.path.is_file() => {
+                        tracing::warn!(
+                            file = %file.path.display(),
+                            credential = %credential.path.display(),
+                            %error,
+                            "cannot read the {} {}; using the {} instead",
+                            self.what,
+                            file.origin,
+                            credential.origin,
+                        );
+                        credential
+                    }
+                    _ => return Err(fail(&file.origin, format!("cannot read it: {error}"))),
+                },
+            },
+            (None, Some(credential)) => credential,
             (None, None) => return Err(fail(&self.places(), "none is set".to_string())),
         };
-        let text = read_limited(&file, MAX_SECRET_BYTES)
-            .map_err(|error| fail(&origin, format!("cannot read it: {error}")))?;
-        parse(&origin, &text)
+        let text = read(&place)?;
+        Ok((parse(&place.origin, &text)?, place.origin))
     }
 
     /// `resolve`, and the secret found known to `text::redact` from then on.
@@ -139,9 +173,65 @@ impl SecretSource {
         &self,
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<OsString>,
-    ) -> Result<Secret, ConfigError> {
-        let secret = self.resolve(file, env)?;
+    ) -> Result<(Secret, String), ConfigError> {
+        let (secret, source) = self.resolve(file, env)?;
         crate::text::keep_secret(secret.expose());
-        Ok(secret)
+        Ok((secret, source))
     }
+
+    /// The systemd credential: in `$CREDENTIALS_DIRECTORY` under the service, else (a command
+    /// run by hand) the file the installed unit loads it from.
+    fn credential(&self, env: &dyn Fn(&str) -> Option<OsString>) -> Option<Place> {
+        if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
+            let path = Path::new(&dir).join(self.credential);
+            return Some(Place {
+                origin: format!("systemd credential {}", path.display()),
+                path,
+                from_unit: false,
+            });
+        }
+        let loaded = unit::load_credential(self.credential, env)?;
+        Some(Place {
+            origin: format!(
+                "file {} (LoadCredential={} in {})",
+                loaded.source.display(),
+                self.credential,
+                loaded.declared_in.display()
+            ),
+            path: loaded.source,
+            from_unit: true,
+        })
+    }
+
+    /// One WARN when the variable hides a file or credential that holds another secret, or
+    /// that the config or systemd names but cannot be read: a stale variable in a shell or a
+    /// unit is otherwise invisible. The unit's file unreadable to a user without root is no
+    /// sign of one.
+    fn warn_if_hidden(&self, secret: &Secret, hidden: &Place) {
+        let what = match read_limited(&hidden.path, MAX_SECRET_BYTES) {
+            Ok(text) => match Secret::parse(&text) {
+                Ok(other) if other == *secret => return,
+                _ => format!("holds another {}", self.word),
+            },
+            Err(_) if hidden.from_unit => return,
+            Err(error) => format!("cannot be read ({error}) to tell whether it holds another"),
+        };
+        tracing::warn!(
+            variable = self.variable,
+            file = %hidden.path.display(),
+            "{} from environment variable {} is used; the {} {what}: unset {} to use that one",
+            self.what,
+            self.variable,
+            hidden.origin,
+            self.variable,
+        );
+    }
+}
+
+/// A file a secret may be read from, and how to name it.
+struct Place {
+    origin: String,
+    path: PathBuf,
+    /// Named by the installed unit's `LoadCredential=`, read outside the service.
+    from_unit: bool,
 }

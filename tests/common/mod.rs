@@ -36,6 +36,9 @@ pub const SETTLE: &str = "300ms";
 pub const CLIENT_ID: &str = "client-7";
 pub const CLIENT_SECRET: &str = "client-secret-456";
 pub const WAIT: Duration = Duration::from_secs(20);
+/// The unit search path of the commands the tests run: a tallyfy-sync unit installed on the
+/// machine running the tests must not lend them its credential.
+pub const NO_UNITS: &str = "/nonexistent/systemd/units";
 
 pub fn field(id: &str, label: &str, field_type: &str, value: Value) -> FakeField {
     FakeField {
@@ -312,7 +315,8 @@ pub fn run_command_with_env(
         .arg(config)
         .env_remove("TALLYFY_ACCESS_TOKEN")
         .env_remove("TALLYFY_CLIENT_SECRET")
-        .env_remove("CREDENTIALS_DIRECTORY");
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("SYSTEMD_UNIT_PATH", NO_UNITS);
     if let Some(token) = token {
         command.env("TALLYFY_ACCESS_TOKEN", token);
     }
@@ -367,6 +371,7 @@ impl Daemon {
             .env("TALLYFY_ACCESS_TOKEN", token)
             .env_remove("TALLYFY_CLIENT_SECRET")
             .env_remove("CREDENTIALS_DIRECTORY")
+            .env("SYSTEMD_UNIT_PATH", NO_UNITS)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),

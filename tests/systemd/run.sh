@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # tallyfy-sync under a real systemd: boots a minimal Debian bookworm container with
-# systemd-nspawn, installs the binary, unit and sysusers file, and checks Type=notify readiness,
+# systemd-nspawn, installs the Debian package (apt install ./tallyfy-sync_*.deb: the files land,
+# the account exists, the service is neither enabled nor started), and checks that a command
+# run as root reads the token file the unit loads, Type=notify readiness,
 # syncing into the fake API on the host, a launch folder that moves launched files to
 # processed/ (writable through a ReadWritePaths= drop-in), the journal (fields, no colour, no
 # second timestamp),
-# the watchdog, reload, a clean stop, exit 78 without restarts on a broken config, and the
-# unit's hardening (systemd-analyze security and verify).
+# the watchdog, reload, a clean stop, exit 78 without restarts on a broken config, the unit's
+# hardening (systemd-analyze security and verify), and the package's removal.
 # Needs root, systemd-nspawn and debootstrap; says "SKIPPED: why" and exits 0 where a container
-# cannot be booted. The container root is cached in target/nspawn/ (BUILD=release to test a
-# release build; default debug).
+# cannot be booted. The container root is cached in target/nspawn/. DEB=path installs that
+# package; by default packaging/build-deb builds one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 started=$(date +%s)
@@ -32,7 +34,6 @@ for tool in systemd-nspawn debootstrap nsenter; do
     command -v "$tool" >/dev/null || skip "$tool is not installed"
 done
 
-profile=${BUILD:-debug}
 cache=target/nspawn
 root=$cache/bookworm
 work=$(mktemp -d "$PWD/target/nspawn-run.XXXXXX")
@@ -109,11 +110,15 @@ mirror() {
     echo "${found:-http://deb.debian.org/debian}"
 }
 
-step "build ($profile)"
-build_flags=(--locked --bin tallyfy-sync --example fake-tallyfy)
-[ "$profile" = release ] && build_flags+=(--release)
-cargo build "${build_flags[@]}"
-binary=target/$profile/tallyfy-sync
+step "build"
+cargo build --locked --example fake-tallyfy
+deb=${DEB:-}
+if [ -z "$deb" ]; then
+    packaging/build-deb
+    deb=$(ls -t target/debian/tallyfy-sync_*_"$(dpkg --print-architecture)".deb | head -1)
+fi
+[ -f "$deb" ] || fail "no package at $deb"
+echo "package: $deb"
 
 step "container root"
 if [ ! -x "$root/lib/systemd/systemd" ]; then
@@ -133,7 +138,7 @@ else
 fi
 
 step "fake Tallyfy API on the host"
-target/$profile/examples/fake-tallyfy "$org" "$token" >"$work/fake.out" &
+target/debug/examples/fake-tallyfy "$org" "$token" >"$work/fake.out" &
 fake_pid=$!
 wait_until 20 grep -q '^base_url=' "$work/fake.out" || fail "the fake API did not start"
 read -r ids <"$work/fake.out"
@@ -144,9 +149,7 @@ echo "$base_url"
 step "stage"
 stage=$work/stage
 mkdir -p "$stage"
-cp "$binary" systemd/tallyfy-sync.service systemd/tallyfy-sync.sysusers "$stage/"
-mkdir -p "$stage/man1"
-"$binary" man --dir "$stage/man1"
+cp "$deb" "$stage/"
 printf '%s\n' "$token" >"$stage/token"
 cat >"$stage/config.yaml" <<EOF
 api:
@@ -216,14 +219,36 @@ running | degraded) echo "container $machine is $booted (init pid $leader on the
 *) cat "$work/boot.log"; fail "the container did not boot: $booted" ;;
 esac
 
-step "install"
-inside install -m 0755 /stage/tallyfy-sync /usr/bin/tallyfy-sync
-inside install -m 0644 /stage/tallyfy-sync.service /etc/systemd/system/tallyfy-sync.service
-inside install -m 0644 /stage/tallyfy-sync.sysusers /usr/lib/sysusers.d/tallyfy-sync.conf
-inside sh -c 'install -d /usr/share/man/man1 && install -m 0644 /stage/man1/*.1 /usr/share/man/man1/'
-inside systemd-sysusers
-inside id tallyfy-sync
-inside install -d -m 0755 /etc/tallyfy-sync /srv/tallyfy $invoices $contracts
+check "install the package"
+# As README says; its dependencies are all in the container already, so no package list is
+# needed (ca-certificates is only recommended).
+installed=$(inside sh -c 'cd /stage && DEBIAN_FRONTEND=noninteractive apt install -y -q --no-install-recommends ./tallyfy-sync_*.deb' 2>&1) ||
+    fail "apt install ./tallyfy-sync_*.deb failed: $installed"
+grep -E '^(Setting up|Creating)' <<<"$installed" || true
+files=$(inside dpkg -L tallyfy-sync)
+for file in /usr/bin/tallyfy-sync /usr/lib/systemd/system/$unit /usr/lib/sysusers.d/tallyfy-sync.conf \
+    /etc/tallyfy-sync/config.yaml /usr/share/man/man1/tallyfy-sync.1.gz \
+    /usr/share/man/man1/tallyfy-sync-run.1.gz /usr/share/bash-completion/completions/tallyfy-sync \
+    /usr/share/zsh/vendor-completions/_tallyfy-sync /usr/share/fish/vendor_completions.d/tallyfy-sync.fish \
+    /usr/share/doc/tallyfy-sync/README.md /usr/share/doc/tallyfy-sync/copyright; do
+    grep -qx "$file" <<<"$files" || fail "the package does not install $file"
+    inside test -e "$file" || fail "$file is not there after installing"
+done
+inside dpkg-query -W -f '${Conffiles}' tallyfy-sync | grep -q ' /etc/tallyfy-sync/config.yaml ' ||
+    fail "/etc/tallyfy-sync/config.yaml is no conffile"
+inside tallyfy-sync --version || fail "the installed binary does not run"
+account=$(inside getent passwd tallyfy-sync) || fail "the package did not create the account tallyfy-sync"
+echo "$account"
+[ "$(cut -d: -f6 <<<"$account")" = /var/lib/tallyfy-sync ] || fail "unexpected home: $account"
+[ "$(show LoadState)" = loaded ] || fail "systemd does not know $unit after installing"
+enabled=$(inside systemctl is-enabled $unit || true)
+active=$(inside systemctl is-active $unit || true)
+echo "$unit: $enabled, $active"
+[ "$enabled" = disabled ] && [ "$active" = inactive ] ||
+    fail "installing enabled or started the service: $enabled, $active"
+
+step "configure"
+inside install -d -m 0755 /srv/tallyfy $invoices $contracts
 inside install -d -m 0775 -g tallyfy-sync $new_invoices
 inside install -m 0640 -g tallyfy-sync /stage/config.yaml /etc/tallyfy-sync/config.yaml
 inside install -m 0600 /stage/token /etc/tallyfy-sync/token
@@ -231,11 +256,19 @@ inside install -D -m 0644 /stage/watchdog.conf /run/systemd/system/$unit.d/watch
 inside install -D -m 0644 /stage/launch.conf /run/systemd/system/$unit.d/launch.conf
 inside systemctl daemon-reload
 
+check "a command run as root reads the token the unit loads"
+# No TALLYFY_ACCESS_TOKEN and no CREDENTIALS_DIRECTORY: what `sudo tallyfy-sync check` sees.
+checked=$(inside env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin tallyfy-sync check --online 2>&1) ||
+    fail "check --online as root failed: $checked"
+echo "$checked" | sed 's/^/  | /'
+grep -q "token from file /etc/tallyfy-sync/token (LoadCredential=tallyfy-token in /usr/lib/systemd/system/$unit)" <<<"$checked" ||
+    fail "check does not name the unit's token file"
+
 check "systemd-analyze verify"
 # Documentation=man:tallyfy-sync(1) is checked by running man, which a minimal root lacks.
 man_check=--man=yes
 inside sh -c 'command -v man' >/dev/null || man_check=--man=no
-verify=$(inside systemd-analyze verify "$man_check" /etc/systemd/system/$unit 2>&1 || true)
+verify=$(inside systemd-analyze verify "$man_check" /usr/lib/systemd/system/$unit 2>&1 || true)
 echo "${verify:-(no output)}"
 ! grep -q tallyfy-sync <<<"$verify" || fail "systemd-analyze verify complains about the unit"
 
@@ -329,10 +362,18 @@ ping_advanced() { [ "$(show WatchdogTimestampMonotonic)" != "$first_ping" ]; }
 wait_until 10 ping_advanced || fail "systemd saw no watchdog ping in 10 s (WatchdogSec=4s)"
 echo "WatchdogUSec=$(show WatchdogUSec); pings arrive"
 
-check "reload"
+check "reload, with a token_file the service user cannot read"
+# The root-only token file named as api.token_file: the daemon falls back to the credential
+# systemd hands it, with a warning.
+inside sed -i "s|^  org_id: $org\$|&\n  token_file: /etc/tallyfy-sync/token|" /etc/tallyfy-sync/config.yaml
+inside grep -q '^  token_file: /etc/tallyfy-sync/token$' /etc/tallyfy-sync/config.yaml ||
+    fail "could not add api.token_file to the config"
 inside systemctl reload $unit || fail "systemctl reload failed"
 wait_until 10 sh -c "nsenter -t $leader -a journalctl -u $unit -o cat | grep -q 'reloaded the configuration'" ||
     fail "the daemon did not reload its configuration"
+fallback=$(inside journalctl -u $unit -o cat -p warning | grep 'cannot read the API token file /etc/tallyfy-sync/token (api.token_file); using the systemd credential' || true)
+echo "$fallback"
+[ "$(grep -c . <<<"$fallback")" = 1 ] || fail "expected one warning about the fallback to the credential"
 [ "$(inside systemctl is-active $unit)" = active ] || fail "not active after reload"
 [ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed on reload"
 echo "reloaded; still active as pid $main_pid"
@@ -353,6 +394,13 @@ echo "$result"
     fail "unexpected state with a broken config: $result"
 inside journalctl -u $unit -o cat | grep -q 'config file /etc/tallyfy-sync/config.yaml has' ||
     fail "the config error is not in the journal"
+
+check "remove the package"
+inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tallyfy-sync >/dev/null ||
+    fail "apt-get purge tallyfy-sync failed"
+! inside test -e /usr/bin/tallyfy-sync || fail "/usr/bin/tallyfy-sync is still there"
+[ "$(show LoadState)" = not-found ] || fail "systemd still knows $unit after the purge"
+echo "purged; the unit is gone"
 
 echo "== took $(($(date +%s) - started)) s; exposure $exposure"
 echo "systemd: $checks passed, 0 failed"
