@@ -19,6 +19,18 @@ use crate::{caution, daemon, demo, manual, plan, restore, service, status, text,
 
 /// EX_CONFIG from sysexits.h.
 pub const EXIT_CONFIG: u8 = 78;
+/// `reload` with no daemon to ask: LSB's "program is not running".
+pub const EXIT_NOT_RUNNING: u8 = 7;
+
+/// The running daemon refused to reload: its configuration stays.
+#[derive(Debug, thiserror::Error)]
+#[error("reload refused, the running configuration stays: {0}")]
+pub struct ReloadRefused(String);
+
+/// `reload` found no daemon listening on the control socket.
+#[derive(Debug, thiserror::Error)]
+#[error("no daemon answers at {0}: nothing to reload (is the service running, with this config's state_dir?)")]
+pub struct NotRunning(String);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -131,6 +143,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
     },
+    /// Make the running daemon read its config file again and apply it, and say what changed.
+    /// Exit 0 when applied; 78 when the daemon refused the config (it keeps running with the
+    /// one it had; the errors are printed); 7 when no daemon runs.
+    Reload,
     /// Let the deletes that max_delete held back in FOLDER go to Tallyfy.
     ReleaseDeletes {
         /// A configured folder.
@@ -156,7 +172,8 @@ pub enum Command {
 }
 
 /// Logging starts once the format is known: after loading the config for `run` (nothing logs
-/// before; a config error reaches stderr through the caller), at once for the others.
+/// before; a config error reaches stderr through the caller, as JSON when the file asks for
+/// `log.format: json`), at once for the others.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Run { dry_run: false, .. }) {
         logging::init(LogFormat::Auto);
@@ -167,7 +184,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             json,
         } => dry_run(&cli.config, json)?,
         Command::Run { dry_run: false, .. } => {
-            let config = Config::load(&cli.config)?;
+            let config = Config::load(&cli.config).inspect_err(|_| {
+                logging::init(Config::log_format_of(&cli.config).unwrap_or_default())
+            })?;
             logging::init(config.log.format);
             for warning in caution::warnings(&config) {
                 tracing::warn!("{warning}");
@@ -211,6 +230,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Retry { path } => {
             let config = Config::load(&cli.config)?;
             print_done(control(&config, Request::Retry { path })?)?;
+        }
+        Command::Reload => {
+            let config = Config::load(&cli.config)?;
+            reload(&config)?;
         }
         Command::ReleaseDeletes { folder } => {
             let config = Config::load(&cli.config)?;
@@ -261,7 +284,7 @@ fn dry_run(file: &Path, json: bool) -> anyhow::Result<()> {
     }
     plan::verdict(&checks, &config)?;
     let store =
-        plan::open_store(&config).context("a dry run compares the folders with the state store")?;
+        dry_run_store(&config).context("a dry run compares the folders with the state store")?;
     let planned = plan::plan(&config, &store, &checks)?;
     if json {
         println!(
@@ -304,6 +327,17 @@ fn targets(file: &Path, json: bool, filter: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The store as the running daemon holds it (a copy it sends over the control socket, since
+/// its lock keeps others out), or with no daemon the one on disk.
+fn dry_run_store(config: &Config) -> anyhow::Result<Store> {
+    match runtime()?.block_on(control::ask(config, &Request::Dump))? {
+        None => Ok(plan::open_store(config)?),
+        Some(Answer::Dump { dump }) => Ok(Store::from_dump(&config.state_dir, dump)?),
+        Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
+        Some(other) => Err(other.unexpected().into()),
+    }
+}
+
 /// Asks the running daemon, or with none running carries the request out on the store.
 fn control(config: &Config, request: Request) -> Result<Answer, ControlError> {
     let runtime = runtime().map_err(|error| ControlError::Refused(error.to_string()))?;
@@ -316,6 +350,36 @@ fn control(config: &Config, request: Request) -> Result<Answer, ControlError> {
     })
 }
 
+/// `reload`: asks the daemon and waits until the new config is applied or refused.
+fn reload(config: &Config) -> anyhow::Result<()> {
+    let answer = runtime()?.block_on(control::ask(config, &Request::Reload))?;
+    match answer {
+        None => Err(NotRunning(text::path(&control::socket_path(config)).to_string()).into()),
+        Some(Answer::Reloaded { changes }) if changes.is_empty() => {
+            println!("reloaded: no changes");
+            Ok(())
+        }
+        Some(Answer::Reloaded { changes }) => {
+            println!("reloaded:");
+            for change in changes {
+                println!("  {}", text::escaped(&change));
+            }
+            Ok(())
+        }
+        // A config's errors come one per line: keep the lines, escape the rest.
+        Some(Answer::ReloadRefused { message }) => Err(ReloadRefused(
+            message
+                .lines()
+                .map(text::escape)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .into()),
+        Some(Answer::Refused { message }) => anyhow::bail!(text::escape(&message)),
+        Some(other) => Err(other.unexpected().into()),
+    }
+}
+
 fn print_done(answer: Answer) -> anyhow::Result<()> {
     match answer {
         Answer::Done { message } => {
@@ -323,7 +387,7 @@ fn print_done(answer: Answer) -> anyhow::Result<()> {
             Ok(())
         }
         Answer::Refused { message } => anyhow::bail!(text::escape(&message)),
-        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        other => Err(other.unexpected().into()),
     }
 }
 
@@ -477,8 +541,14 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             ),
             Some(ApiError::Setup { .. })
         );
+        let metrics_port = matches!(
+            cause.downcast_ref::<daemon::DaemonError>(),
+            Some(daemon::DaemonError::Metrics(_))
+        ) || cause.is::<crate::exporter::BindError>();
         cause.is::<ConfigError>()
             || api_setup
+            || metrics_port
+            || cause.is::<ReloadRefused>()
             || cause
                 .downcast_ref::<plan::PlanError>()
                 .is_some_and(plan::PlanError::is_config)
@@ -490,5 +560,8 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
                 Some(StoreError::Locked { .. } | StoreError::Open { .. })
             )
     });
+    if error.chain().any(|cause| cause.is::<NotRunning>()) {
+        return ExitCode::from(EXIT_NOT_RUNNING);
+    }
     ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
 }

@@ -1,4 +1,5 @@
-//! The control socket: how `status`, `retry`, `release-deletes` and `verify` reach a running daemon.
+//! The control socket: how `status`, `retry`, `release-deletes`, `verify` and `reload` reach a
+//! running daemon.
 //! sled admits one process, so the CLI cannot read the store while the daemon holds it; it
 //! sends one JSON request line over `{state_dir}/control.sock` (mode 0600) and reads one JSON
 //! answer line. Owns the socket, the protocol, and the actions that work with or without a
@@ -11,13 +12,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, Folder};
 use crate::status::{self, StatusReport};
-use crate::store::{FileRecord, Store, StoreError};
+use crate::store::{Dump, FileRecord, Store, StoreError};
 use crate::watch::Hint;
 use crate::{guard, recheck};
 
@@ -55,16 +56,59 @@ pub enum Request {
     Records {
         folder: PathBuf,
     },
+    /// Read the config file again and apply it; answered once it is applied or refused.
+    Reload,
+    /// Everything in the store, for `run --dry-run`.
+    Dump,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "kebab-case")]
 pub enum Answer {
     Status(StatusReport),
-    Records { records: Vec<(PathBuf, FileRecord)> },
-    Done { message: String },
-    Refused { message: String },
+    Records {
+        records: Vec<(PathBuf, FileRecord)>,
+    },
+    Done {
+        message: String,
+    },
+    Refused {
+        message: String,
+    },
+    /// The reload is applied; what it changed, one line each (none: nothing changed).
+    Reloaded {
+        changes: Vec<String>,
+    },
+    /// The reload was refused and the running configuration stays: why.
+    ReloadRefused {
+        message: String,
+    },
+    Dump {
+        dump: Dump,
+    },
 }
+
+impl Answer {
+    /// An answer the asker has no use for (a daemon of another version, say), as an error
+    /// that names its kind rather than dumping its content.
+    pub fn unexpected(&self) -> ControlError {
+        let kind = match self {
+            Answer::Status(_) => "status",
+            Answer::Records { .. } => "records",
+            Answer::Done { .. } => "done",
+            Answer::Refused { .. } => "refused",
+            Answer::Reloaded { .. } => "reloaded",
+            Answer::ReloadRefused { .. } => "reload-refused",
+            Answer::Dump { .. } => "dump",
+        };
+        ControlError::Refused(format!(
+            "the daemon gave an unexpected answer ({kind}); are it and this command the same version?"
+        ))
+    }
+}
+
+/// What a reload came to, sent back to whoever asked for it.
+pub type ReloadReply = oneshot::Sender<Answer>;
 
 pub fn socket_path(config: &Config) -> PathBuf {
     config.state_dir.join("control.sock")
@@ -75,6 +119,7 @@ pub async fn serve(
     config: Arc<Config>,
     store: Store,
     hints: mpsc::Sender<Hint>,
+    reloads: mpsc::Sender<ReloadReply>,
     cancel: CancellationToken,
 ) {
     let path = socket_path(&config);
@@ -101,9 +146,15 @@ pub async fn serve(
                 }
             },
         };
-        let (config, store, hints) = (config.clone(), store.clone(), hints.clone());
+        let (config, store, hints, reloads) = (
+            config.clone(),
+            store.clone(),
+            hints.clone(),
+            reloads.clone(),
+        );
+        // Not tied to `cancel`: a reload's answer comes after the pipeline serving it stopped.
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, &config, &store, &hints).await {
+            if let Err(error) = answer(stream, &config, &store, &hints, &reloads).await {
                 warn!(%error, "control request failed");
             }
         });
@@ -116,6 +167,7 @@ async fn answer(
     config: &Config,
     store: &Store,
     hints: &mpsc::Sender<Hint>,
+    reloads: &mpsc::Sender<ReloadReply>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -126,14 +178,18 @@ async fn answer(
         Err(error) => Answer::Refused {
             message: format!("unreadable request: {error}"),
         },
+        Ok(Request::Reload) => reload(reloads).await,
         Ok(request) => {
-            let changes_store = !matches!(request, Request::Status | Request::Records { .. });
+            let changes_store = !matches!(
+                request,
+                Request::Status | Request::Records { .. } | Request::Dump
+            );
             match act(request, config, store, true).await {
                 Ok(answer) => {
                     // The daemon acts on what changed in the store at its next scan; make it
                     // now. A status request changes nothing and costs no scan.
                     if changes_store {
-                        let _ = hints.send(Hint::RescanAll).await;
+                        let _ = hints.send(Hint::Resync).await;
                     }
                     answer
                 }
@@ -147,6 +203,19 @@ async fn answer(
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     write.shutdown().await
+}
+
+/// Hands the request to the daemon's main loop and waits for what became of it.
+async fn reload(reloads: &mpsc::Sender<ReloadReply>) -> Answer {
+    let (reply, outcome) = oneshot::channel();
+    if reloads.send(reply).await.is_err() {
+        return Answer::Refused {
+            message: "the daemon is stopping".to_string(),
+        };
+    }
+    outcome.await.unwrap_or_else(|_| Answer::Refused {
+        message: "the daemon stopped before the reload was done".to_string(),
+    })
 }
 
 /// Carries out a request on the store: the daemon's own, or, with no daemon, one opened here.
@@ -202,6 +271,12 @@ pub async fn act(
                 })
                 .collect::<Result<_, _>>()?,
         }),
+        Request::Dump => Ok(Answer::Dump {
+            dump: store.dump()?,
+        }),
+        Request::Reload => Err(ControlError::Refused(
+            "no daemon is running to reload".to_string(),
+        )),
         Request::ReleaseDeletes { folder } => {
             let folder = configured_folder(config, &folder)?.path.clone();
             guard::release(store, &folder).await?;

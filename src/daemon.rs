@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiError, Client, Pause, PauseHook};
-use crate::config::{Config, ConfigError, Credentials, Target};
+use crate::config::{Config, ConfigError, Credentials, Folder, Target};
+use crate::control::{Answer, ReloadReply};
 use crate::field::{FieldHandle, Removals};
 use crate::metrics::METRICS;
 use crate::retry::Backoff;
@@ -58,6 +59,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Client(#[from] ApiError),
+    #[error(transparent)]
+    Metrics(#[from] exporter::BindError),
 }
 
 pub async fn run(
@@ -86,33 +89,49 @@ pub async fn run(
             crate::text::path(&rebuilt.moved_to)
         );
     }
+    // Bound once the store is ours (a second daemon is told of the lock, not the port).
+    let mut metrics = config
+        .metrics_listen
+        .map(exporter::Listener::bind)
+        .transpose()?
+        .map(Arc::new);
     let mut api = client(&config, credentials, &store, &cancel)?;
-    let mut pipeline = Pipeline::start(config.clone(), store.clone(), api.clone(), &cancel).await;
-    announce_ready(&pipeline.status, &cancel).await;
-    pipeline.report_status();
+    // `tallyfy-sync reload` over the control socket; SIGHUP comes through `reloads`.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadReply>(4);
+    let mut pipeline = Pipeline::ready(&config, &store, &api, &metrics, &reload_tx, &cancel).await;
     loop {
-        let reloaded = tokio::select! {
+        let reply = tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = reloads.requested() => reload(&config),
+            _ = reloads.requested() => None,
+            Some(reply) = reload_rx.recv() => Some(reply),
         };
-        let (new_config, credentials) = match reloaded {
+        let (new_config, credentials, new_metrics) = match reload(&config, metrics.as_deref()) {
             Ok(reloaded) => reloaded,
             Err(error) => {
                 error!("reload refused, the running configuration stays: {error:#}");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Answer::ReloadRefused {
+                        message: format!("{error:#}"),
+                    });
+                }
                 continue;
             }
         };
         service::notify_reloading();
-        log_changes(&config, &new_config);
+        let changes = log_changes(&config, &new_config);
         // In-flight files finish (or stop at a durable state); what was only queued in memory
         // is found again by the new pipeline's first scan, and the pause is in the store.
         pipeline.stop().await;
         config = Arc::new(new_config);
+        if let Some(listener) = new_metrics {
+            metrics = listener.map(Arc::new);
+        }
         api = client(&config, credentials, &store, &cancel)?;
-        pipeline = Pipeline::start(config.clone(), store.clone(), api.clone(), &cancel).await;
-        announce_ready(&pipeline.status, &cancel).await;
-        pipeline.report_status();
+        pipeline = Pipeline::ready(&config, &store, &api, &metrics, &reload_tx, &cancel).await;
         info!(folders = config.folders.len(), "reloaded the configuration");
+        if let Some(reply) = reply {
+            let _ = reply.send(Answer::Reloaded { changes });
+        }
     }
     service::notify_stopping("stopping: finishing in-flight work (up to 10 s)");
     pipeline.stop().await;
@@ -284,10 +303,17 @@ enum ReloadError {
     Config(#[from] ConfigError),
     #[error("state_dir changed from {from} to {to}; that takes a restart")]
     StateDir { from: PathBuf, to: PathBuf },
+    #[error(transparent)]
+    Metrics(#[from] exporter::BindError),
 }
 
+/// A reloaded config, its credentials, and the metrics port when `metrics.listen` changed
+/// (`Some(None)`: turned off).
+type Reloaded = (Config, Credentials, Option<Option<exporter::Listener>>);
+
 /// Reads the config file again; the credentials too, as a rotated token comes with a reload.
-fn reload(running: &Config) -> Result<(Config, Credentials), ReloadError> {
+/// A new `metrics.listen` is bound here, so that a taken port refuses the reload.
+fn reload(running: &Config, metrics: Option<&exporter::Listener>) -> Result<Reloaded, ReloadError> {
     info!(config = %running.file.display(), "reload requested; reading the configuration again");
     let config = Config::load(&running.file)?;
     if config.state_dir != running.state_dir {
@@ -297,29 +323,84 @@ fn reload(running: &Config) -> Result<(Config, Credentials), ReloadError> {
         });
     }
     let credentials = Credentials::resolve(&config.api, &|name| std::env::var_os(name))?;
-    Ok((config, credentials))
+    let listening = metrics.map(|listener| listener.configured);
+    let metrics = if config.metrics_listen == listening {
+        None
+    } else {
+        Some(
+            config
+                .metrics_listen
+                .map(exporter::Listener::bind)
+                .transpose()?,
+        )
+    };
+    Ok((config, credentials, metrics))
 }
 
-/// Says which folders a reload adds, removes or maps elsewhere.
-fn log_changes(old: &Config, new: &Config) {
+/// Says which folders a reload adds, removes or maps elsewhere, in the log and as the lines
+/// `tallyfy-sync reload` prints.
+fn log_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
     for folder in &new.folders {
+        let path = crate::text::path(&folder.path);
         match old.folders.iter().find(|known| known.path == folder.path) {
             None => {
-                info!(folder = %folder.path.display(), target = %folder.target, "reload: folder added")
+                info!(folder = %folder.path.display(), target = %folder.target, "reload: folder added");
+                changes.push(format!("folder added: {path} → {}", folder.target));
             }
-            Some(known) if known.target != folder.target => info!(
-                folder = %folder.path.display(),
-                target = %folder.target,
-                "reload: folder now maps to another target; files synced before stay where they are"
-            ),
+            Some(known) if known.target != folder.target => {
+                info!(
+                    folder = %folder.path.display(),
+                    target = %folder.target,
+                    "reload: folder now maps to another target; files synced before stay where they are"
+                );
+                changes.push(format!(
+                    "folder changed: {path} now → {} (was {})",
+                    folder.target, known.target
+                ));
+            }
+            Some(known) if settings_differ(known, folder) => {
+                info!(folder = %folder.path.display(), "reload: folder settings changed");
+                changes.push(format!("folder changed: {path} (settings)"));
+            }
             Some(_) => {}
         }
     }
     for folder in &old.folders {
         if !new.folders.iter().any(|kept| kept.path == folder.path) {
             info!(folder = %folder.path.display(), "reload: folder removed; it is no longer watched and its remote files stay");
+            changes.push(format!(
+                "folder removed: {}",
+                crate::text::path(&folder.path)
+            ));
         }
     }
+    if old.metrics_listen != new.metrics_listen {
+        changes.push(match new.metrics_listen {
+            Some(addr) => format!("metrics.listen: now {addr}"),
+            None => "metrics.listen: metrics are off".to_string(),
+        });
+    }
+    changes
+}
+
+/// Whether a folder kept across a reload has other settings than before (its target aside).
+fn settings_differ(old: &Folder, new: &Folder) -> bool {
+    (
+        old.recursive,
+        old.delete_remote,
+        old.remote_removed,
+        &old.ignore,
+        old.watch,
+        old.max_delete_percent,
+    ) != (
+        new.recursive,
+        new.delete_remote,
+        new.remote_removed,
+        &new.ignore,
+        new.watch,
+        new.max_delete_percent,
+    )
 }
 
 /// Everything that runs for one configuration: field actors, watcher, settle, queue, control
@@ -337,10 +418,36 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Starts a pipeline and reports it ready once its targets are verified (or after
+    /// `READY_WAIT`), with the watchdog and the status line running.
+    async fn ready(
+        config: &Arc<Config>,
+        store: &Store,
+        api: &Arc<Client>,
+        metrics: &Option<Arc<exporter::Listener>>,
+        reloads: &mpsc::Sender<ReloadReply>,
+        cancel: &CancellationToken,
+    ) -> Pipeline {
+        let mut pipeline = Pipeline::start(
+            config.clone(),
+            store.clone(),
+            api.clone(),
+            metrics.clone(),
+            reloads.clone(),
+            cancel,
+        )
+        .await;
+        announce_ready(&pipeline.status, cancel).await;
+        pipeline.report_status();
+        pipeline
+    }
+
     async fn start(
         config: Arc<Config>,
         store: Store,
         api: Arc<Client>,
+        metrics: Option<Arc<exporter::Listener>>,
+        reloads: mpsc::Sender<ReloadReply>,
         parent: &CancellationToken,
     ) -> Pipeline {
         let cancel = parent.child_token();
@@ -417,7 +524,7 @@ impl Pipeline {
             config.clone(),
             store.clone(),
             api.clone(),
-            fields,
+            fields.clone(),
             router.clone(),
         ));
         let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
@@ -432,7 +539,7 @@ impl Pipeline {
             hint_tx.clone(),
             cancel.clone(),
         )));
-        if let Some(addr) = config.metrics_listen {
+        if let Some(listener) = metrics {
             let (config, store) = (config.clone(), store.clone());
             let health = {
                 let (config, store) = (config.clone(), store.clone());
@@ -440,7 +547,7 @@ impl Pipeline {
             };
             let status = Arc::new(move || status::build(&config, &store, true).ok());
             tasks.push(tokio::spawn(exporter::serve(
-                addr,
+                listener,
                 api.clone(),
                 status,
                 health,
@@ -458,6 +565,7 @@ impl Pipeline {
             config.clone(),
             store.clone(),
             hint_tx.clone(),
+            reloads,
             cancel.clone(),
         )));
         let watch = watch::start(hint_tx, overflow.clone());

@@ -1,9 +1,10 @@
 //! Serves `/metrics` (Prometheus text) and `/healthz` on `metrics.listen`.
 //! Receives the counters, the API client and ways to build the status report and each folder's
 //! state; emits the exposition, each part rendered by the module that owns its data, and the
-//! health answer. Owns the HTTP listener.
+//! health answer. Owns the HTTP listener, bound once at start so that a taken port is a
+//! configuration error.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,31 +18,68 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::Client;
-use crate::metrics::{Exposition, METRICS};
+use crate::metrics::{self, Exposition, METRICS};
 use crate::status::{self, FolderState, StatusReport};
 
 /// Builds the store's view for the files gauge; `None` when the store cannot be read.
 pub type StatusSource = Arc<dyn Fn() -> Option<StatusReport> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (metrics.listen): {error}; another process (another tallyfy-sync?) may hold the port: stop it or choose another port in metrics.listen")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub error: std::io::Error,
+}
+
+/// The metrics port, bound for the daemon's whole life: a reload hands each pipeline a copy,
+/// so scrapers never meet a closed port or, worse, another process on it.
+pub struct Listener {
+    /// As configured (port 0 stays 0), to tell whether a reload changed it.
+    pub configured: SocketAddr,
+    socket: StdListener,
+}
+
+impl Listener {
+    pub fn bind(addr: SocketAddr) -> Result<Listener, BindError> {
+        let bound = || -> std::io::Result<StdListener> {
+            let socket = StdListener::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        };
+        bound()
+            .map(|socket| Listener {
+                configured: addr,
+                socket,
+            })
+            .map_err(|error| BindError { addr, error })
+    }
+
+    fn copy(&self) -> std::io::Result<TcpListener> {
+        TcpListener::from_std(self.socket.try_clone()?)
+    }
+}
 
 /// Each configured folder's state, cheap enough to read on every health check.
 pub type HealthSource = Arc<dyn Fn() -> Vec<(PathBuf, FolderState)> + Send + Sync>;
 
 /// Serves until shutdown.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: Arc<Listener>,
     api: Arc<Client>,
     status: StatusSource,
     health: HealthSource,
     cancel: CancellationToken,
 ) {
-    let listener = match TcpListener::bind(addr).await {
+    let listener = match listener.copy() {
         Ok(listener) => listener,
         Err(error) => {
-            warn!(%addr, %error, "cannot serve metrics; carrying on without them");
+            warn!(addr = %listener.configured, %error, "cannot serve metrics; carrying on without them");
             return;
         }
     };
-    let addr = listener.local_addr().unwrap_or(addr);
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
     info!(%addr, "serving metrics at /metrics and health at /healthz");
     loop {
         let stream = tokio::select! {
@@ -57,7 +95,7 @@ pub async fn serve(
                 let (api, status, health) = (api.clone(), status.clone(), health.clone());
                 async move {
                     let (code, body) = match request.uri().path() {
-                        "/metrics" => (StatusCode::OK, exposition(&api, status).await),
+                        "/metrics" => (StatusCode::OK, exposition(&api, status, health).await),
                         "/healthz" => match degraded(&api, health).await {
                             None => (StatusCode::OK, "ok\n".into()),
                             Some(why) => (
@@ -80,13 +118,21 @@ pub async fn serve(
     }
 }
 
-async fn exposition(api: &Client, status: StatusSource) -> String {
+async fn exposition(api: &Client, status: StatusSource, health: HealthSource) -> String {
     let report = tokio::task::spawn_blocking(move || status())
         .await
         .ok()
         .flatten();
+    let folders = tokio::task::spawn_blocking(move || health())
+        .await
+        .unwrap_or_default();
+    let up: Vec<(PathBuf, bool)> = folders
+        .into_iter()
+        .map(|(path, state)| (path, state == FolderState::Syncing))
+        .collect();
     let mut out = Exposition::default();
     METRICS.render(&mut out);
+    metrics::render_folders_up(&up, &mut out);
     api.render_gauges(&mut out);
     if let Some(report) = &report {
         status::render_gauges(report, &mut out);

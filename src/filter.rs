@@ -74,6 +74,17 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// Files that Windows, macOS and office programs leave in every folder they touch (thumbnail
+/// caches, folder settings, lock files of open documents): never anyone's upload, so they are
+/// passed over without a warning, a record or a line in `status`.
+pub fn is_system_file(name: &std::ffi::OsStr) -> bool {
+    let bytes = name.as_encoded_bytes();
+    bytes.starts_with(b"~$")
+        || [&b"thumbs.db"[..], b"desktop.ini", b".ds_store"]
+            .iter()
+            .any(|known| bytes.eq_ignore_ascii_case(known))
+}
+
 /// Checks a file, given its `symlink_metadata` (never the target's: a link is not followed).
 pub fn check(folder: &Folder, path: &Path, metadata: &std::fs::Metadata) -> Result<(), Rejection> {
     let name = path.file_name().unwrap_or_default();

@@ -14,7 +14,9 @@ use crate::config::{After, Dedupe, Folder, Launch, Placeholder};
 use crate::field::{LaunchForm, Resolved, MAX_RUN_NAME};
 use crate::metrics::METRICS;
 use crate::open::{self, Identity};
-use crate::store::{asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, RunRef};
+use crate::store::{
+    asset_id, now_unix, Asset, DeleteKind, FileMeta, FileRecord, FileState, RunRef,
+};
 use crate::sync::{self, Subject, SyncError, Syncer};
 
 /// What a file's launch is called and carries, worked out before anything is sent.
@@ -155,7 +157,7 @@ impl Syncer {
             || !sync::unchanged(path, &meta);
         if changed {
             warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "file changed during the upload; discarding that copy and launching once it settles");
-            let job = subject.delete_job(uploaded.asset);
+            let job = subject.delete_job(uploaded.asset, DeleteKind::Orphan);
             self.store
                 .put_with_deletes(path, &record, std::slice::from_ref(&job))
                 .await?;
@@ -230,7 +232,7 @@ impl Syncer {
                 record.state = FileState::Failed { error: message };
                 record.updated = now_unix();
                 // The upload is useless without its process: delete it rather than leave an orphan.
-                let job = subject.delete_job(asset);
+                let job = subject.delete_job(asset, DeleteKind::Orphan);
                 self.store
                     .put_with_deletes(path, &record, std::slice::from_ref(&job))
                     .await?;

@@ -27,6 +27,7 @@ pub mod manual;
 pub mod metrics;
 pub mod open;
 pub mod plan;
+pub mod progress;
 pub mod queue;
 pub mod recheck;
 pub mod restore;

@@ -49,6 +49,40 @@ impl LogFormat {
 
 type Output = Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync>;
 
+/// A path for a log field, exactly: where `Path::display` would put U+FFFD for bytes that are
+/// not UTF-8 (and so lose which bytes they were), each such byte is written `\xNN`.
+pub struct Exact<'a>(&'a Path);
+
+pub fn exact(path: &Path) -> Exact<'_> {
+    Exact(path)
+}
+
+impl fmt::Display for Exact<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.as_os_str().as_encoded_bytes().utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            for byte in chunk.invalid() {
+                write!(f, "\\x{byte:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the installed output writes JSON lines, so that a fatal error goes out as one too.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reports the error a command ends with: an ERROR event where logs are JSON (a log shipper
+/// then reads every line of stderr as JSON), else the plain line people read.
+pub fn fatal(error: &anyhow::Error) {
+    let text = format!("{error:#}");
+    if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(error = %text, "tallyfy-sync stopped: {text}");
+    } else {
+        eprintln!("tallyfy-sync: {text}");
+    }
+}
+
 /// Installs the process-wide subscriber; call once, before anything logs.
 pub fn init(format: LogFormat) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -86,16 +120,19 @@ pub fn init(format: LogFormat) {
         },
         LogFormat::Auto => text(terminal),
         LogFormat::Text | LogFormat::Journald => text(false),
-        LogFormat::Json => Box::new(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                // The module path would be a second "target" key next to the field's.
-                .with_target(false)
-                .with_current_span(false)
-                .with_span_list(false)
-                .with_writer(|| Redacting(std::io::stderr())),
-        ),
+        LogFormat::Json => {
+            JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+            Box::new(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    // The module path would be a second "target" key next to the field's.
+                    .with_target(false)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(|| Redacting(std::io::stderr())),
+            )
+        }
     };
     tracing_subscriber::registry()
         .with(filter)

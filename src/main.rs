@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tallyfy_sync::cli::{self, Cli};
+use tallyfy_sync::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tallyfy-sync: {error:#}");
+            logging::fatal(&error);
             cli::exit_code(&error)
         }
     }

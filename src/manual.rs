@@ -19,9 +19,11 @@ const EXIT_STATUS: &[Entry] = &[
         "78",
         "configuration error: a bad config, no token or client secret, a state directory \
          locked or unusable because of its path or permissions; with check --online or run \
-         --dry-run also a wrong target or refused credentials. systemd's \
-         RestartPreventExitStatus=78 stops a restart loop.",
+         --dry-run also a wrong target or refused credentials; a taken metrics.listen port; \
+         a config the daemon refused on reload. systemd's RestartPreventExitStatus=78 stops a \
+         restart loop.",
     ),
+    ("7", "reload with no daemon running."),
     (
         "1",
         "anything else, such as an API that cannot be reached. A state directory on a full or \

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -17,6 +18,8 @@ pub struct Metrics {
     launches_ok: AtomicU64,
     launches_failed: AtomicU64,
     bytes_uploaded: AtomicU64,
+    /// Uploads on the wire now (waiting for a slot or retrying included).
+    uploading: AtomicU64,
     retry_waits: AtomicU64,
     retry_wait_ms: AtomicU64,
     last_success_ms: AtomicU64,
@@ -44,6 +47,7 @@ pub static METRICS: Metrics = Metrics {
     launches_ok: AtomicU64::new(0),
     launches_failed: AtomicU64::new(0),
     bytes_uploaded: AtomicU64::new(0),
+    uploading: AtomicU64::new(0),
     retry_waits: AtomicU64::new(0),
     retry_wait_ms: AtomicU64::new(0),
     last_success_ms: AtomicU64::new(0),
@@ -63,6 +67,18 @@ pub struct Progress {
     pub queued: u64,
     pub done: u64,
     pub bytes: u64,
+    /// Successful uploads, and uploads in progress.
+    pub uploads: u64,
+    pub uploading: u64,
+}
+
+/// An upload in progress, counted until dropped.
+pub struct Uploading;
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        METRICS.uploading.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
@@ -97,6 +113,12 @@ impl Metrics {
         } else {
             self.launches_failed.fetch_add(1, Relaxed);
         }
+    }
+
+    /// An upload begins; it counts as in progress until the guard is dropped.
+    pub fn uploading(&self) -> Uploading {
+        self.uploading.fetch_add(1, Relaxed);
+        Uploading
     }
 
     pub fn retry_wait(&self, wait: std::time::Duration) {
@@ -147,12 +169,23 @@ impl Metrics {
             queued: self.jobs_queued.load(Relaxed),
             done: self.jobs_done.load(Relaxed),
             bytes: self.bytes_uploaded.load(Relaxed),
+            uploads: self.uploads_ok.load(Relaxed),
+            uploading: self.uploading.load(Relaxed),
         }
     }
 
     /// The counters in Prometheus text.
     pub fn render(&self, out: &mut Exposition) {
         let get = |counter: &AtomicU64| counter.load(Relaxed) as f64;
+        out.metric(
+            "build_info",
+            "gauge",
+            "Always 1; the version of the running daemon is its label.",
+            &[(
+                format!("{{version=\"{}\"}}", escape(env!("CARGO_PKG_VERSION"))),
+                1.0,
+            )],
+        );
         out.one(
             "files_synced_total",
             "counter",
@@ -269,6 +302,26 @@ impl Metrics {
     pub fn folders_paused(&self) -> bool {
         self.folders_paused.load(Relaxed) > 0
     }
+}
+
+/// `folder_up`: 1 for each folder that syncs now, 0 for one that is paused (root gone,
+/// unreadable, unmounted) or whose target cannot be used (or is not verified yet).
+pub fn render_folders_up(folders: &[(PathBuf, bool)], out: &mut Exposition) {
+    let samples: Vec<(String, f64)> = folders
+        .iter()
+        .map(|(folder, up)| {
+            (
+                format!("{{folder=\"{}\"}}", escape(&folder.display().to_string())),
+                f64::from(u8::from(*up)),
+            )
+        })
+        .collect();
+    out.metric(
+        "folder_up",
+        "gauge",
+        "1 while the folder syncs; 0 while it is paused or its target cannot be used.",
+        &samples,
+    );
 }
 
 /// Prometheus text being written: `# HELP`, `# TYPE` and the samples of each metric.

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::filter;
 use crate::metrics::METRICS;
+use crate::progress;
 use crate::settle::Job;
 use crate::sync::Syncer;
 
@@ -36,72 +36,42 @@ fn progress_every() -> Duration {
     }
 }
 
-/// `[#########···········]  45%`
-fn bar(done: u64, total: u64) -> String {
-    const WIDTH: u64 = 24;
-    let total = total.max(1);
-    let filled = (done.min(total) * WIDTH / total) as usize;
-    format!(
-        "[{}{}] {:>3}% ",
-        "#".repeat(filled),
-        "·".repeat(WIDTH as usize - filled),
-        done.min(total) * 100 / total
-    )
+/// When the current backlog's progress is next logged, and whether it has been at all (a
+/// backlog that drains before the first line says nothing when it ends either).
+struct Reports {
+    next: Instant,
+    made: bool,
 }
 
-/// Files handled since the queue was last empty, for progress lines.
-struct Batch {
-    started: Instant,
-    next_report: Instant,
-    received: u64,
-    done: u64,
-    bytes_before: u64,
-    reported: bool,
-}
-
-impl Batch {
-    fn new() -> Batch {
-        let now = Instant::now();
-        Batch {
-            started: now,
-            next_report: now + progress_every(),
-            received: 0,
-            done: 0,
-            bytes_before: METRICS.progress().bytes,
-            reported: false,
+impl Reports {
+    fn new() -> Reports {
+        Reports {
+            next: Instant::now() + progress_every(),
+            made: false,
         }
     }
 
-    /// "120/1,240 files, 3.1 MiB/s, about 2m left", with `waiting` files not yet started.
-    fn report(&mut self, waiting: usize) {
-        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
-        let total = self.received + waiting as u64;
-        let bytes = METRICS.progress().bytes.saturating_sub(self.bytes_before);
-        let rate = self.done as f64 / elapsed;
-        let left = if rate > 0.0 {
-            let secs = (total.saturating_sub(self.done)) as f64 / rate;
-            format!(
-                "about {} left",
-                humantime::format_duration(Duration::from_secs(secs.ceil() as u64))
-            )
-        } else {
-            "nothing finished yet".to_string()
-        };
-        let bar = if *ON_TERMINAL {
-            bar(self.done, total)
-        } else {
-            String::new()
-        };
-        info!(
-            done = self.done,
-            total,
-            "progress: {bar}{}/{total} files, {:.1} files/s, {}/s; {left}",
-            self.done,
-            rate,
-            filter::humansize((bytes as f64 / elapsed) as u64),
-        );
-        self.reported = true;
-        self.next_report = Instant::now() + progress_every();
+    fn report(&mut self) {
+        if let Some(backlog) = progress::current() {
+            let bar = if *ON_TERMINAL {
+                progress::bar(backlog.files_done, backlog.files_total)
+            } else {
+                String::new()
+            };
+            info!(
+                done = backlog.files_done,
+                total = backlog.files_total,
+                uploaded = backlog.uploaded,
+                uploading = backlog.uploading,
+                bytes_done = backlog.bytes_done,
+                bytes_total = backlog.bytes_total,
+                eta_secs = backlog.eta_secs,
+                "progress: {bar}{}",
+                backlog.line()
+            );
+            self.made = true;
+        }
+        self.next = Instant::now() + progress_every();
     }
 }
 
@@ -115,7 +85,7 @@ pub async fn run(
     let mut in_flight: HashMap<PathBuf, (Job, bool)> = HashMap::new();
     let mut ids: HashMap<tokio::task::Id, PathBuf> = HashMap::new();
     let mut tasks = JoinSet::new();
-    let mut batch: Option<Batch> = None;
+    let mut reports: Option<Reports> = None;
     let spawn = |tasks: &mut JoinSet<()>, ids: &mut HashMap<tokio::task::Id, PathBuf>, job: Job| {
         let syncer = syncer.clone();
         let path = job.path.clone();
@@ -125,14 +95,17 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = sleep_until(batch.as_ref().map(|batch| batch.next_report)) => {
-                if let Some(batch) = batch.as_mut() {
-                    batch.report(jobs.len());
+            _ = sleep_until(reports.as_ref().map(|reports| reports.next)) => {
+                if let Some(reports) = reports.as_mut() {
+                    reports.report();
                 }
             }
             job = jobs.recv(), if tasks.len() < limit => {
                 let Some(job) = job else { break };
-                batch.get_or_insert_with(Batch::new).received += 1;
+                reports.get_or_insert_with(Reports::new);
+                // One lstat per file, for the bytes of the backlog.
+                let size = std::fs::symlink_metadata(&job.path).map_or(0, |metadata| metadata.len());
+                progress::taken(size, jobs.len());
                 match in_flight.get_mut(&job.path) {
                     Some((_, again)) => *again = true,
                     None => {
@@ -143,18 +116,19 @@ pub async fn run(
             }
             Some(done) = tasks.join_next_with_id() => {
                 METRICS.job_done();
-                if let Some(current) = batch.as_mut() {
-                    current.done += 1;
-                    if tasks.is_empty() && jobs.is_empty() {
-                        if current.reported {
-                            info!(
-                                files = current.done,
-                                "caught up: {} files in {}",
-                                current.done,
-                                humantime::format_duration(Duration::from_secs(current.started.elapsed().as_secs()))
-                            );
-                        }
-                        batch = None;
+                let caught_up = tasks.is_empty() && jobs.is_empty();
+                if let Some(ended) = progress::finished(jobs.len(), caught_up) {
+                    if reports.take().is_some_and(|reports| reports.made) {
+                        info!(
+                            files = ended.files_done,
+                            uploaded = ended.uploaded,
+                            bytes = ended.bytes_done,
+                            "caught up: {} files ({} uploaded, {}) in {}",
+                            ended.files_done,
+                            ended.uploaded,
+                            progress::size(ended.bytes_done),
+                            humantime::format_duration(Duration::from_secs(ended.elapsed_secs))
+                        );
                     }
                 }
                 let id = match done {
@@ -172,6 +146,7 @@ pub async fn run(
             }
         }
     }
+    progress::abandoned();
     if !tasks.is_empty() {
         let left = tasks.len();
         if tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} })
@@ -191,20 +166,5 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bar_fills_with_the_share_done() {
-        assert_eq!(bar(0, 10), format!("[{}]   0% ", "·".repeat(24)));
-        assert_eq!(
-            bar(5, 10),
-            format!("[{}{}]  50% ", "#".repeat(12), "·".repeat(12))
-        );
-        assert_eq!(bar(12, 10), format!("[{}] 100% ", "#".repeat(24)));
     }
 }

@@ -17,6 +17,7 @@ use crate::control::{self, ControlError, Request};
 use crate::field;
 use crate::open;
 use crate::plan;
+use crate::progress::Bar;
 use crate::route;
 use crate::store::{
     asset_filename, asset_id, now_unix, Asset, FileMeta, FileRecord, FileState, Store, StoreError,
@@ -100,6 +101,8 @@ pub fn run(
         };
         let mut failed = 0;
         let total: usize = fields.iter().map(|field| field.list.len()).sum();
+        let bar = Bar::new("downloading", true);
+        bar.add_total(total);
         let assets = fields
             .iter()
             .flat_map(|field| field.list.iter().map(move |asset| (field, asset)));
@@ -107,15 +110,23 @@ pub fn run(
             let id = asset_id(asset).unwrap_or_default();
             let raw = asset_filename(asset).unwrap_or_default();
             let name = safe_name(raw, &id);
+            bar.start(&name);
             if name != raw {
+                bar.clear();
                 warn!(asset_id = %id, name_in_tallyfy = %raw, name = %name, "the name in Tallyfy cannot be used as it is; restoring it under a safe name");
             }
             if let Err(error) = std::fs::create_dir_all(&field.dir) {
                 failed += 1;
+                bar.finish();
+                bar.clear();
                 println!("FAILED         {}  asset {}: cannot create {}: {}", text::escaped(&name), text::escaped(&id), text::path(&field.dir), text::escaped(&error.to_string()));
                 continue;
             }
-            match restore_one(&api, &field.dir, &id, &name, stated_size(asset)).await {
+            let restored =
+                restore_one(&api, &field.dir, &id, &name, stated_size(asset), &bar).await;
+            bar.finish();
+            bar.clear();
+            match restored {
                 Ok(outcome) => {
                     let (path, words) = match &outcome {
                         Outcome::Restored(path) => (path, "restored"),
@@ -134,6 +145,7 @@ pub fn run(
                 }
             }
         }
+        bar.clear();
         let done = total - failed;
         println!("{done} of {total} files in {}", text::path(&dir));
         if store.is_none() && dir == folder.path {
@@ -228,13 +240,14 @@ fn numbered(name: &str, n: usize) -> String {
     }
 }
 
-/// A download going to a temporary file, hashed as it is written.
-struct FileSink {
+/// A download going to a temporary file, hashed as it is written and counted on the bar.
+struct FileSink<'a> {
     file: std::fs::File,
     hasher: blake3::Hasher,
+    bar: &'a Bar,
 }
 
-impl Sink for FileSink {
+impl Sink for FileSink<'_> {
     fn restart(&mut self) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.file.rewind()?;
@@ -243,6 +256,7 @@ impl Sink for FileSink {
     }
 
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.bar.add_bytes(chunk.len());
         self.hasher.update(chunk);
         self.file.write_all(chunk)
     }
@@ -271,6 +285,7 @@ async fn restore_one(
     id: &str,
     name: &str,
     limit: u64,
+    bar: &Bar,
 ) -> Result<Outcome, String> {
     // Hidden and `.part`: the daemon never takes it for a file to sync.
     let temporary =
@@ -283,6 +298,7 @@ async fn restore_one(
     let sink = Mutex::new(FileSink {
         file,
         hasher: blake3::Hasher::new(),
+        bar,
     });
     api.with_retries(|| api.download_at_most(id, limit, &sink))
         .await

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::api::{ApiError, Client, Run};
 use crate::config::{Config, Folder, Route, RouteBy, Target};
 use crate::field::{FieldHandle, Removals};
-use crate::store::{DeleteJob, FileMeta, FileRecord, FileState, Store};
+use crate::store::{DeleteJob, DeleteKind, FileMeta, FileRecord, FileState, Store};
 use crate::sync::{Subject, SyncError, Syncer};
 use crate::watch::Hint;
 
@@ -794,7 +794,9 @@ impl Syncer {
                 error!(folder = %folder.path.display(), file = %path.display(), error = %reason, "not uploaded; not retried until the file changes");
                 // An upload that can no longer be attached would be an orphan.
                 let jobs: Vec<DeleteJob> = match record.map(|record| record.state) {
-                    Some(FileState::Uploaded { asset }) => vec![subject.delete_job(asset)],
+                    Some(FileState::Uploaded { asset }) => {
+                        vec![subject.delete_job(asset, DeleteKind::Orphan)]
+                    }
                     _ => Vec::new(),
                 };
                 self.store.put_with_deletes(path, &failed, &jobs).await?;

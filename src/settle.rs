@@ -205,6 +205,10 @@ impl Settle {
         {
             return;
         }
+        if path.file_name().is_some_and(filter::is_system_file) {
+            passed_over(path);
+            return;
+        }
         match std::fs::symlink_metadata(path) {
             Ok(metadata) if metadata.is_dir() => {
                 if folder.recursive && !filter::hidden_dir(folder, path) {
@@ -464,6 +468,10 @@ fn leaves_after_launch(folder: &Folder, record: &FileRecord) -> bool {
         && matches!(&folder.target, Target::Launch(launch) if launch.after != After::Keep)
 }
 
+fn passed_over(path: &Path) {
+    debug!(file = %path.display(), "ignored: a file the system or an office program keeps (Thumbs.db, desktop.ini, .DS_Store, ~$ lock file)");
+}
+
 /// Lists files (anything but directories) under `dir`, never following symbolic links and never
 /// entering hidden directories or where a launch folder moves its launched files. An unreadable
 /// subdirectory is skipped; an unreadable root is an error.
@@ -478,6 +486,10 @@ pub fn walk(
             continue;
         };
         let path = entry.path();
+        if filter::is_system_file(&entry.file_name()) && !metadata.is_dir() {
+            passed_over(&path);
+            continue;
+        }
         if metadata.is_dir() {
             if folder.recursive && !filter::hidden_dir(folder, &path) && !folder.excludes(&path) {
                 if let Err(error) = walk(folder, &path, out) {

@@ -15,6 +15,7 @@ use crate::config::{Config, Folder};
 use crate::field::{names_key, Names};
 use crate::guard::{self, Held};
 use crate::metrics::{self, Exposition};
+use crate::progress::{self, Backlog};
 use crate::store::{
     FileMeta, FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE,
 };
@@ -161,6 +162,9 @@ pub struct StatusReport {
     /// When the store was found damaged and rebuilt from the fields, if it was.
     #[serde(default)]
     pub store_rebuilt: Option<Rebuilt>,
+    /// The running daemon's backlog while it works through one (an initial import, a burst).
+    #[serde(default)]
+    pub progress: Option<Box<Backlog>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -350,6 +354,10 @@ fn from_store(
         store_rebuilt: store
             .meta::<Rebuilt>(REBUILT_KEY)?
             .filter(|rebuilt| rebuilt.moved_to.exists()),
+        progress: daemon_running
+            .then(progress::current)
+            .flatten()
+            .map(Box::new),
     })
 }
 
@@ -653,6 +661,9 @@ pub fn render(report: &StatusReport, all: bool) -> String {
         "daemon not running; read from the store"
     };
     let _ = writeln!(out, "state: {} ({source})", text::path(&report.state_dir));
+    if let Some(backlog) = &report.progress {
+        let _ = writeln!(out, "progress: {}", backlog.line());
+    }
     if let Some(error) = &report.state_dir_unwritable {
         let _ = writeln!(
             out,

@@ -221,6 +221,22 @@ pub struct DeleteJob {
     pub target: String,
     pub path: PathBuf,
     pub asset: Asset,
+    /// Why it goes, for the log; jobs saved before this was recorded are `Removed`.
+    #[serde(default)]
+    pub kind: DeleteKind,
+}
+
+/// Why a remote asset is deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeleteKind {
+    /// The local file was removed.
+    #[default]
+    Removed,
+    /// An earlier version of a file that changed.
+    Replaced,
+    /// An upload never attached (it could not be, or its file changed meanwhile).
+    Orphan,
 }
 
 #[derive(Clone)]
@@ -439,7 +455,108 @@ impl Db {
     }
 }
 
+/// sled hands out copies of its first I/O error with the original's debug text in place of its
+/// message (`Os { code: 28, kind: StorageFull, message: "No space left on device" }`); this
+/// puts back the words an `io::Error` shows (`No space left on device (os error 28)`).
+fn readable(text: String) -> String {
+    const START: &str = "Os { code: ";
+    let Some(at) = text.find(START) else {
+        return text;
+    };
+    let tail = &text[at..];
+    let parsed = (|| {
+        let close = tail.find("\" }")?;
+        let (code, rest) = tail[START.len()..close].split_once(',')?;
+        let code: i32 = code.parse().ok()?;
+        let (_, message) = rest.split_once("message: \"")?;
+        Some((
+            format!("{message} (os error {code})"),
+            at + close + "\" }".len(),
+        ))
+    })();
+    match parsed {
+        Some((words, end)) => format!(
+            "{}{words}{}",
+            &text[..at],
+            readable(text[end..].to_string())
+        ),
+        None => text,
+    }
+}
+
+/// What a failed transaction says to a person: the storage error's own words (no transaction
+/// here aborts on purpose).
+fn transaction_failure(error: TransactionError<()>) -> String {
+    match error {
+        TransactionError::Storage(error) => error.to_string(),
+        TransactionError::Abort(()) => "the write was abandoned".to_string(),
+    }
+}
+
+/// Every entry of the store, for a process that cannot open it while the daemon holds its lock
+/// (`run --dry-run`): per tree, each key (hex, since paths need not be UTF-8) and its value.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Dump {
+    trees: Vec<(String, Vec<(String, serde_json::Value)>)>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+impl Db {
+    fn trees(&self) -> [(&'static str, &sled::Tree); 4] {
+        [
+            ("files", &self.files),
+            ("deletes", &self.deletes),
+            ("meta", &self.meta),
+            ("launches", &self.launches),
+        ]
+    }
+}
+
 impl Store {
+    /// A copy of every entry, read entry by entry (no snapshot: a write meanwhile may or may
+    /// not be in it, as for any reader).
+    pub fn dump(&self) -> Result<Dump, StoreError> {
+        let db = self.db()?;
+        let mut dump = Dump::default();
+        for (name, tree) in db.trees() {
+            let mut entries = Vec::with_capacity(tree.len());
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(|error| self.io(error))?;
+                entries.push((hex(&key), self.decode(&key, &value)?));
+            }
+            dump.trees.push((name.to_string(), entries));
+        }
+        Ok(dump)
+    }
+
+    /// A temporary store holding `dump`, to read as if it were the one in `dir`.
+    pub fn from_dump(dir: &Path, dump: Dump) -> Result<Store, StoreError> {
+        let store = Store::empty(dir)?;
+        let db = store.db()?;
+        for (name, entries) in dump.trees {
+            let Some((_, tree)) = db.trees().into_iter().find(|(known, _)| *known == name) else {
+                continue;
+            };
+            for (key, value) in entries {
+                let key = unhex(&key).ok_or_else(|| store.io(format!("not hex: {key}")))?;
+                tree.insert(key, encode(&value))
+                    .map_err(|error| store.io(error))?;
+            }
+        }
+        drop(db);
+        Ok(store)
+    }
+
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store::with_db(dir, Db::new(dir, open_db(dir)?)?, false))
     }
@@ -587,7 +704,7 @@ impl Store {
     fn io(&self, error: impl ToString) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),
-            error: error.to_string(),
+            error: readable(error.to_string()),
         }
     }
 
@@ -660,7 +777,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|error: TransactionError<()>| self.write_failed(format!("{error:?}")))?;
+            .map_err(|error: TransactionError<()>| self.write_failed(transaction_failure(error)))?;
         drop(db);
         self.flush().await
     }
@@ -762,7 +879,7 @@ impl Store {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|error: TransactionError<()>| self.write_failed(format!("{error:?}")))?;
+            .map_err(|error: TransactionError<()>| self.write_failed(transaction_failure(error)))?;
         drop(db);
         self.flush().await
     }
@@ -965,6 +1082,36 @@ mod tests {
             .contains(&dir.path().display().to_string()));
     }
 
+    #[tokio::test]
+    async fn a_dump_read_into_a_temporary_store_holds_the_same_entries() {
+        use std::os::unix::ffi::OsStrExt;
+        let (dir, store) = temp_store();
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/f/caf\xe9.pdf"));
+        store.put(odd, &record(FileState::Synced)).await.unwrap();
+        store.set_meta("held:/f", Some(&7u32)).await.unwrap();
+        let dump: Dump =
+            serde_json::from_str(&serde_json::to_string(&store.dump().unwrap()).unwrap()).unwrap();
+        let copy = Store::from_dump(dir.path(), dump).unwrap();
+        assert_eq!(copy.get(odd).unwrap(), store.get(odd).unwrap());
+        assert_eq!(copy.meta::<u32>("held:/f").unwrap(), Some(7));
+        assert_eq!(unhex(&hex(b"\x00\xffa")), Some(b"\x00\xffa".to_vec()));
+        assert_eq!(unhex("abc"), None);
+    }
+
+    #[test]
+    fn sleds_debug_text_of_an_io_error_becomes_its_words() {
+        let cloned = sled::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("{:?}", std::io::Error::from_raw_os_error(28)),
+        ));
+        assert_eq!(
+            readable(cloned.to_string()),
+            format!("IO error: {}", std::io::Error::from_raw_os_error(28))
+        );
+        assert_eq!(readable("plain words".into()), "plain words");
+        assert_eq!(readable("Os { code: x".into()), "Os { code: x");
+    }
+
     /// Modes of the state directory and of everything under it, beside their paths.
     fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
         use std::os::unix::fs::MetadataExt;
@@ -1031,6 +1178,7 @@ mod tests {
             target: "task:r/t/c".into(),
             path: path.into(),
             asset: Asset(serde_json::json!({"id": "a1"})),
+            kind: DeleteKind::Removed,
         };
         store
             .forget(path, std::slice::from_ref(&job))

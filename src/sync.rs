@@ -16,13 +16,14 @@ use crate::api::{stored_name, ApiError, Client, Hashing, Uploaded};
 use crate::config::{Config, Folder, Target};
 use crate::field::{FieldError, FieldHandle, OnItsWay, Resolved};
 use crate::filter;
+use crate::logging;
 use crate::metrics::METRICS;
 use crate::open::{self, Identity};
 use crate::route::Router;
 use crate::settle::Job;
 use crate::store::{
-    asset_filename, asset_id, now_unix, Asset, DeleteJob, FileMeta, FileRecord, FileState, Store,
-    StoreError, UNWRITABLE,
+    asset_filename, asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileMeta, FileRecord,
+    FileState, Store, StoreError, UNWRITABLE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -103,12 +104,13 @@ impl<'a> Subject<'a> {
         }
     }
 
-    pub(crate) fn delete_job(&self, asset: Asset) -> DeleteJob {
+    pub(crate) fn delete_job(&self, asset: Asset, kind: DeleteKind) -> DeleteJob {
         DeleteJob {
             folder: self.folder.path.clone(),
             target: self.key.clone(),
             path: self.path.to_path_buf(),
             asset,
+            kind,
         }
     }
 }
@@ -281,7 +283,7 @@ impl Syncer {
                         .map(remote_assets)
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|old| subject.delete_job(old))
+                        .map(|old| subject.delete_job(old, DeleteKind::Replaced))
                         .collect();
                     let put = self.store.put_with_deletes(path, &record, &replaced).await;
                     match &put {
@@ -406,7 +408,7 @@ impl Syncer {
             reason: reason.clone(),
         };
         if self.record_once(subject, meta, state, record).await? {
-            warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), %reason, "skipped; not retried until the file changes");
+            warn!(folder = %subject.folder.path.display(), file = %logging::exact(subject.path), %reason, "skipped; not retried until the file changes");
         }
         Ok(())
     }
@@ -465,7 +467,7 @@ impl Syncer {
             // Sent complete, but it is already out of date: drop that asset, upload again later.
             warn!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, "file changed during the upload; discarding that copy");
             record.state = FileState::Uploading;
-            let job = subject.delete_job(asset);
+            let job = subject.delete_job(asset, DeleteKind::Orphan);
             self.store
                 .put_with_deletes(path, &record, std::slice::from_ref(&job))
                 .await?;
@@ -499,6 +501,7 @@ impl Syncer {
             if record.attached.is_some() { "changed; uploading the new version" } else { "uploading" },
             filter::humansize(meta.size)
         );
+        let uploading = METRICS.uploading();
         let uploaded = self
             .api
             .with_retries(|| async {
@@ -514,6 +517,7 @@ impl Syncer {
                     .await
             })
             .await;
+        drop(uploading);
         match uploaded {
             Ok(uploaded) => {
                 METRICS.uploaded(true, meta.size);
@@ -590,7 +594,7 @@ impl Syncer {
                     error: message.clone(),
                 };
                 record.updated = now_unix();
-                let job = subject.delete_job(asset);
+                let job = subject.delete_job(asset, DeleteKind::Orphan);
                 self.store
                     .put_with_deletes(path, &record, std::slice::from_ref(&job))
                     .await?;
@@ -605,7 +609,10 @@ impl Syncer {
         record.state = FileState::Synced;
         METRICS.synced();
         record.updated = now_unix();
-        let deletes: Vec<DeleteJob> = old.into_iter().map(|old| subject.delete_job(old)).collect();
+        let deletes: Vec<DeleteJob> = old
+            .into_iter()
+            .map(|old| subject.delete_job(old, DeleteKind::Replaced))
+            .collect();
         self.store.put_with_deletes(path, &record, &deletes).await?;
         info!(folder = %subject.folder.path.display(), file = %subject.path.display(), asset_id = %id, target = %subject.folder.target, "attached");
         for job in deletes {
@@ -649,7 +656,7 @@ impl Syncer {
         }
         let jobs: Vec<DeleteJob> = assets
             .into_iter()
-            .map(|asset| subject.delete_job(asset))
+            .map(|asset| subject.delete_job(asset, DeleteKind::Removed))
             .collect();
         self.store.forget(subject.path, &jobs).await?;
         info!(folder = %subject.folder.path.display(), file = %subject.path.display(), "removed locally; deleting it from Tallyfy");

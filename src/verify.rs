@@ -6,18 +6,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::api::{ApiError, Client, Hashing};
+use crate::api::{ApiError, Client, Hashing, Sink};
 use crate::config::{Config, Credentials, Folder, Target};
 use crate::control::{self, Answer, ControlError, Request};
 use crate::field;
 use crate::open;
 use crate::plan;
+use crate::progress::Bar;
 use crate::settle;
 use crate::store::{asset_filename, asset_id, FileMeta, FileRecord, FileState};
 use crate::sync;
@@ -135,7 +135,7 @@ pub fn run(
             .zip(records(config, &everywhere).await?)
             .collect();
         let (api, _stop_renewals) = plan::client(&config.api, credentials)?;
-        let progress = Progress::new(download);
+        let progress = Bar::new("downloading", download);
         let mut folders = Vec::new();
         for (folder, scope) in &scopes {
             let key = folder.target.key();
@@ -150,7 +150,7 @@ pub fn run(
             let own = records.get(&folder.path).cloned().unwrap_or_default();
             folders.push(check(&api, folder, scope, own, &elsewhere, download, &progress).await);
         }
-        progress.done();
+        progress.clear();
         Ok::<_, VerifyError>(Report {
             in_sync: folders.iter().map(|folder| folder.in_sync).sum(),
             differ: folders.iter().map(|folder| folder.differ).sum(),
@@ -240,12 +240,7 @@ async fn records(
         match answer {
             Answer::Records { records } => all.push(records),
             Answer::Refused { message } => return Err(ControlError::Refused(message).into()),
-            other => {
-                return Err(ControlError::Refused(format!(
-                    "unexpected answer from the daemon: {other:?}"
-                ))
-                .into())
-            }
+            other => return Err(other.unexpected().into()),
         }
     }
     Ok(all)
@@ -259,7 +254,7 @@ async fn check(
     // Assets the records of other folders feeding the same field claim.
     elsewhere: &HashSet<String>,
     download: bool,
-    progress: &Progress,
+    progress: &Bar,
 ) -> FolderCheck {
     let mut report = FolderCheck {
         folder: folder.path.clone(),
@@ -345,13 +340,14 @@ async fn check(
             detail: None,
         });
     }
+    progress.add_total(to_download.len());
     for index in to_download {
         let file = &mut report.files[index];
         let path = folder.path.join(&file.name);
         let Some(id) = file.asset_id.clone() else {
             continue;
         };
-        progress.show(&file.name);
+        progress.start(&file.name);
         let recorded = records
             .get(&path)
             .filter(|record| {
@@ -363,10 +359,15 @@ async fn check(
             Some(hash) => Some(hash),
             None => open::hash_async(&folder.path, &path).await.ok(),
         };
-        let sink = Mutex::new(Hashing::default());
-        match api.with_retries(|| api.download(&id, &sink)).await {
+        let sink = Mutex::new(Counting {
+            hashing: Hashing::default(),
+            bar: progress,
+        });
+        let downloaded = api.with_retries(|| api.download(&id, &sink)).await;
+        progress.finish();
+        match downloaded {
             Ok(_) => {
-                let remote = sink.lock().unwrap_or_else(|p| p.into_inner()).hex();
+                let remote = sink.lock().unwrap_or_else(|p| p.into_inner()).hashing.hex();
                 if expected.as_deref() != Some(remote.as_str()) {
                     file.verdict = Verdict::ContentDiffers;
                     file.detail = Some(format!("blake3 in Tallyfy {remote}"));
@@ -570,38 +571,20 @@ async fn judge(
     (Verdict::InSync, Some(id), None)
 }
 
-/// The downloads, counted on stderr while it is a terminal.
-struct Progress {
-    on: bool,
-    done: std::sync::atomic::AtomicUsize,
+/// A download that only hashes, counted on the progress bar as it arrives.
+struct Counting<'a> {
+    hashing: Hashing,
+    bar: &'a Bar,
 }
 
-impl Progress {
-    fn new(download: bool) -> Progress {
-        Progress {
-            on: download && std::io::stderr().is_terminal(),
-            done: std::sync::atomic::AtomicUsize::new(0),
-        }
+impl Sink for Counting<'_> {
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.hashing.restart()
     }
 
-    fn show(&self, name: &str) {
-        if !self.on {
-            return;
-        }
-        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let mut stderr = std::io::stderr();
-        let _ = write!(
-            stderr,
-            "\r\x1b[Kdownloading {done}: {}",
-            text::escaped(name)
-        );
-        let _ = stderr.flush();
-    }
-
-    fn done(&self) {
-        if self.on && self.done.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-        }
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.bar.add_bytes(chunk.len());
+        self.hashing.write(chunk)
     }
 }
 

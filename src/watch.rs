@@ -22,8 +22,8 @@ pub enum Hint {
     Path(PathBuf),
     /// Events were lost: compare every folder with the store.
     RescanAll,
-    /// Files the store could not record meanwhile must be found again: compare every folder
-    /// with the store.
+    /// The store changed under the folders (files it could not record meanwhile, a `retry`,
+    /// a `release-deletes`): compare every folder with the store, quietly.
     Resync,
 }
 

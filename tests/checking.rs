@@ -136,28 +136,29 @@ async fn verify_download_shows_its_progress_on_a_terminal_and_clears_it_before_t
     daemon.wait_for_log("b.pdf").await;
     assert_eq!(daemon.stop().await.code(), Some(0));
 
-    // `script` (util-linux) runs the command on a terminal of its own and prints what it showed.
     let command = format!(
         "'{}' verify --download --config '{}'",
         env!("CARGO_BIN_EXE_tallyfy-sync"),
         env.config.display()
     );
-    let shown = match std::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("TALLYFY_ACCESS_TOKEN", TOKEN)
-        .output()
-    {
-        Ok(output) => {
-            assert!(output.status.success(), "{output:?}");
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        }
-        Err(error) => {
-            eprintln!("skipped: cannot run script(1) for a terminal: {error}");
-            return;
-        }
+    let Some(shown) = on_a_terminal(&command) else {
+        return;
     };
-    assert!(shown.contains("\r\x1b[Kdownloading 1: a.pdf"), "{shown:?}");
-    assert!(shown.contains("\r\x1b[Kdownloading 2: b.pdf"), "{shown:?}");
+    let bar = |filled: usize, percent: &str| {
+        format!(
+            "\r\x1b[K[{}{}] {percent} downloading",
+            "#".repeat(filled),
+            "·".repeat(24 - filled)
+        )
+    };
+    assert!(
+        shown.contains(&format!("{} 1/2 files, ", bar(0, "  0%"))) && shown.contains(": a.pdf"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&format!("{} 2/2 files, ", bar(12, " 50%"))) && shown.contains(": b.pdf"),
+        "{shown:?}"
+    );
     let cleared = shown.rfind("\r\x1b[K").unwrap();
     let report = shown.find("2 in sync, 0 differ").expect("the report");
     assert!(cleared < report, "the progress is cleared first: {shown:?}");

@@ -342,12 +342,30 @@ async fn a_dry_run_before_the_first_run_plans_every_file_and_creates_no_state() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dry_run_exits_78_while_the_daemon_holds_the_state_store() {
+async fn a_dry_run_while_the_daemon_runs_plans_from_the_daemons_records() {
     let env = Env::new().await;
     let daemon = env.start();
     daemon.wait_for_log(RUNNING).await;
+    drop_file(&env.tasks, "a.pdf", b"a");
+    eventually("a.pdf is attached", || env.task_field().len() == 1, &daemon).await;
+    daemon.wait_for_log(" attached folder=").await;
+    let from = env.fake.requests().len();
     let output = env.command(&["run", "--dry-run"]);
-    assert_exit(&output, EXIT_CONFIG);
-    assert_stderr_says(&output, "stop the daemon");
+    assert_exit(&output, 0);
+    // The daemon's record says a.pdf is synced: nothing to upload, nothing changed.
+    assert_eq!(
+        output.stdout.lines().last().unwrap(),
+        "would upload 0 new (0 B), replace 0 (0 B), attach 0, delete 0, skip 0; hold 0",
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(methods_since(&env, from), Vec::<String>::new());
     assert!(daemon.exited().is_none(), "the daemon carries on");
+    drop_file(&env.tasks, "b.pdf", b"b");
+    eventually(
+        "the daemon still syncs",
+        || env.task_field().len() == 2,
+        &daemon,
+    )
+    .await;
 }

@@ -228,6 +228,15 @@ async fn an_attach_refused_for_good_fails_the_file_and_deletes_the_useless_uploa
         1,
         "a 422 is not retried"
     );
+    // The file never was in Tallyfy: the log says what went, not that the file was deleted.
+    daemon
+        .wait_for_log("orphan upload removed from Tallyfy (it was never attached to the field)")
+        .await;
+    assert!(
+        !daemon.log().contains("deleted from Tallyfy"),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

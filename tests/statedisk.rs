@@ -251,6 +251,14 @@ async fn a_burst_that_fills_the_state_disk_pauses_orphans_little_and_resumes_onc
     )
     .await;
     let resumed_after = freed.elapsed();
+    // Write failures are told in words, never as Rust's debug text of the error.
+    for debug in ["Os {", "Storage(", "Io("] {
+        assert!(
+            !daemon.log().contains(debug),
+            "{debug:?} in the log:\n{}",
+            daemon.log()
+        );
+    }
     eventually_within(
         RESUME_WAIT,
         "every file is attached",

@@ -156,6 +156,15 @@ impl Config {
         Config::parse(&text, path, &|name| std::env::var_os(name), folders)
     }
 
+    /// `log.format` as written in a config file that may be wrong elsewhere, so that the
+    /// errors of a config that cannot be used are reported in the format its reader expects;
+    /// `None` when the file cannot be read as YAML or names no valid format.
+    pub fn log_format_of(path: &Path) -> Option<LogFormat> {
+        let text = read_limited(path, MAX_CONFIG_BYTES).ok()?;
+        let root = serde_yaml::from_str::<Value>(&text).ok()?;
+        LogFormat::parse(root.get("log")?.get("format")?.as_str()?)
+    }
+
     /// `file` anchors relative paths and names the file in messages; `env` is
     /// consulted only for STATE_DIRECTORY.
     pub fn from_yaml(

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, warn};
 use crate::api::{self, ApiError, Client};
 use crate::config::{RemoteRemoved, Target};
 use crate::metrics::METRICS;
-use crate::store::{asset_id, now_unix, Asset, DeleteJob, FileState, Store};
+use crate::store::{asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileState, Store};
 use verify::{forbidden, inspect};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
@@ -642,7 +642,14 @@ impl Actor {
                         Err(error) => Err(FieldError::Refused(error.clone())),
                     };
                     if result.is_ok() {
-                        info!(folder = %job.folder.display(), file = %job.path.display(), asset_id = %id, "deleted from Tallyfy");
+                        let what = match job.kind {
+                            DeleteKind::Removed => "deleted from Tallyfy",
+                            DeleteKind::Replaced => "earlier version deleted from Tallyfy",
+                            DeleteKind::Orphan => {
+                                "orphan upload removed from Tallyfy (it was never attached to the field)"
+                            }
+                        };
+                        info!(folder = %job.folder.display(), file = %job.path.display(), asset_id = %id, "{what}");
                     }
                     self.finish_delete(&id).await;
                     if let Some(reply) = reply {

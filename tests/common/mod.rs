@@ -597,3 +597,22 @@ pub async fn http_get(url: &str) -> (u16, String) {
     let status = response.status().as_u16();
     (status, response.text().await.unwrap_or_default())
 }
+
+/// What `command` showed on a terminal of its own (`script` from util-linux); `None` (the test
+/// is skipped) where `script` cannot run.
+pub fn on_a_terminal(command: &str) -> Option<String> {
+    match std::process::Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .env("TALLYFY_ACCESS_TOKEN", TOKEN)
+        .output()
+    {
+        Ok(output) => {
+            assert!(output.status.success(), "{output:?}");
+            Some(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+        Err(error) => {
+            eprintln!("skipped: cannot run script(1) for a terminal: {error}");
+            None
+        }
+    }
+}
