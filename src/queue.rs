@@ -1,24 +1,29 @@
 //! Runs settled jobs through `sync`, many files at once but one job per path at a time.
 //! Receives `Job`s from the settle stage; a job for a path already in progress marks it to run
 //! again when the current one ends, so no two workers ever handle the same file. Owns the
-//! in-flight set and the bounded drain at shutdown.
+//! in-flight set, the places of files at work (a file waiting for its field's batch gives its
+//! place to the next one) and the bounded drain at shutdown.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::field::{Place, PLACE};
 use crate::metrics::METRICS;
 use crate::progress;
 use crate::settle::Job;
 use crate::sync::Syncer;
 
+/// Files in progress at most, per place at work: those beyond `limit` wait for their field's
+/// batch, which holds at most 500.
+const IN_PROGRESS_PER_PLACE: usize = 4;
 /// How long in-flight work may run on after a shutdown request.
 pub const DRAIN: Duration = Duration::from_secs(10);
 /// Long work (an initial sync, a scanner's burst) logs its progress this often; on a terminal
@@ -75,6 +80,8 @@ impl Reports {
     }
 }
 
+/// Runs the jobs, at most `limit` files at work at once (reading, uploading, recording); files
+/// that wait for their field's batch do not count, up to `IN_PROGRESS_PER_PLACE` × `limit`.
 pub async fn run(
     mut jobs: mpsc::Receiver<Job>,
     syncer: Arc<Syncer>,
@@ -86,10 +93,19 @@ pub async fn run(
     let mut ids: HashMap<tokio::task::Id, PathBuf> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut reports: Option<Reports> = None;
-    let spawn = |tasks: &mut JoinSet<()>, ids: &mut HashMap<tokio::task::Id, PathBuf>, job: Job| {
+    share_arenas();
+    let places = Arc::new(Semaphore::new(limit.max(1)));
+    let most = limit.max(1) * IN_PROGRESS_PER_PLACE;
+    // A place taken for the next job, so that a job is only received once it can start.
+    let mut free: Option<OwnedSemaphorePermit> = None;
+    let spawn = |tasks: &mut JoinSet<()>,
+                 ids: &mut HashMap<tokio::task::Id, PathBuf>,
+                 job: Job,
+                 place: Option<OwnedSemaphorePermit>| {
         let syncer = syncer.clone();
         let path = job.path.clone();
-        let handle = tasks.spawn(async move { syncer.process(&job).await });
+        let work = PLACE.scope(Place::new(place), async move { syncer.process(&job).await });
+        let handle = tasks.spawn(work);
         ids.insert(handle.id(), path);
     };
     loop {
@@ -100,7 +116,10 @@ pub async fn run(
                     reports.report();
                 }
             }
-            job = jobs.recv(), if tasks.len() < limit => {
+            place = places.clone().acquire_owned(), if free.is_none() => {
+                free = place.ok();
+            }
+            job = jobs.recv(), if free.is_some() && tasks.len() < most => {
                 let Some(job) = job else { break };
                 reports.get_or_insert_with(Reports::new);
                 // One lstat per file, for the bytes of the backlog.
@@ -110,13 +129,16 @@ pub async fn run(
                     Some((_, again)) => *again = true,
                     None => {
                         in_flight.insert(job.path.clone(), (job.clone(), false));
-                        spawn(&mut tasks, &mut ids, job);
+                        spawn(&mut tasks, &mut ids, job, free.take());
                     }
                 }
             }
             Some(done) = tasks.join_next_with_id() => {
                 METRICS.job_done();
                 let caught_up = tasks.is_empty() && jobs.is_empty();
+                if caught_up {
+                    give_back_memory();
+                }
                 if let Some(ended) = progress::finished(jobs.len(), caught_up) {
                     if reports.take().is_some_and(|reports| reports.made) {
                         info!(
@@ -141,7 +163,9 @@ pub async fn run(
                 let Some(path) = ids.remove(&id) else { continue };
                 if let Some((job, true)) = in_flight.remove(&path) {
                     in_flight.insert(path, (job.clone(), false));
-                    spawn(&mut tasks, &mut ids, job);
+                    // It takes the place of the task that ended, so it is not kept waiting.
+                    let place = free.take().or_else(|| places.clone().try_acquire_owned().ok());
+                    spawn(&mut tasks, &mut ids, job, place);
                 }
             }
         }
@@ -159,6 +183,27 @@ pub async fn run(
             );
             tasks.abort_all();
         }
+    }
+}
+
+/// Keeps the heap in two glibc arenas: by default each thread that allocates may get its own,
+/// and a field's value, read and written by whichever worker runs its actor, then grows to its
+/// peak in each of them.
+fn share_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Returns the heap a burst of files used to the system: glibc keeps freed memory in each
+/// thread's arena otherwise, and a daemon that synced 20,000 files would hold the peak for good.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

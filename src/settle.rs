@@ -2,7 +2,8 @@
 //! Receives `Hint`s from the watcher and scan requests (start-up, overflow, polling, the safety
 //! rescan); emits a `Job` for a path once its size and mtime have not changed for the settle
 //! time (or once it has stayed gone that long and the `guard` lets the delete go). Owns the
-//! candidates still settling, each folder's scan schedule, and the watches.
+//! candidates still settling, each folder's scan schedule, the watches, and the longer quiet
+//! time of files that keep changing.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -22,7 +23,7 @@ use crate::filter;
 use crate::guard::{self, Guard};
 use crate::metrics::METRICS;
 use crate::service::Heartbeat;
-use crate::store::{FileMeta, FileRecord, FileState, Store};
+use crate::store::{now_unix, FileMeta, FileRecord, FileState, Store};
 use crate::watch::{self, Hint, Watch};
 
 /// A path for the sync stage to bring in line with the store.
@@ -37,6 +38,36 @@ const PAUSED_RECHECK: Duration = Duration::from_secs(5);
 /// How often each folder's root is looked at (one stat): unmounting a share or replacing the
 /// folder sends the watcher nothing, and a delete must never be judged on the wrong directory.
 const ROOT_CHECK: Duration = Duration::from_secs(5);
+
+/// A file settled again within this long after its last upload was replaced: one that keeps
+/// changing (a log, an export written in pieces) waits longer each time.
+const CHANGING_WINDOW: Duration = Duration::from_secs(300);
+/// The quiet time after a file's first replacement within the window (or `settle`, if longer);
+/// it doubles with each further one...
+const CHANGING_FIRST: Duration = Duration::from_millis(500);
+/// ...up to this (or `settle`, if longer), so that its final version still arrives soon after
+/// its last change.
+const CHANGING_MOST: Duration = Duration::from_secs(15);
+/// Where the daemon keeps the files that keep changing, for `status`.
+pub const CHANGING_KEY: &str = "changing";
+
+/// A file that keeps changing, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Changing {
+    pub path: PathBuf,
+    /// Times it was replaced, each within `CHANGING_WINDOW` of the one before.
+    pub replaced: u32,
+    /// The quiet time it waits before its next upload.
+    pub quiet_ms: u64,
+    /// Unix seconds after which, unless it changes again, it counts as a file like any other.
+    pub until: u64,
+}
+
+/// How often a file was replaced in a row, and when last.
+struct Churn {
+    replaced: u32,
+    last: Instant,
+}
 
 struct Candidate {
     folder: usize,
@@ -55,6 +86,8 @@ pub struct Settle {
     next_scan: Vec<Instant>,
     candidates: HashMap<PathBuf, Candidate>,
     deadlines: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    /// Files replaced again within `CHANGING_WINDOW` of their last upload; only those.
+    churn: HashMap<PathBuf, Churn>,
     heartbeat: Heartbeat,
 }
 
@@ -95,6 +128,7 @@ impl Settle {
             polls,
             candidates: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            churn: HashMap::new(),
             heartbeat: Heartbeat::off(),
         }
     }
@@ -151,6 +185,7 @@ impl Settle {
                     }
                 }
                 _ = root_check.tick() => {
+                    self.forget_calmed().await;
                     for index in 0..self.config.folders.len() {
                         let root = &self.config.folders[index].path;
                         let device = std::fs::metadata(root).map(|metadata| metadata.dev()).ok();
@@ -243,7 +278,7 @@ impl Settle {
         {
             return;
         }
-        let due = Instant::now() + self.config.settle;
+        let due = Instant::now() + self.quiet(&path);
         self.candidates
             .insert(path.clone(), Candidate { folder, seen, due });
         self.deadlines.push(Reverse((due, path)));
@@ -281,6 +316,7 @@ impl Settle {
             } else if current.is_none() {
                 gone.entry(folder).or_default().push(path);
             } else {
+                self.count_replacement(&path).await;
                 settled.push(Job { folder, path });
             }
         }
@@ -290,6 +326,92 @@ impl Settle {
             }
         }
         settled
+    }
+
+    /// How long `path` must stay unchanged before it is taken: `settle`, or for a file that
+    /// keeps changing, doubled with each replacement in a row, up to `CHANGING_MOST`.
+    fn quiet(&self, path: &Path) -> Duration {
+        let settle = self.config.settle;
+        match self.churn.get(path) {
+            Some(churn) if churn.last.elapsed() < CHANGING_WINDOW => {
+                let doubled = CHANGING_FIRST.saturating_mul(1 << (churn.replaced - 1).min(16));
+                doubled.min(CHANGING_MOST).max(settle)
+            }
+            _ => settle,
+        }
+    }
+
+    /// A settled file whose record was brought up to date within `CHANGING_WINDOW` is a
+    /// replacement: it counts towards the file's longer quiet time, said once in the log when
+    /// it starts and shown by `status` while it lasts.
+    async fn count_replacement(&mut self, path: &Path) {
+        let replaced = matches!(
+            self.store.get(path),
+            Ok(Some(record)) if matches!(record.state, FileState::Synced | FileState::Uploading | FileState::Uploaded { .. })
+                && now_unix().saturating_sub(record.updated) < CHANGING_WINDOW.as_secs()
+        );
+        if !replaced {
+            if self.churn.remove(path).is_some() {
+                self.save_changing().await;
+            }
+            return;
+        }
+        let churn = self.churn.entry(path.to_path_buf()).or_insert(Churn {
+            replaced: 0,
+            last: Instant::now(),
+        });
+        churn.replaced = churn.replaced.saturating_add(1);
+        churn.last = Instant::now();
+        let first = churn.replaced == 1;
+        let quiet = self.quiet(path);
+        if first && quiet > self.config.settle {
+            info!(file = %path.display(), quiet = %humantime::format_duration(quiet), "the file keeps changing: replaced again within {} of its last upload; it now waits {} of quiet before each upload, twice as long after each further change (at most {}), until it has been left alone for {}",
+                humantime::format_duration(CHANGING_WINDOW),
+                humantime::format_duration(quiet),
+                humantime::format_duration(CHANGING_MOST.max(self.config.settle)),
+                humantime::format_duration(CHANGING_WINDOW));
+        }
+        self.save_changing().await;
+    }
+
+    /// Files left alone for `CHANGING_WINDOW` wait `settle` again.
+    async fn forget_calmed(&mut self) {
+        let before = self.churn.len();
+        self.churn
+            .retain(|_, churn| churn.last.elapsed() < CHANGING_WINDOW);
+        if self.churn.len() != before {
+            self.save_changing().await;
+        }
+    }
+
+    /// Saves the files that keep changing for `status`: a handful at most, written only when
+    /// one starts, changes again or calms down.
+    async fn save_changing(&self) {
+        let now = now_unix();
+        let changing: Vec<Changing> = self
+            .churn
+            .iter()
+            .map(|(path, churn)| Changing {
+                path: path.clone(),
+                replaced: churn.replaced,
+                quiet_ms: self.quiet(path).as_millis() as u64,
+                until: now
+                    + CHANGING_WINDOW
+                        .saturating_sub(churn.last.elapsed())
+                        .as_secs(),
+            })
+            .collect();
+        let saved = match changing.is_empty() {
+            true => {
+                self.store
+                    .set_meta::<Vec<Changing>>(CHANGING_KEY, None)
+                    .await
+            }
+            false => self.store.set_meta(CHANGING_KEY, Some(&changing)).await,
+        };
+        if let Err(error) = saved {
+            debug!(%error, "cannot save the files that keep changing for status");
+        }
     }
 
     /// The gone files of a folder that may be deleted remotely now: none while the folder is

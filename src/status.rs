@@ -16,8 +16,9 @@ use crate::field::{names_key, Names};
 use crate::guard::{self, Held};
 use crate::metrics::{self, Exposition};
 use crate::progress::{self, Backlog};
+use crate::settle::{Changing, CHANGING_KEY};
 use crate::store::{
-    FileMeta, FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE,
+    now_unix, FileMeta, FileRecord, FileState, Rebuilt, Store, StoreError, REBUILT_KEY, UNWRITABLE,
 };
 use crate::{recheck, settle, text};
 
@@ -165,6 +166,9 @@ pub struct StatusReport {
     /// The running daemon's backlog while it works through one (an initial import, a burst).
     #[serde(default)]
     pub progress: Option<Box<Backlog>>,
+    /// Files that keep changing, which wait longer before each upload.
+    #[serde(default)]
+    pub changing: Vec<Changing>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -358,6 +362,16 @@ fn from_store(
             .then(progress::current)
             .flatten()
             .map(Box::new),
+        // Only a running daemon holds files back.
+        changing: match daemon_running {
+            true => store
+                .meta::<Vec<Changing>>(CHANGING_KEY)?
+                .unwrap_or_default(),
+            false => Vec::new(),
+        }
+        .into_iter()
+        .filter(|changing| changing.until > now_unix())
+        .collect(),
     })
 }
 
@@ -678,6 +692,15 @@ pub fn render(report: &StatusReport, all: bool) -> String {
             at(rebuilt.at),
             text::escaped(&rebuilt.error),
             text::path(&rebuilt.moved_to)
+        );
+    }
+    for changing in &report.changing {
+        let _ = writeln!(
+            out,
+            "keeps changing: {} (replaced {} times in a row); each upload waits for {} of quiet",
+            text::path(&changing.path),
+            changing.replaced,
+            humantime::format_duration(std::time::Duration::from_millis(changing.quiet_ms))
         );
     }
     if let Some(pause) = &report.api_pause {

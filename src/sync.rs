@@ -22,8 +22,8 @@ use crate::open::{self, Identity};
 use crate::route::Router;
 use crate::settle::Job;
 use crate::store::{
-    asset_filename, asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileMeta, FileRecord,
-    FileState, Store, StoreError, UNWRITABLE,
+    asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileMeta, FileRecord, FileState, Store,
+    StoreError, UNWRITABLE,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -233,8 +233,8 @@ impl Syncer {
             return Ok(false);
         };
         let stored = stored_name(name);
-        let list = match subject.field.read().await {
-            Ok(list) => list,
+        let value = match subject.field.read().await {
+            Ok(value) => value,
             Err(FieldError::Cancelled) => return Err(SyncError::Cancelled),
             Err(error) => {
                 warn!(folder = %subject.folder.path.display(), file = %path.display(), %error, "cannot read the field to look for a copy already there; uploading");
@@ -248,17 +248,14 @@ impl Syncer {
             .filter_map(Asset::id)
             .collect();
         // A changed file's own earlier version has its name too: that one is never a match.
-        let same_name: Vec<serde_json::Value> = list
-            .into_iter()
-            .filter(|asset| {
-                asset_filename(asset) == Some(stored.as_str())
-                    && asset_id(asset).is_some_and(|id| !own.contains(&id))
-            })
+        let same_name: Vec<serde_json::Value> = value
+            .named(&stored)
+            .filter(|asset| asset_id(asset).is_some_and(|id| !own.contains(&id)))
             .collect();
         if same_name.is_empty() {
             return Ok(false);
         }
-        let claimed = self.claimed(subject)?;
+        let claimed = value.claimed(|| self.claimed(subject))?;
         let mut local: Option<String> = None;
         for candidate in same_name {
             let Some(id) = asset_id(&candidate) else {

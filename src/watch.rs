@@ -82,7 +82,14 @@ impl Watch {
         } else {
             RecursiveMode::NonRecursive
         };
-        watcher.watch(&folder.path, mode).map_err(|error| {
+        let watched = watcher.watch(&folder.path, mode);
+        if watched.is_err() {
+            // A recursive watch that ran out of the limit half-way keeps the watches it got on
+            // the folder's first subdirectories: the folder is polled instead, so give them back
+            // to the user's budget rather than hold them for nothing.
+            let _ = watcher.unwatch(&folder.path);
+        }
+        watched.map_err(|error| {
             let raise = "raise the limit with `sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it)";
             match error.kind {
                 notify::ErrorKind::MaxFilesWatch => {

@@ -450,3 +450,59 @@ async fn a_folder_not_there_at_start_is_shown_not_syncing_and_synced_once_it_app
     }
     assert_eq!(daemon.stop().await.code(), Some(0));
 }
+
+/// The inotify watches a process holds, from its file descriptors' info.
+fn inotify_watches(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                .map(|info| {
+                    info.lines()
+                        .filter(|l| l.starts_with("inotify wd:"))
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_past_the_watch_limit_is_polled_and_gives_its_watches_back_to_the_next_folder() {
+    const LIMIT: usize = 5;
+    let env = Env::with_config("", "recursive: true").await;
+    for index in 0..3 * LIMIT {
+        std::fs::create_dir(env.tasks.join(format!("sub{index:02}"))).unwrap();
+    }
+    // The watch limit can be lowered for the daemon alone in a user namespace of its own.
+    let lower = format!("echo {LIMIT} > /proc/sys/user/max_inotify_watches && exec \"$@\"");
+    let unshare = |program: &str| {
+        let mut command = std::process::Command::new("unshare");
+        command.args(["-Ur", "sh", "-c", &lower, "sh", program]);
+        command
+    };
+    if !unshare("true")
+        .status()
+        .is_ok_and(|status| status.success())
+    {
+        eprintln!("SKIPPED: this machine does not let an unprivileged user make a user namespace (unshare -Ur)");
+        return;
+    }
+    let mut command = unshare(env!("CARGO_BIN_EXE_tallyfy-sync"));
+    command.args(["run", "--config", env.config.to_str().unwrap()]);
+    let daemon = Daemon::spawn_command(command, TOKEN, env.dir.path(), &[]);
+    daemon.wait_for_log("running; initial scan started").await;
+    let log = daemon.log();
+    let tasks = format!("folder={}", env.tasks.display());
+    assert!(
+        log.lines().any(
+            |line| line.contains("the inotify watch limit is reached") && line.contains(&tasks)
+        ),
+        "{log}"
+    );
+    // The kick-off folder (one directory) was watched with a watch the first folder gave back.
+    assert_eq!(log.matches("cannot watch the folder").count(), 1, "{log}");
+    assert_eq!(inotify_watches(daemon.pid()), 1, "{log}");
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}

@@ -480,3 +480,45 @@ async fn a_lone_file_is_attached_without_waiting_for_attach_delay() {
     drop_file(&env.tasks, "alone.pdf", b"alone");
     eventually("attached", || env.task_field().len() == 1, &daemon).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_every_1_5_s_for_30_s_is_uploaded_at_most_6_times_and_ends_with_its_last_version(
+) {
+    let (env, daemon) = Env::running().await;
+    let path = env.tasks.join("export.csv");
+    let mut content = Vec::new();
+    for piece in 0..20 {
+        content.extend_from_slice(format!("row {piece}\n").as_bytes());
+        std::fs::write(&path, &content).unwrap();
+        // The writer's own pace (the scenario), not a wait for the daemon.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let last_version = |env: &Env| {
+        let field = env.task_field();
+        field.len() == 1
+            && env
+                .fake
+                .asset(field[0]["id"].as_str().unwrap_or_default())
+                .is_some_and(|asset| asset.content.as_ref() == content.as_slice())
+    };
+    eventually(
+        "the last version is the one attached",
+        || last_version(&env),
+        &daemon,
+    )
+    .await;
+    let uploads = env.uploads();
+    assert!(
+        uploads <= 6,
+        "{uploads} uploads for a file that kept changing; daemon log:\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("the file keeps changing").count(), 1, "{log}");
+    let status = env.command(&["status"]).stdout;
+    assert!(
+        status.contains("keeps changing: ") && status.contains("export.csv"),
+        "{status}"
+    );
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}

@@ -12,6 +12,7 @@ mod network;
 mod procfs;
 mod report;
 mod restart;
+mod scale;
 mod scenario;
 mod timeline;
 mod world;
@@ -136,6 +137,12 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if only == "scale" {
+        // For before/after figures of the cost of a file as the folder grows.
+        print!("{}", scale_runs(&world, sizes.smoke).await?);
+        return Ok(());
+    }
+
     if only == "network" {
         // For before/after figures of the scenarios where requests are not free.
         let network = network_runs(&world, &sizes.network).await?;
@@ -177,6 +184,7 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     ));
     let restart = restart::run(&world, "restart", sizes.restart, FOLDERS).await?;
     drop(staging);
+    let scale = scale_runs(&world, sizes.smoke).await?;
 
     let mut rows = rows(
         &sizes, &daemon, &baseline, &ceiling, &idle, live_rss, &rest, &restart,
@@ -218,7 +226,38 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
     print!("{timeline}");
     println!("- idle: {} requests during the idle window", idle.requests);
     print!("{}", network_details(&network));
+    print!("{scale}");
     Ok(())
+}
+
+/// Every scale run, with the ceiling at each size; the report's section on them.
+async fn scale_runs(world: &World, smoke: bool) -> anyhow::Result<String> {
+    let plan = scale::plan(smoke);
+    let mut ceilings = Vec::new();
+    for &files in &plan.sizes {
+        say(&format!("scale: the ceiling on {files} files"));
+        ceilings.push((files, scale::ceiling(world, files).await?));
+    }
+    let mut runs = Vec::new();
+    for &kind in &plan.kinds {
+        for &files in &plan.sizes {
+            say(&format!(
+                "scale: {files} files in a {} folder at start",
+                kind.name()
+            ));
+            let run = scale::run(world, kind, files, plan.idle).await?;
+            say(&format!(
+                "scale: {} {files}: {:.2} s, {:.3} CPU-ms/file, peak {:.1} MiB, idle {:.1} MiB",
+                kind.name(),
+                run.secs,
+                run.cpu_ms_per_file(),
+                mib(run.peak_kib),
+                mib(run.idle_kib)
+            ));
+            runs.push(run);
+        }
+    }
+    Ok(scale::report(&runs, &ceilings))
 }
 
 /// The daemon under a rate limit, under latency and under scattered errors.

@@ -29,7 +29,9 @@ use tracing::{debug, error, info, warn};
 use crate::api::{self, ApiError, Client};
 use crate::config::{RemoteRemoved, Target};
 use crate::metrics::METRICS;
-use crate::store::{asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileState, Store};
+use crate::store::{
+    asset_filename, asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileState, Store,
+};
 use verify::{forbidden, inspect};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
@@ -87,7 +89,7 @@ enum Request {
     },
     /// The field's value as it is now.
     Read {
-        reply: oneshot::Sender<Result<Vec<Value>, FieldError>>,
+        reply: oneshot::Sender<Result<Arc<FieldValue>, FieldError>>,
     },
 }
 
@@ -132,6 +134,26 @@ impl Drop for OnItsWay {
     }
 }
 
+tokio::task_local! {
+    /// The queue's place of the file the current task works on, when it runs under one.
+    pub static PLACE: Place;
+}
+
+/// A file's place among those the queue lets work at once. Given back as soon as the file's
+/// request is in its field's inbox: while it waits for the field's batch another file can be
+/// uploaded, so uploads keep flowing instead of pausing for every batch.
+pub struct Place(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+
+impl Place {
+    pub fn new(permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Place {
+        Place(std::sync::Mutex::new(permit))
+    }
+
+    fn give_back(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 /// The sync workers' handle on a field actor.
 #[derive(Clone)]
 pub struct FieldHandle {
@@ -140,6 +162,20 @@ pub struct FieldHandle {
     expected: Arc<Expected>,
     /// Asks the actor to inspect an invalid target again.
     reverify: Arc<Notify>,
+    known: Arc<Known>,
+}
+
+/// The field's value as the actor last read or written it, and when.
+type Known = std::sync::Mutex<Option<(Instant, Arc<FieldValue>)>>;
+
+/// The value in `known`, while it is under `READ_FRESH` old.
+fn fresh(known: &Known) -> Option<Arc<FieldValue>> {
+    known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < READ_FRESH)
+        .map(|(_, value)| value.clone())
 }
 
 impl FieldHandle {
@@ -157,12 +193,13 @@ impl FieldHandle {
         let (ready_tx, readiness) = watch::channel(Readiness::Verifying);
         let expected = Arc::new(Expected::default());
         let reverify = Arc::new(Notify::new());
+        let known = Arc::new(Known::default());
         let actor = Actor {
             target,
             api,
             store,
             removals,
-            known: std::sync::Mutex::new(None),
+            known: known.clone(),
             attach_delay,
             expected: expected.clone(),
             reverify: reverify.clone(),
@@ -175,6 +212,7 @@ impl FieldHandle {
                 readiness,
                 expected,
                 reverify,
+                known,
             },
             task,
         )
@@ -265,8 +303,14 @@ impl FieldHandle {
         answer.await.unwrap_or(Err(FieldError::Cancelled))
     }
 
-    /// The field's value as it is now (requests that arrive together share one read).
-    pub async fn read(&self) -> Result<Vec<Value>, FieldError> {
+    /// The field's value as it is now (requests that arrive together share one read, and
+    /// every file looking at it shares one copy). While the value last read or written is
+    /// fresh it answers at once, even while the actor is busy writing the field: new files
+    /// go on to their uploads instead of waiting for each write.
+    pub async fn read(&self) -> Result<Arc<FieldValue>, FieldError> {
+        if let Some(value) = fresh(&self.known) {
+            return Ok(value);
+        }
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Read { reply })
@@ -279,6 +323,7 @@ impl FieldHandle {
     async fn send(&self, request: Request, file: &OnItsWay) -> Result<(), FieldError> {
         let sent = self.requests.send(request).await;
         file.release();
+        let _ = PLACE.try_with(Place::give_back);
         sent.map_err(|_| FieldError::Cancelled)
     }
 
@@ -295,6 +340,72 @@ impl FieldHandle {
 pub struct Snapshot {
     pub list: Vec<Value>,
     checklist: Option<api::Checklist>,
+}
+
+/// A field's value as read once, shared by every file that looks at it while it is fresh: a
+/// file asks it for the assets of its own name instead of copying or scanning the whole list,
+/// which in a field of thousands of files would make each file cost as much as the field.
+pub struct FieldValue {
+    /// Each asset as JSON text, by stored file name: a field of 20,000 files takes a few MiB
+    /// so, several times that parsed.
+    by_name: HashMap<String, Vec<Box<str>>>,
+    ids: HashSet<String>,
+    /// The assets the store's records claimed when a file first asked (see `claimed`).
+    claimed: std::sync::Mutex<Option<Arc<HashSet<String>>>>,
+}
+
+impl FieldValue {
+    pub fn new(list: Vec<Value>) -> FieldValue {
+        let mut by_name: HashMap<String, Vec<Box<str>>> = HashMap::new();
+        let mut ids = HashSet::with_capacity(list.len());
+        for asset in list {
+            if let Some(id) = asset_id(&asset) {
+                ids.insert(id);
+            }
+            if let Some(name) = asset_filename(&asset) {
+                by_name
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(asset.to_string().into_boxed_str());
+            }
+        }
+        FieldValue {
+            by_name,
+            ids,
+            claimed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The assets stored under file name `name`.
+    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = Value> + 'a {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|text| serde_json::from_str(text).ok())
+    }
+
+    pub fn lists(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// The asset ids `records` finds claimed, computed by the first file that asks and shared
+    /// with the others while this value is the field's latest: one pass over the records per
+    /// read of the field, not one per file. An asset in this value that a file of ours uploaded
+    /// was recorded before it could be attached, so before this value was read; one adopted
+    /// since is guarded by the caller's own set of adoptions.
+    pub fn claimed<E>(
+        &self,
+        records: impl FnOnce() -> Result<HashSet<String>, E>,
+    ) -> Result<Arc<HashSet<String>>, E> {
+        let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(claimed) = claimed.as_ref() {
+            return Ok(claimed.clone());
+        }
+        let found = Arc::new(records()?);
+        *claimed = Some(found.clone());
+        Ok(found)
+    }
 }
 
 /// Reads a field's value (one GET), as the actor does before each write and as `verify` and
@@ -349,8 +460,7 @@ struct Actor {
     api: Arc<Client>,
     store: Store,
     removals: Removals,
-    /// The field's value as last read or written, and when.
-    known: std::sync::Mutex<Option<(Instant, Vec<Value>)>>,
+    known: Arc<Known>,
     attach_delay: Duration,
     expected: Arc<Expected>,
     reverify: Arc<Notify>,
@@ -438,7 +548,8 @@ impl Actor {
                     "target verified"
                 );
                 readiness.send_replace(Readiness::Ready(Arc::new(resolved)));
-                self.notice_removals(&list, true).await;
+                self.notice_removals(Arc::new(FieldValue::new(list)), true)
+                    .await;
             }
             Err(FieldError::Cancelled) => return false,
             Err(error) => {
@@ -535,16 +646,9 @@ impl Actor {
     /// written answers, while that is under `READ_FRESH` old; true when it was added.
     fn take(&self, request: Request, batch: &mut Vec<Request>) -> bool {
         if let Request::Read { reply } = request {
-            let fresh = self
-                .known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .filter(|(at, _)| at.elapsed() < READ_FRESH)
-                .map(|(_, list)| list.clone());
-            match fresh {
-                Some(list) => {
-                    let _ = reply.send(Ok(list));
+            match fresh(&self.known) {
+                Some(value) => {
+                    let _ = reply.send(Ok(value));
                     return false;
                 }
                 None => batch.push(Request::Read { reply }),
@@ -597,27 +701,18 @@ impl Actor {
                 Request::Delete { .. } | Request::Read { .. } => None,
             })
             .collect();
-        let outcome = api.with_retries(|| self.update(&attach, &removed)).await;
-        let list = match &outcome {
-            Ok(Some(list)) => Some(list.clone()),
-            _ => None,
-        };
-        // The ids the field lists now, looked up once per file rather than by scanning.
-        let outcome = match outcome {
+        // The field as it is now, indexed once and shared with every read of the batch.
+        let outcome = match api.with_retries(|| self.update(&attach, &removed)).await {
             Err(ApiError::Cancelled) => return,
             Err(error) => Err(error.to_string()),
-            Ok(list) => Ok(list.map(|list| {
-                list.iter()
-                    .filter_map(asset_id)
-                    .collect::<HashSet<String>>()
-            })),
+            Ok(list) => Ok(list.map(|list| Arc::new(FieldValue::new(list)))),
         };
         for request in pending {
             match request {
                 Request::Attach { asset, reply, .. } => {
                     let id = asset.id().unwrap_or_default();
                     let result = match &outcome {
-                        Ok(Some(listed)) if listed.contains(&id) => Ok(()),
+                        Ok(Some(listed)) if listed.lists(&id) => Ok(()),
                         Ok(Some(_)) => Err(FieldError::NotListed {
                             target: self.target.to_string(),
                             asset: id,
@@ -634,7 +729,7 @@ impl Actor {
                 Request::Delete { job, reply } => {
                     let id = job.asset.id().unwrap_or_default();
                     let result = match &outcome {
-                        Ok(Some(listed)) if listed.contains(&id) => {
+                        Ok(Some(listed)) if listed.lists(&id) => {
                             warn!(file = %job.path.display(), asset_id = %id, "the field still lists a deleted asset");
                             Ok(())
                         }
@@ -657,10 +752,10 @@ impl Actor {
                     }
                 }
                 Request::Read { reply } => {
-                    let result = match (&list, &outcome) {
-                        (Some(list), _) => Ok(list.clone()),
-                        (None, Err(error)) => Err(FieldError::Refused(error.clone())),
-                        (None, Ok(_)) => Err(FieldError::Invalid(format!(
+                    let result = match &outcome {
+                        Ok(Some(value)) => Ok(value.clone()),
+                        Err(error) => Err(FieldError::Refused(error.clone())),
+                        Ok(None) => Err(FieldError::Invalid(format!(
                             "the API did not show the field of {}",
                             self.target
                         ))),
@@ -669,8 +764,8 @@ impl Actor {
                 }
             }
         }
-        if let Some(list) = list {
-            self.notice_removals(&list, false).await;
+        if let Ok(Some(value)) = outcome {
+            self.notice_removals(value, false).await;
         }
     }
 
@@ -678,7 +773,10 @@ impl Actor {
     async fn check_removals(&self) {
         let api = &self.api;
         match api.with_retries(|| self.read()).await {
-            Ok(snapshot) => self.notice_removals(&snapshot.list, true).await,
+            Ok(snapshot) => {
+                self.notice_removals(Arc::new(FieldValue::new(snapshot.list)), true)
+                    .await
+            }
             Err(ApiError::Cancelled) => {}
             Err(error) => {
                 warn!(target = %self.target, %error, "cannot read the field to look for files removed in Tallyfy; trying again later")
@@ -690,19 +788,14 @@ impl Actor {
     /// (`remote_removed: leave`) or put them back (`restore`). Unless `thorough`, the store is
     /// only searched when an asset seen in the field before has left it since, so that a
     /// burst of new files into a big folder costs no pass over its records per batch.
-    async fn notice_removals(&self, list: &[Value], thorough: bool) {
-        let listed: HashSet<String> = list.iter().filter_map(asset_id).collect();
+    async fn notice_removals(&self, listed: Arc<FieldValue>, thorough: bool) {
         let previous = self
             .known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .replace((Instant::now(), list.to_vec()));
-        let shrank = previous.is_none_or(|(_, previous)| {
-            previous
-                .iter()
-                .filter_map(asset_id)
-                .any(|id| !listed.contains(&id))
-        });
+            .replace((Instant::now(), listed.clone()));
+        let shrank =
+            previous.is_none_or(|(_, previous)| previous.ids.iter().any(|id| !listed.lists(id)));
         if !thorough && !shrank {
             return;
         }
@@ -721,7 +814,7 @@ impl Actor {
                             .attached
                             .as_ref()
                             .and_then(Asset::id)
-                            .is_some_and(|id| !listed.contains(&id))
+                            .is_some_and(|id| !listed.lists(&id))
                 })
                 .collect();
             for (path, mut record) in gone {
@@ -959,5 +1052,41 @@ fn refuse_all(batch: Vec<Request>, why: &str) {
                 let _ = reply.send(Err(why()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_field_value_finds_assets_by_stored_name_and_reads_the_claims_once() {
+        let value = FieldValue::new(vec![
+            json!({"id": "a1", "filename": "scan.pdf"}),
+            json!({"id": "a2", "filename": "other.pdf"}),
+            json!({"id": "a3", "filename": "scan.pdf"}),
+        ]);
+        let named: Vec<String> = value
+            .named("scan.pdf")
+            .filter_map(|asset| Some(asset["id"].as_str()?.to_string()))
+            .collect();
+        assert_eq!(named, ["a1", "a3"]);
+        assert_eq!(value.named("missing.pdf").count(), 0);
+        assert!(value.lists("a2") && !value.lists("a4"));
+
+        let reads = AtomicUsize::new(0);
+        let records = || {
+            reads.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, ()>(HashSet::from(["a1".to_string()]))
+        };
+        assert!(value.claimed(records).unwrap().contains("a1"));
+        assert!(value.claimed(records).unwrap().contains("a1"));
+        assert_eq!(reads.load(Ordering::Relaxed), 1);
+        // A failed read of the records is not kept: the next file reads them again.
+        let other = FieldValue::new(Vec::new());
+        assert!(other.claimed(|| Err::<HashSet<String>, _>("busy")).is_err());
+        assert!(other.claimed(records).is_ok());
+        assert_eq!(reads.load(Ordering::Relaxed), 2);
     }
 }
