@@ -65,7 +65,7 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "kebab-case")]
 pub enum Answer {
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     Records {
         records: Vec<(PathBuf, FileRecord)>,
     },
@@ -226,11 +226,11 @@ pub async fn act(
     daemon_running: bool,
 ) -> Result<Answer, ControlError> {
     match request {
-        Request::Status => Ok(Answer::Status(status::build(
+        Request::Status => Ok(Answer::Status(Box::new(status::build(
             config,
             store,
             daemon_running,
-        )?)),
+        )?))),
         Request::Retry { path: Some(path) } => {
             let retried = recheck::retry_path(store, &path).await?;
             let shown = crate::text::path(&path);
