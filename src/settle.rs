@@ -67,6 +67,8 @@ pub struct Changing {
 struct Churn {
     replaced: u32,
     last: Instant,
+    /// Whether the log has said it waits longer than `settle`.
+    said: bool,
 }
 
 struct Candidate {
@@ -315,8 +317,8 @@ impl Settle {
                 // Dropped: the paused folder's next check finds it again.
             } else if current.is_none() {
                 gone.entry(folder).or_default().push(path);
-            } else {
-                self.count_replacement(&path).await;
+            } else if let Some(current) = current {
+                self.count_replacement(&path, &current).await;
                 settled.push(Job { folder, path });
             }
         }
@@ -341,13 +343,15 @@ impl Settle {
         }
     }
 
-    /// A settled file whose record was brought up to date within `CHANGING_WINDOW` is a
-    /// replacement: it counts towards the file's longer quiet time, said once in the log when
-    /// it starts and shown by `status` while it lasts.
-    async fn count_replacement(&mut self, path: &Path) {
+    /// A settled file other than its record says, whose record was brought up to date within
+    /// `CHANGING_WINDOW`, is a replacement: it counts towards the file's longer quiet time,
+    /// said once in the log when that time first exceeds `settle` and shown by `status` while
+    /// it does. A file settled again as it is (a retry, a rescan) is no replacement.
+    async fn count_replacement(&mut self, path: &Path, current: &FileMeta) {
         let replaced = matches!(
             self.store.get(path),
             Ok(Some(record)) if matches!(record.state, FileState::Synced | FileState::Uploading | FileState::Uploaded { .. })
+                && record.meta != *current
                 && now_unix().saturating_sub(record.updated) < CHANGING_WINDOW.as_secs()
         );
         if !replaced {
@@ -359,12 +363,20 @@ impl Settle {
         let churn = self.churn.entry(path.to_path_buf()).or_insert(Churn {
             replaced: 0,
             last: Instant::now(),
+            said: false,
         });
         churn.replaced = churn.replaced.saturating_add(1);
         churn.last = Instant::now();
-        let first = churn.replaced == 1;
         let quiet = self.quiet(path);
-        if first && quiet > self.config.settle {
+        let longer = quiet > self.config.settle;
+        let say = match self.churn.get_mut(path) {
+            Some(churn) if longer && !churn.said => {
+                churn.said = true;
+                true
+            }
+            _ => false,
+        };
+        if say {
             info!(file = %path.display(), quiet = %humantime::format_duration(quiet), "the file keeps changing: replaced again within {} of its last upload; it now waits {} of quiet before each upload, twice as long after each further change (at most {}), until it has been left alone for {}",
                 humantime::format_duration(CHANGING_WINDOW),
                 humantime::format_duration(quiet),
@@ -391,6 +403,7 @@ impl Settle {
         let changing: Vec<Changing> = self
             .churn
             .iter()
+            .filter(|(path, _)| self.quiet(path) > self.config.settle)
             .map(|(path, churn)| Changing {
                 path: path.clone(),
                 replaced: churn.replaced,

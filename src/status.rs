@@ -243,7 +243,7 @@ pub struct FileReport {
     pub detail: String,
     /// Unix milliseconds of the next attempt, when one is scheduled.
     pub next_attempt_ms: Option<u64>,
-    /// The name Tallyfy stored, when it is not the file's own (see "Filenames" in the README).
+    /// The name Tallyfy stored, when it is not the file's own (see docs/file-names.md).
     #[serde(default)]
     pub stored_as: Option<String>,
     /// Unix seconds since the file is in this state (for a file not recorded yet, its

@@ -178,7 +178,7 @@ EOF
 printf 'folders: not a list\n' >"$stage/broken.yaml"
 # A short watchdog, so that the test sees systemd accept the pings.
 printf '[Service]\nWatchdogSec=4s\n' >"$stage/watchdog.conf"
-# What README says a launch folder with after: move needs under the hardened unit.
+# What docs/folders.md says a launch folder with after: move needs under the hardened unit.
 printf '[Service]\nReadWritePaths=%s\n' "$new_invoices" >"$stage/launch.conf"
 
 step "boot"
@@ -230,7 +230,8 @@ for file in /usr/bin/tallyfy-sync /usr/lib/systemd/system/$unit /usr/lib/sysuser
     /etc/tallyfy-sync/config.yaml /usr/share/man/man1/tallyfy-sync.1.gz \
     /usr/share/man/man1/tallyfy-sync-run.1.gz /usr/share/bash-completion/completions/tallyfy-sync \
     /usr/share/zsh/vendor-completions/_tallyfy-sync /usr/share/fish/vendor_completions.d/tallyfy-sync.fish \
-    /usr/share/doc/tallyfy-sync/README.md /usr/share/doc/tallyfy-sync/copyright; do
+    /usr/share/doc/tallyfy-sync/README.md /usr/share/doc/tallyfy-sync/docs/configuration.md \
+    /usr/share/doc/tallyfy-sync/copyright; do
     grep -qx "$file" <<<"$files" || fail "the package does not install $file"
     inside test -e "$file" || fail "$file is not there after installing"
 done
