@@ -403,6 +403,37 @@ async fn a_file_refused_by_a_completed_task_heals_once_the_task_is_reopened() {
         .contains("trying the files it refused once more"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_whose_task_was_completed_at_start_resumes_by_itself_once_it_is_reopened() {
+    let env = Env::with_config("rescan_interval: 2s\n", "").await;
+    env.fake.set_task_status(RUN, TASK, "completed");
+    let daemon = env.start();
+    daemon
+        .wait_for_log("folders mapped to this target are not synced until the config is fixed")
+        .await;
+    drop_file(&env.tasks, "waiting.pdf", b"%PDF waits for the task");
+    eventually(
+        "status lists the file as waiting for the folder",
+        || {
+            env.command(&["status"])
+                .stdout
+                .contains("waiting: the folder is not syncing")
+        },
+        &daemon,
+    )
+    .await;
+    assert_eq!(env.uploads(), 0, "nothing is sent to a completed task");
+    env.fake.set_task_status(RUN, TASK, "active");
+    eventually(
+        "attached once the task is reopened, without a reload",
+        || env.task_field().len() == 1,
+        &daemon,
+    )
+    .await;
+    assert_eq!(filenames(&env.task_field()), ["waiting.pdf"]);
+    assert_eq!(daemon.stop().await.code(), Some(0));
+}
+
 /// Drops 20 small files into the task folder.
 fn drop_twenty(env: &Env) {
     for i in 0..20 {
