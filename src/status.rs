@@ -109,7 +109,7 @@ fn folder_state(
     }
     if let Some(problem) = store.meta::<String>(&target_key(&folder.target.key()))? {
         return Ok(FolderState::NotSyncing(format!(
-            "{problem}; fix the target in the config or in Tallyfy, then run `systemctl reload tallyfy-sync`"
+            "{problem}; fix the target in the config or in Tallyfy, then run `systemctl reload tallyfy-sync` (a fix in Tallyfy alone is also found by itself within rescan_interval)"
         )));
     }
     if let Some(error) = &overall.unwritable {
