@@ -469,16 +469,21 @@ impl Settle {
     /// and makes candidates of what differs.
     async fn rescan(&mut self, index: usize) {
         let root = self.config.folders[index].path.clone();
-        let scanned = self.scan_folder(index, root).await;
+        let scanned = self.scan_folder(index, root.clone()).await;
         let was_paused = self.guard.is_paused(index);
         let device = scanned
             .as_ref()
             .map(|scan| scan.device)
             .map_err(Clone::clone);
         if self.guard.check_root(index, device).await {
-            if was_paused && self.polls[index].is_none() {
+            let scanned = if was_paused && self.polls[index].is_none() {
                 self.rewatch(index);
-            }
+                // A file made between the scan above and the new watch is seen by neither:
+                // the folder is looked at again now that the watch is in place.
+                self.scan_folder(index, root).await
+            } else {
+                scanned
+            };
             if let Ok(scan) = scanned {
                 self.add_candidates(index, scan);
             }

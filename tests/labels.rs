@@ -60,6 +60,12 @@ async fn a_task_target_of_a_listed_process_is_shown_with_the_process_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_verified_log_line_carries_the_names_next_to_the_ids() {
     let (_env, daemon) = Env::running().await;
+    // Each target is verified on its own: the second may come after the daemon is running.
+    let deadline = std::time::Instant::now() + WAIT;
+    while daemon.log().matches("target verified").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let log = daemon.log();
     let task_line = log
         .lines()
