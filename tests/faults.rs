@@ -343,8 +343,10 @@ async fn a_long_outage_costs_a_handful_of_probes_and_everything_converges_after_
         env.fake.assets().len()
     );
     // One probe per backoff step (about 1 and 2 s) plus the requests already on their way when
-    // the first failure closed the gate.
-    assert!(during <= 6, "{during} requests during a 4 s outage");
+    // the gate closed: the files settle in waves, and a first wave's failures (fewer than
+    // FAILURE_RUN in a row) look passing, so the next wave's `api.concurrency` uploads may be
+    // on their way when the third failure closes the gate: 2 + 4 + 2.
+    assert!(during <= 8, "{during} requests during a 4 s outage");
     assert_eq!(env.fake.assets().len(), 20, "nothing stored twice");
 }
 
