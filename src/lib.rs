@@ -24,6 +24,7 @@ pub mod init;
 pub mod launch;
 pub mod logging;
 pub mod manual;
+pub mod memory;
 pub mod metrics;
 pub mod oneshot;
 pub mod open;

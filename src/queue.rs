@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::field::{Place, PLACE};
+use crate::memory;
 use crate::metrics::METRICS;
 use crate::progress;
 use crate::settle::Job;
@@ -93,7 +94,6 @@ pub async fn run(
     let mut ids: HashMap<tokio::task::Id, PathBuf> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut reports: Option<Reports> = None;
-    share_arenas();
     let places = Arc::new(Semaphore::new(limit.max(1)));
     let most = limit.max(1) * IN_PROGRESS_PER_PLACE;
     // A place taken for the next job, so that a job is only received once it can start.
@@ -137,7 +137,7 @@ pub async fn run(
                 METRICS.job_done();
                 let caught_up = tasks.is_empty() && jobs.is_empty();
                 if caught_up {
-                    give_back_memory();
+                    memory::give_back();
                 }
                 if let Some(ended) = progress::finished(jobs.len(), caught_up) {
                     if reports.take().is_some_and(|reports| reports.made) {
@@ -183,27 +183,6 @@ pub async fn run(
             );
             tasks.abort_all();
         }
-    }
-}
-
-/// Keeps the heap in two glibc arenas: by default each thread that allocates may get its own,
-/// and a field's value, read and written by whichever worker runs its actor, then grows to its
-/// peak in each of them.
-fn share_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes an allocator setting; it takes no pointers.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Returns the heap a burst of files used to the system: glibc keeps freed memory in each
-/// thread's arena otherwise, and a daemon that synced 20,000 files would hold the peak for good.
-fn give_back_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
