@@ -173,7 +173,7 @@ async fn fields(api: &Client, folder: &Folder, dir: &Path) -> Result<Vec<Field>,
         let list = api
             .with_retries(|| field::read(&folder.target, api))
             .await?
-            .list;
+            .values();
         return Ok(vec![Field {
             dir: dir.to_path_buf(),
             target: folder.target.key(),
@@ -187,7 +187,10 @@ async fn fields(api: &Client, folder: &Folder, dir: &Path) -> Result<Vec<Field>,
             continue;
         };
         let target = task.target(&process.id, route);
-        let list = api.with_retries(|| field::read(&target, api)).await?.list;
+        let list = api
+            .with_retries(|| field::read(&target, api))
+            .await?
+            .values();
         fields.push(Field {
             dir: dir.join(&mapped.subfolder),
             target: target.key(),

@@ -464,7 +464,7 @@ impl Remote {
         };
         for (key, target) in targets {
             let list = match api.with_retries(|| field::read(&target, api)).await {
-                Ok(snapshot) => snapshot.list,
+                Ok(snapshot) => snapshot.values(),
                 // A route folder's process deleted: none of its files is in a field any more.
                 Err(error) if error.status() == Some(404) && key != folder.target.key() => {
                     Vec::new()

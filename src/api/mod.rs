@@ -12,11 +12,13 @@ mod gate;
 mod limit;
 mod multipart;
 mod network;
+pub mod raw;
 
 use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -28,6 +30,7 @@ use gate::{Gate, Outcome, Pass, Transition};
 use limit::Pace;
 pub use multipart::stored_name;
 pub use network::{environment_proxy_problems, proxy_for};
+pub use raw::RawList;
 
 use crate::config::{ApiConfig, Credentials};
 use crate::metrics::{Exposition, METRICS};
@@ -107,7 +110,8 @@ pub struct FormField {
     pub id: String,
     pub label: String,
     pub field_type: String,
-    pub value: Value,
+    /// As the API wrote it: a file field's value lists every asset in it.
+    pub value: Box<RawValue>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,15 +125,28 @@ pub struct Task {
     pub step_id: Option<String>,
     pub checklist_id: Option<String>,
     pub fields: Vec<FormField>,
-    /// `taskdata` as the API returned it, when it did.
-    pub taskdata: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Checklist {
     pub title: String,
-    /// The kick-off fields exactly as read: sent back whole so no field is lost.
+    /// The kick-off fields as read, each without its `value` (kept as text in `values`): sent
+    /// back whole so no field is lost.
     pub prerun: Vec<Value>,
+    /// Each kick-off field's value, as the API wrote it, by its position in `prerun`: a file
+    /// field's lists every asset in it.
+    pub values: Vec<Option<Box<RawValue>>>,
+}
+
+impl Checklist {
+    /// The value of the kick-off field `field_id`; `None` when there is no such field.
+    pub fn value_of(&self, field_id: &str) -> Option<&RawValue> {
+        let index = self
+            .prerun
+            .iter()
+            .position(|field| text(field, "id").as_deref() == Some(field_id))?;
+        Some(self.values[index].as_deref().unwrap_or(RawValue::NULL))
+    }
 }
 
 /// A process (run), as launched or listed.
@@ -351,9 +368,30 @@ impl Client {
         local_failure: impl Fn() -> Option<ApiError>,
     ) -> Result<Value, ApiError> {
         self.exchange(endpoint, request, local_failure, |response| async move {
-            let body = response.bytes().await.map_err(Body::Transport)?;
+            let body = whole(response).await.map_err(Body::Transport)?;
             checked_answer(endpoint, &body).map_err(Body::Strange)
         })
+        .await
+    }
+
+    /// Like `send`, but the answer's `data` is handed to `take` as text, never parsed whole:
+    /// for the answers that carry a field's value.
+    async fn send_raw<T>(
+        &self,
+        endpoint: Endpoint,
+        request: RequestBuilder,
+        take: impl FnOnce(&RawValue) -> T,
+    ) -> Result<T, ApiError> {
+        self.exchange(
+            endpoint,
+            request,
+            || None,
+            |response| async move {
+                let body = whole(response).await.map_err(Body::Transport)?;
+                let data = checked(endpoint, &body).map_err(Body::Strange)?;
+                Ok(take(data.unwrap_or(RawValue::NULL)))
+            },
+        )
         .await
     }
 
@@ -730,7 +768,43 @@ impl Client {
         let request = self
             .request(Method::GET, &path)
             .query(&[("with", "form_fields")]);
-        parse_task(self.send(read, request).await?)
+        self.send_raw(read, request, parse_task).await
+    }
+
+    /// The value of one field of a task, as a list; empty when the task does not show it.
+    pub async fn task_field(
+        &self,
+        run_id: Option<&str>,
+        task_id: &str,
+        capture_id: &str,
+    ) -> Result<RawList, ApiError> {
+        let (path, read, _) = task_route(run_id, task_id);
+        let request = self
+            .request(Method::GET, &path)
+            .query(&[("with", "form_fields")]);
+        #[derive(serde::Deserialize)]
+        struct Field<'a> {
+            #[serde(borrow, default)]
+            id: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            value: Option<&'a RawValue>,
+        }
+        self.send_raw(read, request, |data| {
+            let task: TaskValues = raw::object(data)?;
+            let field = task.form_fields.and_then(|fields| {
+                let fields = serde_json::from_str::<Vec<&RawValue>>(raw::relation(fields).get());
+                fields.ok()?.into_iter().find_map(|field| {
+                    let field: Field = raw::object(field)?;
+                    let id = field.id.and_then(raw::text)?;
+                    (id == capture_id).then_some(field.value)?
+                })
+            });
+            // An update's answer carries `taskdata`; a read may carry it too.
+            let value = field.or_else(|| raw::members(task.taskdata?)?.remove(capture_id))?;
+            Some(raw::items(value))
+        })
+        .await
+        .map(Option::unwrap_or_default)
     }
 
     /// Replaces a task field's value; returns the field's value as the answer shows it, or
@@ -740,41 +814,73 @@ impl Client {
         run_id: Option<&str>,
         task_id: &str,
         capture_id: &str,
-        value: &[Value],
-    ) -> Result<Option<Vec<Value>>, ApiError> {
+        value: RawList,
+    ) -> Result<Option<RawList>, ApiError> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            taskdata: std::collections::BTreeMap<&'a str, &'a [Box<RawValue>]>,
+        }
         let (path, _, write) = task_route(run_id, task_id);
-        let request = self
-            .request(Method::PUT, &path)
-            .json(&json!({ "taskdata": { capture_id: value } }));
-        let mut data = self.send(write, request).await?;
-        Ok(data
-            .get_mut("taskdata")
-            .and_then(|taskdata| taskdata.get_mut(capture_id))
-            .map(|value| into_list(value.take())))
+        let body = Body {
+            taskdata: [(capture_id, value.as_slice())].into(),
+        };
+        let request = self.request(Method::PUT, &path).json(&body);
+        // The request holds the value as JSON now: no second copy while the answer is awaited.
+        drop(body);
+        drop(value);
+        self.send_raw(write, request, |data| {
+            let task: TaskValues = raw::object(data)?;
+            let value = raw::members(task.taskdata?)?.remove(capture_id)?;
+            Some(raw::items(value))
+        })
+        .await
     }
 
     pub async fn get_checklist(&self, checklist_id: &str) -> Result<Checklist, ApiError> {
-        let answer = self
-            .send(
-                Endpoint::GetChecklist,
-                self.request(Method::GET, &format!("checklists/{checklist_id}")),
-            )
-            .await?;
-        parse_checklist(Endpoint::GetChecklist, &answer)
+        let request = self.request(Method::GET, &format!("checklists/{checklist_id}"));
+        self.send_raw(Endpoint::GetChecklist, request, |data| {
+            parse_checklist(Endpoint::GetChecklist, data)
+        })
+        .await?
     }
 
     /// Sends the title unchanged and the whole prerun array (the API needs both).
     pub async fn put_checklist(
         &self,
         checklist_id: &str,
-        title: &str,
-        prerun: &[Value],
+        checklist: &Checklist,
     ) -> Result<Checklist, ApiError> {
+        #[derive(serde::Serialize)]
+        #[serde(untagged)]
+        enum Field<'a> {
+            WithValue {
+                #[serde(flatten)]
+                members: &'a Value,
+                value: &'a RawValue,
+            },
+            AsRead(&'a Value),
+        }
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            title: &'a str,
+            prerun: Vec<Field<'a>>,
+        }
+        let body = Body {
+            title: &checklist.title,
+            prerun: (checklist.prerun.iter().zip(&checklist.values))
+                .map(|(members, value)| match value {
+                    Some(value) => Field::WithValue { members, value },
+                    None => Field::AsRead(members),
+                })
+                .collect(),
+        };
         let request = self
             .request(Method::PUT, &format!("checklists/{checklist_id}"))
-            .json(&json!({ "title": title, "prerun": prerun }));
-        let answer = self.send(Endpoint::PutChecklist, request).await?;
-        parse_checklist(Endpoint::PutChecklist, &answer)
+            .json(&body);
+        self.send_raw(Endpoint::PutChecklist, request, |data| {
+            parse_checklist(Endpoint::PutChecklist, data)
+        })
+        .await?
     }
 
     /// Deletes an asset and its stored file; an asset already gone counts as deleted.
@@ -961,8 +1067,8 @@ impl Client {
         let query = [("with", "form_fields")];
         self.all_pages(Endpoint::ListTasks, &format!("runs/{run_id}/tasks"), &query)
             .await?
-            .into_iter()
-            .map(parse_task)
+            .iter()
+            .map(|task| Ok(parse_task(&raw::of(task))))
             .collect()
     }
 
@@ -1059,11 +1165,14 @@ impl Client {
     }
 }
 
-fn parse_step(mut step: Value) -> Option<Step> {
+fn parse_step(step: Value) -> Option<Step> {
     Some(Step {
         id: text(&step, "id")?,
         title: text(&step, "title").unwrap_or_default(),
-        captures: form_fields(step.get_mut("captures").map(Value::take)),
+        captures: step
+            .get("captures")
+            .map(|captures| form_fields(&raw::of(captures)))
+            .unwrap_or_default(),
     })
 }
 
@@ -1105,30 +1214,58 @@ pub fn into_list(value: Value) -> Vec<Value> {
     }
 }
 
+/// A 2xx answer's body, read into one buffer of the size the answer announces: collecting its
+/// pieces first and joining them (`Response::bytes`) holds a field's value twice.
+async fn whole(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    // The announced size is the server's word: what is reserved up front stays bounded.
+    const RESERVE_AT_MOST: u64 = 16 * 1024 * 1024;
+    let announced = response.content_length().unwrap_or(0).min(RESERVE_AT_MOST);
+    let mut body = Vec::with_capacity(announced as usize);
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A 2xx answer's JSON, checked to be the API's: an object whose `data` is an object (a list,
 /// for the endpoints that answer lists; a delete's answer may be empty: `null`). Anything else,
 /// such as an HTML page from a proxy or a captive portal, is an error to retry, not a verdict.
 fn checked_answer(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
+    Ok(match checked(endpoint, body)? {
+        None => Value::Null,
+        // `checked` read it as JSON already.
+        Some(_) => serde_json::from_slice(body).unwrap_or(Value::Null),
+    })
+}
+
+/// `checked_answer`'s checks, in one pass over the body that parses nothing but finds `data`;
+/// that as text (`None` for a delete's answer).
+fn checked(endpoint: Endpoint, body: &[u8]) -> Result<Option<&RawValue>, ApiError> {
     let decode = |detail: String| ApiError::Decode { endpoint, detail };
     if endpoint == Endpoint::DeleteFile && body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
+        return Ok(None);
     }
-    let json: Value = serde_json::from_slice(body).map_err(|error| {
+    let answer = match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<raw::Data>(body),
+        _ => serde_json::from_slice::<&RawValue>(body).map(|_| raw::Data::default()),
+    };
+    let answer = answer.map_err(|error| {
         decode(format!(
             "not JSON ({error}), starting {:?}",
             error::error_message(body)
         ))
     })?;
     if endpoint == Endpoint::DeleteFile {
-        return Ok(Value::Null);
+        return Ok(None);
     }
     let lists = matches!(
         endpoint,
         Endpoint::ListRuns | Endpoint::ListTasks | Endpoint::ListTemplates | Endpoint::ListSteps
     );
-    match json.get("data") {
-        Some(Value::Object(_)) if !lists => Ok(json),
-        Some(Value::Array(_)) if lists || endpoint == Endpoint::GetAsset => Ok(json),
+    let data = answer.data;
+    match data.map(|data| data.get().as_bytes().first().copied()) {
+        Some(Some(b'{')) if !lists => Ok(data),
+        Some(Some(b'[')) if lists || endpoint == Endpoint::GetAsset => Ok(data),
         Some(_) if lists => Err(decode("`data` is not a list".into())),
         Some(_) => Err(decode("`data` is not an object".into())),
         None => Err(decode("no `data` member".into())),
@@ -1151,6 +1288,15 @@ fn text(value: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// The members of a task that hold field values, found in one pass over its text.
+#[derive(serde::Deserialize)]
+struct TaskValues<'a> {
+    #[serde(borrow, default)]
+    form_fields: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    taskdata: Option<&'a RawValue>,
+}
+
 /// Where a task is read and written (under its process, or on its own for a one-off task),
 /// with the endpoints of its read and of its write.
 fn task_route(run_id: Option<&str>, task_id: &str) -> (String, Endpoint, Endpoint) {
@@ -1168,23 +1314,23 @@ fn task_route(run_id: Option<&str>, task_id: &str) -> (String, Endpoint, Endpoin
     }
 }
 
-/// Takes the task apart rather than copying it: a field's value can list thousands of assets.
-fn parse_task(mut data: Value) -> Result<Task, ApiError> {
-    let fields = form_fields(data.get_mut("form_fields").map(Value::take));
-    let taskdata = match data.get_mut("taskdata").map(Value::take) {
-        Some(Value::Object(taskdata)) => Some(taskdata),
-        _ => None,
-    };
-    Ok(Task {
-        id: text(&data, "id").unwrap_or_default(),
-        title: text(&data, "title").unwrap_or_default(),
-        status: text(&data, "status").unwrap_or_default(),
-        run_id: text(&data, "run_id").filter(|run_id| !run_id.is_empty()),
-        step_id: text(&data, "step_id"),
-        checklist_id: text(&data, "checklist_id"),
-        fields,
-        taskdata,
-    })
+/// Takes the task apart from its text: a field's value can list thousands of assets, and
+/// stays text.
+fn parse_task(data: &RawValue) -> Task {
+    let members = raw::members(data).unwrap_or_default();
+    let text = |key: &str| members.get(key).copied().and_then(raw::text);
+    Task {
+        id: text("id").unwrap_or_default(),
+        title: text("title").unwrap_or_default(),
+        status: text("status").unwrap_or_default(),
+        run_id: text("run_id").filter(|run_id| !run_id.is_empty()),
+        step_id: text("step_id"),
+        checklist_id: text("checklist_id"),
+        fields: members
+            .get("form_fields")
+            .map(|fields| form_fields(fields))
+            .unwrap_or_default(),
+    }
 }
 
 /// A relation as the API includes it: `{"data": [...]}`, or the list bare.
@@ -1196,37 +1342,64 @@ fn unwrap_data(mut value: Value) -> Value {
 }
 
 /// Form fields as a task (`form_fields`) or a step (`captures`) lists them.
-fn form_fields(value: Option<Value>) -> Vec<FormField> {
-    match value.map(unwrap_data) {
-        Some(Value::Array(fields)) => fields
-            .into_iter()
-            .filter_map(|mut field| {
-                Some(FormField {
-                    id: text(&field, "id")?,
-                    label: text(&field, "label").unwrap_or_default(),
-                    field_type: text(&field, "field_type").unwrap_or_default(),
-                    value: field
-                        .get_mut("value")
-                        .map(Value::take)
-                        .unwrap_or(Value::Null),
-                })
+fn form_fields(value: &RawValue) -> Vec<FormField> {
+    let Ok(fields) = serde_json::from_str::<Vec<&RawValue>>(raw::relation(value).get()) else {
+        return Vec::new();
+    };
+    fields
+        .into_iter()
+        .filter_map(|field| {
+            let field = raw::members(field)?;
+            let text = |key: &str| field.get(key).copied().and_then(raw::text);
+            Some(FormField {
+                id: text("id")?,
+                label: text("label").unwrap_or_default(),
+                field_type: text("field_type").unwrap_or_default(),
+                value: field
+                    .get("value")
+                    .copied()
+                    .unwrap_or(RawValue::NULL)
+                    .to_owned(),
             })
-            .collect(),
-        _ => Vec::new(),
-    }
+        })
+        .collect()
 }
 
-fn parse_checklist(endpoint: Endpoint, data: &Value) -> Result<Checklist, ApiError> {
-    let title = text(data, "title").ok_or_else(|| ApiError::Decode {
-        endpoint,
-        detail: "the template has no title".into(),
-    })?;
-    let prerun = data
+/// A template from its text, each kick-off field's value left as text: a kick-off file field
+/// can list thousands of assets.
+fn parse_checklist(endpoint: Endpoint, data: &RawValue) -> Result<Checklist, ApiError> {
+    let members = raw::members(data).unwrap_or_default();
+    let title = members
+        .get("title")
+        .copied()
+        .and_then(raw::text)
+        .ok_or_else(|| ApiError::Decode {
+            endpoint,
+            detail: "the template has no title".into(),
+        })?;
+    let fields: Vec<&RawValue> = members
         .get("prerun")
-        .and_then(|p| p.as_array())
-        .cloned()
+        .and_then(|prerun| serde_json::from_str(prerun.get()).ok())
         .unwrap_or_default();
-    Ok(Checklist { title, prerun })
+    let (mut prerun, mut values) = (Vec::new(), Vec::new());
+    for field in fields {
+        let Some(mut field) = raw::members(field) else {
+            prerun.push(raw::value(field));
+            values.push(None);
+            continue;
+        };
+        values.push(field.remove("value").map(ToOwned::to_owned));
+        let field: serde_json::Map<String, Value> = field
+            .into_iter()
+            .map(|(key, member)| (key, raw::value(member)))
+            .collect();
+        prerun.push(Value::Object(field));
+    }
+    Ok(Checklist {
+        title,
+        prerun,
+        values,
+    })
 }
 
 /// A transport error with its causes, e.g. "error sending request: connection refused".

@@ -20,18 +20,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{self, ApiError, Client};
+use crate::api::{self, raw, ApiError, Client, RawList};
 use crate::config::{RemoteRemoved, Target};
+use crate::memory;
 use crate::metrics::METRICS;
-use crate::store::{
-    asset_filename, asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileState, Store,
-};
+use crate::store::{asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileState, Store};
 use verify::{forbidden, inspect};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
@@ -178,6 +178,20 @@ fn fresh(known: &Known) -> Option<Arc<FieldValue>> {
         .map(|(_, value)| value.clone())
 }
 
+/// Lets go of the value in `known` once it no longer answers reads: a field of 20,000 files
+/// would otherwise keep megabytes for nothing while the folder is idle.
+fn forget_stale(known: &Known) {
+    let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+    if known
+        .as_ref()
+        .is_some_and(|(at, _)| at.elapsed() >= READ_FRESH)
+    {
+        *known = None;
+        drop(known);
+        memory::give_back();
+    }
+}
+
 impl FieldHandle {
     /// Starts the actor for `target`; it verifies the target before anything is sent to it.
     /// `attach_delay` bounds how long a batch waits for files still on their way.
@@ -200,6 +214,7 @@ impl FieldHandle {
             store,
             removals,
             known: known.clone(),
+            seen: std::sync::Mutex::new(None),
             attach_delay,
             expected: expected.clone(),
             reverify: reverify.clone(),
@@ -338,8 +353,15 @@ impl FieldHandle {
 
 /// The field's value as read, with what a write needs to send back unchanged.
 pub struct Snapshot {
-    pub list: Vec<Value>,
+    pub list: RawList,
     checklist: Option<api::Checklist>,
+}
+
+impl Snapshot {
+    /// The assets parsed, for the commands that look into each.
+    pub fn values(&self) -> Vec<Value> {
+        self.list.iter().map(|asset| raw::value(asset)).collect()
+    }
 }
 
 /// A field's value as read once, shared by every file that looks at it while it is fresh: a
@@ -349,29 +371,28 @@ pub struct FieldValue {
     /// Each asset as JSON text, by stored file name: a field of 20,000 files takes a few MiB
     /// so, several times that parsed.
     by_name: HashMap<String, Vec<Box<str>>>,
-    ids: HashSet<String>,
+    /// Kept by the actor after the value itself is let go, to see what left the field since.
+    ids: Arc<HashSet<String>>,
     /// The assets the store's records claimed when a file first asked (see `claimed`).
     claimed: std::sync::Mutex<Option<Arc<HashSet<String>>>>,
 }
 
 impl FieldValue {
-    pub fn new(list: Vec<Value>) -> FieldValue {
+    pub fn new(list: RawList) -> FieldValue {
         let mut by_name: HashMap<String, Vec<Box<str>>> = HashMap::new();
         let mut ids = HashSet::with_capacity(list.len());
         for asset in list {
-            if let Some(id) = asset_id(&asset) {
+            let (id, name) = raw::asset_keys(&asset);
+            if let Some(id) = id {
                 ids.insert(id);
             }
-            if let Some(name) = asset_filename(&asset) {
-                by_name
-                    .entry(name.to_string())
-                    .or_default()
-                    .push(asset.to_string().into_boxed_str());
+            if let Some(name) = name {
+                by_name.entry(name).or_default().push(asset.into());
             }
         }
         FieldValue {
             by_name,
-            ids,
+            ids: Arc::new(ids),
             claimed: std::sync::Mutex::new(None),
         }
     }
@@ -420,20 +441,10 @@ pub async fn read(target: &Target, api: &Client) -> Result<Snapshot, ApiError> {
         | Target::OneOff {
             task_id,
             capture_id,
-        } => {
-            let mut task = api.get_task(target.run_id(), task_id).await?;
-            let value = task
-                .fields
-                .into_iter()
-                .find(|field| field.id == *capture_id)
-                .map(|field| field.value)
-                .or_else(|| task.taskdata.as_mut()?.remove(capture_id))
-                .unwrap_or(Value::Null);
-            Ok(Snapshot {
-                list: api::into_list(value),
-                checklist: None,
-            })
-        }
+        } => Ok(Snapshot {
+            list: api.task_field(target.run_id(), task_id, capture_id).await?,
+            checklist: None,
+        }),
         // A launched file's asset lives in its process, in no field this actor writes: only
         // deletes of uploads that could not be launched come here. A route folder's files go to
         // the actors of their processes' tasks; this one only verifies the template.
@@ -446,7 +457,10 @@ pub async fn read(target: &Target, api: &Client) -> Result<Snapshot, ApiError> {
             field_id,
         } => {
             let checklist = api.get_checklist(checklist_id).await?;
-            let list = kickoff_value(&checklist.prerun, field_id).unwrap_or_default();
+            let list = checklist
+                .value_of(field_id)
+                .map(raw::items)
+                .unwrap_or_default();
             Ok(Snapshot {
                 list,
                 checklist: Some(checklist),
@@ -461,6 +475,8 @@ struct Actor {
     store: Store,
     removals: Removals,
     known: Arc<Known>,
+    /// The asset ids of the field as last read or written.
+    seen: std::sync::Mutex<Option<Arc<HashSet<String>>>>,
     attach_delay: Duration,
     expected: Arc<Expected>,
     reverify: Arc<Notify>,
@@ -479,8 +495,18 @@ impl Actor {
         );
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let stale = self
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(at, _)| *at + READ_FRESH);
             let first = tokio::select! {
                 _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(stale.unwrap_or_else(Instant::now)), if stale.is_some() => {
+                    forget_stale(&self.known);
+                    continue;
+                }
                 _ = check.tick() => {
                     let invalid = matches!(&*readiness.borrow(), Readiness::Invalid(_));
                     if invalid {
@@ -798,13 +824,16 @@ impl Actor {
     /// only searched when an asset seen in the field before has left it since, so that a
     /// burst of new files into a big folder costs no pass over its records per batch.
     async fn notice_removals(&self, listed: Arc<FieldValue>, thorough: bool) {
-        let previous = self
-            .known
+        self.known
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .replace((Instant::now(), listed.clone()));
-        let shrank =
-            previous.is_none_or(|(_, previous)| previous.ids.iter().any(|id| !listed.lists(id)));
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(listed.ids.clone());
+        let shrank = previous.is_none_or(|previous| previous.iter().any(|id| !listed.lists(id)));
         if !thorough && !shrank {
             return;
         }
@@ -927,7 +956,7 @@ impl Actor {
         &self,
         attach: &[(Asset, Option<String>)],
         removed: &HashSet<String>,
-    ) -> Result<Option<Vec<Value>>, ApiError> {
+    ) -> Result<Option<RawList>, ApiError> {
         // The read is retried on its own: a failed write needs a fresh read, a failed read
         // does not need the write to fail too before it is tried again.
         let Snapshot {
@@ -935,16 +964,18 @@ impl Actor {
             checklist,
         } = self.api.with_retries(|| self.read()).await?;
         let before = current.len();
-        let mut list: Vec<Value> = current
+        // Each asset's id, read once: the field can list thousands.
+        let mut list: Vec<(Option<String>, Box<RawValue>)> = current
             .into_iter()
-            .filter(|item| !asset_id(item).is_some_and(|id| removed.contains(&id)))
+            .map(|item| (raw::asset_keys(&item).0, item))
+            .filter(|(id, _)| !id.as_ref().is_some_and(|id| removed.contains(id)))
             .collect();
         let mut changed = list.len() != before;
         // Positions by id, so a batch of hundreds costs one pass over the field, not one each.
         let mut slots: HashMap<String, usize> = list
             .iter()
             .enumerate()
-            .filter_map(|(index, item)| Some((asset_id(item)?, index)))
+            .filter_map(|(index, (id, _))| Some((id.clone()?, index)))
             .collect();
         for (asset, replaces) in attach {
             let id = asset.id().unwrap_or_default();
@@ -952,14 +983,14 @@ impl Actor {
                 continue;
             }
             changed = true;
-            let slot = replaces.as_ref().and_then(|old| slots.remove(old));
-            let index = match slot {
+            let entry = (Some(id.clone()), raw::of(&asset.0));
+            let index = match replaces.as_ref().and_then(|old| slots.remove(old)) {
                 Some(index) => {
-                    list[index] = asset.0.clone();
+                    list[index] = entry;
                     index
                 }
                 None => {
-                    list.push(asset.0.clone());
+                    list.push(entry);
                     list.len() - 1
                 }
             };
@@ -972,10 +1003,13 @@ impl Actor {
             .collect();
         let kept_new: HashSet<String> = attach.iter().filter_map(|(asset, _)| asset.id()).collect();
         let before = list.len();
-        list.retain(|item| {
-            asset_id(item).is_none_or(|id| kept_new.contains(&id) || !replaced.contains(&id))
+        list.retain(|(id, _)| {
+            id.as_ref()
+                .is_none_or(|id| kept_new.contains(id) || !replaced.contains(id))
         });
-        if !changed && list.len() == before {
+        let unchanged = !changed && list.len() == before;
+        let list: RawList = list.into_iter().map(|(_, item)| item).collect();
+        if unchanged {
             debug!(target = %self.target, "field already up to date");
             return Ok(Some(list));
         }
@@ -989,8 +1023,8 @@ impl Actor {
     async fn write(
         &self,
         checklist: Option<api::Checklist>,
-        list: Vec<Value>,
-    ) -> Result<Option<Vec<Value>>, ApiError> {
+        list: RawList,
+    ) -> Result<Option<RawList>, ApiError> {
         match (&self.target, checklist) {
             (
                 Target::Task {
@@ -1005,7 +1039,7 @@ impl Actor {
                 _,
             ) => {
                 self.api
-                    .put_task_field(self.target.run_id(), task_id, capture_id, &list)
+                    .put_task_field(self.target.run_id(), task_id, capture_id, list)
                     .await
             }
             (
@@ -1016,32 +1050,23 @@ impl Actor {
                 Some(checklist),
             ) => {
                 // The whole prerun array goes back, or the API removes the kick-off fields left out.
-                let prerun: Vec<Value> = checklist
-                    .prerun
-                    .into_iter()
-                    .map(|mut field| {
-                        if asset_id(&field).as_deref() == Some(field_id) {
-                            field["value"] = Value::Array(list.clone());
-                        }
-                        field
-                    })
-                    .collect();
-                let answer = self
-                    .api
-                    .put_checklist(checklist_id, &checklist.title, &prerun)
-                    .await?;
-                Ok(kickoff_value(&answer.prerun, field_id))
+                let mut checklist = checklist;
+                let index = (checklist.prerun.iter())
+                    .position(|field| asset_id(field).as_deref() == Some(field_id));
+                if let Some(index) = index {
+                    let value = raw::array(&list).ok_or_else(|| ApiError::Decode {
+                        endpoint: api::Endpoint::PutChecklist,
+                        detail: "the field's value could not be written as JSON".into(),
+                    })?;
+                    checklist.values[index] = Some(value);
+                }
+                drop(list);
+                let answer = self.api.put_checklist(checklist_id, &checklist).await?;
+                Ok(answer.value_of(field_id).map(raw::items))
             }
             (Target::Kickoff { .. } | Target::Launch(_) | Target::Route(_), _) => Ok(None),
         }
     }
-}
-
-fn kickoff_value(prerun: &[Value], field_id: &str) -> Option<Vec<Value>> {
-    prerun
-        .iter()
-        .find(|field| asset_id(field).as_deref() == Some(field_id))
-        .map(|field| api::into_list(field.get("value").cloned().unwrap_or(Value::Null)))
 }
 
 /// Answers every request of a batch for a target that failed verification.
@@ -1072,9 +1097,9 @@ mod tests {
     #[test]
     fn a_field_value_finds_assets_by_stored_name_and_reads_the_claims_once() {
         let value = FieldValue::new(vec![
-            json!({"id": "a1", "filename": "scan.pdf"}),
-            json!({"id": "a2", "filename": "other.pdf"}),
-            json!({"id": "a3", "filename": "scan.pdf"}),
+            raw::of(&json!({"id": "a1", "filename": "scan.pdf"})),
+            raw::of(&json!({"id": "a2", "filename": "other.pdf"})),
+            raw::of(&json!({"id": "a3", "filename": "scan.pdf"})),
         ]);
         let named: Vec<String> = value
             .named("scan.pdf")

@@ -103,7 +103,7 @@ pub async fn verify(target: &Target, api: &Client) -> Result<Resolved, FieldErro
 pub(super) async fn inspect(
     target: &Target,
     api: &Client,
-) -> Result<(Resolved, Vec<Value>), FieldError> {
+) -> Result<(Resolved, api::RawList), FieldError> {
     match target {
         Target::Task {
             task_id,
@@ -156,7 +156,7 @@ pub(super) async fn inspect(
                 )));
             }
             let upload = task_upload(target, (task_id, capture_id), &what, &task)?;
-            let list = api::into_list(field.value.clone());
+            let list = api::raw::items(&field.value);
             Ok((
                 Resolved {
                     upload,
@@ -172,7 +172,9 @@ pub(super) async fn inspect(
         } => {
             let checklist = read_template(api, checklist_id).await?;
             let field = file_field(&checklist.prerun, checklist_id, field_id)?;
-            let list = api::into_list(field.get("value").cloned().unwrap_or(Value::Null));
+            let list = (checklist.value_of(field_id))
+                .map(api::raw::items)
+                .unwrap_or_default();
             Ok((
                 Resolved {
                     upload: UploadTarget::Kickoff {
