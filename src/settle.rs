@@ -327,6 +327,12 @@ impl Settle {
                 settled.push(Job { folder, path });
             }
         }
+        // A first scan of a big archive makes both as large as the archive; once it has
+        // settled, that room would stay taken for good.
+        if self.candidates.is_empty() {
+            self.candidates.shrink_to_fit();
+            self.deadlines.shrink_to_fit();
+        }
         settled
     }
 

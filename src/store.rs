@@ -23,8 +23,10 @@ const GATHER: std::time::Duration = std::time::Duration::from_micros(300);
 /// The longest a flush waits for company, so that a steady stream still gets flushed.
 const MAX_GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// sled's default cache is 1 GiB; the records are small and read mostly at start-up.
-const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// sled's default cache is 1 GiB. The records are small and each is read about once per
+/// change of its file, from the system's page cache when not from this one; the cache's own
+/// overhead makes its memory a few times this figure, which a folder of 20,000 files fills.
+const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Why requests pause while the store cannot be written, as logs, `status` and systemd say it.
 pub const UNWRITABLE: &str = "state directory full (or not writable)";
