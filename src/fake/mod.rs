@@ -365,6 +365,18 @@ impl FakeTallyfy {
         self.shared.lock().task_field(run_id, task_id, capture_id)
     }
 
+    /// How many assets a task's field lists: for polling a big field without copying it.
+    pub fn task_field_len(&self, run_id: &str, task_id: &str, capture_id: &str) -> usize {
+        self.shared
+            .lock()
+            .task_field_len(run_id, task_id, capture_id)
+    }
+
+    /// How many assets a kick-off field lists: for polling a big field without copying it.
+    pub fn kickoff_field_len(&self, checklist_id: &str, field_id: &str) -> usize {
+        self.shared.lock().kickoff_field_len(checklist_id, field_id)
+    }
+
     /// Current value (list of asset objects) of a checklist's kick-off field.
     pub fn kickoff_field(&self, checklist_id: &str, field_id: &str) -> Vec<Value> {
         self.shared.lock().kickoff_field(checklist_id, field_id)
@@ -461,6 +473,11 @@ impl FakeTallyfy {
     /// Every process launched, in launch order, as `GET /runs/{id}` shows it.
     pub fn runs(&self) -> Vec<Value> {
         self.shared.lock().runs()
+    }
+
+    /// How many processes were launched from a template: for polling without copying them.
+    pub fn launched_from(&self, checklist_id: &str) -> usize {
+        self.shared.lock().launched_from(checklist_id)
     }
 
     /// Creates one active run task with a file field (plus a text field), one template with a

@@ -260,19 +260,35 @@ impl State {
     }
 
     pub fn task_field(&self, run_id: &str, task_id: &str, capture_id: &str) -> Vec<Value> {
+        list_of(self.task_value(run_id, task_id, capture_id))
+    }
+
+    /// How many assets a task's field lists, without copying them.
+    pub fn task_field_len(&self, run_id: &str, task_id: &str, capture_id: &str) -> usize {
+        len_of(self.task_value(run_id, task_id, capture_id))
+    }
+
+    fn task_value(&self, run_id: &str, task_id: &str, capture_id: &str) -> Option<&Value> {
         self.tasks
             .get(&(run_id.to_string(), task_id.to_string()))
             .and_then(|task| task.fields.iter().find(|field| field.id == capture_id))
-            .map(|field| list_of(&field.value))
-            .unwrap_or_default()
+            .map(|field| &field.value)
     }
 
     pub fn kickoff_field(&self, checklist_id: &str, field_id: &str) -> Vec<Value> {
+        list_of(self.kickoff_value(checklist_id, field_id))
+    }
+
+    /// How many assets a kick-off field lists, without copying them.
+    pub fn kickoff_field_len(&self, checklist_id: &str, field_id: &str) -> usize {
+        len_of(self.kickoff_value(checklist_id, field_id))
+    }
+
+    fn kickoff_value(&self, checklist_id: &str, field_id: &str) -> Option<&Value> {
         self.checklists
             .get(checklist_id)
             .and_then(|checklist| checklist.prerun.iter().find(|field| field.id == field_id))
-            .map(|field| list_of(&field.value))
-            .unwrap_or_default()
+            .map(|field| &field.value)
     }
 
     pub fn kickoff_field_ids(&self, checklist_id: &str) -> Vec<String> {
@@ -905,8 +921,12 @@ fn alias(label: &str) -> String {
     format!("{}_1", slug.trim_matches('_'))
 }
 
-fn list_of(value: &Value) -> Vec<Value> {
-    value.as_array().cloned().unwrap_or_default()
+fn list_of(value: Option<&Value>) -> Vec<Value> {
+    value.and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+fn len_of(value: Option<&Value>) -> usize {
+    value.and_then(Value::as_array).map_or(0, Vec::len)
 }
 
 fn not_found_task() -> ApiError {

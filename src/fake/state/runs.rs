@@ -149,6 +149,13 @@ impl State {
         self.runs.list.clone()
     }
 
+    /// How many processes were launched from a template, without copying them.
+    pub fn launched_from(&self, checklist_id: &str) -> usize {
+        (self.runs.list.iter())
+            .filter(|run| run["checklist_id"] == checklist_id)
+            .count()
+    }
+
     pub fn launch_run(&mut self, body: &Value) -> Result<Value, ApiError> {
         let invalid = |key: &str, message: String| ApiError::Invalid(vec![(key.into(), message)]);
         let checklist_id = match body.get("checklist_id") {
