@@ -51,6 +51,11 @@ async fn a_dropped_file_is_uploaded_and_attached_to_the_task_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_file_is_attached_to_the_kickoff_field_keeping_title_and_other_fields() {
     let env = Env::new().await;
+    // Another kick-off field's value goes back exactly as read: the daemon keeps the values it
+    // does not write as text.
+    let other = json!("Acme \"Ltd\" \u{e9}");
+    env.fake
+        .set_kickoff_field(KICKOFF_TEMPLATE, KICKOFF_TEXT, other.clone());
     let daemon = env.start();
     drop_file(&env.kickoff, "contract.docx", b"contract");
     eventually(
@@ -84,6 +89,10 @@ async fn a_dropped_file_is_attached_to_the_kickoff_field_keeping_title_and_other
         fields,
         vec![KICKOFF_FIELD.to_string(), KICKOFF_TEXT.to_string()],
         "no kick-off field was lost"
+    );
+    assert_eq!(
+        env.fake.kickoff_value(KICKOFF_TEMPLATE, KICKOFF_TEXT),
+        other
     );
 }
 

@@ -372,6 +372,11 @@ impl FakeTallyfy {
             .task_field_len(run_id, task_id, capture_id)
     }
 
+    /// A kick-off field's value as stored, whatever its type (`Null` when there is none).
+    pub fn kickoff_value(&self, checklist_id: &str, field_id: &str) -> Value {
+        self.shared.lock().kickoff_value_of(checklist_id, field_id)
+    }
+
     /// How many assets a kick-off field lists: for polling a big field without copying it.
     pub fn kickoff_field_len(&self, checklist_id: &str, field_id: &str) -> usize {
         self.shared.lock().kickoff_field_len(checklist_id, field_id)

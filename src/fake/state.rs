@@ -284,6 +284,10 @@ impl State {
         len_of(self.kickoff_value(checklist_id, field_id))
     }
 
+    pub fn kickoff_value_of(&self, checklist_id: &str, field_id: &str) -> Value {
+        (self.kickoff_value(checklist_id, field_id).cloned()).unwrap_or(Value::Null)
+    }
+
     fn kickoff_value(&self, checklist_id: &str, field_id: &str) -> Option<&Value> {
         self.checklists
             .get(checklist_id)
