@@ -362,9 +362,15 @@ async fn html_pages_answered_with_200_are_retried_not_taken_as_verdicts() {
         "the HTML page is named as the problem"
     );
     assert!(!daemon.log().contains("not retried until the file changes"));
-    let status = env.command(&["status"]);
-    let text = &status.stdout;
-    assert!(text.contains("20 synced"), "{text}");
+    // The fake lists a file once it has applied the PUT; the daemon records it once the answer
+    // reaches it, which an HTML page in the answer's place delays by a retry.
+    eventually(
+        "the daemon records all 20 as synced",
+        || env.command(&["status"]).stdout.contains("20 synced"),
+        &daemon,
+    )
+    .await;
+    let text = env.command(&["status"]).stdout;
     assert!(text.contains("0 failed"), "{text}");
 }
 
