@@ -461,7 +461,23 @@ impl Syncer {
         if self.adopt(subject, meta, previous.as_ref()).await? {
             return Ok(());
         }
-        let record = subject.record(meta, FileState::Uploading, previous.as_ref());
+        let mut record = subject.record(meta, FileState::Uploading, previous.as_ref());
+        // An earlier version uploaded but never recorded as attached may be in the field all the
+        // same (a stop came between the PUT and its record): this version replaces it as it
+        // would an attached one, or, beside another attached version, it goes as an orphan.
+        if let Some(FileState::Uploaded { asset }) = previous.as_ref().map(|p| &p.state) {
+            match record.attached.as_ref().map(Asset::id) {
+                None => record.attached = Some(asset.clone()),
+                Some(attached) if attached != asset.id() => {
+                    let job = subject.delete_job(asset.clone(), DeleteKind::Orphan);
+                    self.store
+                        .put_with_deletes(subject.path, &record, std::slice::from_ref(&job))
+                        .await?;
+                    self.remote_delete(subject, job).await?;
+                }
+                Some(_) => {}
+            }
+        }
         let sent = self.send(subject, target, meta, seen, record).await?;
         let Some((mut record, uploaded)) = sent else {
             return Ok(());
