@@ -139,12 +139,14 @@ pub struct Checklist {
 }
 
 impl Checklist {
+    /// Where the kick-off field `field_id` is in `prerun` (and `values`).
+    pub fn position(&self, field_id: &str) -> Option<usize> {
+        (self.prerun.iter()).position(|field| text(field, "id").as_deref() == Some(field_id))
+    }
+
     /// The value of the kick-off field `field_id`; `None` when there is no such field.
     pub fn value_of(&self, field_id: &str) -> Option<&RawValue> {
-        let index = self
-            .prerun
-            .iter()
-            .position(|field| text(field, "id").as_deref() == Some(field_id))?;
+        let index = self.position(field_id)?;
         Some(self.values[index].as_deref().unwrap_or(RawValue::NULL))
     }
 }
@@ -1078,14 +1080,12 @@ impl Client {
         let request = self
             .request(Method::GET, &format!("checklists/{checklist_id}"))
             .query(&[("with", "steps,steps.captures")]);
-        let mut checklist = self.send(Endpoint::GetChecklist, request).await?;
-        let Some(steps) = checklist.get_mut("steps").map(Value::take).map(unwrap_data) else {
-            return Ok(None);
-        };
-        let Value::Array(steps) = steps else {
-            return Ok(None);
-        };
-        Ok(Some(steps.into_iter().filter_map(parse_step).collect()))
+        self.send_raw(Endpoint::GetChecklist, request, |data| {
+            let steps = raw::members(data)?.remove("steps")?;
+            let steps: Vec<&RawValue> = serde_json::from_str(raw::relation(steps).get()).ok()?;
+            Some(steps.into_iter().filter_map(parse_step).collect())
+        })
+        .await
     }
 
     /// Every template of the organization (id and title), all pages followed.
@@ -1113,8 +1113,8 @@ impl Client {
                 &[("with", "captures")],
             )
             .await?
-            .into_iter()
-            .filter_map(parse_step)
+            .iter()
+            .filter_map(|step| parse_step(&raw::of(step)))
             .collect())
     }
 
@@ -1165,13 +1165,15 @@ impl Client {
     }
 }
 
-fn parse_step(step: Value) -> Option<Step> {
+fn parse_step(step: &RawValue) -> Option<Step> {
+    let step = raw::members(step)?;
+    let text = |key: &str| step.get(key).copied().and_then(raw::text);
     Some(Step {
-        id: text(&step, "id")?,
-        title: text(&step, "title").unwrap_or_default(),
+        id: text("id")?,
+        title: text("title").unwrap_or_default(),
         captures: step
             .get("captures")
-            .map(|captures| form_fields(&raw::of(captures)))
+            .map(|c| form_fields(c))
             .unwrap_or_default(),
     })
 }
@@ -1231,44 +1233,67 @@ async fn whole(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Erro
 /// for the endpoints that answer lists; a delete's answer may be empty: `null`). Anything else,
 /// such as an HTML page from a proxy or a captive portal, is an error to retry, not a verdict.
 fn checked_answer(endpoint: Endpoint, body: &[u8]) -> Result<Value, ApiError> {
-    Ok(match checked(endpoint, body)? {
-        None => Value::Null,
-        // `checked` read it as JSON already.
-        Some(_) => serde_json::from_slice(body).unwrap_or(Value::Null),
-    })
+    let Some(answer) = parsed::<Value>(endpoint, body)? else {
+        return Ok(Value::Null);
+    };
+    let kind = answer.get("data").map(|data| match data {
+        Value::Object(_) => b'{',
+        Value::Array(_) => b'[',
+        _ => b' ',
+    });
+    check_data(endpoint, kind)?;
+    Ok(answer)
 }
 
-/// `checked_answer`'s checks, in one pass over the body that parses nothing but finds `data`;
-/// that as text (`None` for a delete's answer).
+/// `checked_answer`, in one pass over the body that parses nothing but finds `data`: that as
+/// text (`None` for a delete's answer).
 fn checked(endpoint: Endpoint, body: &[u8]) -> Result<Option<&RawValue>, ApiError> {
-    let decode = |detail: String| ApiError::Decode { endpoint, detail };
+    let Some(answer) = parsed::<raw::Data>(endpoint, body)? else {
+        return Ok(None);
+    };
+    // serde reads an array into a struct by position: only an object has a `data` member.
+    let object = body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{');
+    let data = answer.data.filter(|_| object);
+    check_data(endpoint, data.and_then(|data| data.get().bytes().next()))?;
+    Ok(data)
+}
+
+/// A 2xx body read as `T`; `None` for a delete's answer, which may be empty.
+fn parsed<'a, T: serde::Deserialize<'a>>(
+    endpoint: Endpoint,
+    body: &'a [u8],
+) -> Result<Option<T>, ApiError> {
     if endpoint == Endpoint::DeleteFile && body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let answer = match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
-        Some(b'{') => serde_json::from_slice::<raw::Data>(body),
-        _ => serde_json::from_slice::<&RawValue>(body).map(|_| raw::Data::default()),
-    };
-    let answer = answer.map_err(|error| {
-        decode(format!(
+    let answer = serde_json::from_slice(body).map_err(|error| ApiError::Decode {
+        endpoint,
+        detail: format!(
             "not JSON ({error}), starting {:?}",
             error::error_message(body)
-        ))
+        ),
     })?;
-    if endpoint == Endpoint::DeleteFile {
-        return Ok(None);
-    }
+    Ok((endpoint != Endpoint::DeleteFile).then_some(answer))
+}
+
+/// Whether `data` (by its first character; `None`: no such member) is what `endpoint` answers.
+fn check_data(endpoint: Endpoint, first: Option<u8>) -> Result<(), ApiError> {
+    let decode = |detail: &str| {
+        Err(ApiError::Decode {
+            endpoint,
+            detail: detail.into(),
+        })
+    };
     let lists = matches!(
         endpoint,
         Endpoint::ListRuns | Endpoint::ListTasks | Endpoint::ListTemplates | Endpoint::ListSteps
     );
-    let data = answer.data;
-    match data.map(|data| data.get().as_bytes().first().copied()) {
-        Some(Some(b'{')) if !lists => Ok(data),
-        Some(Some(b'[')) if lists || endpoint == Endpoint::GetAsset => Ok(data),
-        Some(_) if lists => Err(decode("`data` is not a list".into())),
-        Some(_) => Err(decode("`data` is not an object".into())),
-        None => Err(decode("no `data` member".into())),
+    match first {
+        Some(b'{') if !lists => Ok(()),
+        Some(b'[') if lists || endpoint == Endpoint::GetAsset => Ok(()),
+        Some(_) if lists => decode("`data` is not a list"),
+        Some(_) => decode("`data` is not an object"),
+        None => decode("no `data` member"),
     }
 }
 
@@ -1330,14 +1355,6 @@ fn parse_task(data: &RawValue) -> Task {
             .get("form_fields")
             .map(|fields| form_fields(fields))
             .unwrap_or_default(),
-    }
-}
-
-/// A relation as the API includes it: `{"data": [...]}`, or the list bare.
-fn unwrap_data(mut value: Value) -> Value {
-    match value.get_mut("data") {
-        Some(inner) => inner.take(),
-        None => value,
     }
 }
 

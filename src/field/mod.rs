@@ -31,7 +31,7 @@ use crate::api::{self, raw, ApiError, Client, RawList};
 use crate::config::{RemoteRemoved, Target};
 use crate::memory;
 use crate::metrics::METRICS;
-use crate::store::{asset_id, now_unix, Asset, DeleteJob, DeleteKind, FileState, Store};
+use crate::store::{now_unix, Asset, DeleteJob, DeleteKind, FileState, Store};
 use verify::{forbidden, inspect};
 
 /// Most requests one batch takes: bounds the size of a PUT body.
@@ -1051,9 +1051,7 @@ impl Actor {
             ) => {
                 // The whole prerun array goes back, or the API removes the kick-off fields left out.
                 let mut checklist = checklist;
-                let index = (checklist.prerun.iter())
-                    .position(|field| asset_id(field).as_deref() == Some(field_id));
-                if let Some(index) = index {
+                if let Some(index) = checklist.position(field_id) {
                     let value = raw::array(&list).ok_or_else(|| ApiError::Decode {
                         endpoint: api::Endpoint::PutChecklist,
                         detail: "the field's value could not be written as JSON".into(),
