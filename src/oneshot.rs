@@ -18,8 +18,6 @@ pub const ATTEMPTS: u32 = 3;
 
 /// A runtime for one command (or for the daemon, which runs as one long command).
 pub fn runtime() -> std::io::Result<Runtime> {
-    // Before any worker thread exists, or each may already have an arena of its own.
-    crate::memory::share_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::field::{Place, PLACE};
-use crate::memory;
 use crate::metrics::METRICS;
 use crate::progress;
 use crate::settle::Job;
@@ -136,9 +135,6 @@ pub async fn run(
             Some(done) = tasks.join_next_with_id() => {
                 METRICS.job_done();
                 let caught_up = tasks.is_empty() && jobs.is_empty();
-                if caught_up {
-                    memory::give_back();
-                }
                 if let Some(ended) = progress::finished(jobs.len(), caught_up) {
                     if reports.take().is_some_and(|reports| reports.made) {
                         info!(

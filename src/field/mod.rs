@@ -29,7 +29,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{self, raw, ApiError, Client, RawList};
 use crate::config::{RemoteRemoved, Target};
-use crate::memory;
 use crate::metrics::METRICS;
 use crate::store::{now_unix, Asset, DeleteJob, DeleteKind, FileState, Store};
 use verify::{forbidden, inspect};
@@ -187,8 +186,6 @@ fn forget_stale(known: &Known) {
         .is_some_and(|(at, _)| at.elapsed() >= READ_FRESH)
     {
         *known = None;
-        drop(known);
-        memory::give_back();
     }
 }
 
