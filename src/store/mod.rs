@@ -1,7 +1,7 @@
 //! The daemon's durable memory, and the only module that knows sled.
 //! Receives state changes from `sync` (one record per local file, one tombstone per remote
 //! asset still to delete) and writes each one durably before the side effect it guards.
-//! Owns the on-disk layout: tree `files` (path bytes → `FileRecord` as JSON) and tree
+//! Owns the on-disk layout: tree `files` (path bytes → `FileRecord`, see `record`) and tree
 //! `deletes` (asset id → `DeleteJob` as JSON), tree `meta` (name → JSON: the API pause
 //! schedule, each folder's device, held deletes) and tree `launches` (folder, NUL, content
 //! hash → `ContentClaim`: which file of a launch folder launched that content). A write that
@@ -17,6 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+
+mod record;
 
 /// How long the flush thread waits for more requests to flush together.
 const GATHER: std::time::Duration = std::time::Duration::from_micros(300);
@@ -534,7 +536,12 @@ impl Store {
             let mut entries = Vec::with_capacity(tree.len());
             for entry in tree.iter() {
                 let (key, value) = entry.map_err(|error| self.io(error))?;
-                entries.push((hex(&key), self.decode(&key, &value)?));
+                let value = match name {
+                    "files" => serde_json::to_value(self.record(&key, &value)?)
+                        .map_err(|error| self.corrupt(&key, error.to_string()))?,
+                    _ => self.decode(&key, &value)?,
+                };
+                entries.push((hex(&key), value));
             }
             dump.trees.push((name.to_string(), entries));
         }
@@ -551,8 +558,15 @@ impl Store {
             };
             for (key, value) in entries {
                 let key = unhex(&key).ok_or_else(|| store.io(format!("not hex: {key}")))?;
-                tree.insert(key, encode(&value))
-                    .map_err(|error| store.io(error))?;
+                let value = match name.as_str() {
+                    "files" => record::encode(
+                        &key,
+                        &serde_json::from_value(value)
+                            .map_err(|error| store.corrupt(&key, error.to_string()))?,
+                    ),
+                    _ => encode(&value),
+                };
+                tree.insert(key, value).map_err(|error| store.io(error))?;
             }
         }
         drop(db);
@@ -715,17 +729,26 @@ impl Store {
         key: &[u8],
         bytes: &[u8],
     ) -> Result<T, StoreError> {
-        serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        serde_json::from_slice(bytes).map_err(|error| self.corrupt(key, error.to_string()))
+    }
+
+    /// A file's record, in the `files` tree.
+    fn record(&self, key: &[u8], bytes: &[u8]) -> Result<FileRecord, StoreError> {
+        record::decode(key, bytes).map_err(|error| self.corrupt(key, error))
+    }
+
+    fn corrupt(&self, key: &[u8], error: String) -> StoreError {
+        StoreError::Corrupt {
             path: self.path.clone(),
             key: String::from_utf8_lossy(key).into_owned(),
-            error: error.to_string(),
-        })
+            error,
+        }
     }
 
     pub fn get(&self, path: &Path) -> Result<Option<FileRecord>, StoreError> {
         let key = path.as_os_str().as_bytes();
         match self.db()?.files.get(key).map_err(|error| self.io(error))? {
-            Some(bytes) => Ok(Some(self.decode(key, &bytes)?)),
+            Some(bytes) => Ok(Some(self.record(key, &bytes)?)),
             None => Ok(None),
         }
     }
@@ -734,7 +757,7 @@ impl Store {
     pub async fn put(&self, path: &Path, record: &FileRecord) -> Result<(), StoreError> {
         self.db()?
             .files
-            .insert(path.as_os_str().as_bytes(), encode(record))
+            .insert(path.as_os_str().as_bytes(), record::encode(path.as_os_str().as_bytes(), record))
             .map_err(|error| self.write_failed(error))?;
         self.flush().await
     }
@@ -762,7 +785,7 @@ impl Store {
         deletes: &[DeleteJob],
     ) -> Result<(), StoreError> {
         let key = path.as_os_str().as_bytes();
-        let value = record.map(encode);
+        let value = record.map(|record| record::encode(key, record));
         let jobs: Vec<(String, Vec<u8>)> = deletes
             .iter()
             .filter_map(|job| Some((job.asset.id()?, encode(job))))
@@ -864,7 +887,7 @@ impl Store {
         run: &RunRef,
     ) -> Result<(), StoreError> {
         let key = path.as_os_str().as_bytes();
-        let value = encode(record);
+        let value = record::encode(key, record);
         let claim = content.map(|(folder, hash)| {
             let claim = ContentClaim {
                 path: path.to_path_buf(),
@@ -947,7 +970,7 @@ impl Store {
             .chain(scan.into_iter().flatten().map(move |item| {
                 let (key, value) = item.map_err(|error| self.io(error))?;
                 let path = PathBuf::from(std::ffi::OsStr::from_bytes(&key));
-                Ok((path, self.decode(&key, &value)?))
+                Ok((path, self.record(&key, &value)?))
             }))
     }
 
