@@ -177,6 +177,66 @@ fn fresh(known: &Known) -> Option<Arc<FieldValue>> {
         .map(|(_, value)| value.clone())
 }
 
+/// `current` with the assets of `attach` added (each in place of the one it replaces) and
+/// those of `removed` left out; whether that changed anything.
+fn merge(
+    current: RawList,
+    attach: &[(Asset, Option<String>)],
+    removed: &HashSet<String>,
+) -> (RawList, bool) {
+    let before = current.len();
+    // Each asset's id, read once: the field can list thousands.
+    let mut list: Vec<(Option<String>, Box<RawValue>)> = current
+        .into_iter()
+        .map(|item| (raw::asset_keys(&item).0, item))
+        .filter(|(id, _)| !id.as_ref().is_some_and(|id| removed.contains(id)))
+        .collect();
+    let mut changed = list.len() != before;
+    // Positions by id, so a batch of hundreds costs one pass over the field, not one each.
+    let mut slots: HashMap<String, usize> = list
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (id, _))| Some((id.clone()?, index)))
+        .collect();
+    for (asset, replaces) in attach {
+        let id = asset.id().unwrap_or_default();
+        if slots.contains_key(&id) {
+            continue;
+        }
+        changed = true;
+        let entry = (Some(id.clone()), raw::of(&asset.0));
+        let index = match replaces.as_ref().and_then(|old| slots.remove(old)) {
+            Some(index) => {
+                list[index] = entry;
+                index
+            }
+            None => {
+                list.push(entry);
+                list.len() - 1
+            }
+        };
+        slots.insert(id, index);
+    }
+    // Replaced assets leave the field even when they were not where we expected them.
+    let replaced: HashSet<&String> = attach
+        .iter()
+        .filter_map(|(_, replaces)| replaces.as_ref())
+        .collect();
+    let kept_new: HashSet<String> = attach.iter().filter_map(|(asset, _)| asset.id()).collect();
+    let before = list.len();
+    list.retain(|(id, _)| {
+        id.as_ref()
+            .is_none_or(|id| kept_new.contains(id) || !replaced.contains(id))
+    });
+    let changed = changed || list.len() != before;
+    (list.into_iter().map(|(_, item)| item).collect(), changed)
+}
+
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(name)
+}
+
 /// Lets go of the value in `known` once it no longer answers reads: a field of 20,000 files
 /// would otherwise keep megabytes for nothing while the folder is idle.
 fn forget_stale(known: &Known) {
@@ -365,9 +425,15 @@ impl Snapshot {
 /// file asks it for the assets of its own name instead of copying or scanning the whole list,
 /// which in a field of thousands of files would make each file cost as much as the field.
 pub struct FieldValue {
-    /// Each asset as JSON text, by stored file name: a field of 20,000 files takes a few MiB
-    /// so, several times that parsed.
-    by_name: HashMap<String, Vec<Box<str>>>,
+    /// Every asset's JSON text, one after another: a field of 20,000 files takes a few MiB so,
+    /// several times that parsed, and a third more as a block of memory per asset. The actor
+    /// holds the value before a write beside the one after it.
+    texts: String,
+    /// Where each asset's text ends in `texts`; it starts where the one before ends.
+    ends: Vec<usize>,
+    /// A hash of each asset's stored file name with its position, sorted: a file finds the
+    /// assets of its name by a binary search and compares the names in full.
+    names: Vec<(u64, u32)>,
     /// Kept by the actor after the value itself is let go, to see what left the field since.
     ids: Arc<HashSet<String>>,
     /// The assets the store's records claimed when a file first asked (see `claimed`).
@@ -376,31 +442,44 @@ pub struct FieldValue {
 
 impl FieldValue {
     pub fn new(list: RawList) -> FieldValue {
-        let mut by_name: HashMap<String, Vec<Box<str>>> = HashMap::new();
+        let mut texts = String::with_capacity(list.iter().map(|asset| asset.get().len()).sum());
+        let mut ends = Vec::with_capacity(list.len());
+        let mut names = Vec::with_capacity(list.len());
         let mut ids = HashSet::with_capacity(list.len());
         for asset in list {
             let (id, name) = raw::asset_keys(&asset);
             if let Some(id) = id {
                 ids.insert(id);
             }
-            if let Some(name) = name {
-                by_name.entry(name).or_default().push(asset.into());
+            if let (Some(name), Ok(at)) = (name, u32::try_from(ends.len())) {
+                names.push((name_hash(&name), at));
             }
+            texts.push_str(asset.get());
+            ends.push(texts.len());
         }
+        names.sort_unstable();
         FieldValue {
-            by_name,
+            texts,
+            ends,
+            names,
             ids: Arc::new(ids),
             claimed: std::sync::Mutex::new(None),
         }
     }
 
     /// The assets stored under file name `name`.
-    pub fn named<'a>(&'a self, name: &str) -> impl Iterator<Item = Value> + 'a {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(|text| serde_json::from_str(text).ok())
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Value> + 'a {
+        let hash = name_hash(name);
+        let first = self.names.partition_point(|(other, _)| *other < hash);
+        self.names[first..]
+            .iter()
+            .take_while(move |(other, _)| *other == hash)
+            .filter_map(|(_, at)| {
+                let at = *at as usize;
+                let start = at.checked_sub(1).map_or(0, |before| self.ends[before]);
+                serde_json::from_str::<Value>(&self.texts[start..self.ends[at]]).ok()
+            })
+            .filter(move |asset| crate::store::asset_filename(asset) == Some(name))
     }
 
     pub fn lists(&self, id: &str) -> bool {
@@ -960,53 +1039,9 @@ impl Actor {
             list: current,
             checklist,
         } = self.api.with_retries(|| self.read()).await?;
-        let before = current.len();
-        // Each asset's id, read once: the field can list thousands.
-        let mut list: Vec<(Option<String>, Box<RawValue>)> = current
-            .into_iter()
-            .map(|item| (raw::asset_keys(&item).0, item))
-            .filter(|(id, _)| !id.as_ref().is_some_and(|id| removed.contains(id)))
-            .collect();
-        let mut changed = list.len() != before;
-        // Positions by id, so a batch of hundreds costs one pass over the field, not one each.
-        let mut slots: HashMap<String, usize> = list
-            .iter()
-            .enumerate()
-            .filter_map(|(index, (id, _))| Some((id.clone()?, index)))
-            .collect();
-        for (asset, replaces) in attach {
-            let id = asset.id().unwrap_or_default();
-            if slots.contains_key(&id) {
-                continue;
-            }
-            changed = true;
-            let entry = (Some(id.clone()), raw::of(&asset.0));
-            let index = match replaces.as_ref().and_then(|old| slots.remove(old)) {
-                Some(index) => {
-                    list[index] = entry;
-                    index
-                }
-                None => {
-                    list.push(entry);
-                    list.len() - 1
-                }
-            };
-            slots.insert(id, index);
-        }
-        // Replaced assets leave the field even when they were not where we expected them.
-        let replaced: HashSet<&String> = attach
-            .iter()
-            .filter_map(|(_, replaces)| replaces.as_ref())
-            .collect();
-        let kept_new: HashSet<String> = attach.iter().filter_map(|(asset, _)| asset.id()).collect();
-        let before = list.len();
-        list.retain(|(id, _)| {
-            id.as_ref()
-                .is_none_or(|id| kept_new.contains(id) || !replaced.contains(id))
-        });
-        let unchanged = !changed && list.len() == before;
-        let list: RawList = list.into_iter().map(|(_, item)| item).collect();
-        if unchanged {
+        // The merge's indexes (every id, twice) are gone before the write and its answer.
+        let (list, changed) = merge(current, attach, removed);
+        if !changed {
             debug!(target = %self.target, "field already up to date");
             return Ok(Some(list));
         }

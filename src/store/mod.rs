@@ -757,7 +757,10 @@ impl Store {
     pub async fn put(&self, path: &Path, record: &FileRecord) -> Result<(), StoreError> {
         self.db()?
             .files
-            .insert(path.as_os_str().as_bytes(), record::encode(path.as_os_str().as_bytes(), record))
+            .insert(
+                path.as_os_str().as_bytes(),
+                record::encode(path.as_os_str().as_bytes(), record),
+            )
             .map_err(|error| self.write_failed(error))?;
         self.flush().await
     }

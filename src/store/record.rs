@@ -119,7 +119,9 @@ pub fn decode(key: &[u8], bytes: &[u8]) -> Result<FileRecord, String> {
 /// A hash written as 64 lowercase hex digits, as 32 bytes; `None` for any other text, which
 /// is then kept as it is.
 fn hash_bytes(hash: &str) -> Option<[u8; 32]> {
-    let lowercase = hash.bytes().all(|digit| matches!(digit, b'0'..=b'9' | b'a'..=b'f'));
+    let lowercase = hash
+        .bytes()
+        .all(|digit| matches!(digit, b'0'..=b'9' | b'a'..=b'f'));
     lowercase.then(|| unhex(hash)?.try_into().ok())?
 }
 
@@ -197,7 +199,9 @@ impl<'a> Reader<'a> {
             4 => FileState::Rejected {
                 reason: self.text()?,
             },
-            5 => FileState::Failed { error: self.text()? },
+            5 => FileState::Failed {
+                error: self.text()?,
+            },
             6 => FileState::Launching {
                 asset: self.asset()?,
                 name: self.text()?,
@@ -303,7 +307,9 @@ mod tests {
                 ctime_ns: 1_765_151_234_123_456_789,
             },
             hash: hash.map(str::to_owned),
-            attached: Some(Asset(json!({"id": "a1", "filename": "a.pdf", "n": [1, null]}))),
+            attached: Some(Asset(
+                json!({"id": "a1", "filename": "a.pdf", "n": [1, null]}),
+            )),
             state,
             updated: 1_765_151_234,
             attempts: 3,
