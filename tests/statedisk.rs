@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::net::UnixDatagram;
 
-const FILES: usize = 400;
+const FILES: usize = 1000;
 /// Synced before the burst and deleted during it.
 const OLD: usize = 5;
 /// The daemon's default `api.concurrency`.
 const CONCURRENCY: usize = 4;
-/// Room for the records of about a hundred files: the disk fills during the burst.
+/// Room for the records of about five hundred files (compact records; see `store::record`):
+/// the disk fills during the burst.
 const ROOM: u64 = 600 * 1024;
 const TMPFS_SIZE: u64 = 8 * 1024 * 1024;
 /// Probes back off up to 30 s: resuming may take that long after space is freed.
