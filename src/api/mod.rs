@@ -826,7 +826,7 @@ impl Client {
         let body = Body {
             taskdata: [(capture_id, value.as_slice())].into(),
         };
-        let request = json_body(self.request(Method::PUT, &path), &body);
+        let request = self.request(Method::PUT, &path).json(&body);
         // The request holds the value as JSON now: no second copy while the answer is awaited.
         drop(body);
         drop(value);
@@ -876,11 +876,9 @@ impl Client {
                 })
                 .collect(),
         };
-        let request = json_body(
-            self.request(Method::PUT, &format!("checklists/{checklist_id}")),
-            &body,
-        );
-        drop(body);
+        let request = self
+            .request(Method::PUT, &format!("checklists/{checklist_id}"))
+            .json(&body);
         self.send_raw(Endpoint::PutChecklist, request, |data| {
             parse_checklist(Endpoint::PutChecklist, data)
         })
@@ -1216,30 +1214,6 @@ pub fn into_list(value: Value) -> Vec<Value> {
         Value::Null => Vec::new(),
         other => vec![other],
     }
-}
-
-/// `request` with `body` as JSON, written into a buffer of its exact size, counted first: one
-/// grown as it is written (`RequestBuilder::json`) holds a field's value up to three times
-/// while it doubles, in a field of thousands of files megabytes more at the daemon's peak.
-fn json_body<T: serde::Serialize>(request: RequestBuilder, body: &T) -> RequestBuilder {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // These bodies are plain structs and JSON texts: serializing them cannot fail.
-    let _ = serde_json::to_writer(&mut count, body);
-    let mut json = Vec::with_capacity(count.0);
-    let _ = serde_json::to_writer(&mut json, body);
-    request
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(json)
 }
 
 /// A 2xx answer's body, read into one buffer of the size the answer announces: collecting its
